@@ -1,0 +1,170 @@
+//! Server configuration: command-line flags with environment-variable
+//! fallbacks, checked once at startup so a wrong setting stops the host with a
+//! clear message instead of failing later.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::runtime::{Limits, RuntimeConfig};
+
+/// `taskflow serve` settings. Every flag can also be set through the
+/// environment variable named beside it.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "TASKFLOW_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory for task files, backups and the compile cache.
+    #[arg(long, env = "TASKFLOW_DATA_DIR", default_value = "taskflow-data")]
+    pub data_dir: PathBuf,
+
+    /// Plugin directory, watched for changes [default: <data-dir>/plugins].
+    #[arg(long, env = "TASKFLOW_PLUGIN_DIR")]
+    pub plugin_dir: Option<PathBuf>,
+
+    /// Tasks run concurrently [default: number of CPUs].
+    #[arg(long, env = "TASKFLOW_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// Task queue backend.
+    #[arg(long, env = "TASKFLOW_QUEUE", value_enum, default_value_t = QueueBackend::Local)]
+    pub queue: QueueBackend,
+
+    /// Task metadata backend.
+    #[arg(long, env = "TASKFLOW_STORAGE", value_enum, default_value_t = StorageBackend::Files)]
+    pub storage: StorageBackend,
+
+    /// fsync every task file write (survives power loss, not only process
+    /// crashes; slower).
+    #[arg(long, env = "TASKFLOW_FSYNC", default_value_t = false, action = clap::ArgAction::Set)]
+    pub fsync: bool,
+
+    /// Default timeout of one task attempt, in milliseconds.
+    #[arg(long, env = "TASKFLOW_TASK_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub task_timeout_ms: u64,
+
+    /// Default memory cap of a task, in MiB.
+    #[arg(long, env = "TASKFLOW_TASK_MEMORY_MB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub task_memory_mb: u64,
+
+    /// Largest memory cap any plugin may be given, in MiB.
+    #[arg(long, env = "TASKFLOW_MAX_MEMORY_MB", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub max_memory_mb: u64,
+
+    /// Fuel per task (instruction budget); off when unset.
+    #[arg(long, env = "TASKFLOW_TASK_FUEL")]
+    pub task_fuel: Option<u64>,
+
+    /// Largest request body, in bytes (plugin uploads may be larger, see
+    /// --max-plugin-bytes).
+    #[arg(long, env = "TASKFLOW_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Bearer token required on every endpoint but /health, /ready and /metrics.
+    #[arg(long, env = "TASKFLOW_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// Bearer token required to upload or remove plugins.
+    #[arg(long, env = "TASKFLOW_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Time running tasks get to finish on shutdown, in seconds.
+    #[arg(long, env = "TASKFLOW_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+
+    /// Base of the exponential retry backoff, in milliseconds.
+    #[arg(long, env = "TASKFLOW_RETRY_BASE_MS", default_value_t = 500)]
+    pub retry_base_ms: u64,
+
+    /// Disable the pooling instance allocator.
+    #[arg(long, env = "TASKFLOW_NO_POOLING", default_value_t = false, action = clap::ArgAction::Set)]
+    pub no_pooling: bool,
+}
+
+/// Where tasks wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueueBackend {
+    /// In-process priority heap (embedded default).
+    Local,
+}
+
+/// Where task records live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StorageBackend {
+    /// Sharded JSON files under the data directory (embedded default).
+    Files,
+}
+
+/// A setting that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl ServeConfig {
+    /// Checks settings that depend on each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.task_memory_mb > self.max_memory_mb {
+            return Err(ConfigError(format!(
+                "TASKFLOW_TASK_MEMORY_MB ({}) is above TASKFLOW_MAX_MEMORY_MB ({})",
+                self.task_memory_mb, self.max_memory_mb
+            )));
+        }
+        if self.workers == Some(0) {
+            return Err(ConfigError("TASKFLOW_WORKERS must be at least 1".into()));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError("TASKFLOW_MAX_BODY_BYTES must be at least 1024".into()));
+        }
+        for (name, token) in [("TASKFLOW_API_TOKEN", &self.api_token), ("TASKFLOW_ADMIN_TOKEN", &self.admin_token)] {
+            if token.as_ref().is_some_and(|t| t.len() < 16) {
+                return Err(ConfigError(format!("{name} must be at least 16 characters")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The plugin directory.
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.plugin_dir.clone().unwrap_or_else(|| self.data_dir.join("plugins"))
+    }
+
+    /// Directory of the task files.
+    pub fn tasks_dir(&self) -> PathBuf {
+        self.data_dir.join("tasks")
+    }
+
+    /// Directory of backups written by `POST /admin/backup` and `taskflow backup`.
+    pub fn backup_dir(&self) -> PathBuf {
+        self.data_dir.join("backups")
+    }
+
+    /// Directory of compiled plugin artifacts.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.data_dir.join("cache")
+    }
+
+    /// Worker count.
+    pub fn worker_count(&self) -> usize {
+        self.workers.unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(2))
+    }
+
+    /// Runtime settings.
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        let mb = |v: u64| usize::try_from(v).unwrap_or(usize::MAX).saturating_mul(1024 * 1024);
+        RuntimeConfig {
+            pooling: !self.no_pooling,
+            max_memory_bytes: mb(self.max_memory_mb),
+            fuel: self.task_fuel,
+            default_limits: Limits {
+                timeout: Duration::from_millis(self.task_timeout_ms),
+                memory_bytes: mb(self.task_memory_mb),
+                ..Limits::default()
+            },
+            ..RuntimeConfig::default()
+        }
+    }
+}

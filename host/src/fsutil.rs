@@ -1,0 +1,24 @@
+//! Small file-system helpers shared by storage, backups and the plugin
+//! directory.
+
+use std::io::Write;
+use std::path::Path;
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same
+/// directory, optionally fsynced, then renamed over the target. Readers see
+/// the old content or the new, never a torn write.
+pub fn write_atomic(path: &Path, bytes: &[u8], fsync: bool) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let mut temp = tempfile::Builder::new().prefix(&format!(".{file_name}.")).suffix(".tmp").tempfile_in(dir)?;
+    temp.write_all(bytes)?;
+    if fsync {
+        temp.as_file().sync_all()?;
+    }
+    temp.persist(path).map_err(|e| e.error)?;
+    if fsync {
+        // Make the rename itself durable.
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! TaskFlow: a priority task-processing platform whose processors are
+//! sandboxed WebAssembly components.
+//!
+//! - [`task`]: the task model and its validation;
+//! - [`queue`]: where tasks wait ([`queue::Queue`]; local heap);
+//! - [`storage`]: where tasks are recorded ([`storage::TaskStore`]; sharded files), backups;
+//! - [`runtime`]: the wasmtime engine, plugin registry, hot reload, limits;
+//! - [`service`]: every state change of a task; [`worker`]: the pool that runs them;
+//! - [`api`]: the HTTP API; [`client`]: its Rust client, used by the CLI;
+//! - [`config`], [`telemetry`], [`cli`]: settings, logs and metrics, the `taskflow` command.
+
+pub mod config;
+pub mod fsutil;
+pub mod queue;
+pub mod runtime;
+pub mod service;
+pub mod storage;
+pub mod task;
+pub mod telemetry;
+pub mod worker;

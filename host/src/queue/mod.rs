@@ -1,0 +1,95 @@
+//! Task queues: the seam between accepting a task and a worker running it.
+//!
+//! The queue holds only what ordering needs ([`QueueEntry`]: id, priority,
+//! submission sequence); the task itself lives in storage. The embedded
+//! default is [`LocalQueue`]; a distributed backend (SQS) implements the same
+//! [`Queue`] trait.
+
+pub mod local;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::task::{Task, TaskId};
+
+pub use local::LocalQueue;
+
+/// What the queue orders by: priority 1 first, then lowest sequence
+/// (submission order) first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    /// The queued task.
+    pub id: TaskId,
+    /// 1 (highest) to 10 (lowest).
+    pub priority: u8,
+    /// Submission order; keeps equal priorities first-in first-out.
+    pub sequence: u64,
+}
+
+impl From<&Task> for QueueEntry {
+    fn from(task: &Task) -> Self {
+        Self { id: task.id, priority: task.priority, sequence: task.sequence }
+    }
+}
+
+/// An entry handed to a worker by [`Queue::pop`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The entry that was popped.
+    pub entry: QueueEntry,
+    /// Identifies this delivery to [`Queue::ack`] (an SQS receipt handle in
+    /// the distributed backend).
+    pub receipt: String,
+}
+
+/// How many entries a queue holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct QueueDepth {
+    /// Entries ready to run, by priority; every priority 1 to 10 is present.
+    pub ready: BTreeMap<u8, u64>,
+    /// Entries waiting out a retry backoff.
+    pub delayed: u64,
+    /// Ready plus delayed.
+    pub total: u64,
+}
+
+/// Why a queue operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The backend cannot be reached or refused the request.
+    #[error("queue unavailable: {0}; check the queue backend settings and that the service is reachable")]
+    Unavailable(String),
+    /// An entry names a priority outside 1..=10.
+    #[error("priority {0} is out of range: use 1 (highest) to 10 (lowest)")]
+    InvalidPriority(u8),
+}
+
+/// A priority queue of task ids, shared by the API (push, remove) and the
+/// workers (pop, ack). Used as `Arc<dyn Queue>`.
+#[async_trait::async_trait]
+pub trait Queue: Send + Sync {
+    /// Enqueues `entry`. A non-zero `delay` (retry backoff) keeps it
+    /// invisible to [`pop`](Queue::pop) until the delay has passed. Pushing an
+    /// id that is already queued keeps the entry already there.
+    async fn push(&self, entry: QueueEntry, delay: Duration) -> Result<(), QueueError>;
+
+    /// Takes the highest-priority ready entry, waiting up to `wait` for one
+    /// to arrive or become due; `None` when none did.
+    async fn pop(&self, wait: Duration) -> Result<Option<Delivery>, QueueError>;
+
+    /// Reports that the task of `delivery` is finished, so the backend never
+    /// delivers it again.
+    async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError>;
+
+    /// Drops the queued entry of `id` (cancel); `false` when it was not queued.
+    async fn remove(&self, id: TaskId) -> Result<bool, QueueError>;
+
+    /// Whether `id` is queued (ready or delayed), not counting delivered entries.
+    async fn contains(&self, id: TaskId) -> Result<bool, QueueError>;
+
+    /// How many entries are queued, by priority.
+    async fn depth(&self) -> Result<QueueDepth, QueueError>;
+}

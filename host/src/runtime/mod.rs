@@ -1,0 +1,348 @@
+//! The WebAssembly runtime: one engine for the process, plugins compiled once
+//! and pre-linked once, a fresh sandboxed instance for every task.
+//!
+//! - [`engine`]: engine, linker and the epoch ticker behind timeouts;
+//! - [`sandbox`]: per-task store state (WASI granting nothing, limits, stdio);
+//! - [`plugin`]: compiling, validating and caching one plugin version;
+//! - [`registry`]: the name → version map with hot reload;
+//! - this module: running one task under its limits.
+
+#[doc(hidden)]
+pub mod bindings;
+pub mod engine;
+pub mod plugin;
+pub mod registry;
+pub mod sandbox;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU8;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use wasmtime::component::Linker;
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+
+pub use engine::AllocatorKind;
+pub use plugin::{LoadedPlugin, PluginError};
+pub use registry::{PluginRegistry, RegistryStats};
+
+use bindings::{WitTask, WitTaskError};
+use sandbox::{CapturedOutput, Sandbox};
+
+/// Errors building the runtime itself.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine or linker could not be created.
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+}
+
+/// Settings of the engine and the default limits of every task.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Use the pooling allocator (falls back to on-demand if it cannot).
+    pub pooling: bool,
+    /// Most instances alive at once under the pooling allocator.
+    pub max_concurrent_instances: u32,
+    /// Largest linear memory any plugin may be given (the pool's slot size).
+    pub max_memory_bytes: usize,
+    /// Deepest native stack guest code may use.
+    pub max_wasm_stack: usize,
+    /// Fuel per task, if fuel metering is on.
+    pub fuel: Option<u64>,
+    /// Limits applied to a task unless the task or plugin says otherwise.
+    pub default_limits: Limits,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            pooling: true,
+            max_concurrent_instances: 256,
+            max_memory_bytes: 512 * 1024 * 1024,
+            max_wasm_stack: 512 * 1024,
+            fuel: None,
+            default_limits: Limits::default(),
+        }
+    }
+}
+
+/// What one task may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Wall-clock time for the whole call, instantiation included.
+    pub timeout: Duration,
+    /// Cap on each linear memory of the instance, in bytes.
+    pub memory_bytes: usize,
+    /// Bytes of stdout and of stderr kept per task; the rest is dropped.
+    pub output_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { timeout: Duration::from_secs(30), memory_bytes: 64 * 1024 * 1024, output_bytes: 64 * 1024 }
+    }
+}
+
+/// The task as a plugin sees it.
+#[derive(Debug, Clone)]
+pub struct TaskInput {
+    /// Task id.
+    pub id: String,
+    /// Plugin name the task was submitted to.
+    pub plugin: String,
+    /// 1 (highest) to 10.
+    pub priority: u8,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+}
+
+/// A task's successful output.
+#[derive(Debug, Clone)]
+pub struct Success {
+    /// Bytes the plugin returned.
+    pub output: Vec<u8>,
+    /// Digest of the plugin version that ran.
+    pub plugin_digest: String,
+    /// Time spent, instantiation included.
+    pub duration: Duration,
+    /// What the plugin wrote to stdout and stderr, up to the bound.
+    pub stdio: Stdio,
+}
+
+/// A plugin's captured stdout and stderr.
+#[derive(Debug, Clone, Default)]
+pub struct Stdio {
+    /// Stdout, up to [`Limits::output_bytes`].
+    pub stdout: Vec<u8>,
+    /// Stderr, up to [`Limits::output_bytes`].
+    pub stderr: Vec<u8>,
+    /// Bytes of both streams dropped beyond the bound.
+    pub dropped_bytes: u64,
+}
+
+/// Why a task did not succeed. `kind` decides whether a retry may help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct Failure {
+    /// What kind of failure it was.
+    pub kind: FailureKind,
+    /// What happened, for the task's submitter.
+    pub message: String,
+}
+
+/// Kinds of task failure, as recorded on the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The plugin said a retry could help.
+    Retryable,
+    /// The plugin rejected the payload.
+    InvalidInput,
+    /// The plugin said it cannot process the task.
+    Fatal,
+    /// The task ran past its timeout.
+    Timeout,
+    /// The task tried to use more memory than its cap.
+    MemoryLimit,
+    /// The task used up its fuel.
+    FuelExhausted,
+    /// The plugin trapped (a panic, `unreachable`, a stack overflow …).
+    Trap,
+    /// The plugin could not be instantiated.
+    Instantiation,
+    /// No plugin of that name is loaded.
+    PluginNotFound,
+    /// The host stopped before the task finished.
+    Interrupted,
+}
+
+impl FailureKind {
+    /// Whether running the task again could succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Self::Retryable | Self::Timeout | Self::Interrupted)
+    }
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned));
+        f.write_str(text.as_deref().unwrap_or("unknown"))
+    }
+}
+
+impl Failure {
+    fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+}
+
+/// Extra time the outer timeout allows past the epoch deadline: the epoch
+/// catches guest code, the outer timeout a guest blocked in a host call.
+const OUTER_TIMEOUT_GRACE: Duration = Duration::from_millis(250);
+
+/// The engine and linker every plugin runs on.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    engine: Engine,
+    linker: Linker<Sandbox>,
+    allocator: AllocatorKind,
+    config: RuntimeConfig,
+}
+
+impl Runtime {
+    /// Creates the engine, linker and epoch ticker.
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let (engine, allocator) = engine::build_engine(&config)?;
+        let linker = engine::build_linker(&engine)?;
+        engine::spawn_epoch_ticker(&engine)?;
+        tracing::info!(allocator = ?allocator, "WebAssembly engine ready");
+        Ok(Self { inner: Arc::new(RuntimeInner { engine, linker, allocator, config }) })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<Sandbox> {
+        &self.inner.linker
+    }
+
+    /// Which allocator the engine uses.
+    pub fn allocator(&self) -> AllocatorKind {
+        self.inner.allocator
+    }
+
+    /// The configuration the runtime was built with.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    /// Runs `task` in a fresh instance of `plugin` under `limits`. Never
+    /// panics and never lets the plugin take the host down: every way the
+    /// guest can fail becomes a [`Failure`].
+    pub async fn run(
+        &self,
+        plugin: &LoadedPlugin,
+        task: TaskInput,
+        limits: Limits,
+        progress: Option<Arc<AtomicU8>>,
+    ) -> Result<Success, Failure> {
+        let started = Instant::now();
+        let stdout = CapturedOutput::new(limits.output_bytes);
+        let stderr = CapturedOutput::new(limits.output_bytes);
+        let task_id = task.id.clone();
+        let memory_bytes = limits.memory_bytes.min(self.inner.config.max_memory_bytes);
+        let sandbox =
+            Sandbox::new(task.id.clone(), plugin.name.clone(), memory_bytes, stdout.clone(), stderr.clone(), progress);
+
+        let mut store = Store::new(&self.inner.engine, sandbox);
+        store.limiter(|sandbox| &mut sandbox.limiter);
+        if let Some(fuel) = self.inner.config.fuel {
+            // Fuel metering is on for the whole engine; a set_fuel error
+            // means it is off, which the config rules out.
+            let _ = store.set_fuel(fuel);
+        }
+        let deadline = started + limits.timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                // Hand the thread back to the executor at every tick so one
+                // long task cannot starve the others.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let call = async {
+            let processor = plugin.pre.instantiate_async(&mut store).await.map_err(Outcome::Instantiate)?;
+            let wit_task = WitTask {
+                id: task.id,
+                plugin: task.plugin,
+                priority: task.priority,
+                attempt: task.attempt,
+                payload: task.payload,
+            };
+            processor.call_process(&mut store, &wit_task).await.map_err(Outcome::Trapped)
+        };
+        let outcome = tokio::time::timeout(limits.timeout + OUTER_TIMEOUT_GRACE, call).await;
+        let memory_hit = store.data().limiter.hit;
+        drop(store);
+        let stdio = collect_stdio(&task_id, &plugin.name, &stdout, &stderr);
+
+        let result = match outcome {
+            Err(_elapsed) => Err(Failure::new(
+                FailureKind::Timeout,
+                format!("task exceeded its timeout of {} ms (blocked in a host call)", limits.timeout.as_millis()),
+            )),
+            Ok(Err(Outcome::Instantiate(e))) => Err(classify_trap(&e, memory_hit, &limits, FailureKind::Instantiation)),
+            Ok(Err(Outcome::Trapped(e))) => Err(classify_trap(&e, memory_hit, &limits, FailureKind::Trap)),
+            Ok(Ok(Err(plugin_error))) => Err(match plugin_error {
+                WitTaskError::Retryable(m) => Failure::new(FailureKind::Retryable, m),
+                WitTaskError::InvalidInput(m) => Failure::new(FailureKind::InvalidInput, m),
+                WitTaskError::Fatal(m) => Failure::new(FailureKind::Fatal, m),
+            }),
+            Ok(Ok(Ok(output))) => {
+                Ok(Success { output, plugin_digest: plugin.digest.clone(), duration: started.elapsed(), stdio })
+            }
+        };
+        if let Err(failure) = &result {
+            tracing::debug!(task_id, plugin = %plugin.name, kind = %failure.kind, message = %failure.message, "task failed in plugin");
+        }
+        result
+    }
+}
+
+enum Outcome {
+    Instantiate(wasmtime::Error),
+    Trapped(wasmtime::Error),
+}
+
+/// Turns a wasmtime error into a failure a submitter can act on.
+fn classify_trap(error: &wasmtime::Error, memory_hit: bool, limits: &Limits, otherwise: FailureKind) -> Failure {
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Failure::new(
+            FailureKind::Timeout,
+            format!("task exceeded its timeout of {} ms", limits.timeout.as_millis()),
+        ),
+        Some(Trap::OutOfFuel) => Failure::new(FailureKind::FuelExhausted, "task used up its fuel"),
+        _ if memory_hit => Failure::new(
+            FailureKind::MemoryLimit,
+            format!("task tried to use more than its memory limit of {} bytes", limits.memory_bytes),
+        ),
+        Some(Trap::StackOverflow) => Failure::new(FailureKind::Trap, "plugin overflowed its stack"),
+        Some(trap) => Failure::new(otherwise, format!("plugin trapped: {trap}")),
+        None => Failure::new(otherwise, format!("plugin failed: {}", root_message(error))),
+    }
+}
+
+/// The innermost message of an error chain: what went wrong, without the
+/// host's internal context.
+fn root_message(error: &wasmtime::Error) -> String {
+    error.root_cause().to_string()
+}
+
+/// Takes what the guest wrote and logs it with the task id.
+fn collect_stdio(task_id: &str, plugin: &str, stdout: &CapturedOutput, stderr: &CapturedOutput) -> Stdio {
+    let (stdout, stdout_dropped) = stdout.take();
+    let (stderr, stderr_dropped) = stderr.take();
+    for (stream, kept, dropped) in [("stdout", &stdout, stdout_dropped), ("stderr", &stderr, stderr_dropped)] {
+        if !kept.is_empty() {
+            let text = String::from_utf8_lossy(kept);
+            let shown: String = text.chars().take(LOGGED_OUTPUT_CHARS).collect();
+            tracing::info!(task_id, plugin, stream, bytes = kept.len(), dropped_bytes = dropped, "plugin output: {shown}");
+        }
+    }
+    Stdio { stdout, stderr, dropped_bytes: stdout_dropped + stderr_dropped }
+}
+
+/// How much of a plugin's stdout or stderr goes into one log line.
+const LOGGED_OUTPUT_CHARS: usize = 2048;

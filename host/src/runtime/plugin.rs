@@ -1,0 +1,272 @@
+//! One loaded plugin version: validated, compiled (or taken from the on-disk
+//! cache) and pre-linked, ready to be instantiated for each task.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+
+use super::Runtime;
+use super::bindings::ProcessorPre;
+use super::sandbox::Sandbox;
+use crate::fsutil;
+
+/// Largest plugin file accepted, in bytes. Components built from Python or
+/// JavaScript run to tens of megabytes.
+pub const MAX_PLUGIN_BYTES: usize = 100 * 1024 * 1024;
+
+/// Why a plugin version was not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The name does not match `[a-z0-9][a-z0-9_-]{0,63}`.
+    #[error("invalid plugin name {0:?}: use 1 to 64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit")]
+    InvalidName(String),
+    /// No plugin of that name is loaded.
+    #[error("no plugin named {0:?} is loaded")]
+    NotFound(String),
+    /// The bytes are not WebAssembly at all.
+    #[error("not a WebAssembly file (no \\0asm header)")]
+    NotWasm,
+    /// The bytes are a core module, not a component.
+    #[error("this is a core WebAssembly module, not a component: build the plugin for wasm32-wasip2 (or run `wasm-tools component new`)")]
+    CoreModule,
+    /// Larger than [`MAX_PLUGIN_BYTES`].
+    #[error("plugin is {0} bytes; the limit is {MAX_PLUGIN_BYTES}")]
+    TooLarge(usize),
+    /// The component did not compile.
+    #[error("the component does not compile: {0}")]
+    Compile(String),
+    /// The component does not implement the `taskflow:plugin/processor` world.
+    #[error("the component does not implement the taskflow:plugin/processor world: {0}")]
+    WrongWorld(String),
+    /// Reading or writing a file failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl PluginError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io { context: context.into(), source }
+    }
+}
+
+/// Checks a plugin name: `[a-z0-9][a-z0-9_-]{0,63}`.
+pub fn validate_name(name: &str) -> Result<(), PluginError> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if first_ok && rest_ok && name.len() <= 64 { Ok(()) } else { Err(PluginError::InvalidName(name.to_owned())) }
+}
+
+/// An immutable, ready-to-run plugin version. Tasks hold an `Arc` of the
+/// version they started with, so a hot swap never disturbs them.
+pub struct LoadedPlugin {
+    /// Plugin name (the file stem).
+    pub name: String,
+    /// Hex SHA-256 of the component file.
+    pub digest: String,
+    /// Size of the component file in bytes.
+    pub size: usize,
+    /// When this version was loaded.
+    pub loaded_at: DateTime<Utc>,
+    /// Whether the compiled code came from the on-disk cache.
+    pub from_cache: bool,
+    pub(super) pre: ProcessorPre<Sandbox>,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin").field("name", &self.name).field("digest", &self.digest).finish_non_exhaustive()
+    }
+}
+
+/// What the API and `/stats` show of a loaded plugin.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PluginInfo {
+    /// Plugin name.
+    pub name: String,
+    /// Hex SHA-256 of the component file.
+    pub digest: String,
+    /// Size of the component file in bytes.
+    pub size: usize,
+    /// When this version was loaded.
+    pub loaded_at: DateTime<Utc>,
+}
+
+impl LoadedPlugin {
+    /// The pre-linked component, for benchmarks that measure the bare
+    /// instantiate-and-call floor beneath [`Runtime::run`].
+    #[doc(hidden)]
+    pub fn instance_pre(&self) -> &ProcessorPre<Sandbox> {
+        &self.pre
+    }
+
+    /// The public description of this version.
+    pub fn info(&self) -> PluginInfo {
+        PluginInfo { name: self.name.clone(), digest: self.digest.clone(), size: self.size, loaded_at: self.loaded_at }
+    }
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn digest_of(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Checks the header: catches text, garbage and core modules with a message
+/// that says what to do, before the compiler's less friendly one.
+pub fn check_header(bytes: &[u8]) -> Result<(), PluginError> {
+    if bytes.len() > MAX_PLUGIN_BYTES {
+        return Err(PluginError::TooLarge(bytes.len()));
+    }
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(PluginError::NotWasm);
+    }
+    // Core modules are version 1 with layer 0; components carry layer 1.
+    if bytes[4..8] == [1, 0, 0, 0] {
+        return Err(PluginError::CoreModule);
+    }
+    Ok(())
+}
+
+/// Compiled components on disk, keyed by the file's digest and the engine's
+/// compatibility hash, so a restart (or a reload of a known version) skips
+/// compilation, and a new wasmtime or engine setting never reads stale code.
+#[derive(Debug)]
+pub struct ArtifactCache {
+    dir: PathBuf,
+    engine_key: String,
+}
+
+impl ArtifactCache {
+    /// A cache in `dir` for artifacts of `runtime`'s engine.
+    pub fn new(dir: impl Into<PathBuf>, runtime: &Runtime) -> Result<Self, PluginError> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| PluginError::io(format!("cannot create the compile cache {}", dir.display()), e))?;
+        let mut hasher = DefaultHasher::new();
+        runtime.engine().precompile_compatibility_hash().hash(&mut hasher);
+        Ok(Self { dir, engine_key: format!("{:016x}", hasher.finish()) })
+    }
+
+    fn path_for(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}-{}.cwasm", self.engine_key))
+    }
+
+    fn load(&self, runtime: &Runtime, digest: &str) -> Option<Component> {
+        let path = self.path_for(digest);
+        if !path.exists() {
+            return None;
+        }
+        match deserialize(runtime, &path) {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "discarding unusable compiled artifact");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    fn store(&self, digest: &str, component: &Component) {
+        let result = component
+            .serialize()
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|bytes| fsutil::write_atomic(&self.path_for(digest), &bytes, false));
+        if let Err(e) = result {
+            // The cache is an optimisation: a failed write costs a recompile later.
+            tracing::warn!(digest, error = %e, "cannot write the compiled artifact to the cache");
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn deserialize(runtime: &Runtime, path: &Path) -> wasmtime::Result<Component> {
+    // Read into memory rather than `deserialize_file`, which maps the file:
+    // a mapped artifact truncated or rewritten in place under a running host
+    // would take the process down with SIGBUS.
+    let bytes = std::fs::read(path)?;
+    // SAFETY: the bytes are native code this host compiled and wrote into its
+    // own cache directory (operators must keep that directory private, as
+    // documented). Its name carries the engine's compatibility hash, and
+    // wasmtime checks the artifact's header against the engine again here.
+    unsafe { Component::deserialize(runtime.engine(), &bytes) }
+}
+
+/// Counters of the work [`compile`] did, for `/stats` and tests.
+#[derive(Debug, Default)]
+pub struct CompileCounters {
+    /// Components compiled by cranelift.
+    pub compiled: AtomicU64,
+    /// Components loaded from the on-disk cache.
+    pub cache_hits: AtomicU64,
+}
+
+/// Validates, compiles (or loads from `cache`) and pre-links one plugin
+/// version. CPU-heavy: call it off the async executor.
+pub fn compile(
+    runtime: &Runtime,
+    cache: Option<&ArtifactCache>,
+    counters: &CompileCounters,
+    name: &str,
+    bytes: &[u8],
+) -> Result<LoadedPlugin, PluginError> {
+    validate_name(name)?;
+    check_header(bytes)?;
+    let digest = digest_of(bytes);
+
+    let cached = cache.and_then(|cache| cache.load(runtime, &digest));
+    let from_cache = cached.is_some();
+    let component = match cached {
+        Some(component) => {
+            counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+            component
+        }
+        None => {
+            let component =
+                Component::new(runtime.engine(), bytes).map_err(|e| PluginError::Compile(format!("{e:#}")))?;
+            counters.compiled.fetch_add(1, Ordering::Relaxed);
+            component
+        }
+    };
+
+    let instance_pre =
+        runtime.linker().instantiate_pre(&component).map_err(|e| PluginError::WrongWorld(format!("{e:#}")))?;
+    let pre = ProcessorPre::new(instance_pre).map_err(|e| PluginError::WrongWorld(format!("{e:#}")))?;
+
+    // Only a version that passed every check is worth caching.
+    if let (Some(cache), false) = (cache, from_cache) {
+        cache.store(&digest, &component);
+    }
+    Ok(LoadedPlugin { name: name.to_owned(), digest, size: bytes.len(), loaded_at: Utc::now(), from_cache, pre })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_names_follow_the_documented_pattern() {
+        for good in ["echo", "a", "word-count_2", "0abc", &"x".repeat(64)] {
+            assert!(validate_name(good).is_ok(), "{good} should be valid");
+        }
+        for bad in ["", "Echo", "-echo", "_x", "a/b", "../etc", "a.b", "é", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad} should be invalid");
+        }
+    }
+
+    #[test]
+    fn header_check_names_the_problem() {
+        assert!(matches!(check_header(b"hello world"), Err(PluginError::NotWasm)));
+        assert!(matches!(check_header(b"\0asm\x01\0\0\0"), Err(PluginError::CoreModule)));
+        assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+}

@@ -1,0 +1,563 @@
+//! The task service: the one place where tasks change state. The HTTP API
+//! calls it to submit, read and cancel; workers call it to run. Every change
+//! is saved to storage before anyone is told about it.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::Notify;
+use utoipa::ToSchema;
+
+use crate::queue::{Delivery, Queue, QueueDepth, QueueEntry, QueueError};
+use crate::runtime::plugin::PluginInfo;
+use crate::runtime::{Failure, FailureKind, Limits, PluginError, PluginRegistry, RegistryStats, TaskInput};
+use crate::storage::{ListQuery, StatusCounts, StorageError, TaskPage, TaskStore};
+use crate::task::{NewTask, Task, TaskError, TaskId, TaskOutput, TaskStatus, ValidationError};
+use crate::telemetry::{Gauges, Metrics};
+
+/// Longest retry backoff.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Lock stripes serialising state changes of one task (see [`TaskService::lock`]).
+const LOCK_STRIPES: usize = 256;
+/// Delay before retrying a delivery that hit a storage error.
+const STORAGE_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Why a service call failed. The API turns each into a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A submitted field breaks a rule.
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    /// The task names a plugin that is not loaded.
+    #[error("no plugin named {0:?} is loaded; GET /plugins lists the loaded ones")]
+    UnknownPlugin(String),
+    /// No task with this id.
+    #[error("no task with id {0}")]
+    NotFound(TaskId),
+    /// The task's status does not allow the operation.
+    #[error("task {id} is {status}; only pending or running tasks can be cancelled")]
+    NotCancellable {
+        /// The task.
+        id: TaskId,
+        /// Its status.
+        status: TaskStatus,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The queue failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// A plugin operation failed.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+}
+
+/// A submission's outcome: the task, and whether it was created now (or
+/// already existed under the same idempotency key).
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// The task.
+    pub task: Task,
+    /// `false` when an earlier submission with the same idempotency key exists.
+    pub created: bool,
+}
+
+/// A task as shown to clients: the record plus live progress while it runs.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TaskView {
+    /// The task record.
+    #[serde(flatten)]
+    pub task: Task,
+    /// Percent done, as last reported by the plugin, while running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<u8>,
+}
+
+/// `GET /stats`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Stats {
+    /// Queued tasks by priority.
+    pub queue: QueueDepth,
+    /// Tasks running now.
+    pub running: usize,
+    /// Tasks by status.
+    #[schema(value_type = HashMap<String, u64>)]
+    pub tasks: StatusCounts,
+    /// Worker count.
+    pub workers: usize,
+    /// Loaded plugins and their versions.
+    pub plugins: Vec<PluginInfo>,
+    /// Plugin registry counters.
+    pub registry: RegistryStats,
+    /// Seconds since the host started.
+    pub uptime_seconds: u64,
+}
+
+/// What startup recovery did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Tasks queued again (pending, or running when the host stopped).
+    pub requeued: usize,
+    /// Of those, tasks that were running.
+    pub interrupted: usize,
+}
+
+/// Settings of the service.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Workers running tasks (reported in stats).
+    pub workers: usize,
+    /// Base of the exponential retry backoff.
+    pub retry_base: Duration,
+}
+
+/// A task a worker is running right now.
+struct Running {
+    cancel: Arc<Notify>,
+    progress: Arc<AtomicU8>,
+}
+
+/// The task service. Cheap to share as `Arc<TaskService>`.
+pub struct TaskService {
+    queue: Arc<dyn Queue>,
+    store: Arc<dyn TaskStore>,
+    registry: Arc<PluginRegistry>,
+    metrics: Arc<Metrics>,
+    config: ServiceConfig,
+    sequence: AtomicU64,
+    locks: Vec<tokio::sync::Mutex<()>>,
+    idempotency: tokio::sync::Mutex<()>,
+    running: Mutex<HashMap<TaskId, Running>>,
+    started_at: Instant,
+}
+
+impl std::fmt::Debug for TaskService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskService").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl TaskService {
+    /// A service over the given backends.
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        store: Arc<dyn TaskStore>,
+        registry: Arc<PluginRegistry>,
+        metrics: Arc<Metrics>,
+        config: ServiceConfig,
+    ) -> Self {
+        Self {
+            queue,
+            store,
+            registry,
+            metrics,
+            config,
+            sequence: AtomicU64::new(1),
+            locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            idempotency: tokio::sync::Mutex::new(()),
+            running: Mutex::new(HashMap::new()),
+            started_at: Instant::now(),
+        }
+    }
+
+    /// The plugin registry.
+    pub fn registry(&self) -> &Arc<PluginRegistry> {
+        &self.registry
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &Arc<dyn Queue> {
+        &self.queue
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn TaskStore> {
+        &self.store
+    }
+
+    /// Startup: continues the submission sequence after the stored tasks and
+    /// queues again every task that was pending, or running when the host
+    /// stopped, in priority order.
+    pub async fn recover(&self) -> Result<Recovery, ServiceError> {
+        let mut tasks = self.store.all().await?;
+        let next = tasks.iter().map(|t| t.sequence).max().map_or(1, |max| max + 1);
+        self.sequence.fetch_max(next, Ordering::SeqCst);
+        tasks.retain(|t| matches!(t.status, TaskStatus::Pending | TaskStatus::Running));
+        tasks.sort_by_key(|t| (t.priority, t.sequence));
+        let mut recovery = Recovery::default();
+        for mut task in tasks {
+            if task.status == TaskStatus::Running {
+                task.status = TaskStatus::Pending;
+                task.last_error = Some(TaskError {
+                    kind: FailureKind::Interrupted,
+                    message: "the host stopped while this task ran; it was queued again".into(),
+                });
+                self.store.save(&task).await?;
+                recovery.interrupted += 1;
+            }
+            let delay = task.retry_at.and_then(|at| (at - Utc::now()).to_std().ok()).unwrap_or_default();
+            self.queue.push(QueueEntry::from(&task), delay).await?;
+            recovery.requeued += 1;
+        }
+        Ok(recovery)
+    }
+
+    /// Validates and accepts a task: saved, then queued. A task with an
+    /// idempotency key that was seen before returns the earlier task.
+    pub async fn submit(&self, new: NewTask) -> Result<Submitted, ServiceError> {
+        let _idempotency = match &new.idempotency_key {
+            Some(key) => {
+                let guard = self.idempotency.lock().await;
+                if let Some(task) = self.store.find_by_idempotency_key(key).await? {
+                    return Ok(Submitted { task, created: false });
+                }
+                Some(guard)
+            }
+            None => None,
+        };
+        let task = self.validate(new)?;
+        self.accept(&task).await?;
+        Ok(Submitted { task, created: true })
+    }
+
+    /// Accepts many tasks. Every one is validated before any is saved, so a
+    /// bad item rejects the whole batch and nothing is written.
+    pub async fn submit_batch(&self, batch: Vec<NewTask>) -> Result<Vec<Submitted>, (usize, ServiceError)> {
+        let mut seen_keys = std::collections::HashSet::new();
+        for (index, new) in batch.iter().enumerate() {
+            if let Some(key) = &new.idempotency_key
+                && !seen_keys.insert(key.clone())
+            {
+                return Err((
+                    index,
+                    ServiceError::Validation(ValidationError {
+                        field: "idempotency_key",
+                        message: format!("{key:?} appears twice in the batch"),
+                    }),
+                ));
+            }
+            self.check(new).map_err(|e| (index, e))?;
+        }
+        let mut accepted = Vec::with_capacity(batch.len());
+        for (index, new) in batch.into_iter().enumerate() {
+            accepted.push(self.submit(new).await.map_err(|e| (index, e))?);
+        }
+        Ok(accepted)
+    }
+
+    fn check(&self, new: &NewTask) -> Result<(), ServiceError> {
+        new.clone().validate(0)?;
+        if !self.registry.contains(&new.plugin) {
+            return Err(ServiceError::UnknownPlugin(new.plugin.clone()));
+        }
+        Ok(())
+    }
+
+    fn validate(&self, new: NewTask) -> Result<Task, ServiceError> {
+        let plugin = new.plugin.clone();
+        let task = new.validate(self.sequence.fetch_add(1, Ordering::SeqCst))?;
+        if !self.registry.contains(&plugin) {
+            return Err(ServiceError::UnknownPlugin(plugin));
+        }
+        Ok(task)
+    }
+
+    async fn accept(&self, task: &Task) -> Result<(), ServiceError> {
+        // Saved before queued: once the client hears 202, a crash at any
+        // instant leaves the task on disk, and recovery queues it again.
+        self.store.save(task).await?;
+        self.queue.push(QueueEntry::from(task), Duration::ZERO).await?;
+        tracing::debug!(task_id = %task.id, plugin = %task.plugin, priority = task.priority, "task accepted");
+        Ok(())
+    }
+
+    /// The task with `id`, with live progress while it runs.
+    pub async fn get(&self, id: TaskId) -> Result<TaskView, ServiceError> {
+        let task = self.store.load(id).await?.ok_or(ServiceError::NotFound(id))?;
+        let progress = (task.status == TaskStatus::Running)
+            .then(|| self.running_lock().get(&id).map(|r| r.progress.load(Ordering::Relaxed)))
+            .flatten();
+        Ok(TaskView { task, progress })
+    }
+
+    /// A page of tasks.
+    pub async fn list(&self, query: &ListQuery) -> Result<TaskPage, ServiceError> {
+        Ok(self.store.list(query).await?)
+    }
+
+    /// Cancels a pending task at once, or interrupts a running one (its
+    /// worker records the cancellation when the instance has stopped).
+    pub async fn cancel(&self, id: TaskId) -> Result<TaskView, ServiceError> {
+        let _guard = self.lock(id).await;
+        let mut task = self.store.load(id).await?.ok_or(ServiceError::NotFound(id))?;
+        match task.status {
+            TaskStatus::Pending => {
+                task.status = TaskStatus::Cancelled;
+                task.finished_at = Some(Utc::now());
+                task.retry_at = None;
+                self.store.save(&task).await?;
+                self.queue.remove(id).await?;
+                tracing::info!(task_id = %id, "task cancelled");
+                Ok(TaskView { task, progress: None })
+            }
+            TaskStatus::Running => {
+                if let Some(running) = self.running_lock().get(&id) {
+                    running.cancel.notify_one();
+                }
+                tracing::info!(task_id = %id, "cancelling running task");
+                Ok(TaskView { task, progress: None })
+            }
+            status => Err(ServiceError::NotCancellable { id, status }),
+        }
+    }
+
+    /// Queue, task and plugin statistics.
+    pub async fn stats(&self) -> Result<Stats, ServiceError> {
+        Ok(Stats {
+            queue: self.queue.depth().await?,
+            running: self.running_count(),
+            tasks: self.store.counts().await?,
+            workers: self.config.workers,
+            plugins: self.registry.list(),
+            registry: self.registry.stats(),
+            uptime_seconds: self.started_at.elapsed().as_secs(),
+        })
+    }
+
+    /// Prometheus text for `GET /metrics`.
+    pub async fn render_metrics(&self) -> Result<String, ServiceError> {
+        let depth = self.queue.depth().await?;
+        let counts = self.store.counts().await?;
+        let gauges = Gauges {
+            tasks_by_status: counts.iter().map(|(status, n)| (status.to_string(), *n)).collect(),
+            queue_depth: depth.ready.iter().map(|(p, n)| (*p, *n)).collect(),
+            delayed: depth.delayed,
+            running: self.running_count(),
+            plugins: self.registry.stats().loaded,
+        };
+        Ok(self.metrics.render(&gauges))
+    }
+
+    /// Tasks running now.
+    pub fn running_count(&self) -> usize {
+        self.running_lock().len()
+    }
+
+    /// Runs the task of one queue delivery to its next state. Called by the
+    /// workers; never fails: every problem is recorded on the task or logged.
+    pub async fn process(&self, delivery: Delivery) {
+        let id = delivery.entry.id;
+        let task = match self.start(id).await {
+            Ok(Some(task)) => task,
+            Ok(None) => {
+                // Cancelled, finished or deleted since it was queued.
+                self.ack(&delivery).await;
+                return;
+            }
+            Err(e) => {
+                tracing::error!(task_id = %id, error = %e, "cannot start task; retrying shortly");
+                self.requeue(&delivery, STORAGE_RETRY_DELAY).await;
+                return;
+            }
+        };
+
+        let cancel = Arc::new(Notify::new());
+        let progress = Arc::new(AtomicU8::new(0));
+        self.running_lock().insert(id, Running { cancel: cancel.clone(), progress: progress.clone() });
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            outcome = self.execute(&task, progress) => Some(outcome),
+            () = cancel.notified() => None,
+        };
+        let elapsed = started.elapsed();
+        self.running_lock().remove(&id);
+
+        if let Err(e) = self.finish(task, outcome, elapsed).await {
+            tracing::error!(task_id = %id, error = %e, "cannot record the task's outcome; it runs again");
+            self.requeue(&delivery, STORAGE_RETRY_DELAY).await;
+            return;
+        }
+        self.ack(&delivery).await;
+    }
+
+    /// Marks a pending task running; `None` when it is no longer pending.
+    async fn start(&self, id: TaskId) -> Result<Option<Task>, StorageError> {
+        let _guard = self.lock(id).await;
+        let Some(mut task) = self.store.load(id).await? else { return Ok(None) };
+        if task.status != TaskStatus::Pending {
+            return Ok(None);
+        }
+        task.status = TaskStatus::Running;
+        task.attempts += 1;
+        task.started_at = Some(Utc::now());
+        task.retry_at = None;
+        self.store.save(&task).await?;
+        Ok(Some(task))
+    }
+
+    async fn execute(&self, task: &Task, progress: Arc<AtomicU8>) -> Result<crate::runtime::Success, Failure> {
+        let entry = self.registry.get(&task.plugin).map_err(|_| Failure {
+            kind: FailureKind::PluginNotFound,
+            message: format!("plugin {:?} is no longer loaded", task.plugin),
+        })?;
+        let limits = self.limits_for(task, &entry.limits);
+        let input = TaskInput {
+            id: task.id.to_string(),
+            plugin: task.plugin.clone(),
+            priority: task.priority,
+            attempt: task.attempts,
+            payload: task.payload_bytes(),
+        };
+        self.registry.runtime().run(&entry.plugin, input, limits, Some(progress)).await
+    }
+
+    /// Task setting first, then the plugin's sidecar, then the host default.
+    fn limits_for(&self, task: &Task, plugin: &crate::runtime::registry::PluginLimits) -> Limits {
+        let defaults = self.registry.runtime().config().default_limits;
+        Limits {
+            timeout: task.timeout().or(plugin.timeout_ms.map(Duration::from_millis)).unwrap_or(defaults.timeout),
+            memory_bytes: plugin.memory_mb.map_or(defaults.memory_bytes, |mb| mb.saturating_mul(1024 * 1024)),
+            ..defaults
+        }
+    }
+
+    /// Records the outcome of a run: completed, failed, back to pending for a
+    /// retry, or cancelled (`outcome` is `None`).
+    async fn finish(
+        &self,
+        mut task: Task,
+        outcome: Option<Result<crate::runtime::Success, Failure>>,
+        elapsed: Duration,
+    ) -> Result<(), ServiceError> {
+        let _guard = self.lock(task.id).await;
+        let now = Utc::now();
+        let label = match outcome {
+            None => {
+                task.status = TaskStatus::Cancelled;
+                task.finished_at = Some(now);
+                "cancelled"
+            }
+            Some(Ok(success)) => {
+                task.status = TaskStatus::Completed;
+                task.finished_at = Some(now);
+                task.plugin_digest = Some(success.plugin_digest);
+                task.result = Some(TaskOutput::from_bytes(&success.output));
+                task.last_error = None;
+                "completed"
+            }
+            Some(Err(failure)) => {
+                if let Ok(entry) = self.registry.get(&task.plugin) {
+                    task.plugin_digest = Some(entry.plugin.digest.clone());
+                }
+                let retry = failure.kind.is_retryable() && task.attempts < task.max_attempts;
+                task.last_error = Some(TaskError { kind: failure.kind, message: failure.message });
+                if retry {
+                    let delay = backoff(self.config.retry_base, task.attempts);
+                    task.status = TaskStatus::Pending;
+                    task.retry_at = chrono::Duration::from_std(delay).ok().map(|d| now + d);
+                    self.store.save(&task).await?;
+                    self.queue.push(QueueEntry::from(&task), delay).await?;
+                    self.metrics.record_attempt(&task.plugin, "retried", elapsed);
+                    tracing::info!(task_id = %task.id, plugin = %task.plugin, attempt = task.attempts, delay_ms = delay.as_millis() as u64, "task will be retried");
+                    return Ok(());
+                }
+                task.status = TaskStatus::Failed;
+                task.finished_at = Some(now);
+                "failed"
+            }
+        };
+        self.store.save(&task).await?;
+        self.metrics.record_attempt(&task.plugin, label, elapsed);
+        tracing::info!(
+            task_id = %task.id,
+            plugin = %task.plugin,
+            status = %task.status,
+            attempt = task.attempts,
+            duration_ms = elapsed.as_millis() as u64,
+            "task finished"
+        );
+        Ok(())
+    }
+
+    /// Marks every task still running as pending again (graceful shutdown
+    /// past its grace period), so the next start runs them.
+    pub async fn release_running(&self) {
+        let ids: Vec<TaskId> = self.running_lock().keys().copied().collect();
+        for id in ids {
+            let _guard = self.lock(id).await;
+            if let Ok(Some(mut task)) = self.store.load(id).await
+                && task.status == TaskStatus::Running
+            {
+                task.status = TaskStatus::Pending;
+                task.last_error = Some(TaskError {
+                    kind: FailureKind::Interrupted,
+                    message: "the host shut down while this task ran; it will run again".into(),
+                });
+                if let Err(e) = self.store.save(&task).await {
+                    tracing::error!(task_id = %id, error = %e, "cannot release interrupted task");
+                }
+            }
+        }
+    }
+
+    async fn ack(&self, delivery: &Delivery) {
+        if let Err(e) = self.queue.ack(delivery).await {
+            tracing::warn!(task_id = %delivery.entry.id, error = %e, "cannot acknowledge queue delivery");
+        }
+    }
+
+    async fn requeue(&self, delivery: &Delivery, delay: Duration) {
+        self.ack(delivery).await;
+        if let Err(e) = self.queue.push(delivery.entry.clone(), delay).await {
+            tracing::error!(task_id = %delivery.entry.id, error = %e, "cannot requeue task; it runs after the next restart");
+        }
+    }
+
+    /// Serialises state changes of one task (worker start/finish, cancel),
+    /// so a cancel cannot be overwritten by a worker that read the task just
+    /// before it.
+    async fn lock(&self, id: TaskId) -> tokio::sync::MutexGuard<'_, ()> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut hasher);
+        self.locks[(hasher.finish() as usize) % LOCK_STRIPES].lock().await
+    }
+
+    fn running_lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Running>> {
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Exponential backoff with jitter: `base · 2^(attempt-1)`, capped, then a
+/// random point in its upper half so retries of many tasks spread out.
+pub fn backoff(base: Duration, attempt: u32) -> Duration {
+    let exponential = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(MAX_BACKOFF);
+    let half = exponential / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_in_bounds() {
+        let base = Duration::from_millis(100);
+        for attempt in 1..=30 {
+            let full = base.saturating_mul(1u32 << (attempt - 1).min(20)).min(MAX_BACKOFF);
+            let delay = backoff(base, attempt);
+            assert!(delay >= full / 2 && delay <= full, "attempt {attempt}: {delay:?} not in [{:?}, {full:?}]", full / 2);
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Backups: every task of a store in one timestamped JSON file, and restore
+//! from such a file into any store.
+//!
+//! ```json
+//! { "format": "taskflow-backup", "version": 1, "created_at": "…", "tasks": [ … ] }
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{StorageError, TaskStore, blocking};
+use crate::fsutil::write_atomic;
+use crate::queue::QueueEntry;
+use crate::task::{Task, TaskStatus};
+
+/// The `format` field of every backup file.
+pub const BACKUP_FORMAT: &str = "taskflow-backup";
+/// The backup format version this build writes and reads.
+pub const BACKUP_VERSION: u64 = 1;
+
+#[derive(Serialize)]
+struct BackupFile<'a> {
+    format: &'a str,
+    version: u64,
+    created_at: DateTime<Utc>,
+    tasks: &'a [Task],
+}
+
+/// What [`restore`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RestoreReport {
+    /// Tasks saved into the store.
+    pub restored: usize,
+    /// The pending tasks, which the caller must queue: highest priority
+    /// first, then in submission order.
+    pub to_queue: Vec<QueueEntry>,
+}
+
+/// Writes every task of `store` into a new file
+/// `<dir>/taskflow-backup-<UTC timestamp>.json` (creating `dir`), atomically
+/// and durably, and returns its path.
+///
+/// Each task is copied as it was when read; tasks changing during the backup
+/// may be copied before or after the change.
+pub async fn backup(store: &dyn TaskStore, dir: &Path) -> Result<PathBuf, StorageError> {
+    let tasks = store.all().await?;
+    let created_at = Utc::now();
+    let dir = dir.to_path_buf();
+    blocking(move || {
+        let file = BackupFile { format: BACKUP_FORMAT, version: BACKUP_VERSION, created_at, tasks: &tasks };
+        let bytes = serde_json::to_vec(&file).map_err(|source| StorageError::Encode { what: "the backup".into(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| StorageError::Io { action: "create", path: dir.clone(), source })?;
+        let stamp = created_at.format("%Y%m%dT%H%M%SZ");
+        let mut path = dir.join(format!("{BACKUP_FORMAT}-{stamp}.json"));
+        // Never overwrite an earlier backup taken within the same second.
+        let mut n = 2;
+        while path.exists() {
+            path = dir.join(format!("{BACKUP_FORMAT}-{stamp}-{n}.json"));
+            n += 1;
+        }
+        write_atomic(&path, &bytes, true).map_err(|source| StorageError::Io { action: "write", path: path.clone(), source })?;
+        Ok(path)
+    })
+    .await
+}
+
+/// Reads the tasks of a backup file, checking its format and version.
+pub async fn read_backup(path: &Path) -> Result<Vec<Task>, StorageError> {
+    let path = path.to_path_buf();
+    blocking(move || {
+        let bytes = std::fs::read(&path).map_err(|source| StorageError::Io { action: "read", path: path.clone(), source })?;
+        parse_backup(&bytes).map_err(|reason| StorageError::InvalidBackup { path, reason })
+    })
+    .await
+}
+
+fn parse_backup(bytes: &[u8]) -> Result<Vec<Task>, String> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("it is not valid JSON ({e})"))?;
+    let Value::Object(mut file) = value else {
+        return Err("expected a JSON object with \"format\", \"version\" and \"tasks\"".into());
+    };
+    match file.get("format").and_then(Value::as_str) {
+        Some(BACKUP_FORMAT) => {}
+        Some(other) => return Err(format!("its format is {other:?}, expected {BACKUP_FORMAT:?}")),
+        None => return Err(format!("it has no \"format\" field; a backup has \"format\": {BACKUP_FORMAT:?}")),
+    }
+    match file.get("version").and_then(Value::as_u64) {
+        Some(BACKUP_VERSION) => {}
+        Some(other) => {
+            return Err(format!("its version is {other}; this TaskFlow reads version {BACKUP_VERSION}, so use a matching TaskFlow"));
+        }
+        None => return Err("it has no numeric \"version\" field".into()),
+    }
+    let Some(Value::Array(tasks)) = file.remove("tasks") else {
+        return Err("it has no \"tasks\" array".into());
+    };
+    tasks
+        .into_iter()
+        .enumerate()
+        .map(|(position, task)| serde_json::from_value(task).map_err(|e| format!("task #{position} is invalid: {e}")))
+        .collect()
+}
+
+/// Saves every task into `store`, replacing tasks with the same id. A task
+/// backed up while `running` is restored as `pending`: its run was cut off.
+/// Restoring is idempotent, so after an error it can simply be run again.
+pub async fn restore(store: &dyn TaskStore, tasks: Vec<Task>) -> Result<RestoreReport, StorageError> {
+    let restored = tasks.len();
+    let mut to_queue = Vec::new();
+    for mut task in tasks {
+        if task.status == TaskStatus::Running {
+            task.status = TaskStatus::Pending;
+        }
+        store.save(&task).await?;
+        if task.status == TaskStatus::Pending {
+            to_queue.push(QueueEntry::from(&task));
+        }
+    }
+    to_queue.sort_by_key(|entry| (entry.priority, entry.sequence));
+    Ok(RestoreReport { restored, to_queue })
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+
+    use super::*;
+    use crate::runtime::FailureKind;
+    use crate::storage::FileStore;
+    use crate::task::{NewTask, TaskError, TaskOutput};
+
+    /// Tasks in every status with every optional field in use.
+    fn varied_tasks() -> Vec<Task> {
+        (0..12u64)
+            .map(|sequence| {
+                let new = NewTask {
+                    plugin: format!("plugin-{}", sequence % 3),
+                    payload: serde_json::json!({ "n": sequence, "nested": [1, "two", null] }),
+                    priority: Some((sequence % 10) as u8 + 1),
+                    max_attempts: Some(5),
+                    timeout_ms: Some(1_000 + sequence),
+                    idempotency_key: Some(format!("key-{sequence}")),
+                };
+                let mut task = new.validate(sequence).expect("valid");
+                task.status = TaskStatus::ALL[sequence as usize % TaskStatus::ALL.len()];
+                task.attempts = 2;
+                task.started_at = Some(task.created_at + TimeDelta::milliseconds(3));
+                task.finished_at = Some(task.created_at + TimeDelta::nanoseconds(123_456_789));
+                task.retry_at = Some(task.created_at + TimeDelta::seconds(30));
+                task.plugin_digest = Some(format!("sha256:{sequence:064x}"));
+                task.last_error = Some(TaskError { kind: FailureKind::Retryable, message: "busy".into() });
+                task.result = Some(if sequence % 2 == 0 {
+                    TaskOutput::Json(serde_json::json!({ "ok": sequence }))
+                } else {
+                    TaskOutput::Base64("/wA=".into())
+                });
+                task
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn backup_then_restore_round_trips_every_task() {
+        let source_dir = tempfile::tempdir().expect("tempdir");
+        let backup_dir = tempfile::tempdir().expect("tempdir");
+        let target_dir = tempfile::tempdir().expect("tempdir");
+        let source = FileStore::open(source_dir.path(), false).await.expect("open source");
+        let tasks = varied_tasks();
+        for task in &tasks {
+            source.save(task).await.expect("save");
+        }
+
+        let path = backup(&source, backup_dir.path()).await.expect("backup");
+        let name = path.file_name().and_then(|n| n.to_str()).expect("file name");
+        assert!(name.starts_with("taskflow-backup-") && name.ends_with("Z.json"), "{name}");
+        let second = backup(&source, backup_dir.path()).await.expect("second backup");
+        assert_ne!(second, path, "a second backup never overwrites the first");
+
+        let read = read_backup(&path).await.expect("read backup");
+        assert_eq!(read, tasks, "the file holds every task, every field");
+
+        let target = FileStore::open(target_dir.path(), false).await.expect("open target");
+        let report = restore(&target, read).await.expect("restore");
+        assert_eq!(report.restored, tasks.len());
+
+        let expected: Vec<Task> = tasks
+            .iter()
+            .cloned()
+            .map(|mut task| {
+                if task.status == TaskStatus::Running {
+                    task.status = TaskStatus::Pending;
+                }
+                task
+            })
+            .collect();
+        assert_eq!(target.all().await.expect("all"), expected);
+
+        let mut pending: Vec<QueueEntry> = expected.iter().filter(|t| t.status == TaskStatus::Pending).map(QueueEntry::from).collect();
+        pending.sort_by_key(|e| (e.priority, e.sequence));
+        assert!(!pending.is_empty());
+        assert_eq!(report.to_queue, pending);
+    }
+
+    #[tokio::test]
+    async fn files_that_are_not_backups_are_rejected_clearly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (content, says) in [
+            (r#"{"format":"other-tool","version":1,"tasks":[]}"#, "format is \"other-tool\""),
+            (r#"{"version":1,"tasks":[]}"#, "no \"format\" field"),
+            (r#"{"format":"taskflow-backup","version":2,"tasks":[]}"#, "version is 2"),
+            (r#"{"format":"taskflow-backup","version":1}"#, "no \"tasks\" array"),
+            (r#"{"format":"taskflow-backup","version":1,"tasks":[{"id":"x"}]}"#, "task #0 is invalid"),
+            (r#"[1, 2]"#, "expected a JSON object"),
+            ("not json", "not valid JSON"),
+        ] {
+            let path = dir.path().join("input.json");
+            std::fs::write(&path, content).expect("write");
+            let err = read_backup(&path).await.expect_err("not a backup");
+            assert!(matches!(err, StorageError::InvalidBackup { .. }), "{err:?}");
+            let message = err.to_string();
+            assert!(message.contains(says) && message.contains("input.json"), "{message}");
+        }
+        let missing = read_backup(&dir.path().join("missing.json")).await.expect_err("missing file");
+        assert!(matches!(missing, StorageError::Io { action: "read", .. }));
+    }
+}

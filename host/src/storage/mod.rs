@@ -1,0 +1,158 @@
+//! Task storage: every status change of every task is persisted here.
+//!
+//! The embedded default is [`FileStore`] (sharded JSON files); a distributed
+//! backend (PostgreSQL) implements the same [`TaskStore`] trait. [`backup`]
+//! exports and restores any store in one portable format.
+
+pub mod backup;
+pub mod files;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::task::{Task, TaskId, TaskStatus};
+
+pub use files::FileStore;
+
+/// Number of tasks in each status; every status is present.
+pub type StatusCounts = BTreeMap<TaskStatus, u64>;
+
+/// Which tasks to list, and which page.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Only tasks in this status.
+    pub status: Option<TaskStatus>,
+    /// Only tasks of this plugin.
+    pub plugin: Option<String>,
+    /// Most tasks on the page; at least 1.
+    pub limit: usize,
+    /// `next_cursor` of the previous page; `None` for the first page.
+    pub cursor: Option<String>,
+}
+
+/// One page of tasks in submission order.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TaskPage {
+    /// The tasks, oldest submission first.
+    pub tasks: Vec<Task>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Position in submission order, as handed to clients in `next_cursor`.
+///
+/// It carries the id as well as the sequence so that two tasks sharing a
+/// sequence (e.g. restored next to live ones) are neither skipped nor repeated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    /// Sequence of the last task on the page.
+    pub sequence: u64,
+    /// Id of the last task on the page.
+    pub id: TaskId,
+}
+
+impl Cursor {
+    /// The cursor just after `task`.
+    pub fn after(task: &Task) -> Self {
+        Self { sequence: task.sequence, id: task.id }
+    }
+
+    /// The opaque string form.
+    pub fn encode(&self) -> String {
+        format!("{}_{}", self.sequence, self.id)
+    }
+
+    /// Parses a string made by [`encode`](Cursor::encode).
+    pub fn decode(cursor: &str) -> Result<Self, StorageError> {
+        let invalid = || StorageError::InvalidCursor(cursor.chars().take(100).collect());
+        let (sequence, id) = cursor.split_once('_').ok_or_else(invalid)?;
+        Ok(Self { sequence: sequence.parse().map_err(|_| invalid())?, id: id.parse().map_err(|_| invalid())? })
+    }
+}
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A file-system operation failed.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// What was being done, e.g. "write".
+        action: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A stored task could not be parsed.
+    #[error("{} does not hold a valid task ({source}); move it aside or restore it from a backup", path.display())]
+    Corrupt {
+        /// The offending file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A task could not be encoded as JSON.
+    #[error("cannot encode {what} as JSON: {source}")]
+    Encode {
+        /// What was being encoded, e.g. "task 3f2b…".
+        what: String,
+        /// The encoding error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A list cursor that this store did not hand out.
+    #[error("invalid cursor {0:?}: pass the next_cursor of the previous page unchanged, or no cursor for the first page")]
+    InvalidCursor(String),
+    /// A list limit of zero.
+    #[error("limit must be at least 1")]
+    InvalidLimit,
+    /// A file that is not a usable backup.
+    #[error("{} is not a usable TaskFlow backup: {reason}", path.display())]
+    InvalidBackup {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The backend cannot serve requests.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Persistent task metadata, shared by the API and the workers. Used as
+/// `Arc<dyn TaskStore>`.
+#[async_trait::async_trait]
+pub trait TaskStore: Send + Sync {
+    /// Creates or replaces the task; durable when this returns.
+    async fn save(&self, task: &Task) -> Result<(), StorageError>;
+
+    /// The task with `id`, if stored.
+    async fn load(&self, id: TaskId) -> Result<Option<Task>, StorageError>;
+
+    /// Deletes the task; `false` when it was not stored.
+    async fn delete(&self, id: TaskId) -> Result<bool, StorageError>;
+
+    /// One page of tasks matching `query`, in submission order.
+    async fn list(&self, query: &ListQuery) -> Result<TaskPage, StorageError>;
+
+    /// Every stored task in submission order (recovery and backup).
+    async fn all(&self) -> Result<Vec<Task>, StorageError>;
+
+    /// The task submitted with this idempotency key, if any.
+    async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<Task>, StorageError>;
+
+    /// How many tasks are in each status.
+    async fn counts(&self) -> Result<StatusCounts, StorageError>;
+}
+
+/// Runs blocking file I/O on tokio's blocking pool, off the async executor.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| StorageError::Unavailable(format!("storage I/O thread failed: {e}")))?
+}

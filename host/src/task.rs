@@ -1,0 +1,355 @@
+//! The task model: what a client submits, what the host records, and the
+//! rules of its lifecycle.
+//!
+//! `pending → running → completed`, or `running → failed` when attempts run
+//! out or the failure is not retryable; a retryable failure goes back to
+//! `pending` after a backoff. `cancelled` from `pending`.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::runtime::FailureKind;
+
+/// Highest priority.
+pub const PRIORITY_HIGHEST: u8 = 1;
+/// Lowest priority.
+pub const PRIORITY_LOWEST: u8 = 10;
+/// Priority of a task that does not name one.
+pub const PRIORITY_DEFAULT: u8 = 5;
+/// Attempts of a task that does not name a number.
+pub const MAX_ATTEMPTS_DEFAULT: u32 = 3;
+/// Most attempts a task may ask for.
+pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
+/// Longest timeout a task may ask for.
+pub const TIMEOUT_LIMIT: Duration = Duration::from_secs(3600);
+/// Longest idempotency key accepted.
+pub const IDEMPOTENCY_KEY_LIMIT: usize = 256;
+
+/// A task id: a random (v4) UUID, so its leading hex digits, which pick the
+/// storage shard, are spread evenly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = String, format = Uuid)]
+pub struct TaskId(Uuid);
+
+impl TaskId {
+    /// A fresh random id.
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// The two-character shard this id is stored under.
+    pub fn shard(&self) -> String {
+        self.to_string()[..2].to_owned()
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.as_hyphenated().fmt(f)
+    }
+}
+
+/// A string that is not a task id.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a task id: expected a UUID such as 3f2b8c1e-8d4a-4c7e-9f1a-2b3c4d5e6f70")]
+pub struct InvalidTaskId(String);
+
+impl FromStr for TaskId {
+    type Err = InvalidTaskId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Only the canonical hyphenated form: it is what file names and URLs use.
+        if s.len() != 36 {
+            return Err(InvalidTaskId(s.chars().take(64).collect()));
+        }
+        Uuid::parse_str(s).map(Self).map_err(|_| InvalidTaskId(s.to_owned()))
+    }
+}
+
+/// Where a task is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Queued, waiting for a worker (possibly for its retry backoff).
+    Pending,
+    /// A worker is running it.
+    Running,
+    /// Finished successfully; `result` holds the output.
+    Completed,
+    /// Finished unsuccessfully; `last_error` says why.
+    Failed,
+    /// Cancelled before it ran.
+    Cancelled,
+}
+
+impl TaskStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [TaskStatus; 5] = [Self::Pending, Self::Running, Self::Completed, Self::Failed, Self::Cancelled];
+
+    /// Whether the task will not change any more.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    /// The status as written in JSON and URLs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaskStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| format!("unknown status {s:?}: use pending, running, completed, failed or cancelled"))
+    }
+}
+
+/// Why the last attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TaskError {
+    /// What kind of failure it was.
+    pub kind: FailureKind,
+    /// What happened.
+    pub message: String,
+}
+
+/// A task's output: JSON when the plugin returned JSON, base64 otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "encoding", content = "value", rename_all = "snake_case")]
+pub enum TaskOutput {
+    /// The plugin returned valid JSON.
+    Json(serde_json::Value),
+    /// The plugin returned other bytes, base64-encoded.
+    Base64(String),
+}
+
+impl TaskOutput {
+    /// Interprets plugin output bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        match serde_json::from_slice(bytes) {
+            Ok(value) => Self::Json(value),
+            Err(_) => Self::Base64(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        }
+    }
+}
+
+/// A task and everything recorded about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Task {
+    /// Unique id.
+    pub id: TaskId,
+    /// Name of the plugin that processes it.
+    pub plugin: String,
+    /// 1 (highest) to 10 (lowest).
+    pub priority: u8,
+    /// The payload handed to the plugin.
+    pub payload: serde_json::Value,
+    /// Lifecycle status.
+    pub status: TaskStatus,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Most attempts before the task fails.
+    pub max_attempts: u32,
+    /// Timeout of one attempt in milliseconds, if the task set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Client-chosen key: a second submission with the same key returns this task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Submission order, used to keep equal priorities first-in first-out.
+    pub sequence: u64,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
+    /// When its latest attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a terminal status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Earliest time of the next attempt (retry backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<DateTime<Utc>>,
+    /// Digest of the plugin version that ran the latest attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_digest: Option<String>,
+    /// Why the latest attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<TaskError>,
+    /// The output, once completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<TaskOutput>,
+}
+
+/// What a client submits.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTask {
+    /// Plugin name, e.g. `"echo"`.
+    pub plugin: String,
+    /// Any JSON value; handed to the plugin as UTF-8 JSON bytes.
+    #[serde(default)]
+    pub payload: serde_json::Value,
+    /// 1 (highest) to 10 (lowest); default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    /// 1 to 100; default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Timeout of one attempt in milliseconds (1 ms to 1 hour).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Makes retried submissions safe: the same key returns the same task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// A submission that breaks a rule; the message says which and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    /// The offending field.
+    pub field: &'static str,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ValidationError {
+    ValidationError { field, message: message.into() }
+}
+
+impl NewTask {
+    /// Checks every field and builds the pending task with `sequence`.
+    /// Whether the plugin exists is checked by the caller, who knows the registry.
+    pub fn validate(self, sequence: u64) -> Result<Task, ValidationError> {
+        crate::runtime::plugin::validate_name(&self.plugin).map_err(|e| invalid("plugin", e.to_string()))?;
+        let priority = self.priority.unwrap_or(PRIORITY_DEFAULT);
+        if !(PRIORITY_HIGHEST..=PRIORITY_LOWEST).contains(&priority) {
+            return Err(invalid("priority", format!("must be 1 (highest) to 10 (lowest), got {priority}")));
+        }
+        let max_attempts = self.max_attempts.unwrap_or(MAX_ATTEMPTS_DEFAULT);
+        if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
+            return Err(invalid("max_attempts", format!("must be 1 to {MAX_ATTEMPTS_LIMIT}, got {max_attempts}")));
+        }
+        if let Some(timeout) = self.timeout_ms
+            && (timeout == 0 || u128::from(timeout) > TIMEOUT_LIMIT.as_millis())
+        {
+            return Err(invalid("timeout_ms", format!("must be 1 to {} ms, got {timeout}", TIMEOUT_LIMIT.as_millis())));
+        }
+        if let Some(key) = &self.idempotency_key
+            && (key.is_empty() || key.len() > IDEMPOTENCY_KEY_LIMIT)
+        {
+            return Err(invalid("idempotency_key", format!("must be 1 to {IDEMPOTENCY_KEY_LIMIT} bytes")));
+        }
+        Ok(Task {
+            id: TaskId::new(),
+            plugin: self.plugin,
+            priority,
+            payload: self.payload,
+            status: TaskStatus::Pending,
+            attempts: 0,
+            max_attempts,
+            timeout_ms: self.timeout_ms,
+            idempotency_key: self.idempotency_key,
+            sequence,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            retry_at: None,
+            plugin_digest: None,
+            last_error: None,
+            result: None,
+        })
+    }
+}
+
+impl Task {
+    /// The payload as the bytes a plugin receives.
+    pub fn payload_bytes(&self) -> Vec<u8> {
+        // Serialising a `Value` cannot fail.
+        serde_json::to_vec(&self.payload).unwrap_or_default()
+    }
+
+    /// The timeout this task asked for, if any.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout_ms.map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_task(plugin: &str) -> NewTask {
+        NewTask { plugin: plugin.into(), payload: serde_json::json!({"a": 1}), ..NewTask::default() }
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let task = new_task("echo").validate(7).expect("valid");
+        assert_eq!(task.priority, PRIORITY_DEFAULT);
+        assert_eq!(task.max_attempts, MAX_ATTEMPTS_DEFAULT);
+        assert_eq!(task.status, TaskStatus::Pending);
+        assert_eq!(task.sequence, 7);
+    }
+
+    #[test]
+    fn out_of_range_fields_are_rejected_with_the_field_name() {
+        for (task, field) in [
+            (NewTask { priority: Some(0), ..new_task("echo") }, "priority"),
+            (NewTask { priority: Some(11), ..new_task("echo") }, "priority"),
+            (NewTask { max_attempts: Some(0), ..new_task("echo") }, "max_attempts"),
+            (NewTask { timeout_ms: Some(0), ..new_task("echo") }, "timeout_ms"),
+            (NewTask { idempotency_key: Some(String::new()), ..new_task("echo") }, "idempotency_key"),
+            (new_task("../etc/passwd"), "plugin"),
+            (new_task(""), "plugin"),
+        ] {
+            assert_eq!(task.validate(0).expect_err("invalid").field, field);
+        }
+    }
+
+    #[test]
+    fn task_ids_parse_only_in_canonical_form() {
+        let id = TaskId::new();
+        assert_eq!(id.to_string().parse::<TaskId>().expect("round trip"), id);
+        for bad in ["", "../../etc/passwd", "not-a-uuid", "3f2b8c1e8d4a4c7e9f1a2b3c4d5e6f70", "ZZ2b8c1e-8d4a-4c7e-9f1a-2b3c4d5e6f70"] {
+            assert!(bad.parse::<TaskId>().is_err(), "{bad} should not parse");
+        }
+        assert_eq!(id.shard(), id.to_string()[..2]);
+    }
+
+    #[test]
+    fn output_is_json_when_it_can_be() {
+        assert_eq!(TaskOutput::from_bytes(b"{\"a\":1}"), TaskOutput::Json(serde_json::json!({"a": 1})));
+        assert_eq!(TaskOutput::from_bytes(&[0xff, 0x00]), TaskOutput::Base64("/wA=".into()));
+    }
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds every example plugin and test fixture as a WebAssembly component
+# (wasm32-wasip2), installing the target first if it is missing.
+#
+#   plugins/dist/<name>.wasm          the example plugins (a host's plugin directory)
+#   tests/fixtures/dist/<name>.wasm   the hostile fixtures the tests use
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+    rustup target add wasm32-wasip2
+fi
+
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+plugins=(echo wordcount hash flaky)
+fixtures=(hostile)
+
+args=()
+for p in "${plugins[@]}"; do args+=(-p "taskflow-plugin-$p"); done
+for f in "${fixtures[@]}"; do args+=(-p "taskflow-fixture-$f"); done
+cargo build --profile plugin --target wasm32-wasip2 "${args[@]}"
+
+out="$target_dir/wasm32-wasip2/plugin"
+mkdir -p plugins/dist tests/fixtures/dist
+for p in "${plugins[@]}"; do
+    cp "$out/taskflow_plugin_$p.wasm" "plugins/dist/$p.wasm"
+done
+for f in "${fixtures[@]}"; do
+    cp "$out/taskflow_fixture_$f.wasm" "tests/fixtures/dist/$f.wasm"
+done
+echo "plugins: $(cd plugins/dist && ls *.wasm | tr '\n' ' ')"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs TaskFlow's whole test suite on a fresh machine: installs the
+# wasm32-wasip2 target, builds the plugins and fixtures, then runs every
+# unit and end-to-end test of the workspace.
+#
+# The cargo target directory defaults to one outside the clone so that
+# repeated runs (and CI on this machine) reuse the dependency build.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/taskflow/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+echo "==> building plugins and fixtures (wasm32-wasip2)"
+plugins/build.sh
+
+echo "==> running the tests (host, sdk, end-to-end)"
+# The workspace's default members: the native crates, not the plugins.
+cargo test --no-fail-fast "$@"

@@ -1,0 +1,228 @@
+//! The sandboxed runtime against real components: the example plugins behave,
+//! and every hostile fixture is contained without harming the host.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use taskflow::runtime::plugin::{ArtifactCache, CompileCounters, compile};
+use taskflow::runtime::{Failure, FailureKind, Limits, LoadedPlugin, Runtime, RuntimeConfig, Success, TaskInput};
+use taskflow_tests::{file_digest, fixture_wasm, plugin_wasm, wasm_bytes};
+
+fn runtime() -> Runtime {
+    Runtime::new(RuntimeConfig::default()).expect("runtime")
+}
+
+fn load(runtime: &Runtime, name: &str, path: &std::path::Path) -> LoadedPlugin {
+    compile(runtime, None, &CompileCounters::default(), name, &wasm_bytes(path)).expect("plugin loads")
+}
+
+fn task(plugin: &str, attempt: u32, payload: &Value) -> TaskInput {
+    TaskInput {
+        id: "3f2b8c1e-8d4a-4c7e-9f1a-2b3c4d5e6f70".into(),
+        plugin: plugin.into(),
+        priority: 5,
+        attempt,
+        payload: serde_json::to_vec(payload).expect("json"),
+    }
+}
+
+fn limits(timeout_ms: u64, memory_mb: usize) -> Limits {
+    Limits { timeout: Duration::from_millis(timeout_ms), memory_bytes: memory_mb << 20, ..Limits::default() }
+}
+
+async fn run(runtime: &Runtime, plugin: &LoadedPlugin, payload: Value, limits: Limits) -> Result<Success, Failure> {
+    runtime.run(plugin, task(&plugin.name, 1, &payload), limits, None).await
+}
+
+fn json_output(success: &Success) -> Value {
+    serde_json::from_slice(&success.output).expect("plugin output is JSON")
+}
+
+/// After a hostile task, the same runtime must still run a normal one.
+async fn assert_still_serves(runtime: &Runtime) {
+    let echo = load(runtime, "echo", &plugin_wasm("echo"));
+    let ok = run(runtime, &echo, json!({"still": "alive"}), Limits::default()).await.expect("echo after hostile task");
+    assert_eq!(json_output(&ok), json!({"still": "alive"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_plugins_process_tasks() {
+    let runtime = runtime();
+
+    let echo = load(&runtime, "echo", &plugin_wasm("echo"));
+    let payload = json!({"hello": "world", "n": [1, 2, 3]});
+    let out = run(&runtime, &echo, payload.clone(), Limits::default()).await.expect("echo");
+    assert_eq!(json_output(&out), payload);
+    assert_eq!(out.plugin_digest, file_digest(&plugin_wasm("echo")));
+
+    let wordcount = load(&runtime, "wordcount", &plugin_wasm("wordcount"));
+    let out = run(&runtime, &wordcount, json!({"text": "the cat\nthe dog the end", "top": 2}), Limits::default())
+        .await
+        .expect("wordcount");
+    assert_eq!(
+        json_output(&out),
+        json!({"lines": 2, "words": 6, "chars": 23, "top_words": [{"word": "the", "count": 3}, {"word": "cat", "count": 1}]})
+    );
+
+    let hash = load(&runtime, "hash", &plugin_wasm("hash"));
+    let out = run(&runtime, &hash, json!({"data": "abc"}), Limits::default()).await.expect("hash");
+    assert_eq!(json_output(&out)["sha256"], "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    let err = run(&runtime, &hash, json!({"data": "abc", "rounds": 0}), Limits::default()).await.expect_err("0 rounds");
+    assert_eq!(err.kind, FailureKind::InvalidInput);
+
+    let flaky = load(&runtime, "flaky", &plugin_wasm("flaky"));
+    let payload = json!({"succeed_on_attempt": 3});
+    for attempt in 1..=2 {
+        let err = runtime.run(&flaky, task("flaky", attempt, &payload), Limits::default(), None).await.expect_err("flaky");
+        assert_eq!(err.kind, FailureKind::Retryable);
+        assert!(err.kind.is_retryable());
+    }
+    let ok = runtime.run(&flaky, task("flaky", 3, &payload), Limits::default(), None).await.expect("third attempt");
+    assert_eq!(json_output(&ok), json!({"succeeded_on_attempt": 3}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_reports_reach_the_host() {
+    let runtime = runtime();
+    let hash = load(&runtime, "hash", &plugin_wasm("hash"));
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
+    runtime
+        .run(&hash, task("hash", 1, &json!({"data": "x", "rounds": 100_000})), Limits::default(), Some(progress.clone()))
+        .await
+        .expect("hash");
+    assert!(progress.load(std::sync::atomic::Ordering::Relaxed) >= 90, "the plugin reported progress");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infinite_loop_ends_at_its_timeout() {
+    let runtime = runtime();
+    let hostile = load(&runtime, "hostile", &fixture_wasm("hostile"));
+    let err = run(&runtime, &hostile, json!({"mode": "loop"}), limits(300, 64)).await.expect_err("loop must fail");
+    assert_eq!(err.kind, FailureKind::Timeout, "{err}");
+    assert!(err.message.contains("300 ms"), "{err}");
+    assert_still_serves(&runtime).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_blocked_in_a_host_call_ends_at_its_timeout() {
+    let runtime = runtime();
+    let hostile = load(&runtime, "hostile", &fixture_wasm("hostile"));
+    let err =
+        run(&runtime, &hostile, json!({"mode": "sleep", "seconds": 600}), limits(300, 64)).await.expect_err("sleep must fail");
+    assert_eq!(err.kind, FailureKind::Timeout, "{err}");
+    assert_still_serves(&runtime).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_hog_fails_at_its_cap() {
+    let runtime = runtime();
+    let hostile = load(&runtime, "hostile", &fixture_wasm("hostile"));
+    let err = run(&runtime, &hostile, json!({"mode": "memory"}), limits(10_000, 16)).await.expect_err("hog must fail");
+    assert_eq!(err.kind, FailureKind::MemoryLimit, "{err}");
+    assert!(err.message.contains(&(16usize << 20).to_string()), "{err}");
+    assert_still_serves(&runtime).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_environment_and_network_are_out_of_reach() {
+    let runtime = runtime();
+    let hostile = load(&runtime, "hostile", &fixture_wasm("hostile"));
+    // The host process has an environment and can reach PostgreSQL; the guest must see neither.
+    assert!(std::env::vars().next().is_some());
+    let report = json_output(&run(&runtime, &hostile, json!({"mode": "escape"}), Limits::default()).await.expect("escape"));
+    for denied in ["file", "directory", "tcp", "dns"] {
+        assert!(report[denied].get("Err").is_some(), "{denied} must fail inside the guest: {report}");
+    }
+    assert_eq!(report["env_vars"], json!([]), "no environment: {report}");
+    assert!(report["args"].as_array().is_some_and(|a| a.len() <= 1), "no host arguments: {report}");
+    assert_still_serves(&runtime).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panics_and_stack_overflows_become_failed_results() {
+    let runtime = runtime();
+    let hostile = load(&runtime, "hostile", &fixture_wasm("hostile"));
+    let err = run(&runtime, &hostile, json!({"mode": "panic"}), Limits::default()).await.expect_err("panic");
+    assert_eq!(err.kind, FailureKind::Trap, "{err}");
+    let err = run(&runtime, &hostile, json!({"mode": "stack"}), Limits::default()).await.expect_err("stack");
+    // Rust keeps large frames on a shadow stack in linear memory, so the
+    // overflow surfaces as an out-of-bounds access rather than a native one.
+    assert_eq!(err.kind, FailureKind::Trap, "{err}");
+    assert!(err.message.contains("stack") || err.message.contains("out of bounds"), "{err}");
+    let err = run(&runtime, &hostile, json!({"mode": "nonsense"}), Limits::default()).await.expect_err("bad mode");
+    assert_eq!(err.kind, FailureKind::InvalidInput, "{err}");
+    assert_still_serves(&runtime).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdout_is_truncated_at_its_bound() {
+    let runtime = runtime();
+    let hostile = load(&runtime, "hostile", &fixture_wasm("hostile"));
+    let bound = 32 * 1024;
+    let limits = Limits { output_bytes: bound, ..Limits::default() };
+    let out = run(&runtime, &hostile, json!({"mode": "stdout", "megabytes": 4}), limits).await.expect("chatter succeeds");
+    assert_eq!(out.stdio.stdout.len(), bound);
+    assert_eq!(out.stdio.stderr.len(), bound);
+    assert_eq!(out.stdio.dropped_bytes, 2 * ((4 << 20) - bound as u64));
+    assert_still_serves(&runtime).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_task_gets_a_fresh_instance() {
+    // Many tasks on one loaded plugin, concurrently: each sees only its own payload.
+    let runtime = runtime();
+    let echo = std::sync::Arc::new(load(&runtime, "echo", &plugin_wasm("echo")));
+    let mut handles = Vec::new();
+    for i in 0..64 {
+        let (runtime, echo) = (runtime.clone(), echo.clone());
+        handles.push(tokio::spawn(async move { run(&runtime, &echo, json!({"i": i}), Limits::default()).await }));
+    }
+    for (i, handle) in handles.into_iter().enumerate() {
+        let out = handle.await.expect("join").expect("echo");
+        assert_eq!(json_output(&out), json!({"i": i}));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_falls_back_to_on_demand_allocation() {
+    // Far more pool slots than any address space holds: the pooling allocator
+    // cannot be built, so the runtime must fall back rather than fail.
+    let config = RuntimeConfig { max_concurrent_instances: 50_000_000, ..RuntimeConfig::default() };
+    let runtime = Runtime::new(config).expect("runtime with fallback");
+    assert_eq!(runtime.allocator(), taskflow::runtime::AllocatorKind::OnDemand);
+    assert_still_serves(&runtime).await;
+    assert_eq!(self::runtime().allocator(), taskflow::runtime::AllocatorKind::Pooling, "pooling works on this machine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_loads_compiled_plugins_from_the_cache() {
+    let cache_dir = tempfile::tempdir().expect("tempdir");
+    let bytes = wasm_bytes(&plugin_wasm("wordcount"));
+
+    let first = runtime();
+    let cache = ArtifactCache::new(cache_dir.path(), &first).expect("cache");
+    let counters = CompileCounters::default();
+    let plugin = compile(&first, Some(&cache), &counters, "wordcount", &bytes).expect("compile");
+    assert!(!plugin.from_cache);
+    assert_eq!(counters.compiled.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+    // A new engine, as after a restart.
+    let second = runtime();
+    let cache = ArtifactCache::new(cache_dir.path(), &second).expect("cache");
+    let counters = CompileCounters::default();
+    let plugin = compile(&second, Some(&cache), &counters, "wordcount", &bytes).expect("load from cache");
+    assert!(plugin.from_cache);
+    assert_eq!(counters.compiled.load(std::sync::atomic::Ordering::Relaxed), 0, "no recompilation");
+    assert_eq!(counters.cache_hits.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let out = run(&second, &plugin, json!({"text": "a b a"}), Limits::default()).await.expect("cached plugin runs");
+    assert_eq!(json_output(&out)["words"], 3);
+
+    // A corrupt artifact is discarded and recompiled, never trusted.
+    for entry in std::fs::read_dir(cache_dir.path()).expect("cache dir") {
+        std::fs::write(entry.expect("entry").path(), b"garbage").expect("corrupt");
+    }
+    let counters = CompileCounters::default();
+    let plugin = compile(&second, Some(&cache), &counters, "wordcount", &bytes).expect("recompile");
+    assert!(!plugin.from_cache);
+    assert_eq!(counters.compiled.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
