@@ -9,10 +9,14 @@
 //! - [`api`]: the HTTP API; [`client`]: its Rust client, used by the CLI;
 //! - [`config`], [`telemetry`], [`cli`]: settings, logs and metrics, the `taskflow` command.
 
+pub mod api;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod fsutil;
 pub mod queue;
 pub mod runtime;
+pub mod server;
 pub mod service;
 pub mod storage;
 pub mod task;

@@ -1,1 +1,21 @@
-fn main() {}
+//! The `taskflow` binary: parse arguments, set up logging, run the library.
+
+use clap::Parser;
+use taskflow::cli::{Cli, Command};
+use taskflow::telemetry::init_logging;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // The server logs; client commands print their results and log only when asked (RUST_LOG).
+    if matches!(cli.command, Command::Serve(_)) || std::env::var_os("RUST_LOG").is_some() {
+        init_logging(cli.log_format);
+    }
+    match taskflow::cli::run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -70,7 +70,7 @@ pub struct Submitted {
 }
 
 /// A task as shown to clients: the record plus live progress while it runs.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
 pub struct TaskView {
     /// The task record.
     #[serde(flatten)]
@@ -81,7 +81,7 @@ pub struct TaskView {
 }
 
 /// `GET /stats`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
 pub struct Stats {
     /// Queued tasks by priority.
     pub queue: QueueDepth,
@@ -212,6 +212,21 @@ impl TaskService {
             recovery.requeued += 1;
         }
         Ok(recovery)
+    }
+
+    /// Restores tasks from a backup: saves them (replacing tasks with the same
+    /// id), queues the pending ones, and continues the submission sequence
+    /// after them.
+    pub async fn restore(&self, tasks: Vec<Task>) -> Result<crate::storage::backup::RestoreReport, ServiceError> {
+        if let Some(max) = tasks.iter().map(|t| t.sequence).max() {
+            self.sequence.fetch_max(max + 1, Ordering::SeqCst);
+        }
+        let report = crate::storage::backup::restore(self.store.as_ref(), tasks).await?;
+        for entry in &report.to_queue {
+            self.queue.push(entry.clone(), Duration::ZERO).await?;
+        }
+        tracing::info!(restored = report.restored, queued = report.to_queue.len(), "backup restored");
+        Ok(report)
     }
 
     /// Validates and accepts a task: saved, then queued. A task with an

@@ -47,3 +47,111 @@ pub fn install_plugins(dir: &Path, names: &[&str]) {
 pub fn file_digest(path: &Path) -> String {
     taskflow::runtime::plugin::digest_of(&wasm_bytes(path))
 }
+
+/// A host running in this test process on a scratch data directory, with
+/// the example plugins installed, serving HTTP on a free port.
+pub struct TestHost {
+    /// Base URL, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
+    /// The data directory (deleted on drop).
+    pub data: tempfile::TempDir,
+    /// The running service, for white-box checks.
+    pub service: std::sync::Arc<taskflow::service::TaskService>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestHost {
+    /// Starts a host with `workers` workers and the example plugins (plus
+    /// the hostile fixture when `hostile` is set).
+    pub async fn start(workers: usize, hostile: bool) -> Self {
+        Self::start_with(workers, hostile, |_| {}).await
+    }
+
+    /// Like [`start`](Self::start), with a chance to adjust the configuration.
+    pub async fn start_with(workers: usize, hostile: bool, adjust: impl FnOnce(&mut taskflow::config::ServeConfig)) -> Self {
+        let data = tempfile::tempdir().expect("tempdir");
+        let plugins = data.path().join("plugins");
+        install_plugins(&plugins, &["echo", "wordcount", "hash", "flaky"]);
+        if hostile {
+            std::fs::copy(fixture_wasm("hostile"), plugins.join("hostile.wasm")).expect("copy fixture");
+        }
+        let mut config = serve_config(data.path(), workers);
+        adjust(&mut config);
+        let server = taskflow::server::Server::start(config).await.expect("host starts");
+        let url = format!("http://{}", server.local_addr().expect("addr"));
+        let service = server.service().clone();
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("host runs");
+        });
+        Self { url, data, service, shutdown: Some(shutdown), handle: Some(handle) }
+    }
+
+    /// Stops the host gracefully and waits for it.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("host stops cleanly");
+        }
+        std::mem::replace(&mut self.data, tempfile::tempdir().expect("tempdir"))
+    }
+
+    /// A full URL for `path`.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+}
+
+/// Settings of a test host on `data_dir`: loopback, a free port, no fsync.
+pub fn serve_config(data_dir: &Path, workers: usize) -> taskflow::config::ServeConfig {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        config: taskflow::config::ServeConfig,
+    }
+    let mut config = Wrapper::parse_from(["taskflow"]).config;
+    config.listen = "127.0.0.1:0".parse().expect("addr");
+    config.data_dir = data_dir.to_path_buf();
+    config.workers = Some(workers);
+    config.retry_base_ms = 20;
+    config.shutdown_grace_secs = 5;
+    config
+}
+
+/// The `taskflow` binary built next to the test executables.
+pub fn taskflow_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/taskflow
+    let binary = exe.parent().and_then(Path::parent).map(|dir| dir.join("taskflow")).unwrap_or_default();
+    assert!(binary.exists(), "{} is missing: run `cargo build --bins` (tests/run.sh does)", binary.display());
+    binary
+}
+
+/// Polls `GET url` until `done` accepts the JSON body (bounded: panics after `limit`).
+pub async fn poll_json(
+    client: &reqwest::Client,
+    url: &str,
+    limit: std::time::Duration,
+    mut done: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Ok(response) = client.get(url).send().await
+            && let Ok(body) = response.json::<serde_json::Value>().await
+            && done(&body)
+        {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out polling {url}");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}

@@ -46,7 +46,7 @@ pub struct Delivery {
 }
 
 /// How many entries a queue holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct QueueDepth {
     /// Entries ready to run, by priority; every priority 1 to 10 is present.
     pub ready: BTreeMap<u8, u64>,

@@ -90,7 +90,7 @@ impl std::fmt::Debug for LoadedPlugin {
 }
 
 /// What the API and `/stats` show of a loaded plugin.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct PluginInfo {
     /// Plugin name.
     pub name: String,

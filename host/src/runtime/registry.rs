@@ -44,7 +44,7 @@ pub struct PluginEntry {
 }
 
 /// Counters for `/stats`, `/metrics` and tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegistryStats {
     /// Plugins currently loaded.
     pub loaded: usize,

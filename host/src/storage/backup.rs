@@ -50,8 +50,7 @@ pub async fn backup(store: &dyn TaskStore, dir: &Path) -> Result<PathBuf, Storag
     let created_at = Utc::now();
     let dir = dir.to_path_buf();
     blocking(move || {
-        let file = BackupFile { format: BACKUP_FORMAT, version: BACKUP_VERSION, created_at, tasks: &tasks };
-        let bytes = serde_json::to_vec(&file).map_err(|source| StorageError::Encode { what: "the backup".into(), source })?;
+        let bytes = encode_backup(&tasks, created_at)?;
         std::fs::create_dir_all(&dir).map_err(|source| StorageError::Io { action: "create", path: dir.clone(), source })?;
         let stamp = created_at.format("%Y%m%dT%H%M%SZ");
         let mut path = dir.join(format!("{BACKUP_FORMAT}-{stamp}.json"));
@@ -77,7 +76,16 @@ pub async fn read_backup(path: &Path) -> Result<Vec<Task>, StorageError> {
     .await
 }
 
-fn parse_backup(bytes: &[u8]) -> Result<Vec<Task>, String> {
+/// Serialises `tasks` as a backup document (what a backup file holds, and
+/// what `GET /admin/backup` returns).
+pub fn encode_backup(tasks: &[Task], created_at: DateTime<Utc>) -> Result<Vec<u8>, StorageError> {
+    let file = BackupFile { format: BACKUP_FORMAT, version: BACKUP_VERSION, created_at, tasks };
+    serde_json::to_vec(&file).map_err(|source| StorageError::Encode { what: "the backup".into(), source })
+}
+
+/// Parses a backup document, checking its format and version; the error
+/// says what is wrong with it.
+pub fn parse_backup(bytes: &[u8]) -> Result<Vec<Task>, String> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("it is not valid JSON ({e})"))?;
     let Value::Object(mut file) = value else {
         return Err("expected a JSON object with \"format\", \"version\" and \"tasks\"".into());

@@ -34,7 +34,7 @@ pub struct ListQuery {
 }
 
 /// One page of tasks in submission order.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
 pub struct TaskPage {
     /// The tasks, oldest submission first.
     pub tasks: Vec<Task>,

@@ -1,0 +1,158 @@
+//! The API's error type: every failure becomes `{"error": code, "message":
+//! what to fix}` with the right status, and internal details stay in the log.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::runtime::PluginError;
+use crate::service::ServiceError;
+use crate::storage::StorageError;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Machine-readable code, e.g. `invalid_request`, `not_found`.
+    pub error: &'static str,
+    /// What went wrong and what to do about it.
+    pub message: String,
+}
+
+/// An error answered to an API client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with an explicit status and code.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    /// 400 with code `invalid_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// 404 with code `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 500 that hides the cause from the client and logs it.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the server failed to handle the request; see its log")
+    }
+
+    /// 503 that hides the cause from the client and logs it.
+    pub fn unavailable(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "backend unavailable");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "a backend is unavailable; retry later")
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The machine-readable code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// The message for the client.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ErrorBody { error: self.code, message: self.message })).into_response()
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> Self {
+        match error {
+            ServiceError::Validation(e) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_task", e.to_string()),
+            ServiceError::UnknownPlugin(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_plugin", error.to_string()),
+            ServiceError::NotFound(_) => Self::not_found(error.to_string()),
+            ServiceError::NotCancellable { .. } => Self::new(StatusCode::CONFLICT, "not_cancellable", error.to_string()),
+            ServiceError::Storage(StorageError::InvalidCursor(_) | StorageError::InvalidLimit) => {
+                Self::bad_request(error.to_string())
+            }
+            ServiceError::Storage(StorageError::Unavailable(_)) | ServiceError::Queue(_) => Self::unavailable(&error),
+            ServiceError::Storage(_) => Self::internal(&error),
+            ServiceError::Plugin(e) => e.into(),
+        }
+    }
+}
+
+impl From<PluginError> for ApiError {
+    fn from(error: PluginError) -> Self {
+        match error {
+            PluginError::InvalidName(_) => Self::bad_request(error.to_string()),
+            PluginError::NotFound(_) => Self::not_found(error.to_string()),
+            PluginError::TooLarge(_) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", error.to_string()),
+            PluginError::NotWasm
+            | PluginError::CoreModule
+            | PluginError::Compile(_)
+            | PluginError::WrongWorld(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", error.to_string()),
+            PluginError::Io { .. } => Self::internal(&error),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with `Content-Type: application/json`",
+            ),
+            JsonRejection::BytesRejection(_) => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "the request body is too large or could not be read; see TASKFLOW_MAX_BODY_BYTES",
+            ),
+            JsonRejection::JsonSyntaxError(e) => Self::bad_request(format!("the body is not valid JSON: {}", e.body_text())),
+            JsonRejection::JsonDataError(e) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("the JSON does not match the expected shape: {}", e.body_text()),
+            ),
+            other => Self::bad_request(other.body_text()),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::bad_request(rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::bad_request(rejection.body_text())
+    }
+}
+
+/// JSON body extractor whose rejections are [`ApiError`]s.
+#[derive(Debug, axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// Query extractor whose rejections are [`ApiError`]s.
+#[derive(Debug, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);

@@ -1,0 +1,103 @@
+//! Request ids, request logs and metrics, and bearer-token auth.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
+
+use super::AppState;
+use super::error::ApiError;
+
+/// Header carrying the request id in both directions.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Takes the client's `X-Request-Id` (if sane) or makes one, runs the request
+/// inside a span carrying it, so every log line of the request has it,
+/// returns it in the response, and logs and counts the request.
+pub async fn request_context(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        request.headers_mut().insert(REQUEST_ID.clone(), value);
+    }
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let path = request.uri().path().to_owned();
+    let span = tracing::info_span!("request", %request_id, %method, %path);
+    let started = Instant::now();
+
+    let mut response = next.run(request).instrument(span.clone()).await;
+
+    let status = response.status();
+    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), duration_ms, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), duration_ms, "request served");
+        }
+    });
+    state.service.metrics().record_request(method.as_str(), &route, status.as_u16());
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID.clone(), value);
+    }
+    response
+}
+
+/// Requires the API token (or the admin token) when one is configured.
+pub async fn require_api_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let tokens = [state.auth.api_token.as_deref(), state.auth.admin_token.as_deref()];
+    if state.auth.api_token.is_none() || presented(&request).is_some_and(|t| tokens.into_iter().flatten().any(|k| same(t, k))) {
+        return next.run(request).await;
+    }
+    unauthorized("this endpoint needs `Authorization: Bearer <TASKFLOW_API_TOKEN>`")
+}
+
+/// Requires the admin token for plugin and backup administration when one is
+/// configured (otherwise the API token, if that is configured).
+pub async fn require_admin_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let required = state.auth.admin_token.as_deref().or(state.auth.api_token.as_deref());
+    match required {
+        None => next.run(request).await,
+        Some(token) if presented(&request).is_some_and(|t| same(t, token)) => next.run(request).await,
+        Some(_) => unauthorized("this endpoint needs `Authorization: Bearer <TASKFLOW_ADMIN_TOKEN>`"),
+    }
+}
+
+fn presented(request: &Request) -> Option<&str> {
+    request.headers().get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+}
+
+/// Compares in time independent of where the strings differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same;
+
+    #[test]
+    fn token_comparison() {
+        assert!(same("secret-token-123", "secret-token-123"));
+        assert!(!same("secret-token-123", "secret-token-124"));
+        assert!(!same("short", "secret-token-123"));
+    }
+}

@@ -1,0 +1,113 @@
+//! Operations endpoints: health, readiness, statistics, metrics, backup and
+//! restore.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use chrono::Utc;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use crate::service::Stats;
+use crate::storage::backup;
+
+/// Health or readiness.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `unavailable` with `reason`.
+    pub status: &'static str,
+    /// Why the host is not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "Alive", body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health { status: "ok", reason: None })
+}
+
+/// Readiness: the queue and storage backends answer.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "A backend is unreachable", body = Health),
+    ))]
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let checks = async {
+        state.service.queue().depth().await.map_err(|e| e.to_string())?;
+        state.service.store().counts().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(())
+    };
+    match checks.await {
+        Ok(()) => (StatusCode::OK, Json(Health { status: "ok", reason: None })),
+        Err(reason) => {
+            tracing::warn!(%reason, "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "unavailable", reason: Some("a backend is unreachable".into()) }))
+        }
+    }
+}
+
+/// Queue depth per priority, running tasks, counts per status, workers,
+/// plugins with versions, uptime.
+#[utoipa::path(get, path = "/stats", tag = "operations",
+    responses((status = 200, description = "Statistics", body = Stats)),
+    security((), ("bearer" = [])))]
+pub async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiError> {
+    Ok(Json(state.service.stats().await?))
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let text = state.service.render_metrics().await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
+}
+
+/// Every task as one backup document (the format of backup files).
+#[utoipa::path(get, path = "/admin/backup", tag = "operations",
+    responses((status = 200, description = "Backup document", body = Object, content_type = "application/json")),
+    security((), ("bearer" = [])))]
+pub async fn export_backup(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let tasks = state.service.store().all().await.map_err(crate::service::ServiceError::from)?;
+    let bytes = backup::encode_backup(&tasks, Utc::now()).map_err(|e| ApiError::internal(&e))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], bytes))
+}
+
+/// What a restore did.
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct RestoreSummary {
+    /// Tasks saved.
+    pub restored: usize,
+    /// Pending tasks queued again.
+    pub queued: usize,
+}
+
+/// Restore tasks from a backup document: each task is saved (replacing one
+/// with the same id) and pending ones are queued.
+#[utoipa::path(post, path = "/admin/restore", tag = "operations",
+    request_body(content = Object, content_type = "application/json", description = "A backup document"),
+    responses(
+        (status = 200, description = "Restored", body = RestoreSummary),
+        (status = 413, description = "Too large", body = ErrorBody),
+        (status = 422, description = "Not a valid backup", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+pub async fn restore(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RestoreSummary>, ApiError> {
+    let body =
+        body.map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the backup is too large to upload"))?;
+    let tasks = backup::parse_backup(&body)
+        .map_err(|reason| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_backup", format!("not a valid backup: {reason}")))?;
+    let report = state.service.restore(tasks).await?;
+    Ok(Json(RestoreSummary { restored: report.restored, queued: report.to_queue.len() }))
+}

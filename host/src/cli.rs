@@ -1,0 +1,330 @@
+//! The `taskflow` command: `serve` runs a host; every other command is a
+//! client of a running host's HTTP API.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::client::Client;
+use crate::config::ServeConfig;
+use crate::task::{NewTask, TaskStatus};
+use crate::telemetry::LogFormat;
+
+/// TaskFlow: priority task processing with sandboxed WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(name = "taskflow", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "TASKFLOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a host: API, queue, workers and plugin runtime.
+    Serve(Box<ServeConfig>),
+    /// Submit one task, or many from a JSON-lines file.
+    Submit(SubmitArgs),
+    /// Show a task.
+    Get {
+        /// Task id.
+        id: String,
+        /// Server to talk to.
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List tasks.
+    List(ListArgs),
+    /// Cancel a pending or running task.
+    Cancel {
+        /// Task id.
+        id: String,
+        /// Server to talk to.
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show queue, task and plugin statistics.
+    Stats {
+        /// Server to talk to.
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Manage plugins.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+    /// Save every task of the server into a timestamped backup file.
+    Backup {
+        /// Where to write it [default: taskflow-backup-<time>.json].
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Server to talk to.
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Restore tasks from a backup file into the server.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// Server to talk to.
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// Which server a client command talks to.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Server URL.
+    #[arg(long, env = "TASKFLOW_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// Bearer token (the admin token for plugin and backup commands).
+    #[arg(long, env = "TASKFLOW_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ServerArgs {
+    fn client(&self) -> Client {
+        Client::new(&self.server, self.token.clone())
+    }
+}
+
+/// `taskflow submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Plugin to run (not used with --file).
+    #[arg(required_unless_present = "file")]
+    pub plugin: Option<String>,
+    /// JSON payload.
+    #[arg(long, short, default_value = "null")]
+    pub payload: String,
+    /// Priority, 1 (highest) to 10.
+    #[arg(long)]
+    pub priority: Option<u8>,
+    /// Attempts before the task fails.
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Timeout of one attempt in milliseconds.
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// Idempotency key.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Wait until the task finishes and print it.
+    #[arg(long)]
+    pub wait: bool,
+    /// Submit every task of a JSON-lines file (one `{"plugin": …}` per line), in batches.
+    #[arg(long, conflicts_with_all = ["plugin", "wait"])]
+    pub file: Option<PathBuf>,
+    /// Server to talk to.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// `taskflow list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this status.
+    #[arg(long)]
+    pub status: Option<TaskStatus>,
+    /// Only this plugin.
+    #[arg(long)]
+    pub plugin: Option<String>,
+    /// Tasks to show.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Server to talk to.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// `taskflow plugins …`.
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// List loaded plugins.
+    List {
+        /// Server to talk to.
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Upload a component; it replaces the running version once it passes checks.
+    Upload {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// Plugin name [default: the file stem].
+        #[arg(long)]
+        name: Option<String>,
+        /// Server to talk to.
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Unload a plugin and delete its file.
+    Remove {
+        /// Plugin name.
+        name: String,
+        /// Server to talk to.
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+/// Tasks per request when submitting a file.
+const SUBMIT_BATCH: usize = 500;
+
+/// Runs a parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(config) => {
+            let server = crate::server::Server::start(*config).await?;
+            server.run(crate::server::shutdown_signal()).await
+        }
+        Command::Submit(args) => submit(args).await,
+        Command::Get { id, server } => print_json(&server.client().get(&id).await?),
+        Command::List(args) => {
+            let mut query = vec![("limit", args.limit.to_string())];
+            if let Some(status) = args.status {
+                query.push(("status", status.to_string()));
+            }
+            if let Some(plugin) = args.plugin {
+                query.push(("plugin", plugin));
+            }
+            let page = args.server.client().list(&query).await?;
+            for task in &page.tasks {
+                println!("{}  {:<9}  p{:<2}  {}", task.id, task.status, task.priority, task.plugin);
+            }
+            if page.next_cursor.is_some() {
+                println!("… more: raise --limit");
+            }
+            Ok(())
+        }
+        Command::Cancel { id, server } => print_json(&server.client().cancel(&id).await?),
+        Command::Stats { server } => print_json(&server.client().stats().await?),
+        Command::Plugins(PluginsCommand::List { server }) => {
+            for plugin in server.client().plugins().await? {
+                println!("{:<24} {}  {:>9} bytes  loaded {}", plugin.name, &plugin.digest[..12], plugin.size, plugin.loaded_at);
+            }
+            Ok(())
+        }
+        Command::Plugins(PluginsCommand::Upload { file, name, server }) => {
+            let name = match name {
+                Some(name) => name,
+                None => file
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .map(str::to_owned)
+                    .context("cannot take a plugin name from the file name; pass --name")?,
+            };
+            let wasm = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let info = server.client().upload_plugin(&name, wasm).await?;
+            println!("loaded {} ({})", info.name, info.digest);
+            Ok(())
+        }
+        Command::Plugins(PluginsCommand::Remove { name, server }) => {
+            server.client().remove_plugin(&name).await?;
+            println!("removed {name}");
+            Ok(())
+        }
+        Command::Backup { output, server } => backup(output, server).await,
+        Command::Restore { file, server } => restore(file, server).await,
+    }
+}
+
+async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let client = args.server.client();
+    if let Some(file) = args.file {
+        return submit_file(&client, &file).await;
+    }
+    let payload = serde_json::from_str(&args.payload).context("--payload is not valid JSON")?;
+    let new = NewTask {
+        plugin: args.plugin.unwrap_or_default(),
+        payload,
+        priority: args.priority,
+        max_attempts: args.max_attempts,
+        timeout_ms: args.timeout_ms,
+        idempotency_key: args.idempotency_key,
+    };
+    let task = client.submit(&new).await?;
+    if !args.wait {
+        return print_json(&task);
+    }
+    let spinner = spinner(format!("waiting for task {}", task.id));
+    loop {
+        let view = client.get(&task.id.to_string()).await?;
+        if view.task.status.is_terminal() {
+            spinner.finish_and_clear();
+            return print_json(&view);
+        }
+        if let Some(progress) = view.progress {
+            spinner.set_message(format!("task {} running: {progress}%", task.id));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn submit_file(client: &Client, file: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut tasks = Vec::new();
+    for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let task: NewTask = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a task (expected {{\"plugin\": …, \"payload\": …}})", file.display(), number + 1))?;
+        tasks.push(task);
+    }
+    if tasks.is_empty() {
+        bail!("{} holds no tasks", file.display());
+    }
+    let bar = ProgressBar::new(tasks.len() as u64).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} tasks submitted ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let total = tasks.len();
+    for chunk in tasks.chunks(SUBMIT_BATCH) {
+        let accepted = client.submit_batch(chunk.to_vec()).await?;
+        bar.inc(accepted.len() as u64);
+    }
+    bar.finish();
+    println!("submitted {total} tasks");
+    Ok(())
+}
+
+async fn backup(output: Option<PathBuf>, server: ServerArgs) -> anyhow::Result<()> {
+    let spinner = spinner("downloading backup".into());
+    let document = server.client().backup().await?;
+    let tasks = crate::storage::backup::parse_backup(&document)
+        .map_err(|reason| anyhow::anyhow!("the server sent an invalid backup: {reason}"))?;
+    let path = output.unwrap_or_else(|| {
+        PathBuf::from(format!("taskflow-backup-{}.json", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")))
+    });
+    crate::fsutil::write_atomic(&path, &document, true).with_context(|| format!("cannot write {}", path.display()))?;
+    spinner.finish_and_clear();
+    println!("backed up {} tasks to {}", tasks.len(), path.display());
+    Ok(())
+}
+
+async fn restore(file: PathBuf, server: ServerArgs) -> anyhow::Result<()> {
+    let document = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let tasks = crate::storage::backup::parse_backup(&document)
+        .map_err(|reason| anyhow::anyhow!("{} is not a valid backup: {reason}", file.display()))?;
+    let spinner = spinner(format!("restoring {} tasks", tasks.len()));
+    let summary = server.client().restore(document).await?;
+    spinner.finish_and_clear();
+    println!("restored {} tasks ({} queued)", summary.restored, summary.queued);
+    Ok(())
+}
+
+fn spinner(message: String) -> ProgressBar {
+    let spinner = ProgressBar::new_spinner().with_message(message);
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    spinner
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

@@ -1,0 +1,398 @@
+//! The HTTP API of a real host (in this process, over real sockets): the
+//! task lifecycle, priorities, retries, cancellation, bad input, plugins,
+//! auth, metrics, backup and restore.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use taskflow_tests::{TestHost, plugin_wasm, poll_json, wasm_bytes};
+
+const LONG: Duration = Duration::from_secs(60);
+
+async fn submit(client: &reqwest::Client, host: &TestHost, body: Value) -> Value {
+    let response = client.post(host.at("/tasks")).json(&body).send().await.expect("submit");
+    assert_eq!(response.status(), StatusCode::ACCEPTED, "submit {body}");
+    response.json().await.expect("json")
+}
+
+async fn wait_terminal(client: &reqwest::Client, host: &TestHost, id: &str) -> Value {
+    poll_json(client, &host.at(&format!("/tasks/{id}")), LONG, |task| {
+        matches!(task["status"].as_str(), Some("completed" | "failed" | "cancelled"))
+    })
+    .await
+}
+
+fn id_of(task: &Value) -> String {
+    task["id"].as_str().expect("id").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitted_task_completes_with_its_result() {
+    let host = TestHost::start(2, false).await;
+    let client = reqwest::Client::new();
+    let response = client
+        .post(host.at("/tasks"))
+        .header("x-request-id", "req-abc-123")
+        .json(&json!({"plugin": "wordcount", "payload": {"text": "to be or not to be"}, "priority": 2}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(response.headers()["x-request-id"], "req-abc-123", "the request id comes back");
+    let location = response.headers()["location"].to_str().expect("location").to_owned();
+    let task: Value = response.json().await.expect("json");
+    assert_eq!(location, format!("/tasks/{}", id_of(&task)));
+    assert_eq!(task["status"], "pending");
+    assert_eq!(task["priority"], 2);
+
+    let done = wait_terminal(&client, &host, &id_of(&task)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(done["result"]["encoding"], "json");
+    assert_eq!(done["result"]["value"]["words"], 6);
+    assert_eq!(done["result"]["value"]["top_words"][0], json!({"word": "be", "count": 2}));
+    assert_eq!(done["plugin_digest"], taskflow_tests::file_digest(&plugin_wasm("wordcount")));
+    assert!(done["started_at"].is_string() && done["finished_at"].is_string());
+
+    // A generated request id when the client sends none.
+    let response = client.get(host.at("/health")).send().await.expect("health");
+    assert_eq!(response.headers()["x-request-id"].len(), 36);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn higher_priorities_run_first_and_equal_ones_in_submission_order() {
+    let host = TestHost::start(1, true).await;
+    let client = reqwest::Client::new();
+    // Occupy the only worker so everything below waits in the queue.
+    let blocker = submit(&client, &host, json!({"plugin": "hostile", "payload": {"mode": "sleep", "seconds": 1}})).await;
+    poll_json(&client, &host.at(&format!("/tasks/{}", id_of(&blocker))), LONG, |t| t["status"] == "running").await;
+
+    let mut submitted = Vec::new();
+    for (priority, label) in [(9, "low-1"), (9, "low-2"), (5, "mid-1"), (1, "high-1"), (9, "low-3"), (1, "high-2"), (5, "mid-2")] {
+        let task = submit(&client, &host, json!({"plugin": "echo", "payload": label, "priority": priority})).await;
+        submitted.push(id_of(&task));
+    }
+    let mut finished = Vec::new();
+    for id in &submitted {
+        let task = wait_terminal(&client, &host, id).await;
+        assert_eq!(task["status"], "completed");
+        finished.push((task["started_at"].as_str().expect("started").to_owned(), task["payload"].as_str().expect("label").to_owned()));
+    }
+    finished.sort();
+    let order: Vec<&str> = finished.iter().map(|(_, label)| label.as_str()).collect();
+    assert_eq!(order, ["high-1", "high-2", "mid-1", "mid-2", "low-1", "low-2", "low-3"]);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retryable_failures_are_retried_until_attempts_run_out() {
+    let host = TestHost::start(2, false).await;
+    let client = reqwest::Client::new();
+
+    let eventually_ok = submit(&client, &host, json!({"plugin": "flaky", "payload": {"succeed_on_attempt": 3}, "max_attempts": 3})).await;
+    let done = wait_terminal(&client, &host, &id_of(&eventually_ok)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["attempts"], 3);
+    assert_eq!(done["result"]["value"], json!({"succeeded_on_attempt": 3}));
+
+    let gives_up = submit(&client, &host, json!({"plugin": "flaky", "payload": {"succeed_on_attempt": 5}, "max_attempts": 2})).await;
+    let done = wait_terminal(&client, &host, &id_of(&gives_up)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["attempts"], 2);
+    assert_eq!(done["last_error"]["kind"], "retryable");
+
+    // Not retryable: fails on the first attempt.
+    let invalid = submit(&client, &host, json!({"plugin": "hash", "payload": {"data": "x", "rounds": 0}})).await;
+    let done = wait_terminal(&client, &host, &id_of(&invalid)).await;
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(done["last_error"]["kind"], "invalid_input");
+    assert!(done["last_error"]["message"].as_str().expect("message").contains("rounds"));
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_tasks_fail_cleanly_and_the_host_keeps_serving() {
+    let host = TestHost::start(2, true).await;
+    let client = reqwest::Client::new();
+    let cases = [
+        (json!({"mode": "loop"}), "timeout"),
+        (json!({"mode": "memory"}), "memory_limit"),
+        (json!({"mode": "panic"}), "trap"),
+    ];
+    for (payload, kind) in cases {
+        let task = submit(&client, &host, json!({"plugin": "hostile", "payload": payload, "timeout_ms": 500, "max_attempts": 1})).await;
+        let done = wait_terminal(&client, &host, &id_of(&task)).await;
+        assert_eq!(done["status"], "failed", "{done}");
+        assert_eq!(done["last_error"]["kind"], kind, "{done}");
+    }
+    let ok = submit(&client, &host, json!({"plugin": "echo", "payload": "still here"})).await;
+    assert_eq!(wait_terminal(&client, &host, &id_of(&ok)).await["status"], "completed");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_and_running_tasks_can_be_cancelled() {
+    let host = TestHost::start(1, true).await;
+    let client = reqwest::Client::new();
+    let spinning = submit(&client, &host, json!({"plugin": "hostile", "payload": {"mode": "loop"}, "timeout_ms": 60000})).await;
+    poll_json(&client, &host.at(&format!("/tasks/{}", id_of(&spinning))), LONG, |t| t["status"] == "running").await;
+    let waiting = submit(&client, &host, json!({"plugin": "echo", "payload": 1})).await;
+
+    let response = client.post(host.at(&format!("/tasks/{}/cancel", id_of(&waiting)))).send().await.expect("cancel");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.json::<Value>().await.expect("json")["status"], "cancelled");
+    let again = client.post(host.at(&format!("/tasks/{}/cancel", id_of(&waiting)))).send().await.expect("cancel");
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+
+    let response = client.post(host.at(&format!("/tasks/{}/cancel", id_of(&spinning)))).send().await.expect("cancel");
+    assert_eq!(response.status(), StatusCode::OK);
+    let done = wait_terminal(&client, &host, &id_of(&spinning)).await;
+    assert_eq!(done["status"], "cancelled", "the running instance was interrupted: {done}");
+
+    // The worker is free again.
+    let next = submit(&client, &host, json!({"plugin": "echo", "payload": 2})).await;
+    assert_eq!(wait_terminal(&client, &host, &id_of(&next)).await["status"], "completed");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_4xx_and_writes_nothing() {
+    let host = TestHost::start(1, false).await;
+    let client = reqwest::Client::new();
+    let post = |body: &'static str| {
+        client.post(host.at("/tasks")).header("content-type", "application/json").body(body).send()
+    };
+    let cases: Vec<(reqwest::Response, StatusCode, &str)> = vec![
+        (post("{not json").await.expect("send"), StatusCode::BAD_REQUEST, "not valid JSON"),
+        (post(r#"{"payload": 1}"#).await.expect("send"), StatusCode::UNPROCESSABLE_ENTITY, "missing field `plugin`"),
+        (post(r#"{"plugin": "nope"}"#).await.expect("send"), StatusCode::UNPROCESSABLE_ENTITY, "no plugin named"),
+        (post(r#"{"plugin": "echo", "priority": 0}"#).await.expect("send"), StatusCode::UNPROCESSABLE_ENTITY, "priority"),
+        (post(r#"{"plugin": "echo", "priority": 11}"#).await.expect("send"), StatusCode::UNPROCESSABLE_ENTITY, "priority"),
+        (post(r#"{"plugin": "../../etc/passwd"}"#).await.expect("send"), StatusCode::UNPROCESSABLE_ENTITY, "plugin name"),
+        (post(r#"{"plugin": "echo", "max_attempts": 0}"#).await.expect("send"), StatusCode::UNPROCESSABLE_ENTITY, "max_attempts"),
+        (
+            client.post(host.at("/tasks")).body(r#"{"plugin": "echo"}"#).send().await.expect("send"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type",
+        ),
+        (
+            client
+                .post(host.at("/tasks"))
+                .json(&json!({"plugin": "echo", "payload": "x".repeat(2 * 1024 * 1024)}))
+                .send()
+                .await
+                .expect("send"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too large",
+        ),
+        (
+            client.post(host.at("/tasks/batch")).json(&json!({"tasks": [{"plugin": "echo"}, {"plugin": "echo", "priority": 42}]})).send().await.expect("send"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "task 1: priority",
+        ),
+        (client.get(host.at("/tasks/not-a-uuid")).send().await.expect("send"), StatusCode::BAD_REQUEST, "not a task id"),
+        (client.get(host.at("/tasks/..%2F..%2Fetc%2Fpasswd")).send().await.expect("send"), StatusCode::BAD_REQUEST, "not a task id"),
+        (client.get(host.at("/tasks/../../etc/passwd")).send().await.expect("send"), StatusCode::NOT_FOUND, "no such endpoint"),
+        (
+            client.get(host.at("/tasks/3f2b8c1e-8d4a-4c7e-9f1a-2b3c4d5e6f70")).send().await.expect("send"),
+            StatusCode::NOT_FOUND,
+            "no task with id",
+        ),
+        (client.get(host.at("/tasks?limit=0")).send().await.expect("send"), StatusCode::BAD_REQUEST, "limit"),
+        (client.get(host.at("/tasks?status=weird")).send().await.expect("send"), StatusCode::BAD_REQUEST, "status"),
+        (client.get(host.at("/tasks?cursor=zzz")).send().await.expect("send"), StatusCode::BAD_REQUEST, "cursor"),
+    ];
+    for (response, status, needle) in cases {
+        let url = response.url().to_string();
+        assert_eq!(response.status(), status, "{url}");
+        let body: Value = response.json().await.expect("error body is JSON");
+        assert!(body["error"].is_string(), "{body}");
+        let message = body["message"].as_str().expect("message");
+        assert!(message.contains(needle), "{url}: {message:?} should mention {needle:?}");
+    }
+    // Nothing was written for any of them.
+    let stats: Value = client.get(host.at("/stats")).send().await.expect("stats").json().await.expect("json");
+    for status in ["pending", "running", "completed", "failed", "cancelled"] {
+        assert_eq!(stats["tasks"][status], 0, "{stats}");
+    }
+    let shards = std::fs::read_dir(host.data.path().join("tasks")).expect("tasks dir").filter_map(Result::ok);
+    assert_eq!(shards.filter(|e| e.path().is_dir() && e.file_name() != "corrupt").count(), 0, "no task files");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_and_batches() {
+    let host = TestHost::start(2, false).await;
+    let client = reqwest::Client::new();
+    let body = json!({"plugin": "echo", "payload": 7, "idempotency_key": "order-42"});
+    let first = submit(&client, &host, body.clone()).await;
+    let second = client.post(host.at("/tasks")).json(&body).send().await.expect("submit");
+    assert_eq!(second.status(), StatusCode::OK, "a repeated key returns the existing task");
+    assert_eq!(id_of(&second.json().await.expect("json")), id_of(&first));
+
+    let tasks: Vec<Value> = (0..25).map(|i| json!({"plugin": "echo", "payload": i, "priority": 1 + i % 10})).collect();
+    let response = client.post(host.at("/tasks/batch")).json(&json!({"tasks": tasks})).send().await.expect("batch");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let accepted: Value = response.json().await.expect("json");
+    let accepted = accepted["tasks"].as_array().expect("tasks").clone();
+    assert_eq!(accepted.len(), 25);
+    for (i, task) in accepted.iter().enumerate() {
+        assert_eq!(task["payload"], i);
+        assert_eq!(wait_terminal(&client, &host, &id_of(task)).await["result"]["value"], i);
+    }
+
+    // Filters and cursor pagination over all 26 tasks.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = host.at("/tasks?plugin=echo&status=completed&limit=7");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = client.get(url).send().await.expect("list").json().await.expect("json");
+        seen.extend(page["tasks"].as_array().expect("tasks").iter().map(id_of));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 26);
+    assert_eq!(seen[0], id_of(&first), "submission order");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_are_uploaded_listed_and_removed_over_http() {
+    let host = TestHost::start(1, false).await;
+    let client = reqwest::Client::new();
+    let response = client.put(host.at("/plugins/uploaded")).body(wasm_bytes(&plugin_wasm("echo"))).send().await.expect("upload");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let info: Value = response.json().await.expect("json");
+    assert_eq!(info["digest"], taskflow_tests::file_digest(&plugin_wasm("echo")));
+    assert!(host.data.path().join("plugins/uploaded.wasm").exists(), "persisted into the plugin directory");
+
+    let task = submit(&client, &host, json!({"plugin": "uploaded", "payload": "hi"})).await;
+    assert_eq!(wait_terminal(&client, &host, &id_of(&task)).await["result"]["value"], "hi");
+
+    let garbage = client.put(host.at("/plugins/uploaded")).body("garbage").send().await.expect("upload");
+    assert_eq!(garbage.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let message = garbage.json::<Value>().await.expect("json")["message"].as_str().expect("message").to_owned();
+    assert!(message.contains("not a WebAssembly file"), "{message}");
+    let bad_name = client.put(host.at("/plugins/Bad.Name")).body(wasm_bytes(&plugin_wasm("echo"))).send().await.expect("upload");
+    assert_eq!(bad_name.status(), StatusCode::BAD_REQUEST);
+
+    let list: Value = client.get(host.at("/plugins")).send().await.expect("list").json().await.expect("json");
+    let names: Vec<&str> = list["plugins"].as_array().expect("plugins").iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["echo", "flaky", "hash", "uploaded", "wordcount"]);
+
+    assert_eq!(client.delete(host.at("/plugins/uploaded")).send().await.expect("delete").status(), StatusCode::NO_CONTENT);
+    assert_eq!(client.delete(host.at("/plugins/uploaded")).send().await.expect("delete").status(), StatusCode::NOT_FOUND);
+    let refused = client.post(host.at("/tasks")).json(&json!({"plugin": "uploaded"})).send().await.expect("submit");
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_guard_the_api_and_plugin_administration() {
+    let host = TestHost::start_with(1, false, |config| {
+        config.api_token = Some("api-token-0123456789".into());
+        config.admin_token = Some("admin-token-0123456789".into());
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let body = json!({"plugin": "echo"});
+    let anonymous = client.post(host.at("/tasks")).json(&body).send().await.expect("send");
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert!(anonymous.json::<Value>().await.expect("json")["message"].as_str().expect("msg").contains("Bearer"));
+    let wrong = client.post(host.at("/tasks")).bearer_auth("api-token-0123456780").json(&body).send().await.expect("send");
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let ok = client.post(host.at("/tasks")).bearer_auth("api-token-0123456789").json(&body).send().await.expect("send");
+    assert_eq!(ok.status(), StatusCode::ACCEPTED);
+
+    for open in ["/health", "/ready", "/metrics", "/openapi.json"] {
+        assert_eq!(client.get(host.at(open)).send().await.expect("send").status(), StatusCode::OK, "{open}");
+    }
+    let wasm = wasm_bytes(&plugin_wasm("echo"));
+    let as_user = client.put(host.at("/plugins/p")).bearer_auth("api-token-0123456789").body(wasm.clone()).send().await.expect("send");
+    assert_eq!(as_user.status(), StatusCode::UNAUTHORIZED, "uploads need the admin token");
+    let as_admin = client.put(host.at("/plugins/p")).bearer_auth("admin-token-0123456789").body(wasm).send().await.expect("send");
+    assert_eq!(as_admin.status(), StatusCode::CREATED);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_and_metrics_describe_the_host() {
+    let host = TestHost::start(2, false).await;
+    let client = reqwest::Client::new();
+    let task = submit(&client, &host, json!({"plugin": "echo", "payload": 1})).await;
+    wait_terminal(&client, &host, &id_of(&task)).await;
+
+    let stats: Value = client.get(host.at("/stats")).send().await.expect("stats").json().await.expect("json");
+    assert_eq!(stats["tasks"]["completed"], 1);
+    assert_eq!(stats["workers"], 2);
+    assert_eq!(stats["queue"]["ready"]["1"], 0);
+    assert_eq!(stats["plugins"].as_array().expect("plugins").len(), 4);
+    assert!(stats["plugins"][0]["digest"].as_str().is_some_and(|d| d.len() == 64));
+
+    let metrics = client.get(host.at("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    for needle in [
+        "taskflow_http_requests_total{method=\"POST\",route=\"/tasks\",status=\"202\"} 1",
+        "taskflow_task_attempts_total{plugin=\"echo\",outcome=\"completed\"} 1",
+        "taskflow_task_duration_seconds_count{plugin=\"echo\"} 1",
+        "taskflow_tasks{status=\"completed\"} 1",
+        "taskflow_queue_depth{priority=\"1\"} 0",
+        "taskflow_plugins_loaded 4",
+    ] {
+        assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
+    }
+    let openapi: Value = client.get(host.at("/openapi.json")).send().await.expect("openapi").json().await.expect("json");
+    for path in ["/tasks", "/tasks/batch", "/tasks/{id}", "/tasks/{id}/cancel", "/stats", "/plugins", "/plugins/{name}", "/health", "/ready", "/metrics"] {
+        assert!(openapi["paths"][path].is_object(), "openapi lacks {path}");
+    }
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_then_restore_into_an_empty_host_round_trips_every_task() {
+    let source = TestHost::start(2, false).await;
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let body = match i % 4 {
+            0 => json!({"plugin": "echo", "payload": {"i": i}, "priority": 1 + i % 10}),
+            1 => json!({"plugin": "wordcount", "payload": {"text": "a b c"}, "idempotency_key": format!("k{i}")}),
+            2 => json!({"plugin": "hash", "payload": {"data": "x", "rounds": 0}, "max_attempts": 1}),
+            _ => json!({"plugin": "flaky", "payload": {"succeed_on_attempt": 2}, "timeout_ms": 5000}),
+        };
+        ids.push(id_of(&submit(&client, &source, body).await));
+    }
+    for id in &ids {
+        wait_terminal(&client, &source, id).await;
+    }
+    let backup = client.get(source.at("/admin/backup")).send().await.expect("backup");
+    assert_eq!(backup.status(), StatusCode::OK);
+    let document = backup.bytes().await.expect("bytes");
+    let original: Value = serde_json::from_slice(&document).expect("backup is JSON");
+    assert_eq!(original["format"], "taskflow-backup");
+    assert_eq!(original["tasks"].as_array().expect("tasks").len(), 40);
+    source.stop().await;
+
+    let target = TestHost::start(2, false).await;
+    let response = client.post(target.at("/admin/restore")).body(document.clone()).send().await.expect("restore");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.json::<Value>().await.expect("json")["restored"], 40);
+    for task in original["tasks"].as_array().expect("tasks") {
+        let restored: Value = client.get(target.at(&format!("/tasks/{}", id_of(task)))).send().await.expect("get").json().await.expect("json");
+        assert_eq!(&restored, task, "task {} round-trips exactly", id_of(task));
+    }
+    let bad = client.post(target.at("/admin/restore")).body("{\"format\": \"other\"}").send().await.expect("restore");
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // New submissions continue after the restored sequence numbers.
+    let new = submit(&client, &target, json!({"plugin": "echo"})).await;
+    let max_restored = original["tasks"].as_array().expect("tasks").iter().filter_map(|t| t["sequence"].as_u64()).max();
+    assert!(new["sequence"].as_u64() > max_restored);
+    target.stop().await;
+}
