@@ -11,8 +11,16 @@ cd "$root"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/taskflow/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+echo "==> test tools from PyPI"
+if ! command -v schemathesis >/dev/null 2>&1; then
+    python3 -m pip install --quiet 'schemathesis==4.32.5'
+fi
+
 echo "==> building plugins and fixtures (wasm32-wasip2)"
 plugins/build.sh
+
+echo "==> building the taskflow binary (the end-to-end tests run it)"
+cargo build --bins
 
 echo "==> running the tests (host, sdk, end-to-end)"
 # The workspace's default members: the native crates, not the plugins.

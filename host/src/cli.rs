@@ -186,7 +186,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             server.run(crate::server::shutdown_signal()).await
         }
         Command::Submit(args) => submit(args).await,
-        Command::Get { id, server } => print_json(&server.client().get(&id).await?),
+        Command::Get { id, server } => print_json(&server.client().get(&task_id(&id)?).await?),
         Command::List(args) => {
             let mut query = vec![("limit", args.limit.to_string())];
             if let Some(status) = args.status {
@@ -204,7 +204,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Cancel { id, server } => print_json(&server.client().cancel(&id).await?),
+        Command::Cancel { id, server } => print_json(&server.client().cancel(&task_id(&id)?).await?),
         Command::Stats { server } => print_json(&server.client().stats().await?),
         Command::Plugins(PluginsCommand::List { server }) => {
             for plugin in server.client().plugins().await? {
@@ -316,6 +316,11 @@ async fn restore(file: PathBuf, server: ServerArgs) -> anyhow::Result<()> {
     spinner.finish_and_clear();
     println!("restored {} tasks ({} queued)", summary.restored, summary.queued);
     Ok(())
+}
+
+/// Checks an id locally, so a typo gets a clear message rather than a 404.
+fn task_id(id: &str) -> anyhow::Result<String> {
+    Ok(id.parse::<crate::task::TaskId>()?.to_string())
 }
 
 fn spinner(message: String) -> ProgressBar {

@@ -232,17 +232,20 @@ impl TaskService {
     /// Validates and accepts a task: saved, then queued. A task with an
     /// idempotency key that was seen before returns the earlier task.
     pub async fn submit(&self, new: NewTask) -> Result<Submitted, ServiceError> {
-        let _idempotency = match &new.idempotency_key {
+        // Validate first: an invalid request is rejected even if its key is known.
+        let task = self.validate(new)?;
+        // One submission per key at a time, so two racing requests with the
+        // same key cannot both create a task.
+        let _idempotency = match &task.idempotency_key {
             Some(key) => {
                 let guard = self.idempotency.lock().await;
-                if let Some(task) = self.store.find_by_idempotency_key(key).await? {
-                    return Ok(Submitted { task, created: false });
+                if let Some(existing) = self.store.find_by_idempotency_key(key).await? {
+                    return Ok(Submitted { task: existing, created: false });
                 }
                 Some(guard)
             }
             None => None,
         };
-        let task = self.validate(new)?;
         self.accept(&task).await?;
         Ok(Submitted { task, created: true })
     }

@@ -215,21 +215,26 @@ pub struct Task {
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
     /// Plugin name, e.g. `"echo"`.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "echo")]
     pub plugin: String,
     /// Any JSON value; handed to the plugin as UTF-8 JSON bytes.
     #[serde(default)]
     pub payload: serde_json::Value,
     /// 1 (highest) to 10 (lowest); default 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10)]
     pub priority: Option<u8>,
     /// 1 to 100; default 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<u32>,
     /// Timeout of one attempt in milliseconds (1 ms to 1 hour).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 3_600_000)]
     pub timeout_ms: Option<u64>,
     /// Makes retried submissions safe: the same key returns the same task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 256)]
     pub idempotency_key: Option<String>,
 }
 

@@ -34,8 +34,8 @@ pub async fn list(State(state): State<AppState>) -> Json<PluginList> {
 /// world before it replaces the running version; a rejected upload changes
 /// nothing. Tasks already running finish on the old version.
 #[utoipa::path(put, path = "/plugins/{name}", tag = "plugins",
-    params(("name" = String, Path, description = "Plugin name: 1 to 64 of a-z, 0-9, '-', '_'")),
-    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component"),
+    params(("name" = String, Path, description = "Plugin name: 1 to 64 of a-z, 0-9, '-', '_'", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The component"),
     responses(
         (status = 201, description = "Loaded", body = PluginInfo),
         (status = 400, description = "Invalid name", body = ErrorBody),
@@ -64,7 +64,7 @@ pub async fn upload(
 /// Unload a plugin and delete its file. Queued tasks naming it fail when
 /// they come up.
 #[utoipa::path(delete, path = "/plugins/{name}", tag = "plugins",
-    params(("name" = String, Path, description = "Plugin name")),
+    params(("name" = String, Path, description = "Plugin name", pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")),
     responses(
         (status = 204, description = "Removed"),
         (status = 400, description = "Invalid name", body = ErrorBody),

@@ -53,6 +53,7 @@ fn with_location(status: StatusCode, task: &Task) -> Response {
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     /// The tasks, 1 to 1000.
+    #[schema(min_items = 1, max_items = 1000)]
     pub tasks: Vec<NewTask>,
 }
 
@@ -97,8 +98,10 @@ pub async fn submit_batch(
 
 /// A task id in a path.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
 pub struct IdPath {
     /// Task id (a UUID).
+    #[param(format = Uuid, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     pub id: String,
 }
 
@@ -141,11 +144,13 @@ pub struct ListParams {
     /// Only tasks in this status.
     pub status: Option<TaskStatus>,
     /// Only tasks of this plugin.
+    #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     pub plugin: Option<String>,
     /// Tasks per page, 1 to 1000 (default 50).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
     /// `next_cursor` from the previous page.
+    #[param(pattern = "^[0-9]+_[0-9a-f-]{36}$")]
     pub cursor: Option<String>,
 }
 
@@ -161,6 +166,9 @@ pub async fn list(State(state): State<AppState>, ApiQuery(params): ApiQuery<List
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(format!("limit must be 1 to {MAX_PAGE}, got {limit}")));
+    }
+    if let Some(plugin) = &params.plugin {
+        crate::runtime::plugin::validate_name(plugin)?;
     }
     let query = ListQuery { status: params.status, plugin: params.plugin, limit, cursor: params.cursor };
     state.service.list(&query).await.map(Json).map_err(|e: ServiceError| e.into())

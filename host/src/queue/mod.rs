@@ -49,6 +49,7 @@ pub struct Delivery {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct QueueDepth {
     /// Entries ready to run, by priority; every priority 1 to 10 is present.
+    #[schema(value_type = std::collections::HashMap<String, u64>)]
     pub ready: BTreeMap<u8, u64>,
     /// Entries waiting out a retry backoff.
     pub delayed: u64,

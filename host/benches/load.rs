@@ -1,0 +1,164 @@
+//! End-to-end load benchmark: the real `taskflow` binary, real HTTP, real
+//! files.
+//!
+//! In one run it measures, on the same disk:
+//! 1. the raw rate of atomic file writes (temp file + rename) of task-sized
+//!    JSON into sharded directories: the storage floor;
+//! 2. host memory (RSS) at idle with the example plugins loaded;
+//! 3. tasks per second end to end (submit over HTTP → completed) for 20,000
+//!    `echo` tasks, sent one per request, then in batches of 100;
+//!
+//! and prints each rate and its ratio to the write rate. Run with
+//! `cargo bench -p taskflow-host --bench load` (after `plugins/build.sh`).
+//! `TASKFLOW_LOAD_TASKS` changes the task count.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+const CONCURRENCY: usize = 64;
+const BATCH: usize = 100;
+
+fn main() {
+    // `cargo bench` passes --bench; a filter argument that excludes us means skip.
+    if std::env::args().skip(1).any(|a| !a.starts_with('-') && !"load".contains(a.as_str())) {
+        return;
+    }
+    let tasks: usize = std::env::var("TASKFLOW_LOAD_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
+    runtime.block_on(run(tasks));
+}
+
+async fn run(tasks: usize) {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let write_rate = atomic_write_rate(&scratch.path().join("write-test"), tasks);
+    println!("raw atomic writes:        {write_rate:>9.0} writes/s (temp file + rename, {tasks} task-sized files)");
+
+    let data = scratch.path().join("data");
+    let plugins = data.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugin dir");
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist");
+    for name in ["echo", "wordcount", "hash", "flaky"] {
+        let source = dist.join(format!("{name}.wasm"));
+        assert!(source.exists(), "{} is missing: run plugins/build.sh first", source.display());
+        std::fs::copy(&source, plugins.join(format!("{name}.wasm"))).expect("copy plugin");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let url = format!("http://127.0.0.1:{port}");
+    let host = Host(
+        Command::new(env!("CARGO_BIN_EXE_taskflow"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--log-format", "json"])
+            .arg("--data-dir")
+            .arg(&data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start taskflow"),
+    );
+    let client = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY).build().expect("client");
+    wait_until(|| async { client.get(format!("{url}/health")).send().await.is_ok() }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss = rss_mib(host.0.id());
+    println!("host memory at idle:      {rss:>9.1} MiB RSS with 4 example plugins loaded (target: under 150)");
+
+    let single = measure(&client, &url, tasks, 1).await;
+    println!(
+        "end to end, 1 per request: {single:>8.0} tasks/s = {:.2}x the write rate (target: 0.4x and 5,000 tasks/s)",
+        single / write_rate
+    );
+    let batched = measure(&client, &url, tasks, BATCH).await;
+    println!(
+        "end to end, {BATCH} per request: {batched:>6.0} tasks/s = {:.2}x the write rate",
+        batched / write_rate
+    );
+    drop(host);
+}
+
+struct Host(Child);
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Writes `count` task-sized JSON files the way the file store does.
+fn atomic_write_rate(dir: &Path, count: usize) -> f64 {
+    let body = serde_json::to_vec(&json!({
+        "id": "3f2b8c1e-8d4a-4c7e-9f1a-2b3c4d5e6f70", "plugin": "echo", "priority": 5, "payload": {"n": 1},
+        "status": "completed", "attempts": 1, "max_attempts": 3, "sequence": 1,
+        "created_at": "2026-11-28T12:00:00Z", "started_at": "2026-11-28T12:00:00Z", "finished_at": "2026-11-28T12:00:00Z",
+        "plugin_digest": "e31457154e037195291eb3cfbe1ed806e727666e0ff4538c98a27f29b55c3bfa",
+        "result": {"encoding": "json", "value": {"n": 1}}
+    }))
+    .expect("json");
+    for shard in 0..256 {
+        std::fs::create_dir_all(dir.join(format!("{shard:02x}"))).expect("shard");
+    }
+    let started = Instant::now();
+    for i in 0..count {
+        let path = dir.join(format!("{:02x}", i % 256)).join(format!("{i:08}.json"));
+        taskflow::fsutil::write_atomic(&path, &body, false).expect("write");
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Submits `tasks` echo tasks, `per_request` per HTTP request, and returns
+/// tasks/s from the first submission to the last completion.
+async fn measure(client: &reqwest::Client, url: &str, tasks: usize, per_request: usize) -> f64 {
+    let completed_before = completed(client, url).await;
+    let started = Instant::now();
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut requests = Vec::new();
+    for first in (0..tasks).step_by(per_request) {
+        let count = per_request.min(tasks - first);
+        let permit = permits.clone().acquire_owned().await.expect("semaphore");
+        let (client, url) = (client.clone(), url.to_owned());
+        requests.push(tokio::spawn(async move {
+            let response = if count == 1 {
+                client.post(format!("{url}/tasks")).json(&json!({"plugin": "echo", "payload": {"n": first}})).send().await
+            } else {
+                let batch: Vec<Value> = (first..first + count).map(|n| json!({"plugin": "echo", "payload": {"n": n}})).collect();
+                client.post(format!("{url}/tasks/batch")).json(&json!({"tasks": batch})).send().await
+            };
+            drop(permit);
+            let status = response.expect("request").status();
+            assert!(status.is_success(), "submit failed: {status}");
+        }));
+    }
+    for request in requests {
+        request.await.expect("request task");
+    }
+    let target = completed_before + tasks as u64;
+    wait_until(|| async { completed(client, url).await >= target }).await;
+    tasks as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn completed(client: &reqwest::Client, url: &str) -> u64 {
+    let stats: Value = client.get(format!("{url}/stats")).send().await.expect("stats").json().await.expect("json");
+    stats["tasks"]["completed"].as_u64().unwrap_or(0)
+}
+
+async fn wait_until<F: Future<Output = bool>>(mut check: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
