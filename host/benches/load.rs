@@ -10,7 +10,9 @@
 //!
 //! and prints each rate and its ratio to the write rate. Run with
 //! `cargo bench -p taskflow-host --bench load` (after `plugins/build.sh`).
-//! `TASKFLOW_LOAD_TASKS` changes the task count.
+//! `TASKFLOW_LOAD_TASKS` changes the task count; `TASKFLOW_LOAD_DIR` the disk
+//! measured (default: the system temp directory), e.g. `/dev/shm` to see the
+//! host's own ceiling without a disk.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -34,9 +36,15 @@ fn main() {
 }
 
 async fn run(tasks: usize) {
-    let scratch = tempfile::tempdir().expect("tempdir");
+    let scratch = match std::env::var_os("TASKFLOW_LOAD_DIR") {
+        Some(dir) => tempfile::tempdir_in(dir).expect("tempdir in TASKFLOW_LOAD_DIR"),
+        None => tempfile::tempdir().expect("tempdir"),
+    };
     let write_rate = atomic_write_rate(&scratch.path().join("write-test"), tasks);
-    println!("raw atomic writes:        {write_rate:>9.0} writes/s (temp file + rename, {tasks} task-sized files)");
+    println!(
+        "raw atomic writes:        {write_rate:>9.0} writes/s (temp file + rename, {tasks} task-sized files in {})",
+        scratch.path().display()
+    );
 
     let data = scratch.path().join("data");
     let plugins = data.join("plugins");

@@ -26,7 +26,7 @@ pub struct ServeConfig {
     #[arg(long, env = "TASKFLOW_PLUGIN_DIR")]
     pub plugin_dir: Option<PathBuf>,
 
-    /// Tasks run concurrently [default: number of CPUs].
+    /// Tasks run concurrently [default: 4 per CPU].
     #[arg(long, env = "TASKFLOW_WORKERS")]
     pub workers: Option<usize>,
 
@@ -147,9 +147,12 @@ impl ServeConfig {
         self.data_dir.join("cache")
     }
 
-    /// Worker count.
+    /// Worker count: by default four per CPU. A worker spends much of a
+    /// short task waiting on storage writes, so more workers than cores keep
+    /// the cores busy; CPU-heavy tasks still share the cores fairly because
+    /// guest code yields at every epoch tick.
     pub fn worker_count(&self) -> usize {
-        self.workers.unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(2))
+        self.workers.unwrap_or_else(|| 4 * std::thread::available_parallelism().map(usize::from).unwrap_or(2))
     }
 
     /// Runtime settings.

@@ -134,6 +134,24 @@ async fn hostile_tasks_fail_cleanly_and_the_host_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_sidecar_sets_the_default_timeout_of_its_tasks() {
+    let host = TestHost::start(2, true).await;
+    let sidecar = host.data.path().join("plugins/hostile.limits.json");
+    std::fs::write(&sidecar, br#"{"timeout_ms": 300}"#).expect("write sidecar");
+    host.service.registry().sync_path(&sidecar).await.expect("sidecar loads");
+    let client = reqwest::Client::new();
+    let task = submit(&client, &host, json!({"plugin": "hostile", "payload": {"mode": "loop"}, "max_attempts": 1})).await;
+    let done = wait_terminal(&client, &host, &id_of(&task)).await;
+    assert_eq!(done["last_error"]["kind"], "timeout", "{done}");
+    assert!(done["last_error"]["message"].as_str().expect("message").contains("300 ms"), "{done}");
+    // The task's own timeout wins over the plugin's.
+    let task = submit(&client, &host, json!({"plugin": "hostile", "payload": {"mode": "loop"}, "max_attempts": 1, "timeout_ms": 150})).await;
+    let done = wait_terminal(&client, &host, &id_of(&task)).await;
+    assert!(done["last_error"]["message"].as_str().expect("message").contains("150 ms"), "{done}");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_and_running_tasks_can_be_cancelled() {
     let host = TestHost::start(1, true).await;
     let client = reqwest::Client::new();

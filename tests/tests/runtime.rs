@@ -226,3 +226,14 @@ async fn restart_loads_compiled_plugins_from_the_cache() {
     assert!(!plugin.from_cache);
     assert_eq!(counters.compiled.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuel_metering_stops_a_task_that_runs_out() {
+    let runtime = Runtime::new(RuntimeConfig { fuel: Some(5_000_000), ..RuntimeConfig::default() }).expect("runtime");
+    let hostile = load(&runtime, "hostile", &fixture_wasm("hostile"));
+    let err = run(&runtime, &hostile, json!({"mode": "loop"}), limits(30_000, 64)).await.expect_err("loop must fail");
+    assert_eq!(err.kind, FailureKind::FuelExhausted, "{err}");
+    // A small task fits in the same budget.
+    let echo = load(&runtime, "echo", &plugin_wasm("echo"));
+    assert!(run(&runtime, &echo, json!("fits"), Limits::default()).await.is_ok());
+}

@@ -194,7 +194,10 @@ impl PluginRegistry {
             Err(e) => return Err(self.rejected_with(&name, PluginError::io(format!("cannot read {}", wasm.display()), e))),
         };
         let limits = self.read_limits(&name).map_err(|e| self.rejected_with(&name, e))?;
-        if let Some(current) = self.read().get(&name).cloned()
+        // Bound first: a guard in the `if let` would live through the body,
+        // and the body takes the write lock.
+        let current = self.read().get(&name).cloned();
+        if let Some(current) = current
             && current.plugin.digest == plugin::digest_of(&bytes)
         {
             if current.limits != limits {
