@@ -52,6 +52,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 #[doc(hidden)]
+#[allow(clippy::too_many_arguments)] // generated code
 pub mod bindings {
     wit_bindgen::generate!({
         world: "processor",

@@ -56,7 +56,8 @@ async fn broken_uploads_are_rejected_and_the_old_version_keeps_serving() {
 
     let core_module = wat_module();
     let empty_component = b"\0asm\x0d\0\x01\0".to_vec();
-    let cases: Vec<(&str, Vec<u8>, fn(&PluginError) -> bool)> = vec![
+    type ExpectedError = fn(&PluginError) -> bool;
+    let cases: Vec<(&str, Vec<u8>, ExpectedError)> = vec![
         ("garbage", b"\x00\x01garbage bytes".to_vec(), |e| matches!(e, PluginError::NotWasm)),
         ("core module", core_module, |e| matches!(e, PluginError::CoreModule)),
         ("component without the world", empty_component, |e| matches!(e, PluginError::WrongWorld(_))),
