@@ -175,6 +175,18 @@ pub enum PluginsCommand {
     },
 }
 
+/// Prints a line to stdout. A closed pipe (`taskflow list | head`) ends the
+/// output quietly instead of panicking like `println!`.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        match writeln!(std::io::stdout().lock(), $($arg)*) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+            _ => {}
+        }
+    }};
+}
+
 /// Tasks per request when submitting a file.
 const SUBMIT_BATCH: usize = 500;
 
@@ -197,10 +209,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let page = args.server.client().list(&query).await?;
             for task in &page.tasks {
-                println!("{}  {:<9}  p{:<2}  {}", task.id, task.status, task.priority, task.plugin);
+                out!("{}  {:<9}  p{:<2}  {}", task.id, task.status, task.priority, task.plugin);
             }
             if page.next_cursor.is_some() {
-                println!("… more: raise --limit");
+                out!("… more: raise --limit");
             }
             Ok(())
         }
@@ -208,7 +220,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats { server } => print_json(&server.client().stats().await?),
         Command::Plugins(PluginsCommand::List { server }) => {
             for plugin in server.client().plugins().await? {
-                println!("{:<24} {}  {:>9} bytes  loaded {}", plugin.name, &plugin.digest[..12], plugin.size, plugin.loaded_at);
+                out!("{:<24} {}  {:>9} bytes  loaded {}", plugin.name, plugin.digest.get(..12).unwrap_or(&plugin.digest), plugin.size, plugin.loaded_at);
             }
             Ok(())
         }
@@ -223,12 +235,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let wasm = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let info = server.client().upload_plugin(&name, wasm).await?;
-            println!("loaded {} ({})", info.name, info.digest);
+            out!("loaded {} ({})", info.name, info.digest);
             Ok(())
         }
         Command::Plugins(PluginsCommand::Remove { name, server }) => {
             server.client().remove_plugin(&name).await?;
-            println!("removed {name}");
+            out!("removed {name}");
             Ok(())
         }
         Command::Backup { output, server } => backup(output, server).await,
@@ -289,7 +301,7 @@ async fn submit_file(client: &Client, file: &std::path::Path) -> anyhow::Result<
         bar.inc(accepted.len() as u64);
     }
     bar.finish();
-    println!("submitted {total} tasks");
+    out!("submitted {total} tasks");
     Ok(())
 }
 
@@ -303,7 +315,7 @@ async fn backup(output: Option<PathBuf>, server: ServerArgs) -> anyhow::Result<(
     });
     crate::fsutil::write_atomic(&path, &document, true).with_context(|| format!("cannot write {}", path.display()))?;
     spinner.finish_and_clear();
-    println!("backed up {} tasks to {}", tasks.len(), path.display());
+    out!("backed up {} tasks to {}", tasks.len(), path.display());
     Ok(())
 }
 
@@ -314,7 +326,7 @@ async fn restore(file: PathBuf, server: ServerArgs) -> anyhow::Result<()> {
     let spinner = spinner(format!("restoring {} tasks", tasks.len()));
     let summary = server.client().restore(document).await?;
     spinner.finish_and_clear();
-    println!("restored {} tasks ({} queued)", summary.restored, summary.queued);
+    out!("restored {} tasks ({} queued)", summary.restored, summary.queued);
     Ok(())
 }
 
@@ -330,6 +342,6 @@ fn spinner(message: String) -> ProgressBar {
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    out!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

@@ -218,6 +218,19 @@ impl TaskService {
     /// id), queues the pending ones, and continues the submission sequence
     /// after them.
     pub async fn restore(&self, tasks: Vec<Task>) -> Result<crate::storage::backup::RestoreReport, ServiceError> {
+        // Check everything before writing anything: a bad backup changes nothing.
+        for task in &tasks {
+            crate::runtime::plugin::validate_name(&task.plugin).map_err(|e| ValidationError {
+                field: "plugin",
+                message: format!("task {}: {e}", task.id),
+            })?;
+            if !(crate::task::PRIORITY_HIGHEST..=crate::task::PRIORITY_LOWEST).contains(&task.priority) {
+                return Err(ServiceError::Validation(ValidationError {
+                    field: "priority",
+                    message: format!("task {} has priority {}; it must be 1 to 10", task.id, task.priority),
+                }));
+            }
+        }
         if let Some(max) = tasks.iter().map(|t| t.sequence).max() {
             self.sequence.fetch_max(max + 1, Ordering::SeqCst);
         }
