@@ -118,3 +118,80 @@ impl utoipa::Modify for BearerAuth {
         components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::queue::LocalQueue;
+    use crate::runtime::{PluginRegistry, Runtime, RuntimeConfig};
+    use crate::service::ServiceConfig;
+    use crate::storage::FileStore;
+    use crate::telemetry::Metrics;
+
+    /// A router over real (empty) backends in a scratch directory.
+    async fn app(auth: AuthConfig) -> (Router, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = Runtime::new(RuntimeConfig { pooling: false, ..RuntimeConfig::default() }).expect("runtime");
+        let registry = PluginRegistry::open(runtime, dir.path().join("plugins"), None).await.expect("registry");
+        let store = FileStore::open(dir.path().join("tasks"), false).await.expect("store");
+        let service = Arc::new(TaskService::new(
+            Arc::new(LocalQueue::new()),
+            Arc::new(store),
+            registry,
+            Arc::new(Metrics::default()),
+            ServiceConfig { workers: 1, retry_base: std::time::Duration::from_millis(10) },
+        ));
+        (router(service, auth, 1024 * 1024), dir)
+    }
+
+    async fn json_body(response: axum::response::Response) -> serde_json::Value {
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        serde_json::from_slice(&bytes).expect("JSON body")
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_and_methods_answer_json_errors() {
+        let (app, _dir) = app(AuthConfig::default()).await;
+        let response = app.clone().oneshot(Request::get("/nope").body(Body::empty()).expect("request")).await.expect("call");
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(json_body(response).await["error"], "not_found");
+
+        let response = app.oneshot(Request::delete("/tasks").body(Body::empty()).expect("request")).await.expect("call");
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(json_body(response).await["error"], "method_not_allowed");
+    }
+
+    #[tokio::test]
+    async fn request_ids_are_kept_or_made() {
+        let (app, _dir) = app(AuthConfig::default()).await;
+        let request = Request::get("/health").header("x-request-id", "abc-123").body(Body::empty()).expect("request");
+        let response = app.clone().oneshot(request).await.expect("call");
+        assert_eq!(response.headers()["x-request-id"], "abc-123");
+        // An id with control characters or a huge one is replaced, not echoed.
+        let request = Request::get("/health").header("x-request-id", "x".repeat(500)).body(Body::empty()).expect("request");
+        let response = app.oneshot(request).await.expect("call");
+        assert_eq!(response.headers()["x-request-id"].len(), 36);
+    }
+
+    #[tokio::test]
+    async fn the_api_token_is_required_where_configured() {
+        let auth = AuthConfig { api_token: Some("token-0123456789abcdef".into()), admin_token: None };
+        let (app, _dir) = app(auth).await;
+        let response = app.clone().oneshot(Request::get("/stats").body(Body::empty()).expect("request")).await.expect("call");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        let request = Request::get("/stats")
+            .header(header::AUTHORIZATION, "Bearer token-0123456789abcdef")
+            .body(Body::empty())
+            .expect("request");
+        assert_eq!(app.clone().oneshot(request).await.expect("call").status(), StatusCode::OK);
+        // Without an admin token, plugin administration takes the API token.
+        let request = Request::delete("/plugins/echo").body(Body::empty()).expect("request");
+        assert_eq!(app.oneshot(request).await.expect("call").status(), StatusCode::UNAUTHORIZED);
+    }
+}
