@@ -326,7 +326,7 @@ async fn restore(file: PathBuf, server: ServerArgs) -> anyhow::Result<()> {
     let spinner = spinner(format!("restoring {} tasks", tasks.len()));
     let summary = server.client().restore(document).await?;
     spinner.finish_and_clear();
-    out!("restored {} tasks ({} queued)", summary.restored, summary.queued);
+    out!("restored {} tasks ({} queued, {} left alone because they are live here)", summary.restored, summary.queued, summary.skipped);
     Ok(())
 }
 

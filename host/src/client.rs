@@ -3,11 +3,10 @@
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::api::ops::RestoreSummary;
 use crate::api::plugins::PluginList;
 use crate::api::tasks::{BatchRequest, BatchResponse};
 use crate::runtime::plugin::PluginInfo;
-use crate::service::{Stats, TaskView};
+use crate::service::{RestoreSummary, Stats, TaskView};
 use crate::storage::TaskPage;
 use crate::task::{NewTask, Task};
 

@@ -158,8 +158,12 @@ impl ServeConfig {
     /// Runtime settings.
     pub fn runtime_config(&self) -> RuntimeConfig {
         let mb = |v: u64| usize::try_from(v).unwrap_or(usize::MAX).saturating_mul(1024 * 1024);
+        let workers = u32::try_from(self.worker_count()).unwrap_or(u32::MAX);
         RuntimeConfig {
             pooling: !self.no_pooling,
+            // Every worker holds one instance at a time; leave headroom for
+            // instances still being torn down.
+            max_concurrent_instances: workers.saturating_mul(2).max(64),
             max_memory_bytes: mb(self.max_memory_mb),
             fuel: self.task_fuel,
             default_limits: Limits {

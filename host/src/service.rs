@@ -18,6 +18,7 @@ use crate::queue::{Delivery, Queue, QueueDepth, QueueEntry, QueueError};
 use crate::runtime::plugin::PluginInfo;
 use crate::runtime::{Failure, FailureKind, Limits, PluginError, PluginRegistry, RegistryStats, TaskInput};
 use crate::storage::{ListQuery, StatusCounts, StorageError, TaskPage, TaskStore};
+pub use crate::storage::backup::RestoreSummary;
 use crate::task::{NewTask, Task, TaskError, TaskId, TaskOutput, TaskStatus, ValidationError};
 use crate::telemetry::{Gauges, Metrics};
 
@@ -27,6 +28,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const LOCK_STRIPES: usize = 256;
 /// Delay before retrying a delivery that hit a storage error.
 const STORAGE_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Tries at saving a task's outcome before giving the task back to the queue.
+const FINISH_SAVE_ATTEMPTS: u32 = 5;
 
 /// Why a service call failed. The API turns each into a status code.
 #[derive(Debug, thiserror::Error)]
@@ -189,23 +192,34 @@ impl TaskService {
 
     /// Startup: continues the submission sequence after the stored tasks and
     /// queues again every task that was pending, or running when the host
-    /// stopped, in priority order.
+    /// stopped, in priority order. A task that was running on its last
+    /// allowed attempt fails instead: if it is what brought the host down,
+    /// running it again would bring it down again.
     pub async fn recover(&self) -> Result<Recovery, ServiceError> {
         let mut tasks = self.store.all().await?;
-        let next = tasks.iter().map(|t| t.sequence).max().map_or(1, |max| max + 1);
+        let next = tasks.iter().map(|t| t.sequence).max().map_or(1, |max| max.saturating_add(1));
         self.sequence.fetch_max(next, Ordering::SeqCst);
         tasks.retain(|t| matches!(t.status, TaskStatus::Pending | TaskStatus::Running));
         tasks.sort_by_key(|t| (t.priority, t.sequence));
         let mut recovery = Recovery::default();
         for mut task in tasks {
             if task.status == TaskStatus::Running {
-                task.status = TaskStatus::Pending;
+                recovery.interrupted += 1;
+                let attempts_left = task.attempts < task.max_attempts;
+                task.status = if attempts_left { TaskStatus::Pending } else { TaskStatus::Failed };
+                task.finished_at = (!attempts_left).then(Utc::now);
                 task.last_error = Some(TaskError {
                     kind: FailureKind::Interrupted,
-                    message: "the host stopped while this task ran; it was queued again".into(),
+                    message: if attempts_left {
+                        "the host stopped while this task ran; it was queued again".into()
+                    } else {
+                        "the host stopped while this task ran its last attempt".into()
+                    },
                 });
                 self.store.save(&task).await?;
-                recovery.interrupted += 1;
+                if !attempts_left {
+                    continue;
+                }
             }
             let delay = task.retry_at.and_then(|at| (at - Utc::now()).to_std().ok()).unwrap_or_default();
             self.queue.push(QueueEntry::from(&task), delay).await?;
@@ -214,57 +228,52 @@ impl TaskService {
         Ok(recovery)
     }
 
-    /// Restores tasks from a backup: saves them (replacing tasks with the same
-    /// id), queues the pending ones, and continues the submission sequence
-    /// after them.
-    pub async fn restore(&self, tasks: Vec<Task>) -> Result<crate::storage::backup::RestoreReport, ServiceError> {
+    /// Restores tasks from a backup: saves them (replacing finished tasks
+    /// with the same id), queues the pending ones, and continues the
+    /// submission sequence after them. A task that is pending or running here
+    /// is left alone, so a restore never runs a task twice at once.
+    pub async fn restore(&self, tasks: Vec<Task>) -> Result<RestoreSummary, ServiceError> {
         // Check everything before writing anything: a bad backup changes nothing.
         for task in &tasks {
-            crate::runtime::plugin::validate_name(&task.plugin).map_err(|e| ValidationError {
-                field: "plugin",
-                message: format!("task {}: {e}", task.id),
-            })?;
-            if !(crate::task::PRIORITY_HIGHEST..=crate::task::PRIORITY_LOWEST).contains(&task.priority) {
-                return Err(ServiceError::Validation(ValidationError {
-                    field: "priority",
-                    message: format!("task {} has priority {}; it must be 1 to 10", task.id, task.priority),
-                }));
+            task.check_restorable()?;
+        }
+        let mut restorable = Vec::with_capacity(tasks.len());
+        let mut skipped = 0;
+        for task in tasks {
+            match self.store.load(task.id).await? {
+                Some(live) if !live.status.is_terminal() => skipped += 1,
+                _ => restorable.push(task),
             }
         }
-        if let Some(max) = tasks.iter().map(|t| t.sequence).max() {
-            self.sequence.fetch_max(max + 1, Ordering::SeqCst);
+        if let Some(max) = restorable.iter().map(|t| t.sequence).max() {
+            self.sequence.fetch_max(max.saturating_add(1), Ordering::SeqCst);
         }
-        let report = crate::storage::backup::restore(self.store.as_ref(), tasks).await?;
-        for entry in &report.to_queue {
-            self.queue.push(entry.clone(), Duration::ZERO).await?;
-        }
-        tracing::info!(restored = report.restored, queued = report.to_queue.len(), "backup restored");
-        Ok(report)
+        let (store, queue) = (self.store.clone(), self.queue.clone());
+        // Spawned, so a client that hangs up mid-restore cannot stop it
+        // between saving a task and queueing it.
+        let report = tokio::spawn(async move {
+            let report = crate::storage::backup::restore(store.as_ref(), restorable).await?;
+            for entry in &report.to_queue {
+                queue.push(entry.clone(), Duration::ZERO).await?;
+            }
+            Ok::<_, ServiceError>(report)
+        })
+        .await
+        .map_err(|e| ServiceError::Storage(StorageError::Unavailable(format!("restore was aborted: {e}"))))??;
+        tracing::info!(restored = report.restored, queued = report.to_queue.len(), skipped, "backup restored");
+        Ok(RestoreSummary { restored: report.restored, queued: report.to_queue.len(), skipped })
     }
 
     /// Validates and accepts a task: saved, then queued. A task with an
     /// idempotency key that was seen before returns the earlier task.
     pub async fn submit(&self, new: NewTask) -> Result<Submitted, ServiceError> {
-        // Validate first: an invalid request is rejected even if its key is known.
-        let task = self.validate(new)?;
-        // One submission per key at a time, so two racing requests with the
-        // same key cannot both create a task.
-        let _idempotency = match &task.idempotency_key {
-            Some(key) => {
-                let guard = self.idempotency.lock().await;
-                if let Some(existing) = self.store.find_by_idempotency_key(key).await? {
-                    return Ok(Submitted { task: existing, created: false });
-                }
-                Some(guard)
-            }
-            None => None,
-        };
-        self.accept(&task).await?;
-        Ok(Submitted { task, created: true })
+        let mut submitted = self.submit_all(vec![new]).await.map_err(|(_, e)| e)?;
+        submitted.pop().ok_or_else(|| ServiceError::Storage(StorageError::Unavailable("nothing was accepted".into())))
     }
 
-    /// Accepts many tasks. Every one is validated before any is saved, so a
-    /// bad item rejects the whole batch and nothing is written.
+    /// Accepts many tasks, all or none: every one is validated before any is
+    /// saved, and if saving fails part-way the saved ones are deleted again.
+    /// On error, the index names the offending task.
     pub async fn submit_batch(&self, batch: Vec<NewTask>) -> Result<Vec<Submitted>, (usize, ServiceError)> {
         let mut seen_keys = std::collections::HashSet::new();
         for (index, new) in batch.iter().enumerate() {
@@ -279,21 +288,37 @@ impl TaskService {
                     }),
                 ));
             }
-            self.check(new).map_err(|e| (index, e))?;
         }
-        let mut accepted = Vec::with_capacity(batch.len());
-        for (index, new) in batch.into_iter().enumerate() {
-            accepted.push(self.submit(new).await.map_err(|e| (index, e))?);
-        }
-        Ok(accepted)
+        self.submit_all(batch).await
     }
 
-    fn check(&self, new: &NewTask) -> Result<(), ServiceError> {
-        new.clone().validate(0)?;
-        if !self.registry.contains(&new.plugin) {
-            return Err(ServiceError::UnknownPlugin(new.plugin.clone()));
+    async fn submit_all(&self, batch: Vec<NewTask>) -> Result<Vec<Submitted>, (usize, ServiceError)> {
+        // Validate first: an invalid request is rejected even if its key is known.
+        let tasks = batch
+            .into_iter()
+            .enumerate()
+            .map(|(index, new)| self.validate(new).map_err(|e| (index, e)))
+            .collect::<Result<Vec<Task>, _>>()?;
+        // One keyed submission at a time, so two racing requests with the
+        // same key cannot both create a task.
+        let _idempotency = match tasks.iter().any(|t| t.idempotency_key.is_some()) {
+            true => Some(self.idempotency.lock().await),
+            false => None,
+        };
+        let mut submitted = Vec::with_capacity(tasks.len());
+        for (index, task) in tasks.into_iter().enumerate() {
+            let existing = match &task.idempotency_key {
+                Some(key) => self.store.find_by_idempotency_key(key).await.map_err(|e| (index, e.into()))?,
+                None => None,
+            };
+            submitted.push(match existing {
+                Some(existing) => Submitted { task: existing, created: false },
+                None => Submitted { task, created: true },
+            });
         }
-        Ok(())
+        let new: Vec<Task> = submitted.iter().filter(|s| s.created).map(|s| s.task.clone()).collect();
+        self.accept(new).await.map_err(|e| (0, e))?;
+        Ok(submitted)
     }
 
     fn validate(&self, new: NewTask) -> Result<Task, ServiceError> {
@@ -305,13 +330,33 @@ impl TaskService {
         Ok(task)
     }
 
-    async fn accept(&self, task: &Task) -> Result<(), ServiceError> {
-        // Saved before queued: once the client hears 202, a crash at any
-        // instant leaves the task on disk, and recovery queues it again.
-        self.store.save(task).await?;
-        self.queue.push(QueueEntry::from(task), Duration::ZERO).await?;
-        tracing::debug!(task_id = %task.id, plugin = %task.plugin, priority = task.priority, "task accepted");
-        Ok(())
+    /// Saves, then queues. Once the client hears 2xx, a crash at any instant
+    /// leaves the tasks on disk, and recovery queues them again. The work runs
+    /// in its own task: a client hanging up drops the request's future, which
+    /// must not stop a saved task from being queued.
+    async fn accept(&self, tasks: Vec<Task>) -> Result<(), ServiceError> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let (store, queue) = (self.store.clone(), self.queue.clone());
+        tokio::spawn(async move {
+            for (saved, task) in tasks.iter().enumerate() {
+                if let Err(e) = store.save(task).await {
+                    // All or none: take back what this call already saved.
+                    for task in &tasks[..saved] {
+                        let _ = store.delete(task.id).await;
+                    }
+                    return Err(e.into());
+                }
+            }
+            for task in &tasks {
+                queue.push(QueueEntry::from(task), Duration::ZERO).await?;
+                tracing::debug!(task_id = %task.id, plugin = %task.plugin, priority = task.priority, "task accepted");
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ServiceError::Storage(StorageError::Unavailable(format!("accepting tasks was aborted: {e}"))))?
     }
 
     /// The task with `id`, with live progress while it runs.
@@ -333,21 +378,23 @@ impl TaskService {
     pub async fn cancel(&self, id: TaskId) -> Result<TaskView, ServiceError> {
         let _guard = self.lock(id).await;
         let mut task = self.store.load(id).await?.ok_or(ServiceError::NotFound(id))?;
+        let interruptible = self.running_lock().get(&id).map(|running| running.cancel.clone());
         match task.status {
-            TaskStatus::Pending => {
+            TaskStatus::Running if interruptible.is_some() => {
+                if let Some(cancel) = interruptible {
+                    cancel.notify_one();
+                }
+                tracing::info!(task_id = %id, "cancelling running task");
+                Ok(TaskView { task, progress: None })
+            }
+            // Pending, or stored as running with no worker here running it.
+            TaskStatus::Pending | TaskStatus::Running => {
                 task.status = TaskStatus::Cancelled;
                 task.finished_at = Some(Utc::now());
                 task.retry_at = None;
                 self.store.save(&task).await?;
                 self.queue.remove(id).await?;
                 tracing::info!(task_id = %id, "task cancelled");
-                Ok(TaskView { task, progress: None })
-            }
-            TaskStatus::Running => {
-                if let Some(running) = self.running_lock().get(&id) {
-                    running.cancel.notify_one();
-                }
-                tracing::info!(task_id = %id, "cancelling running task");
                 Ok(TaskView { task, progress: None })
             }
             status => Err(ServiceError::NotCancellable { id, status }),
@@ -390,8 +437,8 @@ impl TaskService {
     /// workers; never fails: every problem is recorded on the task or logged.
     pub async fn process(&self, delivery: Delivery) {
         let id = delivery.entry.id;
-        let task = match self.start(id).await {
-            Ok(Some(task)) => task,
+        let (task, cancel, progress) = match self.start(id).await {
+            Ok(Some(started)) => started,
             Ok(None) => {
                 // Cancelled, finished or deleted since it was queued.
                 self.ack(&delivery).await;
@@ -404,38 +451,55 @@ impl TaskService {
             }
         };
 
-        let cancel = Arc::new(Notify::new());
-        let progress = Arc::new(AtomicU8::new(0));
-        self.running_lock().insert(id, Running { cancel: cancel.clone(), progress: progress.clone() });
         let started = Instant::now();
         let outcome = tokio::select! {
             outcome = self.execute(&task, progress) => Some(outcome),
             () = cancel.notified() => None,
         };
         let elapsed = started.elapsed();
-        self.running_lock().remove(&id);
 
-        if let Err(e) = self.finish(task, outcome, elapsed).await {
-            tracing::error!(task_id = %id, error = %e, "cannot record the task's outcome; it runs again");
-            self.requeue(&delivery, STORAGE_RETRY_DELAY).await;
-            return;
+        // The outcome is kept until it is saved: a storage hiccup must not
+        // leave the task `running` with nobody to finish it.
+        let mut delay = STORAGE_RETRY_DELAY;
+        for attempt in 1..=FINISH_SAVE_ATTEMPTS {
+            match self.finish(task.clone(), outcome.clone(), elapsed).await {
+                Ok(()) => break,
+                Err(e) if attempt < FINISH_SAVE_ATTEMPTS => {
+                    tracing::warn!(task_id = %id, error = %e, "cannot record the task's outcome; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = delay.saturating_mul(2);
+                }
+                Err(e) => {
+                    // Left `running` on disk; the next start picks it up as an orphan.
+                    tracing::error!(task_id = %id, error = %e, "cannot record the task's outcome; it runs again");
+                    self.running_lock().remove(&id);
+                    self.requeue(&delivery, STORAGE_RETRY_DELAY).await;
+                    return;
+                }
+            }
         }
         self.ack(&delivery).await;
     }
 
-    /// Marks a pending task running; `None` when it is no longer pending.
-    async fn start(&self, id: TaskId) -> Result<Option<Task>, StorageError> {
+    /// Marks a pending task running and registers it as running here;
+    /// `None` when it is not to be run. A task stored as `running` that no
+    /// worker here runs is an orphan (its outcome could not be saved) and is
+    /// run again.
+    async fn start(&self, id: TaskId) -> Result<Option<(Task, Arc<Notify>, Arc<AtomicU8>)>, StorageError> {
         let _guard = self.lock(id).await;
         let Some(mut task) = self.store.load(id).await? else { return Ok(None) };
-        if task.status != TaskStatus::Pending {
+        let orphan = task.status == TaskStatus::Running && !self.running_lock().contains_key(&id);
+        if task.status != TaskStatus::Pending && !orphan {
             return Ok(None);
         }
         task.status = TaskStatus::Running;
-        task.attempts += 1;
+        task.attempts = task.attempts.saturating_add(1);
         task.started_at = Some(Utc::now());
         task.retry_at = None;
         self.store.save(&task).await?;
-        Ok(Some(task))
+        let (cancel, progress) = (Arc::new(Notify::new()), Arc::new(AtomicU8::new(0)));
+        self.running_lock().insert(id, Running { cancel: cancel.clone(), progress: progress.clone() });
+        Ok(Some((task, cancel, progress)))
     }
 
     async fn execute(&self, task: &Task, progress: Arc<AtomicU8>) -> Result<crate::runtime::Success, Failure> {
@@ -500,6 +564,7 @@ impl TaskService {
                     task.retry_at = chrono::Duration::from_std(delay).ok().map(|d| now + d);
                     self.store.save(&task).await?;
                     self.queue.push(QueueEntry::from(&task), delay).await?;
+                    self.running_lock().remove(&task.id);
                     self.metrics.record_attempt(&task.plugin, "retried", elapsed);
                     tracing::info!(task_id = %task.id, plugin = %task.plugin, attempt = task.attempts, delay_ms = delay.as_millis() as u64, "task will be retried");
                     return Ok(());
@@ -510,6 +575,7 @@ impl TaskService {
             }
         };
         self.store.save(&task).await?;
+        self.running_lock().remove(&task.id);
         self.metrics.record_attempt(&task.plugin, label, elapsed);
         tracing::info!(
             task_id = %task.id,

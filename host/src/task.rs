@@ -298,6 +298,27 @@ impl NewTask {
 }
 
 impl Task {
+    /// Checks a task read from a backup against the rules a submission
+    /// obeys, so a hand-edited or foreign backup cannot smuggle in values the
+    /// host never accepts (a priority the queue has no place for, a timeout
+    /// of days, an attempt counter about to overflow).
+    pub fn check_restorable(&self) -> Result<(), ValidationError> {
+        let context = |e: ValidationError| ValidationError { field: e.field, message: format!("task {}: {}", self.id, e.message) };
+        let as_submitted = NewTask {
+            plugin: self.plugin.clone(),
+            payload: serde_json::Value::Null,
+            priority: Some(self.priority),
+            max_attempts: Some(self.max_attempts),
+            timeout_ms: self.timeout_ms,
+            idempotency_key: self.idempotency_key.clone(),
+        };
+        as_submitted.validate(self.sequence).map_err(context)?;
+        if self.attempts > self.max_attempts {
+            return Err(context(invalid("attempts", format!("{} is more than max_attempts {}", self.attempts, self.max_attempts))));
+        }
+        Ok(())
+    }
+
     /// The payload as the bytes a plugin receives.
     pub fn payload_bytes(&self) -> Vec<u8> {
         // Serialising a `Value` cannot fail.

@@ -159,6 +159,11 @@ async fn pending_and_running_tasks_can_be_cancelled() {
     poll_json(&client, &host.at(&format!("/tasks/{}", id_of(&spinning))), LONG, |t| t["status"] == "running").await;
     let waiting = submit(&client, &host, json!({"plugin": "echo", "payload": 1})).await;
 
+    // Restoring a backup over live tasks leaves them alone: no task runs twice.
+    let backup = client.get(host.at("/admin/backup")).send().await.expect("backup").bytes().await.expect("bytes");
+    let summary: Value = client.post(host.at("/admin/restore")).body(backup).send().await.expect("restore").json().await.expect("json");
+    assert_eq!(summary, json!({"restored": 0, "queued": 0, "skipped": 2}));
+
     let response = client.post(host.at(&format!("/tasks/{}/cancel", id_of(&waiting)))).send().await.expect("cancel");
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.json::<Value>().await.expect("json")["status"], "cancelled");
@@ -404,7 +409,7 @@ async fn backup_then_restore_into_an_empty_host_round_trips_every_task() {
     let target = TestHost::start(2, false).await;
     let response = client.post(target.at("/admin/restore")).body(document.clone()).send().await.expect("restore");
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.json::<Value>().await.expect("json")["restored"], 40);
+    assert_eq!(response.json::<Value>().await.expect("json"), json!({"restored": 40, "queued": 0, "skipped": 0}));
     for task in original["tasks"].as_array().expect("tasks") {
         let restored: Value = client.get(target.at(&format!("/tasks/{}", id_of(task)))).send().await.expect("get").json().await.expect("json");
         assert_eq!(&restored, task, "task {} round-trips exactly", id_of(task));
@@ -416,4 +421,36 @@ async fn backup_then_restore_into_an_empty_host_round_trips_every_task() {
     let max_restored = original["tasks"].as_array().expect("tasks").iter().filter_map(|t| t["sequence"].as_u64()).max();
     assert!(new["sequence"].as_u64() > max_restored);
     target.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_recovery_requeues_interrupted_tasks_but_not_past_their_last_attempt() {
+    use taskflow::task::{NewTask, TaskStatus};
+    let interrupted = |attempts: u32| {
+        let mut task = NewTask { plugin: "echo".into(), payload: json!(attempts), ..NewTask::default() }
+            .validate(u64::from(attempts))
+            .expect("valid");
+        task.status = TaskStatus::Running;
+        task.attempts = attempts;
+        task
+    };
+    let (retried, exhausted) = (interrupted(1), interrupted(3));
+    let host = TestHost::start_with(1, false, |config| {
+        // Task files as a killed host leaves them.
+        for task in [&retried, &exhausted] {
+            let dir = config.data_dir.join("tasks").join(task.id.shard());
+            std::fs::create_dir_all(&dir).expect("shard dir");
+            std::fs::write(dir.join(format!("{}.json", task.id)), serde_json::to_vec(task).expect("json")).expect("write");
+        }
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let done = wait_terminal(&client, &host, &retried.id.to_string()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["attempts"], 2);
+    let done = wait_terminal(&client, &host, &exhausted.id.to_string()).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["attempts"], 3, "not run a fourth time");
+    assert_eq!(done["last_error"]["kind"], "interrupted");
+    host.stop().await;
 }

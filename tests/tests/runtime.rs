@@ -82,6 +82,16 @@ async fn example_plugins_process_tasks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_results_are_refused() {
+    let runtime = runtime();
+    let echo = load(&runtime, "echo", &plugin_wasm("echo"));
+    let big = "x".repeat(taskflow::runtime::MAX_RESULT_BYTES);
+    let err = run(&runtime, &echo, json!(big), Limits::default()).await.expect_err("too large");
+    assert_eq!(err.kind, FailureKind::OutputTooLarge, "{err}");
+    assert!(!err.kind.is_retryable());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_reports_reach_the_host() {
     let runtime = runtime();
     let hash = load(&runtime, "hash", &plugin_wasm("hash"));

@@ -119,11 +119,12 @@ impl From<JsonRejection> for ApiError {
                 "unsupported_media_type",
                 "send the body as JSON with `Content-Type: application/json`",
             ),
-            JsonRejection::BytesRejection(_) => Self::new(
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
-                "the request body is too large or could not be read; see TASKFLOW_MAX_BODY_BYTES",
+                "the request body is too large; see TASKFLOW_MAX_BODY_BYTES",
             ),
+            JsonRejection::BytesRejection(_) => Self::bad_request("the request body could not be read"),
             JsonRejection::JsonSyntaxError(e) => Self::bad_request(format!("the body is not valid JSON: {}", e.body_text())),
             JsonRejection::JsonDataError(e) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

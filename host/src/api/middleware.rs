@@ -48,7 +48,13 @@ pub async fn request_context(State(state): State<AppState>, mut request: Request
             tracing::debug!(status = status.as_u16(), duration_ms, "request served");
         }
     });
-    state.service.metrics().record_request(method.as_str(), &route, status.as_u16());
+    // Only standard methods become labels: arbitrary ones would grow the
+    // metric set without bound.
+    let method_label = match method.as_str() {
+        m @ ("GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS") => m,
+        _ => "OTHER",
+    };
+    state.service.metrics().record_request(method_label, &route, status.as_u16());
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID.clone(), value);
     }

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use crate::service::Stats;
+use crate::service::{RestoreSummary, Stats};
 use crate::storage::backup;
 
 /// Health or readiness.
@@ -81,15 +81,6 @@ pub async fn export_backup(State(state): State<AppState>) -> Result<impl IntoRes
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes))
 }
 
-/// What a restore did.
-#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
-pub struct RestoreSummary {
-    /// Tasks saved.
-    pub restored: usize,
-    /// Pending tasks queued again.
-    pub queued: usize,
-}
-
 /// Restore tasks from a backup document: each task is saved (replacing one
 /// with the same id) and pending ones are queued.
 #[utoipa::path(post, path = "/admin/restore", tag = "operations",
@@ -104,10 +95,11 @@ pub async fn restore(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RestoreSummary>, ApiError> {
-    let body =
-        body.map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the backup is too large to upload"))?;
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the backup is too large to upload"),
+        _ => ApiError::bad_request("the backup upload could not be read"),
+    })?;
     let tasks = backup::parse_backup(&body)
         .map_err(|reason| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_backup", format!("not a valid backup: {reason}")))?;
-    let report = state.service.restore(tasks).await?;
-    Ok(Json(RestoreSummary { restored: report.restored, queued: report.to_queue.len() }))
+    Ok(Json(state.service.restore(tasks).await?))
 }

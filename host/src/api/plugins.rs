@@ -50,12 +50,11 @@ pub async fn upload(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<PluginInfo>), ApiError> {
     crate::runtime::plugin::validate_name(&name)?;
-    let body = body.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("the plugin is larger than {MAX_PLUGIN_BYTES} bytes or could not be read"),
-        )
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the plugin is larger than {MAX_PLUGIN_BYTES} bytes"))
+        }
+        _ => ApiError::bad_request("the plugin upload could not be read"),
     })?;
     let loaded = state.service.registry().install(&name, body.to_vec()).await?;
     Ok((StatusCode::CREATED, Json(loaded.info())))

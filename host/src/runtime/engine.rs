@@ -36,6 +36,7 @@ pub fn build_engine(config: &RuntimeConfig) -> Result<(Engine, AllocatorKind), R
             .total_tables(slots.saturating_mul(8))
             .total_stacks(slots)
             .max_memory_size(config.max_memory_bytes)
+            .max_memories_per_component(super::sandbox::MAX_MEMORIES as u32)
             // Reset small memories and tables of a finished task with memset
             // rather than madvise: an madvise per task means a TLB shootdown
             // across every core, which dominated short tasks under load.

@@ -153,6 +153,8 @@ pub enum FailureKind {
     Trap,
     /// The plugin could not be instantiated.
     Instantiation,
+    /// The plugin returned more than the result limit.
+    OutputTooLarge,
     /// No plugin of that name is loaded.
     PluginNotFound,
     /// The host stopped before the task finished.
@@ -178,6 +180,12 @@ impl Failure {
         Self { kind, message: message.into() }
     }
 }
+
+/// Largest task result kept, in bytes: results are stored with the task and
+/// returned by the API, so they are held to what a client can sensibly read.
+pub const MAX_RESULT_BYTES: usize = 1024 * 1024;
+/// Longest failure message kept from a plugin, in bytes.
+const MAX_ERROR_MESSAGE: usize = 4 * 1024;
 
 /// Extra time the outer timeout allows past the epoch deadline: the epoch
 /// catches guest code, the outer timeout a guest blocked in a host call.
@@ -285,11 +293,19 @@ impl Runtime {
             )),
             Ok(Err(Outcome::Instantiate(e))) => Err(classify_trap(&e, memory_hit, &limits, FailureKind::Instantiation)),
             Ok(Err(Outcome::Trapped(e))) => Err(classify_trap(&e, memory_hit, &limits, FailureKind::Trap)),
-            Ok(Ok(Err(plugin_error))) => Err(match plugin_error {
-                WitTaskError::Retryable(m) => Failure::new(FailureKind::Retryable, m),
-                WitTaskError::InvalidInput(m) => Failure::new(FailureKind::InvalidInput, m),
-                WitTaskError::Fatal(m) => Failure::new(FailureKind::Fatal, m),
-            }),
+            Ok(Ok(Err(plugin_error))) => {
+                let (kind, mut message) = match plugin_error {
+                    WitTaskError::Retryable(m) => (FailureKind::Retryable, m),
+                    WitTaskError::InvalidInput(m) => (FailureKind::InvalidInput, m),
+                    WitTaskError::Fatal(m) => (FailureKind::Fatal, m),
+                };
+                sandbox::truncate_at_char_boundary(&mut message, MAX_ERROR_MESSAGE);
+                Err(Failure::new(kind, message))
+            }
+            Ok(Ok(Ok(output))) if output.len() > MAX_RESULT_BYTES => Err(Failure::new(
+                FailureKind::OutputTooLarge,
+                format!("the plugin returned {} bytes; results are limited to {MAX_RESULT_BYTES}", output.len()),
+            )),
             Ok(Ok(Ok(output))) => {
                 Ok(Success { output, plugin_digest: plugin.digest.clone(), duration: started.elapsed(), stdio })
             }

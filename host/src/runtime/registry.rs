@@ -161,18 +161,18 @@ impl PluginRegistry {
         plugin::validate_name(name)?;
         let _guard = self.loading.lock().await;
         let path = self.dir.join(format!("{name}.wasm"));
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        let file_removed = match std::fs::remove_file(&path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => return Err(PluginError::io(format!("cannot delete plugin {name}"), e)),
-        }
-        let removed = self.write().remove(name);
-        match removed {
-            Some(_) => {
+        };
+        let unloaded = self.write().remove(name).is_some();
+        match unloaded || file_removed {
+            true => {
                 tracing::info!(plugin = name, "plugin removed");
                 Ok(())
             }
-            None => Err(PluginError::NotFound(name.to_owned())),
+            false => Err(PluginError::NotFound(name.to_owned())),
         }
     }
 

@@ -20,6 +20,13 @@ const MAX_LOG_CALLS: u32 = 1_000;
 const MAX_LOG_MESSAGE: usize = 4 * 1024;
 /// Most table elements a plugin may grow a table to.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Most linear memories, tables and core instances one task may create.
+/// Rust components use one memory and a handful of instances.
+pub const MAX_MEMORIES: usize = 16;
+const MAX_TABLES: usize = 64;
+const MAX_INSTANCES: usize = 64;
+/// Most host-side resources (streams, pollables …) a task may hold at once.
+const MAX_RESOURCES: usize = 10_000;
 
 /// State of one task's store. Built fresh for every task.
 pub struct Sandbox {
@@ -50,10 +57,12 @@ impl Sandbox {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         Self {
             wasi,
-            table: ResourceTable::new(),
-            limiter: MemoryLimiter { limit: memory_limit, hit: false },
+            table,
+            limiter: MemoryLimiter { limit: memory_limit, total: 0, hit: false },
             task_id,
             plugin,
             log_calls: 0,
@@ -72,7 +81,7 @@ impl plugin::types::Host for Sandbox {}
 
 impl plugin::host::Host for Sandbox {
     fn log(&mut self, level: LogLevel, mut message: String) {
-        self.log_calls += 1;
+        self.log_calls = self.log_calls.saturating_add(1);
         if self.log_calls > MAX_LOG_CALLS {
             if self.log_calls == MAX_LOG_CALLS + 1 {
                 tracing::warn!(task_id = %self.task_id, plugin = %self.plugin, "plugin log limit reached; dropping further messages");
@@ -97,7 +106,7 @@ impl plugin::host::Host for Sandbox {
     }
 }
 
-fn truncate_at_char_boundary(text: &mut String, max: usize) {
+pub(super) fn truncate_at_char_boundary(text: &mut String, max: usize) {
     if text.len() > max {
         let mut end = max;
         while !text.is_char_boundary(end) {
@@ -108,24 +117,40 @@ fn truncate_at_char_boundary(text: &mut String, max: usize) {
     }
 }
 
-/// Caps every linear memory of a task and remembers whether the cap was hit,
-/// so the failure can be reported as a memory limit rather than a bare trap.
+/// Caps the linear memory of a task, summed over all its memories (a
+/// component may have several), and remembers whether the cap was hit, so
+/// the failure can be reported as a memory limit rather than a bare trap.
 pub(super) struct MemoryLimiter {
     limit: usize,
+    total: usize,
     pub(super) hit: bool,
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.limit {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.total.saturating_sub(current).saturating_add(desired);
+        if total > self.limit {
             self.hit = true;
             return Ok(false);
         }
+        self.total = total;
         Ok(true)
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
     }
 }
 
@@ -238,6 +263,15 @@ mod tests {
         let (kept, dropped) = out.take();
         assert_eq!(kept, b"abcd");
         assert_eq!(dropped, 4);
+    }
+
+    #[test]
+    fn the_memory_cap_covers_all_memories_together() {
+        let mut limiter = MemoryLimiter { limit: 100, total: 0, hit: false };
+        assert!(limiter.memory_growing(0, 60, None).expect("grow"));
+        assert!(!limiter.memory_growing(0, 60, None).expect("second memory"), "60 + 60 is over 100");
+        assert!(limiter.hit);
+        assert!(limiter.memory_growing(60, 100, None).expect("grow the first to the cap"));
     }
 
     #[test]

@@ -29,6 +29,17 @@ struct BackupFile<'a> {
     tasks: &'a [Task],
 }
 
+/// What a restore did, as `POST /admin/restore` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct RestoreSummary {
+    /// Tasks saved.
+    pub restored: usize,
+    /// Pending tasks queued again.
+    pub queued: usize,
+    /// Tasks left alone because they are pending or running on this host.
+    pub skipped: usize,
+}
+
 /// What [`restore`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RestoreReport {
