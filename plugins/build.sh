@@ -4,6 +4,9 @@
 #
 #   plugins/dist/<name>.wasm          the example plugins (a host's plugin directory)
 #   tests/fixtures/dist/<name>.wasm   the hostile fixtures the tests use
+#
+# The Rust plugins build with cargo; `greeter` is Python, built with
+# componentize-py (installed from PyPI if missing) against the same WIT world.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -29,4 +32,9 @@ done
 for f in "${fixtures[@]}"; do
     cp "$out/taskflow_fixture_$f.wasm" "tests/fixtures/dist/$f.wasm"
 done
+if ! command -v componentize-py >/dev/null 2>&1; then
+    python3 -m pip install --quiet 'componentize-py==0.25.1'
+fi
+componentize-py -d wit -w processor componentize -p plugins/greeter-py app -o plugins/dist/greeter.wasm >/dev/null
+
 echo "plugins: $(cd plugins/dist && ls *.wasm | tr '\n' ' ')"

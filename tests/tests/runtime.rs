@@ -247,3 +247,15 @@ async fn fuel_metering_stops_a_task_that_runs_out() {
     let echo = load(&runtime, "echo", &plugin_wasm("echo"));
     assert!(run(&runtime, &echo, json!("fits"), Limits::default()).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_plugin_runs_through_the_same_contract() {
+    // plugins/greeter-py is Python, built by componentize-py against wit/.
+    let runtime = runtime();
+    let greeter = load(&runtime, "greeter", &plugin_wasm("greeter"));
+    let out = run(&runtime, &greeter, json!({"name": "Ada"}), Limits::default()).await.expect("greeter");
+    assert_eq!(json_output(&out), json!({"greeting": "Hello, Ada!", "language": "python"}));
+    let err = run(&runtime, &greeter, json!({"nom": "Ada"}), Limits::default()).await.expect_err("bad input");
+    assert_eq!(err.kind, FailureKind::InvalidInput, "{err}");
+    assert!(err.message.contains("name"), "{err}");
+}
