@@ -15,9 +15,11 @@ use crate::task::{NewTask, Task, TaskId, TaskStatus};
 
 /// Most tasks one batch may hold.
 pub const MAX_BATCH: usize = 1000;
-/// Page size when the client names none, and the largest allowed.
+/// Page size when the client names none, and the largest allowed. A page
+/// carries whole tasks (payload and result up to 1 MiB each), so it is kept
+/// small enough to hold in memory.
 const DEFAULT_PAGE: usize = 50;
-const MAX_PAGE: usize = 1000;
+const MAX_PAGE: usize = 200;
 
 /// Submit a task.
 ///
@@ -146,8 +148,8 @@ pub struct ListParams {
     /// Only tasks of this plugin.
     #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     pub plugin: Option<String>,
-    /// Tasks per page, 1 to 1000 (default 50).
-    #[param(minimum = 1, maximum = 1000)]
+    /// Tasks per page, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
     /// `next_cursor` from the previous page.
     #[param(pattern = "^[0-9]+_[0-9a-f-]{36}$")]
