@@ -121,6 +121,30 @@ pub struct ServiceConfig {
     pub retry_base: Duration,
 }
 
+/// Why detached work did not produce its result.
+enum DetachedError<E> {
+    /// The work failed.
+    Failed(E),
+    /// The work's task panicked or was cancelled.
+    Aborted(String),
+}
+
+impl<E> DetachedError<E> {
+    /// The work's own error, or one made from the abort message.
+    fn into_inner(self, from_abort: impl FnOnce(ServiceError) -> E) -> E {
+        match self {
+            Self::Failed(e) => e,
+            Self::Aborted(why) => from_abort(ServiceError::Storage(StorageError::Unavailable(format!("the work was aborted: {why}")))),
+        }
+    }
+}
+
+impl From<DetachedError<ServiceError>> for ServiceError {
+    fn from(error: DetachedError<ServiceError>) -> Self {
+        error.into_inner(|e| e)
+    }
+}
+
 /// A task a worker is running right now.
 struct Running {
     cancel: Arc<Notify>,
@@ -137,7 +161,10 @@ pub struct TaskService {
     sequence: AtomicU64,
     locks: Vec<tokio::sync::Mutex<()>>,
     idempotency: tokio::sync::Mutex<()>,
+    restoring: tokio::sync::Mutex<()>,
     running: Mutex<HashMap<TaskId, Running>>,
+    /// Cancelled tasks whose cancellation could not be saved yet.
+    unsaved_cancels: Mutex<std::collections::HashSet<TaskId>>,
     started_at: Instant,
 }
 
@@ -165,7 +192,9 @@ impl TaskService {
             sequence: AtomicU64::new(1),
             locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             idempotency: tokio::sync::Mutex::new(()),
+            restoring: tokio::sync::Mutex::new(()),
             running: Mutex::new(HashMap::new()),
+            unsaved_cancels: Mutex::new(std::collections::HashSet::new()),
             started_at: Instant::now(),
         }
     }
@@ -232,41 +261,44 @@ impl TaskService {
     /// with the same id), queues the pending ones, and continues the
     /// submission sequence after them. A task that is pending or running here
     /// is left alone, so a restore never runs a task twice at once.
-    pub async fn restore(&self, tasks: Vec<Task>) -> Result<RestoreSummary, ServiceError> {
+    ///
+    /// The work runs in its own task (see [`detached`](Self::detached)), one
+    /// restore at a time.
+    pub async fn restore(self: &Arc<Self>, tasks: Vec<Task>) -> Result<RestoreSummary, ServiceError> {
         // Check everything before writing anything: a bad backup changes nothing.
         for task in &tasks {
             task.check_restorable()?;
         }
-        let mut restorable = Vec::with_capacity(tasks.len());
-        let mut skipped = 0;
-        for task in tasks {
-            match self.store.load(task.id).await? {
-                Some(live) if !live.status.is_terminal() => skipped += 1,
-                _ => restorable.push(task),
+        self.detached(|this| async move {
+            let _one_at_a_time = this.restoring.lock().await;
+            if let Some(max) = tasks.iter().map(|t| t.sequence).max() {
+                this.sequence.fetch_max(max.saturating_add(1), Ordering::SeqCst);
             }
-        }
-        if let Some(max) = restorable.iter().map(|t| t.sequence).max() {
-            self.sequence.fetch_max(max.saturating_add(1), Ordering::SeqCst);
-        }
-        let (store, queue) = (self.store.clone(), self.queue.clone());
-        // Spawned, so a client that hangs up mid-restore cannot stop it
-        // between saving a task and queueing it.
-        let report = tokio::spawn(async move {
-            let report = crate::storage::backup::restore(store.as_ref(), restorable).await?;
-            for entry in &report.to_queue {
-                queue.push(entry.clone(), Duration::ZERO).await?;
+            let mut summary = RestoreSummary { restored: 0, queued: 0, skipped: 0 };
+            for task in tasks {
+                let _guard = this.lock(task.id).await;
+                if this.store.load(task.id).await?.is_some_and(|live| !live.status.is_terminal()) {
+                    summary.skipped += 1;
+                    continue;
+                }
+                let task = crate::storage::backup::as_restored(task);
+                this.store.save(&task).await?;
+                summary.restored += 1;
+                if task.status == TaskStatus::Pending {
+                    this.queue.push(QueueEntry::from(&task), Duration::ZERO).await?;
+                    summary.queued += 1;
+                }
             }
-            Ok::<_, ServiceError>(report)
+            tracing::info!(restored = summary.restored, queued = summary.queued, skipped = summary.skipped, "backup restored");
+            Ok(summary)
         })
         .await
-        .map_err(|e| ServiceError::Storage(StorageError::Unavailable(format!("restore was aborted: {e}"))))??;
-        tracing::info!(restored = report.restored, queued = report.to_queue.len(), skipped, "backup restored");
-        Ok(RestoreSummary { restored: report.restored, queued: report.to_queue.len(), skipped })
+        .map_err(ServiceError::from)
     }
 
     /// Validates and accepts a task: saved, then queued. A task with an
     /// idempotency key that was seen before returns the earlier task.
-    pub async fn submit(&self, new: NewTask) -> Result<Submitted, ServiceError> {
+    pub async fn submit(self: &Arc<Self>, new: NewTask) -> Result<Submitted, ServiceError> {
         let mut submitted = self.submit_all(vec![new]).await.map_err(|(_, e)| e)?;
         submitted.pop().ok_or_else(|| ServiceError::Storage(StorageError::Unavailable("nothing was accepted".into())))
     }
@@ -274,7 +306,7 @@ impl TaskService {
     /// Accepts many tasks, all or none: every one is validated before any is
     /// saved, and if saving fails part-way the saved ones are deleted again.
     /// On error, the index names the offending task.
-    pub async fn submit_batch(&self, batch: Vec<NewTask>) -> Result<Vec<Submitted>, (usize, ServiceError)> {
+    pub async fn submit_batch(self: &Arc<Self>, batch: Vec<NewTask>) -> Result<Vec<Submitted>, (usize, ServiceError)> {
         let mut seen_keys = std::collections::HashSet::new();
         for (index, new) in batch.iter().enumerate() {
             if let Some(key) = &new.idempotency_key
@@ -292,33 +324,77 @@ impl TaskService {
         self.submit_all(batch).await
     }
 
-    async fn submit_all(&self, batch: Vec<NewTask>) -> Result<Vec<Submitted>, (usize, ServiceError)> {
+    async fn submit_all(self: &Arc<Self>, batch: Vec<NewTask>) -> Result<Vec<Submitted>, (usize, ServiceError)> {
         // Validate first: an invalid request is rejected even if its key is known.
         let tasks = batch
             .into_iter()
             .enumerate()
             .map(|(index, new)| self.validate(new).map_err(|e| (index, e)))
             .collect::<Result<Vec<Task>, _>>()?;
-        // One keyed submission at a time, so two racing requests with the
-        // same key cannot both create a task.
-        let _idempotency = match tasks.iter().any(|t| t.idempotency_key.is_some()) {
-            true => Some(self.idempotency.lock().await),
-            false => None,
-        };
-        let mut submitted = Vec::with_capacity(tasks.len());
-        for (index, task) in tasks.into_iter().enumerate() {
-            let existing = match &task.idempotency_key {
-                Some(key) => self.store.find_by_idempotency_key(key).await.map_err(|e| (index, e.into()))?,
-                None => None,
-            };
-            submitted.push(match existing {
-                Some(existing) => Submitted { task: existing, created: false },
-                None => Submitted { task, created: true },
-            });
+        let accepted = self
+            .detached(|this| async move {
+                // One keyed submission at a time, so two racing requests with
+                // the same key cannot both create a task. Held until the tasks
+                // are saved, inside the detached work.
+                let _idempotency = match tasks.iter().any(|t| t.idempotency_key.is_some()) {
+                    true => Some(this.idempotency.lock().await),
+                    false => None,
+                };
+                let mut submitted = Vec::with_capacity(tasks.len());
+                for (index, task) in tasks.into_iter().enumerate() {
+                    let existing = match &task.idempotency_key {
+                        Some(key) => this.store.find_by_idempotency_key(key).await.map_err(|e| (index, e.into()))?,
+                        None => None,
+                    };
+                    submitted.push(match existing {
+                        Some(existing) => Submitted { task: existing, created: false },
+                        None => Submitted { task, created: true },
+                    });
+                }
+                this.accept(&submitted).await?;
+                Ok(submitted)
+            })
+            .await;
+        accepted.map_err(|e: DetachedError<(usize, ServiceError)>| e.into_inner(|e| (0, e)))
+    }
+
+    /// Saves, then queues, the created tasks among `submitted`. Once the
+    /// client hears 2xx, a crash at any instant leaves the tasks on disk, and
+    /// recovery queues them again. All or none: if a save fails, the tasks
+    /// this call saved are deleted again. Errors carry the batch index.
+    async fn accept(&self, submitted: &[Submitted]) -> Result<(), (usize, ServiceError)> {
+        let created: Vec<(usize, &Task)> =
+            submitted.iter().enumerate().filter(|(_, s)| s.created).map(|(i, s)| (i, &s.task)).collect();
+        for (position, (index, task)) in created.iter().enumerate() {
+            if let Err(e) = self.store.save(task).await {
+                // Including this one: a save can fail after its rename landed.
+                for (_, task) in &created[..=position] {
+                    let _ = self.store.delete(task.id).await;
+                }
+                return Err((*index, e.into()));
+            }
         }
-        let new: Vec<Task> = submitted.iter().filter(|s| s.created).map(|s| s.task.clone()).collect();
-        self.accept(new).await.map_err(|e| (0, e))?;
-        Ok(submitted)
+        for (index, task) in created {
+            self.queue.push(QueueEntry::from(task), Duration::ZERO).await.map_err(|e| (index, e.into()))?;
+            tracing::debug!(task_id = %task.id, plugin = %task.plugin, priority = task.priority, "task accepted");
+        }
+        Ok(())
+    }
+
+    /// Runs `work` in its own task and waits for it. A request whose client
+    /// hangs up is dropped at its next await; work that must not stop half
+    /// way (save, then queue) runs detached from it.
+    async fn detached<T, E, F, Fut>(self: &Arc<Self>, work: F) -> Result<T, DetachedError<E>>
+    where
+        F: FnOnce(Arc<Self>) -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        match tokio::spawn(work(self.clone())).await {
+            Ok(result) => result.map_err(DetachedError::Failed),
+            Err(e) => Err(DetachedError::Aborted(e.to_string())),
+        }
     }
 
     fn validate(&self, new: NewTask) -> Result<Task, ServiceError> {
@@ -328,35 +404,6 @@ impl TaskService {
             return Err(ServiceError::UnknownPlugin(plugin));
         }
         Ok(task)
-    }
-
-    /// Saves, then queues. Once the client hears 2xx, a crash at any instant
-    /// leaves the tasks on disk, and recovery queues them again. The work runs
-    /// in its own task: a client hanging up drops the request's future, which
-    /// must not stop a saved task from being queued.
-    async fn accept(&self, tasks: Vec<Task>) -> Result<(), ServiceError> {
-        if tasks.is_empty() {
-            return Ok(());
-        }
-        let (store, queue) = (self.store.clone(), self.queue.clone());
-        tokio::spawn(async move {
-            for (saved, task) in tasks.iter().enumerate() {
-                if let Err(e) = store.save(task).await {
-                    // All or none: take back what this call already saved.
-                    for task in &tasks[..saved] {
-                        let _ = store.delete(task.id).await;
-                    }
-                    return Err(e.into());
-                }
-            }
-            for task in &tasks {
-                queue.push(QueueEntry::from(task), Duration::ZERO).await?;
-                tracing::debug!(task_id = %task.id, plugin = %task.plugin, priority = task.priority, "task accepted");
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| ServiceError::Storage(StorageError::Unavailable(format!("accepting tasks was aborted: {e}"))))?
     }
 
     /// The task with `id`, with live progress while it runs.
@@ -472,6 +519,9 @@ impl TaskService {
                 Err(e) => {
                     // Left `running` on disk; the next start picks it up as an orphan.
                     tracing::error!(task_id = %id, error = %e, "cannot record the task's outcome; it runs again");
+                    if outcome.is_none() {
+                        self.unsaved_cancels().insert(id);
+                    }
                     self.running_lock().remove(&id);
                     self.requeue(&delivery, STORAGE_RETRY_DELAY).await;
                     return;
@@ -490,6 +540,20 @@ impl TaskService {
         let Some(mut task) = self.store.load(id).await? else { return Ok(None) };
         let orphan = task.status == TaskStatus::Running && !self.running_lock().contains_key(&id);
         if task.status != TaskStatus::Pending && !orphan {
+            return Ok(None);
+        }
+        // A cancel whose outcome could not be saved still stands.
+        let cancelled = self.unsaved_cancels().remove(&id);
+        if orphan && (cancelled || task.attempts >= task.max_attempts) {
+            task.status = if cancelled { TaskStatus::Cancelled } else { TaskStatus::Failed };
+            task.finished_at = Some(Utc::now());
+            if !cancelled {
+                task.last_error = Some(TaskError {
+                    kind: FailureKind::Interrupted,
+                    message: "the outcome of its last attempt could not be recorded".into(),
+                });
+            }
+            self.store.save(&task).await?;
             return Ok(None);
         }
         task.status = TaskStatus::Running;
@@ -633,6 +697,10 @@ impl TaskService {
 
     fn running_lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Running>> {
         self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn unsaved_cancels(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<TaskId>> {
+        self.unsaved_cancels.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

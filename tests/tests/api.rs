@@ -259,6 +259,22 @@ async fn idempotency_keys_and_batches() {
     assert_eq!(second.status(), StatusCode::OK, "a repeated key returns the existing task");
     assert_eq!(id_of(&second.json().await.expect("json")), id_of(&first));
 
+    // Racing submissions with one key create one task.
+    let racing: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, url) = (client.clone(), host.at("/tasks"));
+            tokio::spawn(async move {
+                let response = client.post(url).json(&json!({"plugin": "echo", "idempotency_key": "race"})).send().await.expect("submit");
+                id_of(&response.json::<Value>().await.expect("json"))
+            })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for handle in racing {
+        ids.insert(handle.await.expect("join"));
+    }
+    assert_eq!(ids.len(), 1, "one task for one key: {ids:?}");
+
     let tasks: Vec<Value> = (0..25).map(|i| json!({"plugin": "echo", "payload": i, "priority": 1 + i % 10})).collect();
     let response = client.post(host.at("/tasks/batch")).json(&json!({"tasks": tasks})).send().await.expect("batch");
     assert_eq!(response.status(), StatusCode::ACCEPTED);
@@ -270,7 +286,7 @@ async fn idempotency_keys_and_batches() {
         assert_eq!(wait_terminal(&client, &host, &id_of(task)).await["result"]["value"], i);
     }
 
-    // Filters and cursor pagination over all 26 tasks.
+    // Filters and cursor pagination over all 27 tasks.
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -285,7 +301,7 @@ async fn idempotency_keys_and_batches() {
             None => break,
         }
     }
-    assert_eq!(seen.len(), 26);
+    assert_eq!(seen.len(), 27);
     assert_eq!(seen[0], id_of(&first), "submission order");
     host.stop().await;
 }

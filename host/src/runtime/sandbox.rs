@@ -133,6 +133,10 @@ impl ResourceLimiter for MemoryLimiter {
             self.hit = true;
             return Ok(false);
         }
+        // Counted even if wasmtime then refuses the growth (past the memory's
+        // declared maximum): over-counting only denies more, and undoing it
+        // in `memory_grow_failed` cannot be done safely, since wasmtime also
+        // calls that for growths it refuses before asking the limiter.
         self.total = total;
         Ok(true)
     }

@@ -13,7 +13,6 @@ use serde_json::Value;
 
 use super::{StorageError, TaskStore, blocking};
 use crate::fsutil::write_atomic;
-use crate::queue::QueueEntry;
 use crate::task::{Task, TaskStatus};
 
 /// The `format` field of every backup file.
@@ -40,15 +39,6 @@ pub struct RestoreSummary {
     pub skipped: usize,
 }
 
-/// What [`restore`] did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RestoreReport {
-    /// Tasks saved into the store.
-    pub restored: usize,
-    /// The pending tasks, which the caller must queue: highest priority
-    /// first, then in submission order.
-    pub to_queue: Vec<QueueEntry>,
-}
 
 /// Writes every task of `store` into a new file
 /// `<dir>/taskflow-backup-<UTC timestamp>.json` (creating `dir`), atomically
@@ -123,23 +113,13 @@ pub fn parse_backup(bytes: &[u8]) -> Result<Vec<Task>, String> {
         .collect()
 }
 
-/// Saves every task into `store`, replacing tasks with the same id. A task
-/// backed up while `running` is restored as `pending`: its run was cut off.
-/// Restoring is idempotent, so after an error it can simply be run again.
-pub async fn restore(store: &dyn TaskStore, tasks: Vec<Task>) -> Result<RestoreReport, StorageError> {
-    let restored = tasks.len();
-    let mut to_queue = Vec::new();
-    for mut task in tasks {
-        if task.status == TaskStatus::Running {
-            task.status = TaskStatus::Pending;
-        }
-        store.save(&task).await?;
-        if task.status == TaskStatus::Pending {
-            to_queue.push(QueueEntry::from(&task));
-        }
+/// A task as it is restored: one backed up while `running` comes back
+/// `pending`, since its run was cut off.
+pub fn as_restored(mut task: Task) -> Task {
+    if task.status == TaskStatus::Running {
+        task.status = TaskStatus::Pending;
     }
-    to_queue.sort_by_key(|entry| (entry.priority, entry.sequence));
-    Ok(RestoreReport { restored, to_queue })
+    task
 }
 
 #[cfg(test)]
@@ -202,25 +182,12 @@ mod tests {
         assert_eq!(read, tasks, "the file holds every task, every field");
 
         let target = FileStore::open(target_dir.path(), false).await.expect("open target");
-        let report = restore(&target, read).await.expect("restore");
-        assert_eq!(report.restored, tasks.len());
-
-        let expected: Vec<Task> = tasks
-            .iter()
-            .cloned()
-            .map(|mut task| {
-                if task.status == TaskStatus::Running {
-                    task.status = TaskStatus::Pending;
-                }
-                task
-            })
-            .collect();
+        for task in read {
+            target.save(&as_restored(task)).await.expect("restore");
+        }
+        let expected: Vec<Task> = tasks.iter().cloned().map(as_restored).collect();
+        assert!(expected.iter().all(|t| t.status != TaskStatus::Running));
         assert_eq!(target.all().await.expect("all"), expected);
-
-        let mut pending: Vec<QueueEntry> = expected.iter().filter(|t| t.status == TaskStatus::Pending).map(QueueEntry::from).collect();
-        pending.sort_by_key(|e| (e.priority, e.sequence));
-        assert!(!pending.is_empty());
-        assert_eq!(report.to_queue, pending);
     }
 
     #[tokio::test]
