@@ -62,7 +62,7 @@ pub enum Command {
     Plugins(PluginsCommand),
     /// Save every task of the server into a timestamped backup file.
     Backup {
-        /// Where to write it [default: taskflow-backup-<time>.json].
+        /// Where to write it [default: taskflow-backup-TIME.json].
         #[arg(long, short)]
         output: Option<PathBuf>,
         /// Server to talk to.

@@ -22,7 +22,7 @@ pub struct ServeConfig {
     #[arg(long, env = "TASKFLOW_DATA_DIR", default_value = "taskflow-data")]
     pub data_dir: PathBuf,
 
-    /// Plugin directory, watched for changes [default: <data-dir>/plugins].
+    /// Plugin directory, watched for changes [default: DATA_DIR/plugins].
     #[arg(long, env = "TASKFLOW_PLUGIN_DIR")]
     pub plugin_dir: Option<PathBuf>,
 

@@ -262,7 +262,7 @@ impl TaskService {
     /// submission sequence after them. A task that is pending or running here
     /// is left alone, so a restore never runs a task twice at once.
     ///
-    /// The work runs in its own task (see [`detached`](Self::detached)), one
+    /// The work runs in its own task, detached from the request, one
     /// restore at a time.
     pub async fn restore(self: &Arc<Self>, tasks: Vec<Task>) -> Result<RestoreSummary, ServiceError> {
         // Check everything before writing anything: a bad backup changes nothing.

@@ -470,3 +470,18 @@ async fn startup_recovery_requeues_interrupted_tasks_but_not_past_their_last_att
     assert_eq!(done["last_error"]["kind"], "interrupted");
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_past_the_grace_period_leaves_running_tasks_pending() {
+    let host = TestHost::start_with(1, true, |config| config.shutdown_grace_secs = 1).await;
+    let client = reqwest::Client::new();
+    let task = submit(&client, &host, json!({"plugin": "hostile", "payload": {"mode": "loop"}, "timeout_ms": 600000})).await;
+    let id = id_of(&task);
+    poll_json(&client, &host.at(&format!("/tasks/{id}")), LONG, |t| t["status"] == "running").await;
+    let shard = id[..2].to_owned();
+    let data = host.stop().await;
+    let file = data.path().join("tasks").join(shard).join(format!("{id}.json"));
+    let stored: Value = serde_json::from_slice(&std::fs::read(&file).expect("task file")).expect("json");
+    assert_eq!(stored["status"], "pending", "{stored}");
+    assert_eq!(stored["last_error"]["kind"], "interrupted", "{stored}");
+}
