@@ -32,6 +32,7 @@ done
 for f in "${fixtures[@]}"; do
     cp "$out/taskflow_fixture_$f.wasm" "tests/fixtures/dist/$f.wasm"
 done
+PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 if ! command -v componentize-py >/dev/null 2>&1; then
     python3 -m pip install --quiet 'componentize-py==0.25.1'
 fi
