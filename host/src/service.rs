@@ -391,7 +391,9 @@ impl TaskService {
         T: Send + 'static,
         E: Send + 'static,
     {
-        match tokio::spawn(work(self.clone())).await {
+        // Keeps the request's span, so the work's log lines carry its request id.
+        let work = tracing::Instrument::instrument(work(self.clone()), tracing::Span::current());
+        match tokio::spawn(work).await {
             Ok(result) => result.map_err(DetachedError::Failed),
             Err(e) => Err(DetachedError::Aborted(e.to_string())),
         }
