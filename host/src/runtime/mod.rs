@@ -240,16 +240,17 @@ impl Runtime {
         &self,
         plugin: &LoadedPlugin,
         task: TaskInput,
-        limits: Limits,
+        mut limits: Limits,
         progress: Option<Arc<AtomicU8>>,
     ) -> Result<Success, Failure> {
+        // The engine's pool bounds every memory; a failure must name the cap that applied.
+        limits.memory_bytes = limits.memory_bytes.min(self.inner.config.max_memory_bytes);
         let started = Instant::now();
         let stdout = CapturedOutput::new(limits.output_bytes);
         let stderr = CapturedOutput::new(limits.output_bytes);
         let task_id = task.id.clone();
-        let memory_bytes = limits.memory_bytes.min(self.inner.config.max_memory_bytes);
         let sandbox =
-            Sandbox::new(task.id.clone(), plugin.name.clone(), memory_bytes, stdout.clone(), stderr.clone(), progress);
+            Sandbox::new(task.id.clone(), plugin.name.clone(), limits.memory_bytes, stdout.clone(), stderr.clone(), progress);
 
         let mut store = Store::new(&self.inner.engine, sandbox);
         store.limiter(|sandbox| &mut sandbox.limiter);
