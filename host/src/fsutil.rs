@@ -22,3 +22,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], fsync: bool) -> std::io::Result<(
     }
     Ok(())
 }
+
+/// Flushes every written file of the file system holding `path` to disk:
+/// one call instead of an fsync per file.
+#[allow(unsafe_code)]
+pub fn sync_filesystem(path: &Path) -> std::io::Result<()> {
+    let dir = std::fs::File::open(path)?;
+    // SAFETY: syncfs on a descriptor owned by `dir` for the whole call.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

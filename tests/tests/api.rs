@@ -244,8 +244,11 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing() {
     for status in ["pending", "running", "completed", "failed", "cancelled"] {
         assert_eq!(stats["tasks"][status], 0, "{stats}");
     }
-    let shards = std::fs::read_dir(host.data.path().join("tasks")).expect("tasks dir").filter_map(Result::ok);
-    assert_eq!(shards.filter(|e| e.path().is_dir() && e.file_name() != "corrupt").count(), 0, "no task files");
+    let tasks_dir = host.data.path().join("tasks");
+    let shards = std::fs::read_dir(&tasks_dir).expect("tasks dir").filter_map(Result::ok);
+    assert_eq!(shards.filter(|e| e.path().is_dir() && e.file_name().len() == 2).count(), 0, "no task files");
+    let segments = std::fs::read_dir(tasks_dir.join("journal")).expect("journal dir").filter_map(Result::ok);
+    assert!(segments.into_iter().all(|e| e.metadata().is_ok_and(|m| m.len() == 0)), "nothing in the journal");
     host.stop().await;
 }
 

@@ -1,41 +1,127 @@
 //! The embedded store: one JSON file per task, sharded by the id's first two
-//! characters (`<root>/ab/abcd….json`), each written atomically.
+//! characters (`<root>/ab/abcd….json`), each written atomically, behind a
+//! write-ahead [journal](super::journal).
 //!
-//! An in-memory index of task summaries, built at open, answers list, count
-//! and idempotency queries without touching the disk; full tasks are read
-//! from disk on demand. All file I/O runs on tokio's blocking pool.
+//! A save is appended to the journal by one writer thread, which takes every
+//! save waiting at that moment in one write (group commit), and returns once
+//! written: the change is persisted. Its JSON stays in memory, *dirty*,
+//! until a checkpoint (every [`CHECKPOINT_INTERVAL`], or sooner when much is
+//! dirty) writes the latest state of each dirty task to its file and drops
+//! the journal segments it covered. A task saved three times between two
+//! checkpoints is written to its file once. At open, the files are read and
+//! the journal replayed over them.
+//!
+//! An in-memory index of task summaries answers list, count and idempotency
+//! queries without touching the disk; full tasks come from the dirty set or
+//! from their file. One process at a time may open a store (a lock file).
 
 use std::collections::{BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use chrono::Utc;
+use tokio::sync::{mpsc, oneshot};
 
+use super::journal::{self, Journal, Record};
 use super::{Cursor, ListQuery, StatusCounts, StorageError, TaskPage, TaskStore, blocking};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{sync_filesystem, write_atomic};
 use crate::task::{Task, TaskId, TaskStatus};
 
 /// Directory under the root where unreadable task files are moved at open.
 pub const CORRUPT_DIR: &str = "corrupt";
 
-/// Two hex characters pick the shard.
-const SHARDS: usize = 256;
+/// How often dirty tasks are written to their files.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Sharded JSON-file task store. Cheap to clone; clones share the index.
+/// Dirty tasks that bring the next checkpoint forward.
+const CHECKPOINT_SOON: usize = 8_192;
+
+/// Dirty tasks, and bytes of their JSON, past which saves wait for the
+/// checkpoint: memory stays bounded when the disk falls behind.
+const MAX_DIRTY_TASKS: usize = 65_536;
+const MAX_DIRTY_BYTES: usize = 64 << 20;
+
+/// Most saves appended in one write.
+const MAX_BATCH: usize = 1024;
+
+/// Sharded JSON-file task store. Cheap to clone; clones share one index,
+/// journal and pair of background threads, which stop, after a last
+/// checkpoint, when the last clone is dropped.
 #[derive(Clone)]
 pub struct FileStore {
-    inner: Arc<Inner>,
+    handle: Arc<Handle>,
 }
 
-struct Inner {
+struct Handle {
+    shared: Arc<Shared>,
+    /// Changes on their way to the journal writer; `None` once closing.
+    changes: Option<mpsc::Sender<Change>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+struct Shared {
     root: PathBuf,
     fsync: bool,
-    /// Held across a file write or delete and the matching index update, so
-    /// the index always agrees with the last completed write of a task.
-    shard_locks: Vec<Mutex<()>>,
-    index: Mutex<Index>,
+    state: Mutex<State>,
+    /// Wakes the checkpointer early: much is dirty, or the store closes.
+    checkpoint_due: Condvar,
+    /// Wakes the writer held back by a full dirty set.
+    room: Condvar,
+    /// Locked across an append and the state update that follows it, so a
+    /// checkpoint that rotates the journal knows every sealed record is in
+    /// the dirty set. Lock order: journal, then state.
+    journal: Mutex<Journal>,
+    /// One checkpoint at a time.
+    checkpointing: Mutex<()>,
+    /// Held open for the store's life: the lock that keeps a second process out.
+    _lock_file: File,
+}
+
+struct State {
+    index: Index,
+    dirty: HashMap<TaskId, Dirty>,
+    dirty_bytes: usize,
+    /// Orders the changes, so a checkpoint can tell whether a dirty entry
+    /// changed again while it was written.
+    next_version: u64,
+    closed: bool,
+}
+
+/// The latest change of a task not yet in its file.
+struct Dirty {
+    version: u64,
+    record: Record,
+}
+
+impl Dirty {
+    fn size(&self) -> usize {
+        match &self.record {
+            Record::Put(json) => json.len(),
+            Record::Delete(_) => 0,
+        }
+    }
+}
+
+/// A save or delete on its way to the journal.
+struct Change {
+    id: TaskId,
+    record: Record,
+    /// The task's new summary; `None` for a delete.
+    summary: Option<Summary>,
+    /// Answered once the change is in the journal: whether the task existed.
+    done: oneshot::Sender<Result<bool, StorageError>>,
+}
+
+/// Where a task's current state is.
+enum Lookup {
+    Absent,
+    Dirty(Arc<[u8]>),
+    InFile,
 }
 
 /// What list, count and idempotency queries need to know about a task.
@@ -78,8 +164,9 @@ impl Index {
         }
     }
 
-    fn upsert(&mut self, id: TaskId, summary: Summary) {
-        self.remove(id);
+    /// Adds or replaces a task's summary; whether it was there before.
+    fn upsert(&mut self, id: TaskId, summary: Summary) -> bool {
+        let existed = self.remove(id);
         *self.counts.entry(summary.status).or_default() += 1;
         self.order.insert(Cursor { sequence: summary.sequence, id });
         if let Some(key) = &summary.idempotency_key {
@@ -95,6 +182,7 @@ impl Index {
             }
         }
         self.summaries.insert(id, summary);
+        existed
     }
 
     fn remove(&mut self, id: TaskId) -> bool {
@@ -114,44 +202,124 @@ impl Index {
     }
 }
 
-fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
-    let path = path.to_path_buf();
-    move |source| StorageError::Io { action, path, source }
+impl State {
+    /// Applies a change to the index and the dirty set; whether the task
+    /// existed before.
+    fn apply(&mut self, id: TaskId, record: Record, summary: Option<Summary>) -> bool {
+        let existed = match summary {
+            Some(summary) => self.index.upsert(id, summary),
+            None => self.index.remove(id),
+        };
+        let dirty = Dirty { version: self.next_version, record };
+        self.next_version += 1;
+        self.dirty_bytes += dirty.size();
+        if let Some(replaced) = self.dirty.insert(id, dirty) {
+            self.dirty_bytes -= replaced.size();
+        }
+        existed
+    }
+
+    /// Applies one journal record found at open.
+    fn replay(&mut self, record: Record, segment: &Path) {
+        match &record {
+            Record::Put(json) => match serde_json::from_slice::<Task>(json) {
+                Ok(task) => {
+                    self.apply(task.id, record, Some(Summary::of(&task)));
+                }
+                Err(e) => tracing::warn!(segment = %segment.display(), error = %e, "journal record does not hold a valid task; skipped"),
+            },
+            Record::Delete(id) => {
+                self.apply(*id, record, None);
+            }
+        }
+    }
+
+    fn lookup(&self, id: TaskId) -> Lookup {
+        match self.dirty.get(&id).map(|dirty| &dirty.record) {
+            Some(Record::Put(json)) => Lookup::Dirty(json.clone()),
+            Some(Record::Delete(_)) => Lookup::Absent,
+            None if self.index.summaries.contains_key(&id) => Lookup::InFile,
+            None => Lookup::Absent,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.dirty.len() >= MAX_DIRTY_TASKS || self.dirty_bytes >= MAX_DIRTY_BYTES
+    }
 }
 
 impl FileStore {
-    /// Opens (creating if needed) the store at `root` and indexes every task
-    /// file. Unreadable task files are logged and moved to `<root>/corrupt/`;
-    /// leftover temporary files of interrupted writes are removed. With
-    /// `fsync`, every write is flushed to disk before it returns.
+    /// Opens (creating if needed) the store at `root`: indexes every task
+    /// file, replays the journal over them, and starts the journal writer and
+    /// the checkpointer. Unreadable task files are logged and moved to
+    /// `<root>/corrupt/`; leftover temporary files of interrupted writes are
+    /// removed. With `fsync`, a save returns only once its journal record is
+    /// on disk, and a checkpoint flushes the files before it drops the journal.
     pub async fn open(root: impl Into<PathBuf>, fsync: bool) -> Result<Self, StorageError> {
         let root = root.into();
         blocking(move || {
-            let index = scan(&root)?;
-            let shard_locks = (0..SHARDS).map(|_| Mutex::new(())).collect();
-            Ok(Self { inner: Arc::new(Inner { root, fsync, shard_locks, index: Mutex::new(index) }) })
+            std::fs::create_dir_all(&root).map_err(io_error("create", &root))?;
+            let lock_file = lock_exclusively(&root)?;
+            let mut state =
+                State { index: scan(&root)?, dirty: HashMap::new(), dirty_bytes: 0, next_version: 0, closed: false };
+            for (_, segment) in journal::sealed_segments(&root)? {
+                journal::read_segment(&segment, |record| state.replay(record, &segment))?;
+            }
+            let journal = Journal::create(&root, fsync)?;
+            let shared = Arc::new(Shared {
+                root,
+                fsync,
+                state: Mutex::new(state),
+                checkpoint_due: Condvar::new(),
+                room: Condvar::new(),
+                journal: Mutex::new(journal),
+                checkpointing: Mutex::new(()),
+                _lock_file: lock_file,
+            });
+            let (changes, queued) = mpsc::channel(MAX_BATCH * 4);
+            let threads = vec![
+                spawn_thread("taskflow-journal", { let shared = shared.clone(); move || write_changes(&shared, queued) })?,
+                spawn_thread("taskflow-checkpoint", { let shared = shared.clone(); move || checkpoint_periodically(&shared) })?,
+            ];
+            Ok(Self { handle: Arc::new(Handle { shared, changes: Some(changes), threads }) })
         })
         .await
     }
 
     /// The directory holding the shards.
     pub fn root(&self) -> &Path {
-        &self.inner.root
+        &self.handle.shared.root
     }
 
-    /// Where the task `id` is stored.
+    /// Where the task `id` is stored once checkpointed.
     pub fn path_of(&self, id: TaskId) -> PathBuf {
-        task_path(&self.inner.root, id)
+        task_path(self.root(), id)
     }
 
-    /// Reads the given tasks from disk in order, skipping any deleted
-    /// meanwhile and any that no longer match `keep`.
+    /// Writes every dirty task to its file now and drops the journal
+    /// segments that are no longer needed.
+    pub async fn checkpoint(&self) -> Result<(), StorageError> {
+        let shared = self.handle.shared.clone();
+        blocking(move || shared.checkpoint()).await
+    }
+
+    /// Hands a change to the journal writer and waits until it is persisted.
+    async fn persist(&self, id: TaskId, record: Record, summary: Option<Summary>) -> Result<bool, StorageError> {
+        let stopped = || StorageError::Unavailable("the journal writer has stopped".into());
+        let changes = self.handle.changes.as_ref().ok_or_else(stopped)?;
+        let (done, persisted) = oneshot::channel();
+        changes.send(Change { id, record, summary, done }).await.map_err(|_| stopped())?;
+        persisted.await.map_err(|_| stopped())?
+    }
+
+    /// Reads the given tasks in order, skipping any deleted meanwhile and any
+    /// that no longer match `keep`.
     async fn read_tasks(&self, ids: Vec<TaskId>, keep: impl Fn(&Task) -> bool + Send + 'static) -> Result<Vec<Task>, StorageError> {
-        let root = self.inner.root.clone();
+        let shared = self.handle.shared.clone();
         blocking(move || {
             let mut tasks = Vec::with_capacity(ids.len());
             for id in ids {
-                if let Some(task) = read_task(&task_path(&root, id))?
+                if let Some(task) = shared.read(id)?
                     && keep(&task)
                 {
                     tasks.push(task);
@@ -163,60 +331,207 @@ impl FileStore {
     }
 }
 
-impl Inner {
-    fn lock_index(&self) -> MutexGuard<'_, Index> {
-        // Index updates never panic half-way, so a poisoned lock still guards
-        // a consistent index.
-        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer drain what is queued, make a
+        // last checkpoint and stop.
+        self.changes = None;
+        self.shared.lock_state().closed = true;
+        self.shared.checkpoint_due.notify_all();
+        self.shared.room.notify_all();
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                tracing::error!("a storage thread panicked; the journal is replayed at the next open");
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        // State updates never panic half-way, so a poisoned lock still guards
+        // a consistent state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn lock_shard(&self, id: TaskId) -> MutexGuard<'_, ()> {
-        let shard = usize::from_str_radix(&id.shard(), 16).unwrap_or(0) % SHARDS;
-        self.shard_locks[shard].lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock_journal(&self) -> MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self, id: TaskId, summary: Summary, bytes: &[u8]) -> Result<(), StorageError> {
-        let _shard = self.lock_shard(id);
+    /// The current state of one task.
+    fn read(&self, id: TaskId) -> Result<Option<Task>, StorageError> {
+        let lookup = self.lock_state().lookup(id);
         let path = task_path(&self.root, id);
-        match write_atomic(&path, bytes, self.fsync) {
+        match lookup {
+            Lookup::Absent => Ok(None),
+            Lookup::Dirty(json) => parse_task(&json, &path).map(Some),
+            // A checkpoint writes the file before it forgets the dirty entry,
+            // so the file is at least as new as what the lookup saw.
+            Lookup::InFile => read_task(&path),
+        }
+    }
+
+    /// Writes the latest state of every dirty task to its file, then drops
+    /// the journal segments this covered.
+    fn checkpoint(&self) -> Result<(), StorageError> {
+        let _one_at_a_time = self.checkpointing.lock().unwrap_or_else(PoisonError::into_inner);
+        // After the rotation every record in a sealed segment is in the
+        // dirty set (the writer updates the state before it lets go of the
+        // journal), so the snapshot below covers them all.
+        let current = {
+            let mut journal = self.lock_journal();
+            journal.rotate()?;
+            journal.current()
+        };
+        let snapshot: Vec<(TaskId, u64, Record)> =
+            self.lock_state().dirty.iter().map(|(id, dirty)| (*id, dirty.version, dirty.record.clone())).collect();
+        for (id, _, record) in &snapshot {
+            match record {
+                Record::Put(json) => self.write_file(*id, json)?,
+                Record::Delete(_) => self.remove_file(*id)?,
+            }
+        }
+        if self.fsync && !snapshot.is_empty() {
+            sync_filesystem(&self.root).map_err(io_error("sync", &self.root))?;
+        }
+        journal::drop_segments_before(&self.root, current)?;
+
+        let mut state = self.lock_state();
+        for (id, version, _) in snapshot {
+            if state.dirty.get(&id).is_some_and(|dirty| dirty.version == version)
+                && let Some(written) = state.dirty.remove(&id)
+            {
+                state.dirty_bytes -= written.size();
+            }
+        }
+        drop(state);
+        self.room.notify_all();
+        Ok(())
+    }
+
+    fn write_file(&self, id: TaskId, json: &[u8]) -> Result<(), StorageError> {
+        let path = task_path(&self.root, id);
+        match write_atomic(&path, json, false) {
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 // First task in this shard: create its directory and try again.
                 let shard_dir = self.root.join(id.shard());
                 std::fs::create_dir_all(&shard_dir).map_err(io_error("create", &shard_dir))?;
-                if self.fsync {
-                    // The new directory entry must survive a crash too.
-                    sync_dir(&self.root)?;
-                }
-                write_atomic(&path, bytes, self.fsync).map_err(io_error("write", &path))?;
+                write_atomic(&path, json, false).map_err(io_error("write", &path))
             }
-            result => result.map_err(io_error("write", &path))?,
+            result => result.map_err(io_error("write", &path)),
         }
-        self.lock_index().upsert(id, summary);
-        Ok(())
     }
 
-    fn delete(&self, id: TaskId) -> Result<bool, StorageError> {
-        let _shard = self.lock_shard(id);
+    fn remove_file(&self, id: TaskId) -> Result<(), StorageError> {
         let path = task_path(&self.root, id);
-        let existed = match std::fs::remove_file(&path) {
-            Ok(()) => true,
-            Err(e) if e.kind() == ErrorKind::NotFound => false,
-            Err(e) => return Err(io_error("delete", &path)(e)),
-        };
-        if existed && self.fsync {
-            sync_dir(&self.root.join(id.shard()))?;
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(io_error("delete", &path)(e)),
+            _ => Ok(()),
         }
-        let indexed = self.lock_index().remove(id);
-        Ok(existed || indexed)
     }
+}
+
+/// The journal writer: appends every change waiting at that moment in one
+/// write, applies them to the state, and answers their savers.
+fn write_changes(shared: &Shared, mut queued: mpsc::Receiver<Change>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut encoded = Vec::new();
+    while let Some(first) = queued.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH
+            && let Ok(change) = queued.try_recv()
+        {
+            batch.push(change);
+        }
+        {
+            let state = shared.lock_state();
+            let _waited = shared.room.wait_while(state, |state| state.is_full() && !state.closed).unwrap_or_else(PoisonError::into_inner);
+        }
+        encoded.clear();
+        for change in &batch {
+            change.record.encode_into(&mut encoded);
+        }
+
+        let mut journal = shared.lock_journal();
+        match journal.append(&encoded) {
+            Ok(()) => {
+                let mut state = shared.lock_state();
+                let answers: Vec<_> = batch
+                    .drain(..)
+                    .map(|change| (change.done, Ok(state.apply(change.id, change.record, change.summary))))
+                    .collect();
+                if state.dirty.len() >= CHECKPOINT_SOON {
+                    shared.checkpoint_due.notify_one();
+                }
+                drop(state);
+                drop(journal);
+                for (done, answer) in answers {
+                    // A saver that stopped waiting still had its change made.
+                    let _ = done.send(answer);
+                }
+            }
+            Err(e) => {
+                drop(journal);
+                tracing::error!(error = %e, "cannot append to the journal; the changes are refused");
+                for change in batch.drain(..) {
+                    let _ = change.done.send(Err(StorageError::Unavailable(format!("cannot persist the change: {e}"))));
+                }
+            }
+        }
+    }
+    // Every clone of the store is gone: leave the task files complete.
+    if let Err(e) = shared.checkpoint() {
+        tracing::error!(error = %e, "last checkpoint failed; the journal is replayed at the next open");
+    }
+}
+
+/// The checkpointer: writes dirty tasks to their files every
+/// [`CHECKPOINT_INTERVAL`], or as soon as many are dirty.
+fn checkpoint_periodically(shared: &Shared) {
+    loop {
+        {
+            let state = shared.lock_state();
+            let (state, _) = shared
+                .checkpoint_due
+                .wait_timeout_while(state, CHECKPOINT_INTERVAL, |state| !state.closed && state.dirty.len() < CHECKPOINT_SOON)
+                .unwrap_or_else(PoisonError::into_inner);
+            if state.closed {
+                return; // the writer makes the last checkpoint
+            }
+        }
+        if let Err(e) = shared.checkpoint() {
+            tracing::error!(error = %e, "checkpoint failed; the journal keeps every change, and it is tried again");
+            std::thread::sleep(CHECKPOINT_INTERVAL);
+        }
+    }
+}
+
+fn spawn_thread(name: &str, work: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StorageError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(work)
+        .map_err(|e| StorageError::Unavailable(format!("cannot start the {name} thread: {e}")))
+}
+
+/// Takes the store's lock file, so that two hosts never share one store.
+fn lock_exclusively(root: &Path) -> Result<File, StorageError> {
+    let path = root.join(".lock");
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_error("open", &path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(StorageError::InUse(root.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => return Err(io_error("lock", &path)(e)),
+    }
+    Ok(file)
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
+    let path = path.to_path_buf();
+    move |source| StorageError::Io { action, path, source }
 }
 
 fn task_path(root: &Path, id: TaskId) -> PathBuf {
     root.join(id.shard()).join(format!("{id}.json"))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_error("sync", dir))
 }
 
 /// Reads one task file; `None` when it does not exist.
@@ -226,7 +541,11 @@ fn read_task(path: &Path) -> Result<Option<Task>, StorageError> {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_error("read", path)(e)),
     };
-    serde_json::from_slice(&bytes).map(Some).map_err(|source| StorageError::Corrupt { path: path.to_path_buf(), source })
+    parse_task(&bytes, path).map(Some)
+}
+
+fn parse_task(json: &[u8], path: &Path) -> Result<Task, StorageError> {
+    serde_json::from_slice(json).map_err(|source| StorageError::Corrupt { path: path.to_path_buf(), source })
 }
 
 fn is_shard_name(name: &str) -> bool {
@@ -262,7 +581,9 @@ fn scan(root: &Path) -> Result<Index, StorageError> {
                 continue;
             };
             match check_task_file(&path, stem) {
-                Ok(task) => index.upsert(task.id, Summary::of(&task)),
+                Ok(task) => {
+                    index.upsert(task.id, Summary::of(&task));
+                }
                 Err(reason) => move_aside(root, &path, &file_name, &reason),
             }
         }
@@ -299,23 +620,27 @@ fn move_aside(root: &Path, path: &Path, file_name: &str, reason: &str) {
 #[async_trait::async_trait]
 impl TaskStore for FileStore {
     async fn save(&self, task: &Task) -> Result<(), StorageError> {
-        let bytes = serde_json::to_vec(task).map_err(|source| StorageError::Encode { what: format!("task {}", task.id), source })?;
-        let (inner, id, summary) = (self.inner.clone(), task.id, Summary::of(task));
-        blocking(move || inner.write(id, summary, &bytes)).await
+        let json = serde_json::to_vec(task).map_err(|source| StorageError::Encode { what: format!("task {}", task.id), source })?;
+        self.persist(task.id, Record::Put(json.into()), Some(Summary::of(task))).await.map(|_| ())
     }
 
     async fn load(&self, id: TaskId) -> Result<Option<Task>, StorageError> {
-        // Unknown ids, common in client lookups, cost no disk access.
-        if !self.inner.lock_index().summaries.contains_key(&id) {
-            return Ok(None);
+        let shared = &self.handle.shared;
+        let lookup = shared.lock_state().lookup(id);
+        match lookup {
+            // Unknown ids, common in client lookups, and tasks changed since
+            // the last checkpoint, the ones workers load, cost no disk access.
+            Lookup::Absent => Ok(None),
+            Lookup::Dirty(json) => parse_task(&json, &self.path_of(id)).map(Some),
+            Lookup::InFile => {
+                let shared = shared.clone();
+                blocking(move || shared.read(id)).await
+            }
         }
-        let path = self.path_of(id);
-        blocking(move || read_task(&path)).await
     }
 
     async fn delete(&self, id: TaskId) -> Result<bool, StorageError> {
-        let inner = self.inner.clone();
-        blocking(move || inner.delete(id)).await
+        self.persist(id, Record::Delete(id), None).await
     }
 
     async fn list(&self, query: &ListQuery) -> Result<TaskPage, StorageError> {
@@ -324,7 +649,8 @@ impl TaskStore for FileStore {
         }
         let after = query.cursor.as_deref().map(Cursor::decode).transpose()?;
         let (ids, next_cursor) = {
-            let index = self.inner.lock_index();
+            let state = self.handle.shared.lock_state();
+            let index = &state.index;
             let start = after.map_or(Bound::Unbounded, Bound::Excluded);
             let mut matching = index
                 .order
@@ -342,12 +668,12 @@ impl TaskStore for FileStore {
     }
 
     async fn all(&self) -> Result<Vec<Task>, StorageError> {
-        let ids = self.inner.lock_index().order.iter().map(|cursor| cursor.id).collect();
+        let ids = self.handle.shared.lock_state().index.order.iter().map(|cursor| cursor.id).collect();
         self.read_tasks(ids, |_| true).await
     }
 
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<Task>, StorageError> {
-        let id = self.inner.lock_index().by_idempotency_key.get(key).copied();
+        let id = self.handle.shared.lock_state().index.by_idempotency_key.get(key).copied();
         match id {
             Some(id) => self.load(id).await,
             None => Ok(None),
@@ -355,7 +681,7 @@ impl TaskStore for FileStore {
     }
 
     async fn counts(&self) -> Result<StatusCounts, StorageError> {
-        Ok(self.inner.lock_index().counts.clone())
+        Ok(self.handle.shared.lock_state().index.counts.clone())
     }
 }
 
@@ -402,6 +728,30 @@ mod tests {
         assert_eq!(store.load(TaskId::new()).await.expect("load unknown"), None);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_read_back_is_already_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path()).await;
+        for n in 0..200 {
+            let mut saved = task("echo", n);
+            store.save(&saved).await.expect("save pending");
+            saved.status = TaskStatus::Completed;
+            let writer = {
+                let (store, saved) = (store.clone(), saved.clone());
+                tokio::spawn(async move { store.save(&saved).await })
+            };
+            loop {
+                let read = store.load(saved.id).await.expect("load").expect("present");
+                if read.status == TaskStatus::Completed {
+                    let counts = store.counts().await.expect("counts");
+                    assert_eq!(counts[&TaskStatus::Completed], n + 1, "a completed task was read before it was counted");
+                    break;
+                }
+            }
+            writer.await.expect("join").expect("save completed");
+        }
+    }
+
     #[tokio::test]
     async fn task_files_live_in_their_shard() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -412,7 +762,10 @@ mod tests {
         let id = saved.id.to_string();
         let expected = dir.path().join(&id[..2]).join(format!("{id}.json"));
         assert_eq!(store.path_of(saved.id), expected);
-        assert_eq!(files_under(dir.path()), vec![expected], "one file, no temporary leftovers");
+        assert!(!expected.exists(), "files are written by checkpoints");
+        store.checkpoint().await.expect("checkpoint");
+        assert_eq!(files_under(&dir.path().join(&id[..2])), vec![expected], "one file, no temporary leftovers");
+        assert!(files_under(&dir.path().join(journal::JOURNAL_DIR)).iter().all(|segment| segment.metadata().expect("stat").len() == 0));
     }
 
     #[tokio::test]
@@ -421,9 +774,12 @@ mod tests {
         let store = open(dir.path()).await;
         let saved = task("echo", 1);
         store.save(&saved).await.expect("save");
+        store.checkpoint().await.expect("checkpoint");
+        assert!(store.path_of(saved.id).exists());
         assert!(store.delete(saved.id).await.expect("delete"));
         assert!(!store.delete(saved.id).await.expect("delete again"));
         assert_eq!(store.load(saved.id).await.expect("load"), None);
+        store.checkpoint().await.expect("checkpoint");
         assert!(!store.path_of(saved.id).exists());
         assert_eq!(store.counts().await.expect("counts")[&TaskStatus::Pending], 0);
     }
@@ -589,13 +945,63 @@ mod tests {
         let ids: HashSet<_> = all.iter().map(|t| t.id).collect();
         assert_eq!(ids.len(), all.len());
 
+        let listed = store.list(&ListQuery { status: Some(final_shared.status), limit: 1, ..ListQuery::default() }).await.expect("list");
+        assert_eq!(listed.tasks.first().map(|t| t.id), Some(shared.id), "shared has the lowest sequence");
+
         // The index agrees with what is on disk, before and after a reopen.
         let counts = store.counts().await.expect("counts");
+        drop(store);
         let reopened = open(dir.path()).await;
         assert_eq!(reopened.counts().await.expect("counts"), counts);
         let from_disk = reopened.load(shared.id).await.expect("load").expect("shared");
         assert_eq!(from_disk, final_shared);
-        let listed = store.list(&ListQuery { status: Some(final_shared.status), limit: 1, ..ListQuery::default() }).await.expect("list");
-        assert_eq!(listed.tasks.first().map(|t| t.id), Some(shared.id), "shared has the lowest sequence");
+    }
+
+    #[tokio::test]
+    async fn the_journal_is_replayed_over_the_files_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut changed, deleted, untouched) = (task("echo", 1), task("echo", 2), task("hash", 3));
+        {
+            let store = open(dir.path()).await;
+            for t in [&changed, &deleted, &untouched] {
+                store.save(t).await.expect("save");
+            }
+        }
+        // What a host killed between two checkpoints leaves: the files hold
+        // older states, the journal the changes since, its last line torn.
+        changed.status = TaskStatus::Completed;
+        changed.attempts = 1;
+        let mut records = Vec::new();
+        Record::Put(serde_json::to_vec(&Task { status: TaskStatus::Running, ..changed.clone() }).expect("json").into()).encode_into(&mut records);
+        Record::Put(serde_json::to_vec(&changed).expect("json").into()).encode_into(&mut records);
+        Record::Delete(deleted.id).encode_into(&mut records);
+        records.extend_from_slice(b"P {\"id\":");
+        let journal_dir = dir.path().join(journal::JOURNAL_DIR);
+        std::fs::write(journal_dir.join("00000000000000000007.log"), &records).expect("write journal");
+
+        let store = open(dir.path()).await;
+        assert_eq!(store.all().await.expect("all"), vec![changed.clone(), untouched.clone()]);
+        let counts = store.counts().await.expect("counts");
+        assert_eq!((counts[&TaskStatus::Completed], counts[&TaskStatus::Pending]), (1, 1));
+        assert!(store.path_of(deleted.id).exists(), "the files are untouched until a checkpoint");
+
+        store.checkpoint().await.expect("checkpoint");
+        assert!(!store.path_of(deleted.id).exists());
+        let on_disk: Task = serde_json::from_slice(&std::fs::read(store.path_of(changed.id)).expect("read")).expect("task");
+        assert_eq!(on_disk, changed);
+        let segments = files_under(&journal_dir);
+        assert_eq!(segments.len(), 1, "replayed segments are dropped once checkpointed: {segments:?}");
+        assert!(segments[0].ends_with("00000000000000000008.log"));
+    }
+
+    #[tokio::test]
+    async fn a_second_process_cannot_open_the_same_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path()).await;
+        let second = FileStore::open(dir.path(), false).await.map(|_| ()).expect_err("second open");
+        assert!(matches!(&second, StorageError::InUse(path) if path == dir.path()), "{second}");
+        assert!(second.to_string().contains("in use by another TaskFlow process"));
+        drop(store);
+        open(dir.path()).await;
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod backup;
 pub mod files;
+pub mod journal;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -119,6 +120,9 @@ pub enum StorageError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Another process has the store open.
+    #[error("{} is in use by another TaskFlow process; stop it or choose another data directory", .0.display())]
+    InUse(PathBuf),
     /// The backend cannot serve requests.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
