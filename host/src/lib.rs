@@ -14,6 +14,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod fsutil;
+pub mod heap;
 pub mod queue;
 pub mod runtime;
 pub mod server;

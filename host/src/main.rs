@@ -4,8 +4,18 @@ use clap::Parser;
 use taskflow::cli::{Cli, Command};
 use taskflow::telemetry::init_logging;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    taskflow::heap::limit_arenas();
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The server logs; client commands print their results and log only when asked (RUST_LOG).
     if matches!(cli.command, Command::Serve(_)) || std::env::var_os("RUST_LOG").is_some() {

@@ -42,7 +42,7 @@ pub async fn health() -> Json<Health> {
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let checks = async {
         state.service.queue().depth().await.map_err(|e| e.to_string())?;
-        state.service.store().counts().await.map_err(|e| e.to_string())?;
+        state.service.store().check().await.map_err(|e| e.to_string())?;
         Ok::<_, String>(())
     };
     match checks.await {

@@ -99,7 +99,7 @@ impl PluginRegistry {
             }
         }
         // The compiler threads are idle now; what they freed can go back.
-        tokio::task::spawn_blocking(release_freed_heap).await.ok();
+        tokio::task::spawn_blocking(crate::heap::release_freed).await.ok();
         Ok(registry)
     }
 
@@ -253,7 +253,7 @@ impl PluginRegistry {
         // executor threads that serve requests and run tasks.
         tokio::task::spawn_blocking(move || {
             let compiled = plugin::compile(&compiler.runtime, compiler.cache.as_ref(), &compiler.counters, &name, &bytes);
-            release_freed_heap();
+            crate::heap::release_freed();
             compiled
         })
         .await
@@ -307,20 +307,6 @@ impl PluginRegistry {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, PluginEntry>> {
         self.plugins.write().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// Hands heap pages freed by the compiler back to the OS. Compiling a large
-/// component (an 18 MB Python plugin) churns through hundreds of megabytes
-/// spread over the compiler threads' malloc arenas, which glibc would
-/// otherwise keep for the life of the process.
-#[allow(unsafe_code)]
-fn release_freed_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory to the OS; it has no
-    // preconditions and does not touch allocated blocks.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

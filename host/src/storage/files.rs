@@ -6,10 +6,11 @@
 //! save waiting at that moment in one write (group commit), and returns once
 //! written: the change is persisted. Its JSON stays in memory, *dirty*,
 //! until a checkpoint (every [`CHECKPOINT_INTERVAL`], or sooner when much is
-//! dirty) writes the latest state of each dirty task to its file and drops
-//! the journal segments it covered. A task saved three times between two
-//! checkpoints is written to its file once. At open, the files are read and
-//! the journal replayed over them.
+//! dirty) writes the latest state of each dirty task that has finished or
+//! has not changed for a while to its file, and drops the journal segments
+//! no longer needed. A task accepted, run and finished within a second is
+//! written to its file once. At open, the files are read and the journal
+//! replayed over them.
 //!
 //! An in-memory index of task summaries answers list, count and idempotency
 //! queries without touching the disk; full tasks come from the dirty set or
@@ -22,7 +23,7 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
@@ -38,13 +39,24 @@ pub const CORRUPT_DIR: &str = "corrupt";
 /// How often dirty tasks are written to their files.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Dirty tasks that bring the next checkpoint forward.
+/// How long a pending or running task stays out of its file, in the hope
+/// that it finishes first.
+const SETTLE_TIME: Duration = Duration::from_secs(1);
+
+/// Dirty tasks that bring the next checkpoint forward, and make it write
+/// every dirty task.
 const CHECKPOINT_SOON: usize = 8_192;
 
 /// Dirty tasks, and bytes of their JSON, past which saves wait for the
 /// checkpoint: memory stays bounded when the disk falls behind.
 const MAX_DIRTY_TASKS: usize = 65_536;
 const MAX_DIRTY_BYTES: usize = 64 << 20;
+
+/// Dirty tasks written between two updates of the dirty set.
+const CHECKPOINT_CHUNK: usize = 1024;
+
+/// Longest a save waits for a full dirty set to drain before it is refused.
+const MAX_WAIT_FOR_ROOM: Duration = Duration::from_secs(5);
 
 /// Most saves appended in one write.
 const MAX_BATCH: usize = 1024;
@@ -96,6 +108,12 @@ struct State {
 struct Dirty {
     version: u64,
     record: Record,
+    /// The journal segment holding the record.
+    segment: u64,
+    /// When the change was made (or replayed).
+    since: Instant,
+    /// Finished or deleted: no further change is expected soon.
+    settled: bool,
 }
 
 impl Dirty {
@@ -205,12 +223,13 @@ impl Index {
 impl State {
     /// Applies a change to the index and the dirty set; whether the task
     /// existed before.
-    fn apply(&mut self, id: TaskId, record: Record, summary: Option<Summary>) -> bool {
+    fn apply(&mut self, id: TaskId, record: Record, summary: Option<Summary>, segment: u64) -> bool {
+        let settled = summary.as_ref().is_none_or(|summary| summary.status.is_terminal());
         let existed = match summary {
             Some(summary) => self.index.upsert(id, summary),
             None => self.index.remove(id),
         };
-        let dirty = Dirty { version: self.next_version, record };
+        let dirty = Dirty { version: self.next_version, record, segment, since: Instant::now(), settled };
         self.next_version += 1;
         self.dirty_bytes += dirty.size();
         if let Some(replaced) = self.dirty.insert(id, dirty) {
@@ -220,16 +239,16 @@ impl State {
     }
 
     /// Applies one journal record found at open.
-    fn replay(&mut self, record: Record, segment: &Path) {
+    fn replay(&mut self, record: Record, segment: u64, path: &Path) {
         match &record {
             Record::Put(json) => match serde_json::from_slice::<Task>(json) {
                 Ok(task) => {
-                    self.apply(task.id, record, Some(Summary::of(&task)));
+                    self.apply(task.id, record, Some(Summary::of(&task)), segment);
                 }
-                Err(e) => tracing::warn!(segment = %segment.display(), error = %e, "journal record does not hold a valid task; skipped"),
+                Err(e) => tracing::warn!(segment = %path.display(), error = %e, "journal record does not hold a valid task; skipped"),
             },
             Record::Delete(id) => {
-                self.apply(*id, record, None);
+                self.apply(*id, record, None, segment);
             }
         }
     }
@@ -262,8 +281,8 @@ impl FileStore {
             let lock_file = lock_exclusively(&root)?;
             let mut state =
                 State { index: scan(&root)?, dirty: HashMap::new(), dirty_bytes: 0, next_version: 0, closed: false };
-            for (_, segment) in journal::sealed_segments(&root)? {
-                journal::read_segment(&segment, |record| state.replay(record, &segment))?;
+            for (number, path) in journal::sealed_segments(&root)? {
+                journal::read_segment(&path, |record| state.replay(record, number, &path))?;
             }
             let journal = Journal::create(&root, fsync)?;
             let shared = Arc::new(Shared {
@@ -300,7 +319,7 @@ impl FileStore {
     /// segments that are no longer needed.
     pub async fn checkpoint(&self) -> Result<(), StorageError> {
         let shared = self.handle.shared.clone();
-        blocking(move || shared.checkpoint()).await
+        blocking(move || shared.checkpoint(true)).await
     }
 
     /// Hands a change to the journal writer and waits until it is persisted.
@@ -358,6 +377,18 @@ impl Shared {
         self.journal.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Holds the writer back while the dirty set is full; `false` when the
+    /// checkpoints made no room within [`MAX_WAIT_FOR_ROOM`] (they are
+    /// failing, or the disk is far too slow).
+    fn wait_for_room(&self) -> bool {
+        let state = self.lock_state();
+        let (state, _) = self
+            .room
+            .wait_timeout_while(state, MAX_WAIT_FOR_ROOM, |state| state.is_full() && !state.closed)
+            .unwrap_or_else(PoisonError::into_inner);
+        !state.is_full() || state.closed
+    }
+
     /// The current state of one task.
     fn read(&self, id: TaskId) -> Result<Option<Task>, StorageError> {
         let lookup = self.lock_state().lookup(id);
@@ -371,42 +402,70 @@ impl Shared {
         }
     }
 
-    /// Writes the latest state of every dirty task to its file, then drops
-    /// the journal segments this covered.
-    fn checkpoint(&self) -> Result<(), StorageError> {
+    /// Writes dirty tasks to their files, then drops the journal segments no
+    /// longer needed. With `everything` false, a task that changed less than
+    /// [`SETTLE_TIME`] ago and is still pending or running is left for a later
+    /// checkpoint (unless much is dirty): most tasks finish within it, and
+    /// their file is then written once, in its final state, instead of once
+    /// per state (each rewrite also frees an inode, which file systems take
+    /// time to reuse).
+    fn checkpoint(&self, everything: bool) -> Result<(), StorageError> {
         let _one_at_a_time = self.checkpointing.lock().unwrap_or_else(PoisonError::into_inner);
         // After the rotation every record in a sealed segment is in the
         // dirty set (the writer updates the state before it lets go of the
-        // journal), so the snapshot below covers them all.
+        // journal).
         let current = {
             let mut journal = self.lock_journal();
             journal.rotate()?;
             journal.current()
         };
-        let snapshot: Vec<(TaskId, u64, Record)> =
-            self.lock_state().dirty.iter().map(|(id, dirty)| (*id, dirty.version, dirty.record.clone())).collect();
-        for (id, _, record) in &snapshot {
-            match record {
-                Record::Put(json) => self.write_file(*id, json)?,
-                Record::Delete(_) => self.remove_file(*id)?,
+        let mut snapshot: Vec<(TaskId, u64, Record)> = {
+            let state = self.lock_state();
+            let everything = everything || state.dirty.len() >= CHECKPOINT_SOON;
+            state
+                .dirty
+                .iter()
+                .filter(|(_, dirty)| everything || dirty.settled || dirty.since.elapsed() >= SETTLE_TIME)
+                .map(|(id, dirty)| (*id, dirty.version, dirty.record.clone()))
+                .collect()
+        };
+        // In id order, one shard directory after the other.
+        snapshot.sort_unstable_by_key(|(id, ..)| *id);
+        for chunk in snapshot.chunks(CHECKPOINT_CHUNK) {
+            for (id, _, record) in chunk {
+                match record {
+                    Record::Put(json) => self.write_file(*id, json)?,
+                    Record::Delete(_) => self.remove_file(*id)?,
+                }
             }
+            // What is in its file leaves the dirty set now, making room for
+            // a writer held back by a full set long before a big checkpoint
+            // ends. The journal keeps it until the end, when the files are
+            // flushed.
+            self.forget_written(chunk);
         }
         if self.fsync && !snapshot.is_empty() {
             sync_filesystem(&self.root).map_err(io_error("sync", &self.root))?;
         }
-        journal::drop_segments_before(&self.root, current)?;
+        // A segment is needed while it holds the latest record of a task
+        // still dirty.
+        let oldest_needed = self.lock_state().dirty.values().map(|dirty| dirty.segment).min().unwrap_or(current);
+        journal::drop_segments_before(&self.root, oldest_needed.min(current))
+    }
 
+    /// Drops written entries from the dirty set, unless they changed again
+    /// since the snapshot.
+    fn forget_written(&self, written: &[(TaskId, u64, Record)]) {
         let mut state = self.lock_state();
-        for (id, version, _) in snapshot {
-            if state.dirty.get(&id).is_some_and(|dirty| dirty.version == version)
-                && let Some(written) = state.dirty.remove(&id)
+        for (id, version, _) in written {
+            if state.dirty.get(id).is_some_and(|dirty| dirty.version == *version)
+                && let Some(forgotten) = state.dirty.remove(id)
             {
-                state.dirty_bytes -= written.size();
+                state.dirty_bytes -= forgotten.size();
             }
         }
         drop(state);
         self.room.notify_all();
-        Ok(())
     }
 
     fn write_file(&self, id: TaskId, json: &[u8]) -> Result<(), StorageError> {
@@ -443,9 +502,12 @@ fn write_changes(shared: &Shared, mut queued: mpsc::Receiver<Change>) {
         {
             batch.push(change);
         }
-        {
-            let state = shared.lock_state();
-            let _waited = shared.room.wait_while(state, |state| state.is_full() && !state.closed).unwrap_or_else(PoisonError::into_inner);
+        if !shared.wait_for_room() {
+            tracing::error!("the task files have fallen far behind the journal; changes are refused until checkpoints catch up");
+            for change in batch.drain(..) {
+                let _ = change.done.send(Err(StorageError::Unavailable("the task files are not keeping up; try again shortly".into())));
+            }
+            continue;
         }
         encoded.clear();
         for change in &batch {
@@ -458,7 +520,7 @@ fn write_changes(shared: &Shared, mut queued: mpsc::Receiver<Change>) {
                 let mut state = shared.lock_state();
                 let answers: Vec<_> = batch
                     .drain(..)
-                    .map(|change| (change.done, Ok(state.apply(change.id, change.record, change.summary))))
+                    .map(|change| (change.done, Ok(state.apply(change.id, change.record, change.summary, journal.current()))))
                     .collect();
                 if state.dirty.len() >= CHECKPOINT_SOON {
                     shared.checkpoint_due.notify_one();
@@ -480,7 +542,7 @@ fn write_changes(shared: &Shared, mut queued: mpsc::Receiver<Change>) {
         }
     }
     // Every clone of the store is gone: leave the task files complete.
-    if let Err(e) = shared.checkpoint() {
+    if let Err(e) = shared.checkpoint(true) {
         tracing::error!(error = %e, "last checkpoint failed; the journal is replayed at the next open");
     }
 }
@@ -488,6 +550,7 @@ fn write_changes(shared: &Shared, mut queued: mpsc::Receiver<Change>) {
 /// The checkpointer: writes dirty tasks to their files every
 /// [`CHECKPOINT_INTERVAL`], or as soon as many are dirty.
 fn checkpoint_periodically(shared: &Shared) {
+    lower_this_threads_priority();
     loop {
         {
             let state = shared.lock_state();
@@ -499,9 +562,26 @@ fn checkpoint_periodically(shared: &Shared) {
                 return; // the writer makes the last checkpoint
             }
         }
-        if let Err(e) = shared.checkpoint() {
+        if let Err(e) = shared.checkpoint(false) {
             tracing::error!(error = %e, "checkpoint failed; the journal keeps every change, and it is tried again");
             std::thread::sleep(CHECKPOINT_INTERVAL);
+        }
+    }
+}
+
+/// Lets the workers and the API go first when the CPUs are busy: the
+/// checkpointer catches up when they are not, and a full dirty set holds
+/// new changes back if it never could.
+#[allow(unsafe_code)]
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority with `who` 0 changes the nice value of the
+        // calling thread only (a per-thread attribute on Linux); no memory
+        // is involved.
+        let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) } != 0;
+        if failed {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the checkpointer's priority");
         }
     }
 }
@@ -682,6 +762,16 @@ impl TaskStore for FileStore {
 
     async fn counts(&self) -> Result<StatusCounts, StorageError> {
         Ok(self.handle.shared.lock_state().index.counts.clone())
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        if self.handle.changes.as_ref().is_none_or(mpsc::Sender::is_closed) {
+            return Err(StorageError::Unavailable("the journal writer has stopped".into()));
+        }
+        if self.handle.shared.lock_state().is_full() {
+            return Err(StorageError::Unavailable("the task files are not keeping up with the journal".into()));
+        }
+        Ok(())
     }
 }
 
@@ -992,6 +1082,45 @@ mod tests {
         let segments = files_under(&journal_dir);
         assert_eq!(segments.len(), 1, "replayed segments are dropped once checkpointed: {segments:?}");
         assert!(segments[0].ends_with("00000000000000000008.log"));
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for entry in std::fs::read_dir(from).expect("read dir") {
+            let path = entry.expect("entry").path();
+            let target = to.join(path.file_name().expect("name"));
+            if path.is_dir() {
+                copy_dir(&path, &target);
+            } else {
+                std::fs::copy(&path, &target).expect("copy");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn unfinished_tasks_wait_in_the_journal_until_they_settle() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path()).await;
+        let young = task("echo", 1);
+        let finished = Task { status: TaskStatus::Completed, ..task("echo", 2) };
+        store.save(&young).await.expect("save");
+        store.save(&finished).await.expect("save");
+        let shared = store.handle.shared.clone();
+        blocking(move || shared.checkpoint(false)).await.expect("periodic checkpoint");
+        assert!(store.path_of(finished.id).exists(), "finished tasks are written at once");
+        assert!(!store.path_of(young.id).exists(), "a task that may finish soon is not written yet");
+
+        // What a crash would leave now: the young task's segment is kept.
+        let crashed = tempfile::tempdir().expect("tempdir");
+        copy_dir(dir.path(), crashed.path());
+        let recovered = open(crashed.path()).await;
+        assert_eq!(recovered.load(young.id).await.expect("load"), Some(young.clone()));
+        assert_eq!(recovered.load(finished.id).await.expect("load"), Some(finished));
+
+        store.checkpoint().await.expect("full checkpoint");
+        assert!(store.path_of(young.id).exists());
+        let segments = files_under(&dir.path().join(journal::JOURNAL_DIR));
+        assert_eq!(segments.len(), 1, "only the open segment is left: {segments:?}");
     }
 
     #[tokio::test]

@@ -152,6 +152,9 @@ pub trait TaskStore: Send + Sync {
 
     /// How many tasks are in each status.
     async fn counts(&self) -> Result<StatusCounts, StorageError>;
+
+    /// Whether the store can take changes now (readiness).
+    async fn check(&self) -> Result<(), StorageError>;
 }
 
 /// Runs blocking file I/O on tokio's blocking pool, off the async executor.
