@@ -21,6 +21,7 @@ use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -29,7 +30,7 @@ use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::journal::{self, Journal, Record};
-use super::{Cursor, ListQuery, StatusCounts, StorageError, TaskPage, TaskStore, blocking};
+use super::{Cursor, ListQuery, StatusCounts, StorageError, TaskPage, TaskStore, blocking, io_error};
 use crate::fsutil::{sync_filesystem, write_atomic};
 use crate::task::{Task, TaskId, TaskStatus};
 
@@ -43,9 +44,10 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
 /// that it finishes first.
 const SETTLE_TIME: Duration = Duration::from_secs(1);
 
-/// Dirty tasks that bring the next checkpoint forward, and make it write
-/// every dirty task.
+/// Dirty tasks, or bytes of their JSON, that bring the next checkpoint
+/// forward and make it write every dirty task.
 const CHECKPOINT_SOON: usize = 8_192;
+const CHECKPOINT_SOON_BYTES: usize = 16 << 20;
 
 /// Dirty tasks, and bytes of their JSON, past which saves wait for the
 /// checkpoint: memory stays bounded when the disk falls behind.
@@ -63,7 +65,7 @@ const MAX_BATCH: usize = 1024;
 
 /// Sharded JSON-file task store. Cheap to clone; clones share one index,
 /// journal and pair of background threads, which stop, after a last
-/// checkpoint, when the last clone is dropped.
+/// checkpoint, when the last clone is dropped (the drop waits for it).
 #[derive(Clone)]
 pub struct FileStore {
     handle: Arc<Handle>,
@@ -74,6 +76,9 @@ struct Handle {
     /// Changes on their way to the journal writer; `None` once closing.
     changes: Option<mpsc::Sender<Change>>,
     threads: Vec<JoinHandle<()>>,
+    /// Held open until the threads are stopped: the lock that keeps a
+    /// second process out.
+    _lock_file: File,
 }
 
 struct Shared {
@@ -89,9 +94,17 @@ struct Shared {
     /// the dirty set. Lock order: journal, then state.
     journal: Mutex<Journal>,
     /// One checkpoint at a time.
-    checkpointing: Mutex<()>,
-    /// Held open for the store's life: the lock that keeps a second process out.
-    _lock_file: File,
+    checkpointing: Mutex<Flushes>,
+    /// A flush of the task files failed (fsync only). Linux reports a lost
+    /// write once, so no later flush can vouch for the files: the journal is
+    /// kept whole until the next start replays it.
+    flush_failed: AtomicBool,
+}
+
+/// Task-file writes not yet flushed to disk (fsync only).
+#[derive(Default)]
+struct Flushes {
+    pending: bool,
 }
 
 struct State {
@@ -265,6 +278,10 @@ impl State {
     fn is_full(&self) -> bool {
         self.dirty.len() >= MAX_DIRTY_TASKS || self.dirty_bytes >= MAX_DIRTY_BYTES
     }
+
+    fn wants_checkpoint(&self) -> bool {
+        self.dirty.len() >= CHECKPOINT_SOON || self.dirty_bytes >= CHECKPOINT_SOON_BYTES
+    }
 }
 
 impl FileStore {
@@ -292,15 +309,15 @@ impl FileStore {
                 checkpoint_due: Condvar::new(),
                 room: Condvar::new(),
                 journal: Mutex::new(journal),
-                checkpointing: Mutex::new(()),
-                _lock_file: lock_file,
+                checkpointing: Mutex::new(Flushes::default()),
+                flush_failed: AtomicBool::new(false),
             });
             let (changes, queued) = mpsc::channel(MAX_BATCH * 4);
             let threads = vec![
                 spawn_thread("taskflow-journal", { let shared = shared.clone(); move || write_changes(&shared, queued) })?,
                 spawn_thread("taskflow-checkpoint", { let shared = shared.clone(); move || checkpoint_periodically(&shared) })?,
             ];
-            Ok(Self { handle: Arc::new(Handle { shared, changes: Some(changes), threads }) })
+            Ok(Self { handle: Arc::new(Handle { shared, changes: Some(changes), threads, _lock_file: lock_file }) })
         })
         .await
     }
@@ -382,6 +399,9 @@ impl Shared {
     /// failing, or the disk is far too slow).
     fn wait_for_room(&self) -> bool {
         let state = self.lock_state();
+        if state.is_full() {
+            self.checkpoint_due.notify_one();
+        }
         let (state, _) = self
             .room
             .wait_timeout_while(state, MAX_WAIT_FOR_ROOM, |state| state.is_full() && !state.closed)
@@ -410,7 +430,7 @@ impl Shared {
     /// per state (each rewrite also frees an inode, which file systems take
     /// time to reuse).
     fn checkpoint(&self, everything: bool) -> Result<(), StorageError> {
-        let _one_at_a_time = self.checkpointing.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut flushes = self.checkpointing.lock().unwrap_or_else(PoisonError::into_inner);
         // After the rotation every record in a sealed segment is in the
         // dirty set (the writer updates the state before it lets go of the
         // journal).
@@ -421,7 +441,7 @@ impl Shared {
         };
         let mut snapshot: Vec<(TaskId, u64, Record)> = {
             let state = self.lock_state();
-            let everything = everything || state.dirty.len() >= CHECKPOINT_SOON;
+            let everything = everything || state.wants_checkpoint();
             state
                 .dirty
                 .iter()
@@ -431,33 +451,59 @@ impl Shared {
         };
         // In id order, one shard directory after the other.
         snapshot.sort_unstable_by_key(|(id, ..)| *id);
+        let (mut failed, mut first_failure) = (0_usize, None);
         for chunk in snapshot.chunks(CHECKPOINT_CHUNK) {
-            for (id, _, record) in chunk {
-                match record {
-                    Record::Put(json) => self.write_file(*id, json)?,
-                    Record::Delete(_) => self.remove_file(*id)?,
+            flushes.pending = true;
+            let mut written = Vec::with_capacity(chunk.len());
+            for (id, version, record) in chunk {
+                let result = match record {
+                    Record::Put(json) => self.write_file(*id, json),
+                    Record::Delete(_) => self.remove_file(*id),
+                };
+                match result {
+                    Ok(()) => written.push((*id, *version)),
+                    // It stays dirty, its journal segment stays, and the
+                    // next checkpoint tries again; the others go on.
+                    Err(e) => {
+                        failed += 1;
+                        first_failure.get_or_insert(e);
+                    }
                 }
             }
             // What is in its file leaves the dirty set now, making room for
             // a writer held back by a full set long before a big checkpoint
-            // ends. The journal keeps it until the end, when the files are
-            // flushed.
-            self.forget_written(chunk);
+            // ends. The journal keeps it until the files are flushed.
+            self.forget_written(&written);
         }
-        if self.fsync && !snapshot.is_empty() {
-            sync_filesystem(&self.root).map_err(io_error("sync", &self.root))?;
+        if self.fsync && flushes.pending {
+            if self.flush_failed.load(Ordering::Relaxed) {
+                return Ok(()); // reported when it happened; nothing is dropped
+            }
+            if let Err(e) = sync_filesystem(&self.root) {
+                self.flush_failed.store(true, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot flush the task files; the journal is kept until the host restarts");
+                return Err(io_error("sync", &self.root)(e));
+            }
+            flushes.pending = false;
         }
         // A segment is needed while it holds the latest record of a task
         // still dirty.
         let oldest_needed = self.lock_state().dirty.values().map(|dirty| dirty.segment).min().unwrap_or(current);
-        journal::drop_segments_before(&self.root, oldest_needed.min(current))
+        journal::drop_segments_before(&self.root, oldest_needed.min(current), self.fsync)?;
+        match first_failure {
+            None => Ok(()),
+            Some(e) => {
+                tracing::error!(failed, error = %e, "task files could not be written; their changes stay in the journal");
+                Err(e)
+            }
+        }
     }
 
     /// Drops written entries from the dirty set, unless they changed again
     /// since the snapshot.
-    fn forget_written(&self, written: &[(TaskId, u64, Record)]) {
+    fn forget_written(&self, written: &[(TaskId, u64)]) {
         let mut state = self.lock_state();
-        for (id, version, _) in written {
+        for (id, version) in written {
             if state.dirty.get(id).is_some_and(|dirty| dirty.version == *version)
                 && let Some(forgotten) = state.dirty.remove(id)
             {
@@ -522,7 +568,7 @@ fn write_changes(shared: &Shared, mut queued: mpsc::Receiver<Change>) {
                     .drain(..)
                     .map(|change| (change.done, Ok(state.apply(change.id, change.record, change.summary, journal.current()))))
                     .collect();
-                if state.dirty.len() >= CHECKPOINT_SOON {
+                if state.wants_checkpoint() {
                     shared.checkpoint_due.notify_one();
                 }
                 drop(state);
@@ -556,14 +602,14 @@ fn checkpoint_periodically(shared: &Shared) {
             let state = shared.lock_state();
             let (state, _) = shared
                 .checkpoint_due
-                .wait_timeout_while(state, CHECKPOINT_INTERVAL, |state| !state.closed && state.dirty.len() < CHECKPOINT_SOON)
+                .wait_timeout_while(state, CHECKPOINT_INTERVAL, |state| !state.closed && !state.wants_checkpoint())
                 .unwrap_or_else(PoisonError::into_inner);
             if state.closed {
                 return; // the writer makes the last checkpoint
             }
         }
         if let Err(e) = shared.checkpoint(false) {
-            tracing::error!(error = %e, "checkpoint failed; the journal keeps every change, and it is tried again");
+            tracing::warn!(error = %e, "checkpoint incomplete; the journal keeps every change, and it is tried again");
             std::thread::sleep(CHECKPOINT_INTERVAL);
         }
     }
@@ -603,11 +649,6 @@ fn lock_exclusively(root: &Path) -> Result<File, StorageError> {
         Err(std::fs::TryLockError::Error(e)) => return Err(io_error("lock", &path)(e)),
     }
     Ok(file)
-}
-
-fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
-    let path = path.to_path_buf();
-    move |source| StorageError::Io { action, path, source }
 }
 
 fn task_path(root: &Path, id: TaskId) -> PathBuf {
@@ -770,6 +811,9 @@ impl TaskStore for FileStore {
         }
         if self.handle.shared.lock_state().is_full() {
             return Err(StorageError::Unavailable("the task files are not keeping up with the journal".into()));
+        }
+        if self.handle.shared.flush_failed.load(Ordering::Relaxed) {
+            return Err(StorageError::Unavailable("a flush of the task files failed; restart the host".into()));
         }
         Ok(())
     }
@@ -1121,6 +1165,32 @@ mod tests {
         assert!(store.path_of(young.id).exists());
         let segments = files_under(&dir.path().join(journal::JOURNAL_DIR));
         assert_eq!(segments.len(), 1, "only the open segment is left: {segments:?}");
+    }
+
+    #[tokio::test]
+    async fn a_task_file_that_cannot_be_written_holds_back_only_itself() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path()).await;
+        let blocked = Task { status: TaskStatus::Completed, ..task("echo", 1) };
+        let mut other = Task { status: TaskStatus::Completed, ..task("echo", 2) };
+        while other.id.shard() == blocked.id.shard() {
+            other.id = TaskId::new();
+        }
+        // A plain file where the blocked task's shard directory belongs.
+        let blocker = dir.path().join(blocked.id.shard());
+        std::fs::write(&blocker, b"not a directory").expect("write blocker");
+        store.save(&blocked).await.expect("save");
+        store.save(&other).await.expect("save");
+
+        assert!(store.checkpoint().await.is_err(), "the failure is reported");
+        assert!(store.path_of(other.id).exists(), "the other task is written all the same");
+        assert_eq!(store.load(blocked.id).await.expect("load"), Some(blocked.clone()), "still served from memory");
+        let kept = files_under(&dir.path().join(journal::JOURNAL_DIR));
+        assert!(kept.iter().any(|segment| segment.metadata().expect("stat").len() > 0), "its journal segment is kept");
+
+        std::fs::remove_file(&blocker).expect("remove blocker");
+        store.checkpoint().await.expect("checkpoint");
+        assert!(store.path_of(blocked.id).exists());
     }
 
     #[tokio::test]

@@ -10,15 +10,15 @@
 //!
 //! A segment is a text file of records, one per line: `P <task JSON>` or
 //! `D <task id>`. Compact JSON never contains a raw newline, so a line is a
-//! record, and a crash can only tear the last line, which was never
-//! acknowledged.
+//! record. A crash can tear the last line of a segment, which was never
+//! acknowledged; replay drops it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::StorageError;
+use super::{StorageError, io_error};
 use crate::task::TaskId;
 
 /// Directory under the store root that holds the segments.
@@ -66,6 +66,9 @@ pub struct Journal {
     file: File,
     number: u64,
     len: u64,
+    /// A failed append could not be cut back out: the segment ends in a
+    /// fragment, and the next append goes to a new segment.
+    broken: bool,
 }
 
 impl Journal {
@@ -76,17 +79,24 @@ impl Journal {
         std::fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
         let next = sealed_segments(root)?.last().map_or(1, |(number, _)| number + 1);
         let file = open_segment(&dir, next, fsync)?;
-        Ok(Self { dir, fsync, file, number: next, len: 0 })
+        Ok(Self { dir, fsync, file, number: next, len: 0, broken: false })
     }
 
     /// Appends encoded records and, with fsync, waits until they are on disk.
-    /// On failure the segment is cut back to where it was, so a failed batch
-    /// never reappears at the next open.
+    /// On failure the segment is cut back to where it was, so that a refused
+    /// batch does not come back at the next open (unless the host dies
+    /// before the cut).
     pub fn append(&mut self, records: &[u8]) -> Result<(), StorageError> {
+        if self.broken {
+            self.start_next()?;
+        }
         let written = self.file.write_all(records).and_then(|()| if self.fsync { self.file.sync_data() } else { Ok(()) });
         if let Err(e) = written {
             if let Err(cut) = self.file.set_len(self.len) {
-                tracing::error!(error = %cut, segment = %self.path().display(), "cannot cut a failed append out of the journal");
+                // Appending after the fragment would glue the next record to
+                // it; its replay stops at the fragment, the segment's end.
+                tracing::error!(error = %cut, segment = %self.path().display(), "cannot cut a failed append out of the journal; starting a new segment");
+                self.broken = true;
             }
             return Err(io_error("append to", &self.path())(e));
         }
@@ -98,13 +108,18 @@ impl Journal {
     /// next. Every segment numbered below [`current`](Self::current) is then
     /// sealed.
     pub fn rotate(&mut self) -> Result<(), StorageError> {
-        if self.len == 0 {
+        if self.len == 0 && !self.broken {
             return Ok(());
         }
+        self.start_next()
+    }
+
+    fn start_next(&mut self) -> Result<(), StorageError> {
         let next = self.number + 1;
         self.file = open_segment(&self.dir, next, self.fsync)?;
         self.number = next;
         self.len = 0;
+        self.broken = false;
         Ok(())
     }
 
@@ -125,14 +140,20 @@ fn segment_path(dir: &Path, number: u64) -> PathBuf {
 fn open_segment(dir: &Path, number: u64, fsync: bool) -> Result<File, StorageError> {
     let path = segment_path(dir, number);
     let file = OpenOptions::new().append(true).create_new(true).open(&path).map_err(io_error("create", &path))?;
-    if fsync {
-        // The new directory entry must survive a crash too.
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io_error("sync", dir))?;
+    if fsync && let Err(e) = sync_dir(dir) {
+        // Gone again, so that the next attempt can create it.
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
     }
     Ok(file)
 }
 
-/// Every segment under `root`, oldest first.
+/// Makes the creation or removal of files in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error("sync", dir))
+}
+
+/// Every segment under `root`, oldest first, the open one included.
 pub fn sealed_segments(root: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
     let dir = root.join(JOURNAL_DIR);
     let entries = match std::fs::read_dir(&dir) {
@@ -152,17 +173,22 @@ pub fn sealed_segments(root: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError>
     Ok(segments)
 }
 
-/// Deletes every segment numbered below `current`: their records are all in
-/// the task files now.
-pub fn drop_segments_before(root: &Path, current: u64) -> Result<(), StorageError> {
+/// Deletes every segment numbered below `first_kept`. The caller makes sure
+/// that no record in them is needed any more. With `fsync`, the deletions
+/// are made durable, so that an old segment never outlives a newer one.
+pub fn drop_segments_before(root: &Path, first_kept: u64, fsync: bool) -> Result<(), StorageError> {
+    let mut dropped = false;
     for (number, path) in sealed_segments(root)? {
-        if number < current {
+        if number < first_kept {
             match std::fs::remove_file(&path) {
-                Ok(()) => {}
+                Ok(()) => dropped = true,
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(io_error("delete", &path)(e)),
             }
         }
+    }
+    if fsync && dropped {
+        sync_dir(&root.join(JOURNAL_DIR))?;
     }
     Ok(())
 }
@@ -188,11 +214,6 @@ pub fn read_segment(path: &Path, mut apply: impl FnMut(Record)) -> Result<(), St
         }
     }
     Ok(())
-}
-
-fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
-    let path = path.to_path_buf();
-    move |source| StorageError::Io { action, path, source }
 }
 
 #[cfg(test)]
@@ -240,7 +261,7 @@ mod tests {
 
         let reopened = Journal::create(dir.path(), false).expect("reopen");
         assert_eq!(reopened.current(), 3);
-        drop_segments_before(dir.path(), 3).expect("drop");
+        drop_segments_before(dir.path(), 3, true).expect("drop");
         let left: Vec<u64> = sealed_segments(dir.path()).expect("segments").into_iter().map(|(n, _)| n).collect();
         assert_eq!(left, vec![3]);
     }

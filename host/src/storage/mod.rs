@@ -157,6 +157,12 @@ pub trait TaskStore: Send + Sync {
     async fn check(&self) -> Result<(), StorageError>;
 }
 
+/// Maps an I/O error to [`StorageError::Io`] naming the action and path.
+pub(crate) fn io_error(action: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> StorageError {
+    let path = path.to_path_buf();
+    move |source| StorageError::Io { action, path, source }
+}
+
 /// Runs blocking file I/O on tokio's blocking pool, off the async executor.
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
