@@ -9,7 +9,9 @@
 //! 3. tasks per second end to end (submit over HTTP → completed) for 20,000
 //!    `echo` tasks, sent one per request, then in batches of 100;
 //!
-//! and prints each rate and its ratio to the write rate. Run with
+//! and prints each rate and its ratio to the write rate. The load generator
+//! runs on one thread, to take as little as it can of the cores it shares
+//! with the host. Run with
 //! `cargo bench -p taskflow-host --bench load` (after `plugins/build.sh`).
 //! `TASKFLOW_LOAD_TASKS` changes the task count; `TASKFLOW_LOAD_DIR` the disk
 //! measured (default: the system temp directory), e.g. `/dev/shm` to see the
@@ -32,7 +34,7 @@ fn main() {
         return;
     }
     let tasks: usize = std::env::var("TASKFLOW_LOAD_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
     runtime.block_on(run(tasks));
 }
 

@@ -77,6 +77,16 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Compile a plugin for a host: run by `serve`, not by people.
+    #[command(name = crate::runtime::compiler::SUBCOMMAND, hide = true)]
+    CompilePlugin {
+        /// The host's engine settings, as JSON.
+        #[arg(long)]
+        engine: String,
+        /// Where to write the compiled artifact.
+        #[arg(long)]
+        output: PathBuf,
+    },
 }
 
 /// Which server a client command talks to.
@@ -193,7 +203,8 @@ const SUBMIT_BATCH: usize = 500;
 /// Runs a parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(config) => {
+        Command::Serve(mut config) => {
+            config.compiler = std::env::current_exe().ok();
             let server = crate::server::Server::start(*config).await?;
             server.run(crate::server::shutdown_signal()).await
         }
@@ -245,6 +256,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Backup { output, server } => backup(output, server).await,
         Command::Restore { file, server } => restore(file, server).await,
+        Command::CompilePlugin { engine, output } => {
+            // Compiling is CPU-bound; nothing else runs in this process.
+            tokio::task::block_in_place(|| crate::runtime::compiler::run_child(&engine, &output)).map_err(anyhow::Error::msg)
+        }
     }
 }
 

@@ -83,6 +83,12 @@ pub struct ServeConfig {
     /// Disable the pooling instance allocator.
     #[arg(long, env = "TASKFLOW_NO_POOLING", default_value_t = false, action = clap::ArgAction::Set)]
     pub no_pooling: bool,
+
+    /// The `taskflow` executable to compile plugins in, as a child process
+    /// (see [`RuntimeConfig::compiler`]). Set by `taskflow serve` to itself;
+    /// a host embedded in another program compiles in its own process.
+    #[arg(skip)]
+    pub compiler: Option<PathBuf>,
 }
 
 /// Where tasks wait.
@@ -166,6 +172,7 @@ impl ServeConfig {
             max_concurrent_instances: workers.saturating_mul(2).max(64),
             max_memory_bytes: mb(self.max_memory_mb),
             fuel: self.task_fuel,
+            compiler: self.compiler.clone(),
             default_limits: Limits {
                 timeout: Duration::from_millis(self.task_timeout_ms),
                 memory_bytes: mb(self.task_memory_mb),

@@ -1,10 +1,10 @@
 //! Tuning of the C allocator (glibc malloc) the host runs on.
 //!
-//! Compiling a large component (an 18 MB Python plugin) churns through
-//! hundreds of megabytes on cranelift's compiler threads. glibc gives threads
-//! their own arenas (up to eight per CPU) and keeps what they freed, so
-//! without these two measures the host would idle at roughly three times the
-//! memory it uses.
+//! glibc gives threads their own arenas (up to eight per CPU) and keeps what
+//! they freed. `taskflow serve` compiles plugins in a child process for that
+//! reason (see [`crate::runtime::compiler`]); these two measures bound what
+//! is left: loading artifacts, and compiling in-process where there is no
+//! child (an embedding program, or a child that could not be started).
 
 /// Caps the number of malloc arenas at one per CPU. Call first thing in
 /// `main`, before threads exist. Threads beyond that share arenas: a little

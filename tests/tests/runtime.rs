@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use taskflow::runtime::plugin::{ArtifactCache, CompileCounters, compile};
+use taskflow::runtime::plugin::{ArtifactCache, CompileCounters, PluginError, compile};
 use taskflow::runtime::{Failure, FailureKind, Limits, LoadedPlugin, Runtime, RuntimeConfig, Success, TaskInput};
-use taskflow_tests::{file_digest, fixture_wasm, plugin_wasm, wasm_bytes};
+use taskflow_tests::{file_digest, fixture_wasm, plugin_wasm, taskflow_binary, wasm_bytes};
 
 fn runtime() -> Runtime {
     Runtime::new(RuntimeConfig::default()).expect("runtime")
@@ -202,6 +202,49 @@ async fn the_engine_falls_back_to_on_demand_allocation() {
     assert_eq!(runtime.allocator(), taskflow::runtime::AllocatorKind::OnDemand);
     assert_still_serves(&runtime).await;
     assert_eq!(self::runtime().allocator(), taskflow::runtime::AllocatorKind::Pooling, "pooling works on this machine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_compile_in_a_child_process_whose_failures_stay_its_own() {
+    let bytes = wasm_bytes(&plugin_wasm("wordcount"));
+    let with_compiler = |exe: &str| Runtime::new(RuntimeConfig { compiler: Some(exe.into()), ..RuntimeConfig::default() }).expect("runtime");
+    let compile_with = |runtime: &Runtime, bytes: &[u8]| {
+        let cache_dir = tempfile::tempdir().expect("tempdir");
+        let cache = ArtifactCache::new(cache_dir.path(), runtime).expect("cache");
+        let counters = CompileCounters::default();
+        let compiled = compile(runtime, Some(&cache), &counters, "wordcount", bytes);
+        let artifacts = std::fs::read_dir(cache_dir.path()).expect("cache dir").count();
+        (compiled, counters.compiled.load(std::sync::atomic::Ordering::Relaxed), artifacts)
+    };
+
+    // The real compiler process: its artifact is loaded, checked and runs.
+    let binary = taskflow_binary();
+    let runtime = with_compiler(binary.to_str().expect("utf-8 path"));
+    let (compiled, count, artifacts) = compile_with(&runtime, &bytes);
+    let plugin = compiled.expect("compiled in a child process");
+    assert_eq!((plugin.from_cache, count, artifacts), (false, 1, 1));
+    let out = run(&runtime, &plugin, json!({"text": "a b a"}), Limits::default()).await.expect("runs");
+    assert_eq!(json_output(&out)["words"], 3);
+
+    // What the compiler says about a broken component reaches the caller.
+    let mut broken = b"\0asm\x0d\x00\x01\x00".to_vec();
+    broken.extend_from_slice(b"not really a component");
+    let (compiled, _, artifacts) = compile_with(&runtime, &broken);
+    match compiled {
+        Err(PluginError::Compile(message)) => assert!(!message.is_empty() && !message.contains("ended with"), "{message}"),
+        Err(other) => panic!("expected a compile error, got {other}"),
+        Ok(_) => panic!("a broken component compiled"),
+    }
+    assert_eq!(artifacts, 0);
+
+    // A compiler process that fails fails the load: it is not retried here,
+    // where a crash would take the host down.
+    let (compiled, _, _) = compile_with(&with_compiler("/bin/false"), &bytes);
+    assert!(matches!(&compiled, Err(PluginError::Compile(m)) if m.contains("compiler process ended")), "{:?}", compiled.err());
+
+    // No compiler process to be had: compiled here instead.
+    let (compiled, count, _) = compile_with(&with_compiler("/nonexistent/taskflow"), &bytes);
+    assert!(compiled.is_ok() && count == 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@
 
 #[doc(hidden)]
 pub mod bindings;
+pub mod compiler;
 pub mod engine;
 pub mod plugin;
 pub mod registry;
@@ -38,7 +39,7 @@ pub enum RuntimeError {
 }
 
 /// Settings of the engine and the default limits of every task.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RuntimeConfig {
     /// Use the pooling allocator (falls back to on-demand if it cannot).
     pub pooling: bool,
@@ -52,6 +53,13 @@ pub struct RuntimeConfig {
     pub fuel: Option<u64>,
     /// Limits applied to a task unless the task or plugin says otherwise.
     pub default_limits: Limits,
+    /// Compile plugins in a child process running this executable
+    /// (`taskflow compile-plugin`), so that the compiler's memory goes back
+    /// to the system when it exits and a compiler crash cannot take the
+    /// host down; `None` compiles in this process. Only used with a compile
+    /// cache, through which the child hands over its work.
+    #[serde(skip)]
+    pub compiler: Option<std::path::PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -63,6 +71,7 @@ impl Default for RuntimeConfig {
             max_wasm_stack: 512 * 1024,
             fuel: None,
             default_limits: Limits::default(),
+            compiler: None,
         }
     }
 }

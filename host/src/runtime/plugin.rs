@@ -10,7 +10,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use super::Runtime;
+use super::{Runtime, compiler};
 use super::bindings::ProcessorPre;
 use super::sandbox::Sandbox;
 use crate::fsutil;
@@ -176,6 +176,10 @@ impl ArtifactCache {
         }
     }
 
+    fn discard(&self, digest: &str) {
+        let _ = std::fs::remove_file(self.path_for(digest));
+    }
+
     fn store(&self, digest: &str, component: &Component) {
         let result = component
             .serialize()
@@ -186,6 +190,33 @@ impl ArtifactCache {
             tracing::warn!(digest, error = %e, "cannot write the compiled artifact to the cache");
         }
     }
+}
+
+/// Compiles a component that is not in the cache: in a child process when
+/// the runtime is set up for it, else here.
+fn compile_component(
+    runtime: &Runtime,
+    cache: Option<&ArtifactCache>,
+    digest: &str,
+    bytes: &[u8],
+) -> Result<Component, PluginError> {
+    if let (Some(exe), Some(cache)) = (&runtime.config().compiler, cache) {
+        let mut config = runtime.config().clone();
+        // The child's engine must match this one, fallback included, for
+        // its artifact to load here.
+        config.pooling = runtime.allocator() == super::AllocatorKind::Pooling;
+        match compiler::compile_in_child(exe, &config, bytes, &cache.path_for(digest)) {
+            Ok(()) => match cache.load(runtime, digest) {
+                Some(component) => return Ok(component),
+                None => tracing::warn!(digest, "the compiler process's artifact does not load; compiling here"),
+            },
+            Err(compiler::ChildError::Unavailable(e)) => {
+                tracing::warn!(exe = %exe.display(), error = %e, "cannot start a compiler process; compiling here");
+            }
+            Err(compiler::ChildError::Failed(message)) => return Err(PluginError::Compile(message)),
+        }
+    }
+    Component::new(runtime.engine(), bytes).map_err(|e| PluginError::Compile(format!("{e:#}")))
 }
 
 #[allow(unsafe_code)]
@@ -231,18 +262,26 @@ pub fn compile(
             component
         }
         None => {
-            let component =
-                Component::new(runtime.engine(), bytes).map_err(|e| PluginError::Compile(format!("{e:#}")))?;
+            let component = compile_component(runtime, cache, &digest, bytes)?;
             counters.compiled.fetch_add(1, Ordering::Relaxed);
             component
         }
     };
 
-    let instance_pre =
-        runtime.linker().instantiate_pre(&component).map_err(|e| PluginError::WrongWorld(format!("{e:#}")))?;
-    let pre = ProcessorPre::new(instance_pre).map_err(|e| PluginError::WrongWorld(format!("{e:#}")))?;
-
-    // Only a version that passed every check is worth caching.
+    let linked = runtime
+        .linker()
+        .instantiate_pre(&component)
+        .and_then(ProcessorPre::new)
+        .map_err(|e| PluginError::WrongWorld(format!("{e:#}")));
+    let pre = match (linked, cache) {
+        (Ok(pre), _) => pre,
+        (Err(e), Some(cache)) => {
+            // Only a version that passed every check is worth keeping.
+            cache.discard(&digest);
+            return Err(e);
+        }
+        (Err(e), None) => return Err(e),
+    };
     if let (Some(cache), false) = (cache, from_cache) {
         cache.store(&digest, &component);
     }
