@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use taskflow_tests::{install_plugins, poll_json, taskflow_binary};
+use taskflow_tests::{install_plugins, poll_json, taskflow_binary, workspace_root};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -23,10 +23,15 @@ struct HostProcess {
 
 impl HostProcess {
     async fn start(data: &Path, port: u16) -> Self {
-        let child = Command::new(taskflow_binary())
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--workers", "2", "--log-format", "json"])
-            .arg("--data-dir")
-            .arg(data)
+        let mut serve = Command::new(taskflow_binary());
+        serve.args(["serve", "--workers", "2", "--log-format", "json"]).arg("--data-dir").arg(data);
+        Self::launch(serve, port).await
+    }
+
+    /// Runs `serve` (its settings but the address) on `port`; returns once it answers.
+    async fn launch(mut serve: Command, port: u16) -> Self {
+        let child = serve
+            .args(["--listen", &format!("127.0.0.1:{port}")])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -65,6 +70,34 @@ impl Drop for HostProcess {
 
 async fn stats(client: &reqwest::Client, url: &str) -> Value {
     client.get(format!("{url}/stats")).send().await.expect("stats").json().await.expect("json")
+}
+
+/// The README's quick start: `serve --plugin-dir plugins/dist` on the
+/// embedded default, then its curl example.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_quick_start_completes_its_example_task() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let mut serve = Command::new(taskflow_binary());
+    serve.args(["serve", "--plugin-dir"]).arg(workspace_root().join("plugins/dist")).current_dir(cwd.path());
+    let host = HostProcess::launch(serve, free_port()).await;
+    let client = reqwest::Client::new();
+
+    let response = client
+        .post(format!("{}/tasks", host.url))
+        .header("content-type", "application/json")
+        .body(r#"{"plugin": "wordcount", "payload": {"text": "the cat and the hat"}, "priority": 1}"#)
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    let location = response.headers()["location"].to_str().expect("location").to_owned();
+    let task = poll_json(&client, &format!("{}{location}", host.url), LONG, |t| t["status"] == "completed").await;
+    let result = &task["result"]["value"];
+    assert_eq!((result["lines"].as_u64(), result["words"].as_u64(), result["chars"].as_u64()), (Some(1), Some(5), Some(19)), "{task}");
+    assert_eq!(result["top_words"][0], json!({"word": "the", "count": 2}));
+    assert_eq!(task["plugin_digest"].as_str().map(str::len), Some(64));
+    assert!(cwd.path().join("taskflow-data/tasks").is_dir(), "the embedded default keeps its data in ./taskflow-data");
+    host.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
