@@ -31,6 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a host: API, queue, workers and plugin runtime.
     Serve(Box<ServeConfig>),
+    /// Run a round-robin load balancer in front of several hosts.
+    Lb(crate::lb::LbConfig),
     /// Submit one task, or many from a JSON-lines file.
     Submit(SubmitArgs),
     /// Show a task.
@@ -208,6 +210,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let server = crate::server::Server::start(*config).await?;
             server.run(crate::server::shutdown_signal()).await
         }
+        Command::Lb(config) => crate::lb::run(config, crate::server::shutdown_signal()).await,
         Command::Submit(args) => submit(args).await,
         Command::Get { id, server } => print_json(&server.client().get(&task_id(&id)?).await?),
         Command::List(args) => {

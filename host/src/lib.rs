@@ -15,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod fsutil;
 pub mod heap;
+pub mod lb;
 pub mod queue;
 pub mod runtime;
 pub mod server;

@@ -17,8 +17,8 @@ fn main() -> std::process::ExitCode {
 
 async fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // The server logs; client commands print their results and log only when asked (RUST_LOG).
-    if matches!(cli.command, Command::Serve(_)) || std::env::var_os("RUST_LOG").is_some() {
+    // Servers log; client commands print their results and log only when asked (RUST_LOG).
+    if matches!(cli.command, Command::Serve(_) | Command::Lb(_)) || std::env::var_os("RUST_LOG").is_some() {
         init_logging(cli.log_format);
     }
     match taskflow::cli::run(cli).await {

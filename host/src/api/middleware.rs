@@ -14,17 +14,21 @@ use super::error::ApiError;
 /// Header carrying the request id in both directions.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The client's `X-Request-Id` when it is sane (1 to 128 visible ASCII
+/// characters), else a new one.
+pub fn request_id_of(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
 /// Takes the client's `X-Request-Id` (if sane) or makes one, runs the request
 /// inside a span carrying it, so every log line of the request has it,
 /// returns it in the response, and logs and counts the request.
 pub async fn request_context(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let request_id = request
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let request_id = request_id_of(request.headers());
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         request.headers_mut().insert(REQUEST_ID.clone(), value);
     }
