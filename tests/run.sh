@@ -20,6 +20,35 @@ if ! command -v schemathesis >/dev/null 2>&1; then
     python3 -m pip install --quiet 'schemathesis==4.32.5'
 fi
 
+echo "==> PostgreSQL for the storage tests"
+# The server at TASKFLOW_TEST_DATABASE_URL (by default the local one), or,
+# where none answers, a throwaway one started here from the installed
+# PostgreSQL binaries. No PostgreSQL at all fails the run: its tests never skip.
+export TASKFLOW_TEST_DATABASE_URL="${TASKFLOW_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
+if ! pg_isready -q -d "$TASKFLOW_TEST_DATABASE_URL" 2>/dev/null; then
+    pg_bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+    if [ -z "$pg_bin" ]; then
+        echo "no PostgreSQL answers at $TASKFLOW_TEST_DATABASE_URL and none is installed to start:" >&2
+        echo "install PostgreSQL (Debian: apt-get install postgresql) or point TASKFLOW_TEST_DATABASE_URL at a server" >&2
+        exit 1
+    fi
+    pg_data="$(mktemp -d)"
+    pg_port=55432
+    as_owner=()
+    if [ "$(id -u)" = 0 ]; then
+        # PostgreSQL refuses to run as root.
+        chown postgres "$pg_data"
+        as_owner=(runuser -u postgres --)
+    fi
+    "${as_owner[@]}" "$pg_bin/initdb" -D "$pg_data/db" -U postgres -A trust >/dev/null
+    "${as_owner[@]}" "$pg_bin/pg_ctl" -D "$pg_data/db" -o "-p $pg_port -k $pg_data -c listen_addresses=127.0.0.1" \
+        -l "$pg_data/log" -w start >/dev/null
+    trap '"${as_owner[@]}" "$pg_bin/pg_ctl" -D "$pg_data/db" -m immediate stop >/dev/null; rm -rf "$pg_data"' EXIT
+    "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres test
+    export TASKFLOW_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/test"
+    echo "    started one at $TASKFLOW_TEST_DATABASE_URL"
+fi
+
 echo "==> building plugins and fixtures (wasm32-wasip2)"
 plugins/build.sh
 

@@ -38,6 +38,10 @@ pub struct ServeConfig {
     #[arg(long, env = "TASKFLOW_STORAGE", value_enum, default_value_t = StorageBackend::Files)]
     pub storage: StorageBackend,
 
+    /// PostgreSQL connection URL for `--storage postgres`.
+    #[arg(long, env = "TASKFLOW_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
     /// fsync every task file write (survives power loss, not only process
     /// crashes; slower).
     #[arg(long, env = "TASKFLOW_FSYNC", default_value_t = false, action = clap::ArgAction::Set)]
@@ -103,6 +107,8 @@ pub enum QueueBackend {
 pub enum StorageBackend {
     /// Sharded JSON files under the data directory (embedded default).
     Files,
+    /// PostgreSQL at `TASKFLOW_DATABASE_URL`.
+    Postgres,
 }
 
 /// A setting that cannot work.
@@ -118,6 +124,13 @@ impl ServeConfig {
                 "TASKFLOW_TASK_MEMORY_MB ({}) is above TASKFLOW_MAX_MEMORY_MB ({})",
                 self.task_memory_mb, self.max_memory_mb
             )));
+        }
+        if self.storage == StorageBackend::Postgres
+            && !self.database_url.as_deref().is_some_and(|url| url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError(
+                "TASKFLOW_STORAGE=postgres needs TASKFLOW_DATABASE_URL, a postgres:// URL such as postgres://user@127.0.0.1:5432/taskflow".into(),
+            ));
         }
         if self.workers == Some(0) {
             return Err(ConfigError("TASKFLOW_WORKERS must be at least 1".into()));

@@ -12,7 +12,7 @@ use crate::config::{QueueBackend, ServeConfig, StorageBackend};
 use crate::queue::{LocalQueue, Queue};
 use crate::runtime::{PluginRegistry, Runtime};
 use crate::service::{ServiceConfig, TaskService};
-use crate::storage::{FileStore, TaskStore};
+use crate::storage::{FileStore, PgStore, TaskStore};
 use crate::telemetry::Metrics;
 use crate::worker::WorkerPool;
 
@@ -51,6 +51,12 @@ impl Server {
                     .await
                     .with_context(|| format!("cannot open task storage in {}", config.tasks_dir().display()))?,
             ),
+            StorageBackend::Postgres => {
+                let url = config.database_url.as_deref().unwrap_or_default();
+                let options: sqlx::postgres::PgConnectOptions =
+                    url.parse().context("TASKFLOW_DATABASE_URL is not a valid PostgreSQL URL")?;
+                Arc::new(PgStore::connect(options).await.context("cannot open task storage in PostgreSQL (TASKFLOW_DATABASE_URL)")?)
+            }
         };
         let queue: Arc<dyn Queue> = match config.queue {
             QueueBackend::Local => Arc::new(LocalQueue::new()),

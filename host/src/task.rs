@@ -49,6 +49,17 @@ impl TaskId {
     pub fn shard(&self) -> String {
         self.to_string()[..2].to_owned()
     }
+
+    /// The UUID itself.
+    pub fn as_uuid(&self) -> &Uuid {
+        &self.0
+    }
+}
+
+impl From<Uuid> for TaskId {
+    fn from(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
 }
 
 impl Default for TaskId {

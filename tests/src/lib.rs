@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod contract;
+
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()

@@ -919,56 +919,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn list_filters_and_pages_in_submission_order() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open(dir.path()).await;
-        let mut tasks = Vec::new();
-        // Saved out of submission order: listing must sort by sequence.
-        for sequence in (0..25).rev() {
-            let mut t = task(if sequence % 2 == 0 { "echo" } else { "resize" }, sequence);
-            if sequence % 3 == 0 {
-                t.status = TaskStatus::Completed;
-            }
-            store.save(&t).await.expect("save");
-            tasks.push(t);
-        }
-        tasks.sort_by_key(|t| t.sequence);
-
-        let page_through = |query: ListQuery| {
-            let store = store.clone();
-            async move {
-                let mut seen = Vec::new();
-                let mut query = query;
-                loop {
-                    let page = store.list(&query).await.expect("list");
-                    assert!(page.tasks.len() <= query.limit);
-                    seen.extend(page.tasks.into_iter().map(|t| t.sequence));
-                    match page.next_cursor {
-                        Some(cursor) => query.cursor = Some(cursor),
-                        None => return seen,
-                    }
-                }
-            }
-        };
-
-        let every: Vec<u64> = (0..25).collect();
-        assert_eq!(page_through(ListQuery { limit: 4, ..ListQuery::default() }).await, every);
-        assert_eq!(page_through(ListQuery { limit: 25, ..ListQuery::default() }).await, every);
-
-        let completed_echo: Vec<u64> = (0..25).filter(|s| s % 2 == 0 && s % 3 == 0).collect();
-        let query = ListQuery { status: Some(TaskStatus::Completed), plugin: Some("echo".into()), limit: 2, cursor: None };
-        assert_eq!(page_through(query).await, completed_echo);
-
-        let first = store.list(&ListQuery { limit: 3, ..ListQuery::default() }).await.expect("list");
-        assert_eq!(first.tasks, tasks[..3]);
-
-        let bad = ListQuery { limit: 3, cursor: Some("nonsense".into()), ..ListQuery::default() };
-        assert!(matches!(store.list(&bad).await, Err(StorageError::InvalidCursor(_))));
-        let zero = ListQuery { limit: 0, ..ListQuery::default() };
-        assert!(matches!(store.list(&zero).await, Err(StorageError::InvalidLimit)));
-    }
-
-    #[tokio::test]
     async fn idempotency_key_finds_its_task() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path()).await;

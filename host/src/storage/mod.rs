@@ -7,6 +7,7 @@
 pub mod backup;
 pub mod files;
 pub mod journal;
+pub mod postgres;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use utoipa::ToSchema;
 use crate::task::{Task, TaskId, TaskStatus};
 
 pub use files::FileStore;
+pub use postgres::PgStore;
 
 /// Number of tasks in each status; every status is present.
 pub type StatusCounts = BTreeMap<TaskStatus, u64>;

@@ -1,0 +1,157 @@
+//! Task metadata in PostgreSQL, for hosts that share their state.
+//!
+//! One row per task: the whole task as JSON (`doc`, the same document a task
+//! file of the embedded store holds) beside the columns that queries filter
+//! and sort by. The schema is created and upgraded by the migrations in
+//! `host/migrations/`, run at connect.
+
+use std::collections::BTreeMap;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::types::Json;
+
+use super::{Cursor, ListQuery, StatusCounts, StorageError, TaskPage, TaskStore};
+use crate::task::{Task, TaskId, TaskStatus};
+
+/// Most connections a host keeps open.
+const MAX_CONNECTIONS: u32 = 16;
+
+/// PostgreSQL task store. Cheap to clone (a connection pool).
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to `options` and brings the schema up to date.
+    pub async fn connect(options: PgConnectOptions) -> Result<Self, StorageError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(unavailable)?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|e| StorageError::Unavailable(format!("cannot bring the database schema up to date: {e}")))?;
+        Ok(Self { pool })
+    }
+}
+
+fn unavailable(error: sqlx::Error) -> StorageError {
+    StorageError::Unavailable(format!("PostgreSQL: {error}"))
+}
+
+fn task_of(id: TaskId, doc: Json<serde_json::Value>) -> Result<Task, StorageError> {
+    serde_json::from_value(doc.0).map_err(|source| StorageError::Corrupt { path: format!("postgres:tasks/{id}").into(), source })
+}
+
+fn sequence_of(task: &Task) -> i64 {
+    // Sequences start at 0 and grow by one per submission: far from i64::MAX.
+    i64::try_from(task.sequence).unwrap_or(i64::MAX)
+}
+
+#[async_trait::async_trait]
+impl TaskStore for PgStore {
+    async fn save(&self, task: &Task) -> Result<(), StorageError> {
+        let doc = serde_json::to_value(task).map_err(|source| StorageError::Encode { what: format!("task {}", task.id), source })?;
+        sqlx::query(
+            "INSERT INTO tasks (id, sequence, plugin, priority, status, idempotency_key, doc, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+             ON CONFLICT (id) DO UPDATE SET sequence = $2, plugin = $3, priority = $4, status = $5,
+                 idempotency_key = $6, doc = $7, updated_at = now()",
+        )
+        .bind(task.id.as_uuid())
+        .bind(sequence_of(task))
+        .bind(&task.plugin)
+        .bind(i16::from(task.priority))
+        .bind(task.status.as_str())
+        .bind(&task.idempotency_key)
+        .bind(Json(doc))
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn load(&self, id: TaskId) -> Result<Option<Task>, StorageError> {
+        let doc: Option<Json<serde_json::Value>> = sqlx::query_scalar("SELECT doc FROM tasks WHERE id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        doc.map(|doc| task_of(id, doc)).transpose()
+    }
+
+    async fn delete(&self, id: TaskId) -> Result<bool, StorageError> {
+        let deleted =
+            sqlx::query("DELETE FROM tasks WHERE id = $1").bind(id.as_uuid()).execute(&self.pool).await.map_err(unavailable)?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<TaskPage, StorageError> {
+        if query.limit == 0 {
+            return Err(StorageError::InvalidLimit);
+        }
+        let after = query.cursor.as_deref().map(Cursor::decode).transpose()?;
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX).saturating_add(1);
+        let rows: Vec<(uuid::Uuid, Json<serde_json::Value>)> = sqlx::query_as(
+            "SELECT id, doc FROM tasks
+             WHERE ($1::text IS NULL OR status = $1)
+               AND ($2::text IS NULL OR plugin = $2)
+               AND ($3::bigint IS NULL OR (sequence, id) > ($3, $4))
+             ORDER BY sequence, id
+             LIMIT $5",
+        )
+        .bind(query.status.map(TaskStatus::as_str))
+        .bind(query.plugin.as_deref())
+        .bind(after.map(|c| i64::try_from(c.sequence).unwrap_or(i64::MAX)))
+        .bind(after.map(|c| *c.id.as_uuid()))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let mut tasks = rows.into_iter().map(|(id, doc)| task_of(TaskId::from(id), doc)).collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if tasks.len() > query.limit {
+            tasks.truncate(query.limit);
+            tasks.last().map(|task| Cursor::after(task).encode())
+        } else {
+            None
+        };
+        Ok(TaskPage { tasks, next_cursor })
+    }
+
+    async fn all(&self) -> Result<Vec<Task>, StorageError> {
+        let rows: Vec<(uuid::Uuid, Json<serde_json::Value>)> =
+            sqlx::query_as("SELECT id, doc FROM tasks ORDER BY sequence, id").fetch_all(&self.pool).await.map_err(unavailable)?;
+        rows.into_iter().map(|(id, doc)| task_of(TaskId::from(id), doc)).collect()
+    }
+
+    async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<Task>, StorageError> {
+        let row: Option<(uuid::Uuid, Json<serde_json::Value>)> =
+            sqlx::query_as("SELECT id, doc FROM tasks WHERE idempotency_key = $1 ORDER BY sequence, id LIMIT 1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        row.map(|(id, doc)| task_of(TaskId::from(id), doc)).transpose()
+    }
+
+    async fn counts(&self) -> Result<StatusCounts, StorageError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT status, count(*) FROM tasks GROUP BY status")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let found: BTreeMap<String, i64> = rows.into_iter().collect();
+        Ok(TaskStatus::ALL
+            .into_iter()
+            .map(|status| (status, found.get(status.as_str()).map_or(0, |n| u64::try_from(*n).unwrap_or(0))))
+            .collect())
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(unavailable)?;
+        Ok(())
+    }
+}
