@@ -26,7 +26,7 @@ echo "==> PostgreSQL for the storage tests"
 # PostgreSQL binaries. No PostgreSQL at all fails the run: its tests never skip.
 export TASKFLOW_TEST_DATABASE_URL="${TASKFLOW_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 if ! pg_isready -q -d "$TASKFLOW_TEST_DATABASE_URL" 2>/dev/null; then
-    pg_bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+    pg_bin="$( (ls -d /usr/lib/postgresql/*/bin 2>/dev/null || true) | sort -V | tail -n 1)"
     if [ -z "$pg_bin" ]; then
         echo "no PostgreSQL answers at $TASKFLOW_TEST_DATABASE_URL and none is installed to start:" >&2
         echo "install PostgreSQL (Debian: apt-get install postgresql) or point TASKFLOW_TEST_DATABASE_URL at a server" >&2

@@ -101,6 +101,8 @@ impl Balancer {
                 matches!(url.scheme(), "http" | "https") && url.has_host(),
                 "backend {url} is not an http(s) URL with a host"
             );
+            // The URL is shown in logs and at /lb/backends.
+            anyhow::ensure!(url.username().is_empty() && url.password().is_none(), "backend URLs take no credentials");
         }
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(config.timeout_ms))
@@ -141,7 +143,7 @@ impl Balancer {
     }
 
     async fn check(&self, backend: &Backend, timeout: Duration) {
-        let url = backend.url.join("health").unwrap_or_else(|_| backend.url.clone());
+        let url = backend.url_for("/health", None);
         let healthy = self.client.get(url).timeout(timeout).send().await.is_ok_and(|r| r.status().is_success());
         self.mark(backend, healthy);
     }
@@ -156,14 +158,14 @@ impl Balancer {
         }
     }
 
-    /// Healthy backends in round-robin order from the next turn; when none
-    /// is known healthy, every backend (one may have just come back).
+    /// The healthy backends, starting at the next turn among them, so that
+    /// each gets an equal share; when none is known healthy, every backend
+    /// (one may have just come back).
     fn rotation(&self) -> Vec<&Backend> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let n = self.backends.len();
-        let ordered = (0..n).map(|i| &self.backends[(start + i) % n]);
-        let healthy: Vec<&Backend> = ordered.clone().filter(|b| b.healthy.load(Ordering::Relaxed)).collect();
-        if healthy.is_empty() { ordered.collect() } else { healthy }
+        let healthy: Vec<&Backend> = self.backends.iter().filter(|b| b.healthy.load(Ordering::Relaxed)).collect();
+        let candidates = if healthy.is_empty() { self.backends.iter().collect() } else { healthy };
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % candidates.len();
+        candidates[start..].iter().chain(&candidates[..start]).copied().collect()
     }
 
     /// Forwards one request to the first backend of the rotation that
@@ -182,9 +184,7 @@ impl Balancer {
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
 
         for backend in self.rotation() {
-            let mut url = backend.url.clone();
-            url.set_path(&format!("{}{}", backend.url.path().trim_end_matches('/'), parts.uri.path()));
-            url.set_query(parts.uri.query());
+            let url = backend.url_for(parts.uri.path(), parts.uri.query());
             let sent = self
                 .client
                 .request(parts.method.clone(), url)
@@ -194,11 +194,25 @@ impl Balancer {
                 .await;
             match sent {
                 Ok(response) => return Ok(relay(response, &request_id)),
-                // Nothing reached the backend, or repeating the request
-                // cannot do anything twice: the next one gets it.
-                Err(e) if e.is_connect() || parts.method.is_idempotent() => {
-                    tracing::warn!(backend = %backend.url, %request_id, error = %e, "backend failed; trying the next");
+                // Nothing reached the backend: it is down, and the next one
+                // gets the request.
+                Err(e) if e.is_connect() => {
+                    tracing::warn!(backend = %backend.url, %request_id, error = %e, "backend refused the connection; trying the next");
                     self.mark(backend, false);
+                }
+                // Slow, not down: sending the work elsewhere would repeat it.
+                Err(e) if e.is_timeout() => {
+                    tracing::warn!(backend = %backend.url, %request_id, path = path_and_query, "backend did not answer in time");
+                    return Err(ApiError::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "gateway_timeout",
+                        format!("the backend did not answer in time (request id {request_id})"),
+                    ));
+                }
+                // The connection broke; repeating an idempotent request cannot
+                // do anything twice. The health checks judge the backend.
+                Err(e) if parts.method.is_idempotent() => {
+                    tracing::warn!(backend = %backend.url, %request_id, error = %e, "backend failed mid-request; trying the next");
                 }
                 // A POST the backend may have acted on: repeating could do it twice.
                 Err(e) => {
@@ -216,6 +230,16 @@ impl Balancer {
             "no_backend",
             format!("no backend could take the request (request id {request_id}); retry shortly"),
         ))
+    }
+}
+
+impl Backend {
+    /// `path` (and `query`) under the backend's base URL.
+    fn url_for(&self, path: &str, query: Option<&str>) -> reqwest::Url {
+        let mut url = self.url.clone();
+        url.set_path(&format!("{}{path}", self.url.path().trim_end_matches('/')));
+        url.set_query(query);
+        url
     }
 }
 

@@ -282,9 +282,12 @@ impl NewTask {
             return Err(invalid("timeout_ms", format!("must be 1 to {} ms, got {timeout}", TIMEOUT_LIMIT.as_millis())));
         }
         if let Some(key) = &self.idempotency_key
-            && (key.is_empty() || key.len() > IDEMPOTENCY_KEY_LIMIT)
+            && (key.is_empty() || key.len() > IDEMPOTENCY_KEY_LIMIT || key.chars().any(char::is_control))
         {
-            return Err(invalid("idempotency_key", format!("must be 1 to {IDEMPOTENCY_KEY_LIMIT} bytes")));
+            return Err(invalid(
+                "idempotency_key",
+                format!("must be 1 to {IDEMPOTENCY_KEY_LIMIT} bytes without control characters"),
+            ));
         }
         Ok(Task {
             id: TaskId::new(),
@@ -367,6 +370,7 @@ mod tests {
             (NewTask { max_attempts: Some(0), ..new_task("echo") }, "max_attempts"),
             (NewTask { timeout_ms: Some(0), ..new_task("echo") }, "timeout_ms"),
             (NewTask { idempotency_key: Some(String::new()), ..new_task("echo") }, "idempotency_key"),
+            (NewTask { idempotency_key: Some("a\0b".into()), ..new_task("echo") }, "idempotency_key"),
             (new_task("../etc/passwd"), "plugin"),
             (new_task(""), "plugin"),
         ] {

@@ -48,7 +48,7 @@ async fn tasks_save_load_update_and_delete() {
     let (store, schema) = store().await;
     let mut saved = task("echo", 1);
     saved.idempotency_key = Some("order-42".into());
-    saved.payload = json!({"text": "ünïcode ✓", "big": 12_345_678_901_234_u64, "nested": [1, {"a": null}]});
+    saved.payload = json!({"text": "ünïcode ✓ and a \u{0} NUL", "big": 12_345_678_901_234_u64, "nested": [1, {"a": null}]});
     store.save(&saved).await.expect("save");
     assert_eq!(store.load(saved.id).await.expect("load"), Some(saved.clone()));
     assert_eq!(store.load(TaskId::new()).await.expect("load unknown"), None);
@@ -102,6 +102,13 @@ async fn a_host_on_postgres_runs_tasks_and_finds_them_after_a_restart() {
     assert_eq!(done["result"]["value"]["words"], 6);
     let ready = client.get(host.at("/ready")).send().await.expect("ready");
     assert_eq!(ready.status(), reqwest::StatusCode::OK);
+
+    // A second host on the same database would re-run this one's tasks.
+    let second_data = tempfile::tempdir().expect("tempdir");
+    let mut second = taskflow_tests::serve_config(second_data.path(), 1);
+    postgres(&mut second);
+    let refused = taskflow::server::Server::start(second).await.map(|_| ()).expect_err("one host per database");
+    assert!(format!("{refused:#}").contains("in use by another TaskFlow host"), "{refused:#}");
     host.stop().await;
 
     // A new host with an empty data directory: the task lives in the database.

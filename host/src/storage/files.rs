@@ -645,7 +645,7 @@ fn lock_exclusively(root: &Path) -> Result<File, StorageError> {
     let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_error("open", &path))?;
     match file.try_lock() {
         Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => return Err(StorageError::InUse(root.to_path_buf())),
+        Err(std::fs::TryLockError::WouldBlock) => return Err(StorageError::InUse(root.display().to_string())),
         Err(std::fs::TryLockError::Error(e)) => return Err(io_error("lock", &path)(e)),
     }
     Ok(file)
@@ -1148,8 +1148,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path()).await;
         let second = FileStore::open(dir.path(), false).await.map(|_| ()).expect_err("second open");
-        assert!(matches!(&second, StorageError::InUse(path) if path == dir.path()), "{second}");
-        assert!(second.to_string().contains("in use by another TaskFlow process"));
+        assert!(matches!(&second, StorageError::InUse(store) if *store == dir.path().display().to_string()), "{second}");
+        assert!(second.to_string().contains("in use by another TaskFlow host"));
         drop(store);
         open(dir.path()).await;
     }

@@ -122,9 +122,9 @@ pub enum StorageError {
         /// What is wrong with it.
         reason: String,
     },
-    /// Another process has the store open.
-    #[error("{} is in use by another TaskFlow process; stop it or choose another data directory", .0.display())]
-    InUse(PathBuf),
+    /// Another host has the store open (names the store, e.g. its directory).
+    #[error("{0} is in use by another TaskFlow host; stop it, or give this host a store of its own")]
+    InUse(String),
     /// The backend cannot serve requests.
     #[error("storage unavailable: {0}")]
     Unavailable(String),

@@ -1,14 +1,15 @@
 //! Task metadata in PostgreSQL, for hosts that share their state.
 //!
-//! One row per task: the whole task as JSON (`doc`, the same document a task
-//! file of the embedded store holds) beside the columns that queries filter
-//! and sort by. The schema is created and upgraded by the migrations in
+//! One row per task: the whole task as JSON text (`doc`, the same document a
+//! task file of the embedded store holds) beside the columns that queries
+//! filter and sort by. The schema is created and upgraded by the migrations in
 //! `host/migrations/`, run at connect.
 
 use std::collections::BTreeMap;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::types::Json;
+use std::sync::{Arc, Mutex};
+
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 use super::{Cursor, ListQuery, StatusCounts, StorageError, TaskPage, TaskStore};
 use crate::task::{Task, TaskId, TaskStatus};
@@ -16,10 +17,18 @@ use crate::task::{Task, TaskId, TaskStatus};
 /// Most connections a host keeps open.
 const MAX_CONNECTIONS: u32 = 16;
 
+/// Longest a starting host waits for the previous one's claim on the
+/// database to go (a host that just stopped).
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// PostgreSQL task store. Cheap to clone (a connection pool).
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// The connection holding this host's claim on the schema (a session
+    /// advisory lock): one host per database until the queue is shared too,
+    /// since a starting host re-runs every unfinished task it finds.
+    _claim: Arc<Mutex<PgConnection>>,
 }
 
 impl PgStore {
@@ -35,7 +44,31 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| StorageError::Unavailable(format!("cannot bring the database schema up to date: {e}")))?;
-        Ok(Self { pool })
+        let claim = claim(&pool).await?;
+        Ok(Self { pool, _claim: Arc::new(Mutex::new(claim)) })
+    }
+}
+
+/// Takes the schema's advisory lock on a connection of its own, held until
+/// the store is dropped.
+async fn claim(pool: &PgPool) -> Result<PgConnection, StorageError> {
+    let mut connection = pool.acquire().await.map_err(unavailable)?.detach();
+    let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+    loop {
+        let claimed: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('taskflow:' || current_schema())::bigint)")
+                .fetch_one(&mut connection)
+                .await
+                .map_err(unavailable)?;
+        if claimed {
+            return Ok(connection);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let schema: String =
+                sqlx::query_scalar("SELECT current_schema()").fetch_one(&mut connection).await.map_err(unavailable)?;
+            return Err(StorageError::InUse(format!("the PostgreSQL schema {schema:?}")));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
@@ -43,8 +76,8 @@ fn unavailable(error: sqlx::Error) -> StorageError {
     StorageError::Unavailable(format!("PostgreSQL: {error}"))
 }
 
-fn task_of(id: TaskId, doc: Json<serde_json::Value>) -> Result<Task, StorageError> {
-    serde_json::from_value(doc.0).map_err(|source| StorageError::Corrupt { path: format!("postgres:tasks/{id}").into(), source })
+fn task_of(id: TaskId, doc: &str) -> Result<Task, StorageError> {
+    serde_json::from_str(doc).map_err(|source| StorageError::Corrupt { path: format!("postgres:tasks/{id}").into(), source })
 }
 
 fn sequence_of(task: &Task) -> i64 {
@@ -55,7 +88,7 @@ fn sequence_of(task: &Task) -> i64 {
 #[async_trait::async_trait]
 impl TaskStore for PgStore {
     async fn save(&self, task: &Task) -> Result<(), StorageError> {
-        let doc = serde_json::to_value(task).map_err(|source| StorageError::Encode { what: format!("task {}", task.id), source })?;
+        let doc = serde_json::to_string(task).map_err(|source| StorageError::Encode { what: format!("task {}", task.id), source })?;
         sqlx::query(
             "INSERT INTO tasks (id, sequence, plugin, priority, status, idempotency_key, doc, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, now())
@@ -68,7 +101,7 @@ impl TaskStore for PgStore {
         .bind(i16::from(task.priority))
         .bind(task.status.as_str())
         .bind(&task.idempotency_key)
-        .bind(Json(doc))
+        .bind(doc)
         .execute(&self.pool)
         .await
         .map_err(unavailable)?;
@@ -76,12 +109,12 @@ impl TaskStore for PgStore {
     }
 
     async fn load(&self, id: TaskId) -> Result<Option<Task>, StorageError> {
-        let doc: Option<Json<serde_json::Value>> = sqlx::query_scalar("SELECT doc FROM tasks WHERE id = $1")
+        let doc: Option<String> = sqlx::query_scalar("SELECT doc FROM tasks WHERE id = $1")
             .bind(id.as_uuid())
             .fetch_optional(&self.pool)
             .await
             .map_err(unavailable)?;
-        doc.map(|doc| task_of(id, doc)).transpose()
+        doc.map(|doc| task_of(id, &doc)).transpose()
     }
 
     async fn delete(&self, id: TaskId) -> Result<bool, StorageError> {
@@ -96,7 +129,7 @@ impl TaskStore for PgStore {
         }
         let after = query.cursor.as_deref().map(Cursor::decode).transpose()?;
         let limit = i64::try_from(query.limit).unwrap_or(i64::MAX).saturating_add(1);
-        let rows: Vec<(uuid::Uuid, Json<serde_json::Value>)> = sqlx::query_as(
+        let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
             "SELECT id, doc FROM tasks
              WHERE ($1::text IS NULL OR status = $1)
                AND ($2::text IS NULL OR plugin = $2)
@@ -112,7 +145,7 @@ impl TaskStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        let mut tasks = rows.into_iter().map(|(id, doc)| task_of(TaskId::from(id), doc)).collect::<Result<Vec<_>, _>>()?;
+        let mut tasks = rows.into_iter().map(|(id, doc)| task_of(TaskId::from(id), &doc)).collect::<Result<Vec<_>, _>>()?;
         let next_cursor = if tasks.len() > query.limit {
             tasks.truncate(query.limit);
             tasks.last().map(|task| Cursor::after(task).encode())
@@ -123,19 +156,19 @@ impl TaskStore for PgStore {
     }
 
     async fn all(&self) -> Result<Vec<Task>, StorageError> {
-        let rows: Vec<(uuid::Uuid, Json<serde_json::Value>)> =
+        let rows: Vec<(uuid::Uuid, String)> =
             sqlx::query_as("SELECT id, doc FROM tasks ORDER BY sequence, id").fetch_all(&self.pool).await.map_err(unavailable)?;
-        rows.into_iter().map(|(id, doc)| task_of(TaskId::from(id), doc)).collect()
+        rows.into_iter().map(|(id, doc)| task_of(TaskId::from(id), &doc)).collect()
     }
 
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<Task>, StorageError> {
-        let row: Option<(uuid::Uuid, Json<serde_json::Value>)> =
+        let row: Option<(uuid::Uuid, String)> =
             sqlx::query_as("SELECT id, doc FROM tasks WHERE idempotency_key = $1 ORDER BY sequence, id LIMIT 1")
                 .bind(key)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(unavailable)?;
-        row.map(|(id, doc)| task_of(TaskId::from(id), doc)).transpose()
+        row.map(|(id, doc)| task_of(TaskId::from(id), &doc)).transpose()
     }
 
     async fn counts(&self) -> Result<StatusCounts, StorageError> {
