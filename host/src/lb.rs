@@ -307,3 +307,55 @@ pub async fn run(config: LbConfig, shutdown: impl Future<Output = ()> + Send + '
         .await
         .context("the load balancer's HTTP server failed")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(backends: &[&str]) -> LbConfig {
+        LbConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            backends: backends.iter().map(|url| url.parse().expect("url")).collect(),
+            health_interval_ms: 1000,
+            timeout_ms: 1000,
+            read_timeout_ms: 1000,
+            max_body_bytes: 1024,
+        }
+    }
+
+    fn balancer(backends: &[&str]) -> Arc<Balancer> {
+        Balancer::new(&config(backends)).expect("balancer")
+    }
+
+    fn first_choices(balancer: &Balancer, turns: usize) -> Vec<String> {
+        (0..turns).map(|_| balancer.rotation()[0].url.host_str().unwrap_or_default().to_owned()).collect()
+    }
+
+    #[test]
+    fn healthy_backends_share_turns_evenly() {
+        let lb = balancer(&["http://a:1", "http://b:1", "http://c:1"]);
+        lb.mark(&lb.backends[0], false);
+        let chosen = first_choices(&lb, 6);
+        assert_eq!(chosen.iter().filter(|h| *h == "b").count(), 3, "{chosen:?}");
+        assert_eq!(chosen.iter().filter(|h| *h == "c").count(), 3, "{chosen:?}");
+        assert_eq!(lb.rotation().len(), 2, "a failed backend is not tried");
+
+        lb.mark(&lb.backends[1], false);
+        lb.mark(&lb.backends[2], false);
+        assert_eq!(lb.rotation().len(), 3, "with none healthy, every backend is tried");
+    }
+
+    #[test]
+    fn paths_and_queries_go_under_the_backend_base_url() {
+        let lb = balancer(&["http://a:1/api/"]);
+        assert_eq!(lb.backends[0].url_for("/tasks", Some("limit=5")).as_str(), "http://a:1/api/tasks?limit=5");
+        assert_eq!(lb.backends[0].url_for("/health", None).as_str(), "http://a:1/api/health");
+    }
+
+    #[test]
+    fn backend_urls_are_checked() {
+        for bad in ["ftp://a:1", "http://user:secret@a:1"] {
+            assert!(Balancer::new(&config(&[bad])).is_err(), "{bad} should be refused");
+        }
+    }
+}
