@@ -42,8 +42,9 @@ pub struct ServeConfig {
     #[arg(long, env = "TASKFLOW_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// fsync every task file write (survives power loss, not only process
-    /// crashes; slower).
+    /// Acknowledge a change only once its journal write is fsynced, and
+    /// flush task files before their journal goes (survives power loss, not
+    /// only process crashes; slower).
     #[arg(long, env = "TASKFLOW_FSYNC", default_value_t = false, action = clap::ArgAction::Set)]
     pub fsync: bool,
 
