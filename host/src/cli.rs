@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::client::Client;
+use crate::client::{Client, ClientError};
 use crate::config::ServeConfig;
 use crate::task::{NewTask, TaskStatus};
 use crate::telemetry::LogFormat;
@@ -20,6 +20,11 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "TASKFLOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
+
+    /// Server the client commands talk to; accepted before or after the
+    /// subcommand.
+    #[command(flatten)]
+    pub server: ServerArgs,
 
     /// What to do.
     #[command(subcommand)]
@@ -39,9 +44,6 @@ pub enum Command {
     Get {
         /// Task id.
         id: String,
-        /// Server to talk to.
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// List tasks.
     List(ListArgs),
@@ -49,16 +51,9 @@ pub enum Command {
     Cancel {
         /// Task id.
         id: String,
-        /// Server to talk to.
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Show queue, task and plugin statistics.
-    Stats {
-        /// Server to talk to.
-        #[command(flatten)]
-        server: ServerArgs,
-    },
+    Stats,
     /// Manage plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
@@ -67,17 +62,11 @@ pub enum Command {
         /// Where to write it [default: taskflow-backup-TIME.json].
         #[arg(long, short)]
         output: Option<PathBuf>,
-        /// Server to talk to.
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Restore tasks from a backup file into the server.
     Restore {
         /// The backup file.
         file: PathBuf,
-        /// Server to talk to.
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Compile a plugin for a host: run by `serve`, not by people.
     #[command(name = crate::runtime::compiler::SUBCOMMAND, hide = true)]
@@ -91,14 +80,16 @@ pub enum Command {
     },
 }
 
-/// Which server a client command talks to.
+/// Which server a client command talks to. Both options are global: they
+/// may come before the subcommand (`taskflow --server URL stats`) or after it
+/// (`taskflow stats --server URL`). `serve` and `lb` ignore them.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
-    /// Server URL.
-    #[arg(long, env = "TASKFLOW_SERVER", default_value = "http://127.0.0.1:8080")]
+    /// Server URL (client commands).
+    #[arg(long, global = true, env = "TASKFLOW_SERVER", default_value = "http://127.0.0.1:8080")]
     pub server: String,
-    /// Bearer token (the admin token for plugin and backup commands).
-    #[arg(long, env = "TASKFLOW_TOKEN", hide_env_values = true)]
+    /// Bearer token (client commands; the admin token for plugin and backup commands).
+    #[arg(long, global = true, env = "TASKFLOW_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 }
 
@@ -135,9 +126,6 @@ pub struct SubmitArgs {
     /// Submit every task of a JSON-lines file (one `{"plugin": …}` per line), in batches.
     #[arg(long, conflicts_with_all = ["plugin", "wait"])]
     pub file: Option<PathBuf>,
-    /// Server to talk to.
-    #[command(flatten)]
-    pub server: ServerArgs,
 }
 
 /// `taskflow list`.
@@ -152,20 +140,13 @@ pub struct ListArgs {
     /// Tasks to show.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
-    /// Server to talk to.
-    #[command(flatten)]
-    pub server: ServerArgs,
 }
 
 /// `taskflow plugins …`.
 #[derive(Debug, Subcommand)]
 pub enum PluginsCommand {
     /// List loaded plugins.
-    List {
-        /// Server to talk to.
-        #[command(flatten)]
-        server: ServerArgs,
-    },
+    List,
     /// Upload a component; it replaces the running version once it passes checks.
     Upload {
         /// The `.wasm` component.
@@ -173,17 +154,11 @@ pub enum PluginsCommand {
         /// Plugin name [default: the file stem].
         #[arg(long)]
         name: Option<String>,
-        /// Server to talk to.
-        #[command(flatten)]
-        server: ServerArgs,
     },
     /// Unload a plugin and delete its file.
     Remove {
         /// Plugin name.
         name: String,
-        /// Server to talk to.
-        #[command(flatten)]
-        server: ServerArgs,
     },
 }
 
@@ -204,15 +179,35 @@ const SUBMIT_BATCH: usize = 500;
 
 /// Runs a parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+    let has_token = cli.server.token.is_some();
+    run_command(cli.command, cli.server).await.map_err(|error| explain_unauthorized(error, has_token))
+}
+
+/// A `401` from the server, with what the user can do about it.
+fn explain_unauthorized(error: anyhow::Error, has_token: bool) -> anyhow::Error {
+    let unauthorized = matches!(
+        error.downcast_ref::<ClientError>(),
+        Some(ClientError::Api { status, .. }) if *status == reqwest::StatusCode::UNAUTHORIZED
+    );
+    match (unauthorized, has_token) {
+        (false, _) => error,
+        (true, false) => error.context("the server needs a token: pass --token or set TASKFLOW_TOKEN"),
+        (true, true) => error.context(
+            "the server refused the token (plugin, backup and restore commands need the admin token when the server has one)",
+        ),
+    }
+}
+
+async fn run_command(command: Command, server: ServerArgs) -> anyhow::Result<()> {
+    match command {
         Command::Serve(mut config) => {
             config.compiler = std::env::current_exe().ok();
             let server = crate::server::Server::start(*config).await?;
             server.run(crate::server::shutdown_signal()).await
         }
         Command::Lb(config) => crate::lb::run(config, crate::server::shutdown_signal()).await,
-        Command::Submit(args) => submit(args).await,
-        Command::Get { id, server } => print_json(&server.client().get(&task_id(&id)?).await?),
+        Command::Submit(args) => submit(args, &server).await,
+        Command::Get { id } => print_json(&server.client().get(&task_id(&id)?).await?),
         Command::List(args) => {
             let mut query = vec![("limit", args.limit.to_string())];
             if let Some(status) = args.status {
@@ -221,7 +216,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(plugin) = args.plugin {
                 query.push(("plugin", plugin));
             }
-            let page = args.server.client().list(&query).await?;
+            let page = server.client().list(&query).await?;
             for task in &page.tasks {
                 out!("{}  {:<9}  p{:<2}  {}", task.id, task.status, task.priority, task.plugin);
             }
@@ -230,15 +225,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Cancel { id, server } => print_json(&server.client().cancel(&task_id(&id)?).await?),
-        Command::Stats { server } => print_json(&server.client().stats().await?),
-        Command::Plugins(PluginsCommand::List { server }) => {
+        Command::Cancel { id } => print_json(&server.client().cancel(&task_id(&id)?).await?),
+        Command::Stats => print_json(&server.client().stats().await?),
+        Command::Plugins(PluginsCommand::List) => {
             for plugin in server.client().plugins().await? {
                 out!("{:<24} {}  {:>9} bytes  loaded {}", plugin.name, plugin.digest.get(..12).unwrap_or(&plugin.digest), plugin.size, plugin.loaded_at);
             }
             Ok(())
         }
-        Command::Plugins(PluginsCommand::Upload { file, name, server }) => {
+        Command::Plugins(PluginsCommand::Upload { file, name }) => {
             let name = match name {
                 Some(name) => name,
                 None => file
@@ -252,13 +247,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             out!("loaded {} ({})", info.name, info.digest);
             Ok(())
         }
-        Command::Plugins(PluginsCommand::Remove { name, server }) => {
+        Command::Plugins(PluginsCommand::Remove { name }) => {
             server.client().remove_plugin(&name).await?;
             out!("removed {name}");
             Ok(())
         }
-        Command::Backup { output, server } => backup(output, server).await,
-        Command::Restore { file, server } => restore(file, server).await,
+        Command::Backup { output } => backup(output, &server).await,
+        Command::Restore { file } => restore(file, &server).await,
         Command::CompilePlugin { engine, output } => {
             // Compiling is CPU-bound; nothing else runs in this process.
             tokio::task::block_in_place(|| crate::runtime::compiler::run_child(&engine, &output)).map_err(anyhow::Error::msg)
@@ -266,8 +261,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
-    let client = args.server.client();
+async fn submit(args: SubmitArgs, server: &ServerArgs) -> anyhow::Result<()> {
+    let client = server.client();
     if let Some(file) = args.file {
         return submit_file(&client, &file).await;
     }
@@ -323,7 +318,7 @@ async fn submit_file(client: &Client, file: &std::path::Path) -> anyhow::Result<
     Ok(())
 }
 
-async fn backup(output: Option<PathBuf>, server: ServerArgs) -> anyhow::Result<()> {
+async fn backup(output: Option<PathBuf>, server: &ServerArgs) -> anyhow::Result<()> {
     let spinner = spinner("downloading backup".into());
     let document = server.client().backup().await?;
     let tasks = crate::storage::backup::parse_backup(&document)
@@ -337,7 +332,7 @@ async fn backup(output: Option<PathBuf>, server: ServerArgs) -> anyhow::Result<(
     Ok(())
 }
 
-async fn restore(file: PathBuf, server: ServerArgs) -> anyhow::Result<()> {
+async fn restore(file: PathBuf, server: &ServerArgs) -> anyhow::Result<()> {
     let document = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
     let tasks = crate::storage::backup::parse_backup(&document)
         .map_err(|reason| anyhow::anyhow!("{} is not a valid backup: {reason}", file.display()))?;

@@ -89,6 +89,11 @@ pub struct ServeConfig {
     #[arg(long, env = "TASKFLOW_NO_POOLING", default_value_t = false, action = clap::ArgAction::Set)]
     pub no_pooling: bool,
 
+    /// Longest a plugin may take to compile, in seconds; a compiler still
+    /// running then is stopped and that version rejected.
+    #[arg(long, env = "TASKFLOW_COMPILE_TIMEOUT_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub compile_timeout_secs: u64,
+
     /// The `taskflow` executable to compile plugins in, as a child process
     /// (see [`RuntimeConfig::compiler`]). Set by `taskflow serve` to itself;
     /// a host embedded in another program compiles in its own process.
@@ -187,6 +192,7 @@ impl ServeConfig {
             max_memory_bytes: mb(self.max_memory_mb),
             fuel: self.task_fuel,
             compiler: self.compiler.clone(),
+            compile_timeout: Duration::from_secs(self.compile_timeout_secs),
             default_limits: Limits {
                 timeout: Duration::from_millis(self.task_timeout_ms),
                 memory_bytes: mb(self.task_memory_mb),

@@ -145,6 +145,14 @@ impl From<DetachedError<ServiceError>> for ServiceError {
     }
 }
 
+/// One run of a task's plugin: the version that ran (none when the plugin
+/// was gone) and what it produced.
+#[derive(Clone)]
+struct Attempt {
+    digest: Option<String>,
+    result: Result<crate::runtime::Success, Failure>,
+}
+
 /// A task a worker is running right now.
 struct Running {
     cancel: Arc<Notify>,
@@ -304,7 +312,7 @@ impl TaskService {
     }
 
     /// Accepts many tasks, all or none: every one is validated before any is
-    /// saved, and if saving fails part-way the saved ones are deleted again.
+    /// saved, and they are saved together (a failure saves none of them).
     /// On error, the index names the offending task.
     pub async fn submit_batch(self: &Arc<Self>, batch: Vec<NewTask>) -> Result<Vec<Submitted>, (usize, ServiceError)> {
         let mut seen_keys = std::collections::HashSet::new();
@@ -360,20 +368,14 @@ impl TaskService {
 
     /// Saves, then queues, the created tasks among `submitted`. Once the
     /// client hears 2xx, a crash at any instant leaves the tasks on disk, and
-    /// recovery queues them again. All or none: if a save fails, the tasks
-    /// this call saved are deleted again. Errors carry the batch index.
+    /// recovery queues them again. All or none: they are saved together, or
+    /// not at all. Errors carry the batch index.
     async fn accept(&self, submitted: &[Submitted]) -> Result<(), (usize, ServiceError)> {
         let created: Vec<(usize, &Task)> =
             submitted.iter().enumerate().filter(|(_, s)| s.created).map(|(i, s)| (i, &s.task)).collect();
-        for (position, (index, task)) in created.iter().enumerate() {
-            if let Err(e) = self.store.save(task).await {
-                // Including this one: a save can fail after its rename landed.
-                for (_, task) in &created[..=position] {
-                    let _ = self.store.delete(task.id).await;
-                }
-                return Err((*index, e.into()));
-            }
-        }
+        let Some(&(first, _)) = created.first() else { return Ok(()) };
+        let tasks: Vec<Task> = created.iter().map(|(_, task)| (*task).clone()).collect();
+        self.store.save_all(&tasks).await.map_err(|e| (first, e.into()))?;
         for (index, task) in created {
             self.queue.push(QueueEntry::from(task), Duration::ZERO).await.map_err(|e| (index, e.into()))?;
             tracing::debug!(task_id = %task.id, plugin = %task.plugin, priority = task.priority, "task accepted");
@@ -568,11 +570,12 @@ impl TaskService {
         Ok(Some((task, cancel, progress)))
     }
 
-    async fn execute(&self, task: &Task, progress: Arc<AtomicU8>) -> Result<crate::runtime::Success, Failure> {
-        let entry = self.registry.get(&task.plugin).map_err(|_| Failure {
-            kind: FailureKind::PluginNotFound,
-            message: format!("plugin {:?} is no longer loaded", task.plugin),
-        })?;
+    /// Runs one attempt on the version of the plugin serving now.
+    async fn execute(&self, task: &Task, progress: Arc<AtomicU8>) -> Attempt {
+        let Ok(entry) = self.registry.get(&task.plugin) else {
+            let message = format!("plugin {:?} is no longer loaded", task.plugin);
+            return Attempt { digest: None, result: Err(Failure { kind: FailureKind::PluginNotFound, message }) };
+        };
         let limits = self.limits_for(task, &entry.limits);
         let input = TaskInput {
             id: task.id.to_string(),
@@ -581,7 +584,8 @@ impl TaskService {
             attempt: task.attempts,
             payload: task.payload_bytes(),
         };
-        self.registry.runtime().run(&entry.plugin, input, limits, Some(progress)).await
+        let result = self.registry.runtime().run(&entry.plugin, input, limits, Some(progress)).await;
+        Attempt { digest: Some(entry.plugin.digest.clone()), result }
     }
 
     /// Task setting first, then the plugin's sidecar, then the host default.
@@ -599,7 +603,7 @@ impl TaskService {
     async fn finish(
         &self,
         mut task: Task,
-        outcome: Option<Result<crate::runtime::Success, Failure>>,
+        outcome: Option<Attempt>,
         elapsed: Duration,
     ) -> Result<(), ServiceError> {
         let _guard = self.lock(task.id).await;
@@ -610,7 +614,7 @@ impl TaskService {
                 task.finished_at = Some(now);
                 "cancelled"
             }
-            Some(Ok(success)) => {
+            Some(Attempt { result: Ok(success), .. }) => {
                 task.status = TaskStatus::Completed;
                 task.finished_at = Some(now);
                 task.plugin_digest = Some(success.plugin_digest);
@@ -618,9 +622,10 @@ impl TaskService {
                 task.last_error = None;
                 "completed"
             }
-            Some(Err(failure)) => {
-                if let Ok(entry) = self.registry.get(&task.plugin) {
-                    task.plugin_digest = Some(entry.plugin.digest.clone());
+            Some(Attempt { digest, result: Err(failure) }) => {
+                // The version that failed, not whichever serves now.
+                if digest.is_some() {
+                    task.plugin_digest = digest;
                 }
                 let retry = failure.kind.is_retryable() && task.attempts < task.max_attempts;
                 task.last_error = Some(TaskError { kind: failure.kind, message: failure.message });
@@ -718,13 +723,30 @@ pub fn backoff(base: Duration, attempt: u32) -> Duration {
 mod tests {
     use super::*;
 
+    /// The README's rule: `base · 2^(attempt-1)`, jittered into its upper
+    /// half, at most 5 minutes. The bounds are written out, not recomputed.
     #[test]
-    fn backoff_grows_and_stays_in_bounds() {
-        let base = Duration::from_millis(100);
-        for attempt in 1..=30 {
-            let full = base.saturating_mul(1u32 << (attempt - 1).min(20)).min(MAX_BACKOFF);
-            let delay = backoff(base, attempt);
-            assert!(delay >= full / 2 && delay <= full, "attempt {attempt}: {delay:?} not in [{:?}, {full:?}]", full / 2);
+    fn backoff_follows_the_documented_rule() {
+        let ms = Duration::from_millis;
+        let base = ms(100);
+        for (attempt, low, high) in [
+            (1, ms(50), ms(100)),
+            (2, ms(100), ms(200)),
+            (4, ms(400), ms(800)),
+            (12, ms(102_400), ms(204_800)),
+            (13, ms(150_000), ms(300_000)),
+            (40, ms(150_000), ms(300_000)),
+        ] {
+            for _ in 0..200 {
+                let delay = backoff(base, attempt);
+                assert!(delay >= low && delay <= high, "attempt {attempt}: {delay:?} not in [{low:?}, {high:?}]");
+            }
         }
+    }
+
+    #[test]
+    fn backoff_jitter_spreads_retries() {
+        let delays: std::collections::HashSet<Duration> = (0..200).map(|_| backoff(Duration::from_millis(500), 3)).collect();
+        assert!(delays.len() > 150, "only {} distinct delays in 200", delays.len());
     }
 }

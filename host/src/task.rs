@@ -29,8 +29,16 @@ pub const MAX_ATTEMPTS_DEFAULT: u32 = 3;
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 /// Longest timeout a task may ask for.
 pub const TIMEOUT_LIMIT: Duration = Duration::from_secs(3600);
-/// Longest idempotency key accepted.
+/// Longest idempotency key accepted, in bytes. Keys are printable ASCII, one
+/// byte per character, so this is also their length in characters.
 pub const IDEMPOTENCY_KEY_LIMIT: usize = 256;
+/// The idempotency key rule as the OpenAPI description states it: 1 to 256
+/// printable ASCII characters (space to `~`). That is the character set of a
+/// string in an HTTP structured field (RFC 8941 §3.3.3), which the IETF
+/// `Idempotency-Key` header carries, and it has neither control characters
+/// nor characters of more than one byte, so a pattern states the byte limit
+/// exactly. The `#[schema]` attributes repeat it (they take literals only).
+pub const IDEMPOTENCY_KEY_PATTERN: &str = r"^[\x20-\x7E]{1,256}$";
 
 /// A task id: a random (v4) UUID, so its leading hex digits, which pick the
 /// storage shard, are spread evenly.
@@ -180,35 +188,45 @@ pub struct Task {
     /// Unique id.
     pub id: TaskId,
     /// Name of the plugin that processes it.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     pub plugin: String,
     /// 1 (highest) to 10 (lowest).
+    #[schema(minimum = 1, maximum = 10)]
     pub priority: u8,
     /// The payload handed to the plugin.
     pub payload: serde_json::Value,
     /// Lifecycle status.
     pub status: TaskStatus,
-    /// Attempts started so far.
+    /// Attempts started so far: at most `max_attempts`.
+    #[schema(minimum = 0, maximum = 100)]
     pub attempts: u32,
-    /// Most attempts before the task fails.
+    /// Most attempts before the task fails, 1 to 100.
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: u32,
     /// Timeout of one attempt in milliseconds, if the task set one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 3_600_000)]
     pub timeout_ms: Option<u64>,
     /// Client-chosen key: a second submission with the same key returns this task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[\x20-\x7E]{1,256}$")]
     pub idempotency_key: Option<String>,
     /// Submission order, used to keep equal priorities first-in first-out.
+    #[schema(minimum = 0, maximum = 18_446_744_073_709_551_615_u64)]
     pub sequence: u64,
     /// When it was accepted.
     pub created_at: DateTime<Utc>,
     /// When its latest attempt started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::api::schema::nullable_date_time)]
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached a terminal status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::api::schema::nullable_date_time)]
     pub finished_at: Option<DateTime<Utc>>,
     /// Earliest time of the next attempt (retry backoff).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = crate::api::schema::nullable_date_time)]
     pub retry_at: Option<DateTime<Utc>>,
     /// Digest of the plugin version that ran the latest attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -244,8 +262,10 @@ pub struct NewTask {
     #[schema(minimum = 1, maximum = 3_600_000)]
     pub timeout_ms: Option<u64>,
     /// Makes retried submissions safe: the same key returns the same task.
+    /// 1 to 256 printable ASCII characters (space to `~`), as in the IETF
+    /// `Idempotency-Key` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 256)]
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[\x20-\x7E]{1,256}$")]
     pub idempotency_key: Option<String>,
 }
 
@@ -282,11 +302,11 @@ impl NewTask {
             return Err(invalid("timeout_ms", format!("must be 1 to {} ms, got {timeout}", TIMEOUT_LIMIT.as_millis())));
         }
         if let Some(key) = &self.idempotency_key
-            && (key.is_empty() || key.len() > IDEMPOTENCY_KEY_LIMIT || key.chars().any(char::is_control))
+            && (key.is_empty() || key.len() > IDEMPOTENCY_KEY_LIMIT || !key.bytes().all(|b| matches!(b, b' '..=b'~')))
         {
             return Err(invalid(
                 "idempotency_key",
-                format!("must be 1 to {IDEMPOTENCY_KEY_LIMIT} bytes without control characters"),
+                format!("must be 1 to {IDEMPOTENCY_KEY_LIMIT} printable ASCII characters (space to `~`)"),
             ));
         }
         Ok(Task {
@@ -375,6 +395,19 @@ mod tests {
             (new_task(""), "plugin"),
         ] {
             assert_eq!(task.validate(0).expect_err("invalid").field, field);
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_are_1_to_256_printable_ascii_characters() {
+        let with_key = |key: &str| NewTask { idempotency_key: Some(key.into()), ..new_task("echo") }.validate(0);
+        for good in ["k", "order 42 ~!", &"x".repeat(IDEMPOTENCY_KEY_LIMIT)] {
+            assert!(with_key(good).is_ok(), "{good:?} should be accepted");
+        }
+        // Over the limit, control characters, and any non-ASCII character
+        // (even where 256 bytes would hold it).
+        for bad in ["", &"x".repeat(IDEMPOTENCY_KEY_LIMIT + 1), "a\tb", "a\u{7f}", "a\u{85}", "clé", "\u{1F600}"] {
+            assert_eq!(with_key(bad).expect_err("invalid").field, "idempotency_key", "{bad:?}");
         }
     }
 

@@ -54,3 +54,18 @@ pub async fn lists_filter_and_page_in_submission_order(store: &dyn TaskStore) {
     let zero = ListQuery { limit: 0, ..ListQuery::default() };
     assert!(matches!(store.list(&zero).await, Err(StorageError::InvalidLimit)));
 }
+
+/// `save_all` saves every task of a batch, replacing those that exist, and
+/// an empty batch is no error.
+pub async fn saves_a_batch_together(store: &dyn TaskStore) {
+    let mut batch: Vec<Task> = (1..=5).map(|n| task("echo", n)).collect();
+    store.save(&batch[0]).await.expect("save one first");
+    batch[0].status = TaskStatus::Completed;
+    store.save_all(&batch).await.expect("save the batch");
+    for saved in &batch {
+        assert_eq!(store.load(saved.id).await.expect("load").as_ref(), Some(saved), "task {}", saved.sequence);
+    }
+    store.save_all(&[]).await.expect("an empty batch");
+    let counts = store.counts().await.expect("counts");
+    assert_eq!((counts[&TaskStatus::Pending], counts[&TaskStatus::Completed]), (4, 1));
+}

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod contract;
+pub mod process;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
@@ -155,5 +156,26 @@ pub async fn poll_json(
         }
         assert!(std::time::Instant::now() < deadline, "timed out polling {url}");
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// Every task `GET {base}/tasks?{query}` lists, page after page (200 a page),
+/// in the order the pages give them.
+pub async fn list_all(client: &reqwest::Client, base: &str, query: &str) -> Vec<serde_json::Value> {
+    let mut tasks = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/tasks?limit=200&{query}");
+        if let Some(cursor) = &cursor {
+            url.push_str(&format!("&cursor={cursor}"));
+        }
+        let response = client.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert!(response.status().is_success(), "GET {url}: {}", response.status());
+        let page: serde_json::Value = response.json().await.expect("page is JSON");
+        tasks.extend(page["tasks"].as_array().expect("tasks").iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return tasks,
+        }
     }
 }

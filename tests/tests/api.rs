@@ -262,21 +262,27 @@ async fn idempotency_keys_and_batches() {
     assert_eq!(second.status(), StatusCode::OK, "a repeated key returns the existing task");
     assert_eq!(id_of(&second.json().await.expect("json")), id_of(&first));
 
-    // Racing submissions with one key create one task.
+    // Racing submissions with one key create one task: exactly one 202, and
+    // every other answer is 200 with that task.
     let racing: Vec<_> = (0..20)
         .map(|_| {
             let (client, url) = (client.clone(), host.at("/tasks"));
             tokio::spawn(async move {
                 let response = client.post(url).json(&json!({"plugin": "echo", "idempotency_key": "race"})).send().await.expect("submit");
-                id_of(&response.json::<Value>().await.expect("json"))
+                (response.status(), id_of(&response.json::<Value>().await.expect("json")))
             })
         })
         .collect();
-    let mut ids = std::collections::HashSet::new();
+    let mut answers = Vec::new();
     for handle in racing {
-        ids.insert(handle.await.expect("join"));
+        answers.push(handle.await.expect("join"));
     }
-    assert_eq!(ids.len(), 1, "one task for one key: {ids:?}");
+    let created: Vec<&String> = answers.iter().filter(|(status, _)| *status == StatusCode::ACCEPTED).map(|(_, id)| id).collect();
+    assert_eq!(created.len(), 1, "one 202 for one key: {answers:?}");
+    assert!(
+        answers.iter().all(|(status, id)| id == created[0] && (*status == StatusCode::ACCEPTED || *status == StatusCode::OK)),
+        "every other answer is 200 with the same task: {answers:?}"
+    );
 
     let tasks: Vec<Value> = (0..25).map(|i| json!({"plugin": "echo", "payload": i, "priority": 1 + i % 10})).collect();
     let response = client.post(host.at("/tasks/batch")).json(&json!({"tasks": tasks})).send().await.expect("batch");
@@ -289,7 +295,11 @@ async fn idempotency_keys_and_batches() {
         assert_eq!(wait_terminal(&client, &host, &id_of(task)).await["result"]["value"], i);
     }
 
-    // Filters and cursor pagination over all 27 tasks.
+    for id in [id_of(&first), created[0].clone()] {
+        wait_terminal(&client, &host, &id).await;
+    }
+    // Filters and cursor pagination: every completed echo task, each once,
+    // in submission order, across pages of 7.
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -298,14 +308,19 @@ async fn idempotency_keys_and_batches() {
             url.push_str(&format!("&cursor={c}"));
         }
         let page: Value = client.get(url).send().await.expect("list").json().await.expect("json");
-        seen.extend(page["tasks"].as_array().expect("tasks").iter().map(id_of));
+        let tasks = page["tasks"].as_array().expect("tasks");
+        assert!(tasks.len() <= 7);
+        seen.extend(tasks.iter().map(id_of));
         match page["next_cursor"].as_str() {
             Some(next) => cursor = Some(next.to_owned()),
             None => break,
         }
     }
-    assert_eq!(seen.len(), 27);
-    assert_eq!(seen[0], id_of(&first), "submission order");
+    let mut expected = vec![id_of(&first), created[0].clone()];
+    expected.extend(accepted.iter().map(id_of));
+    assert_eq!(seen, expected, "all 27 tasks, in submission order");
+    let other_plugin: Value = client.get(host.at("/tasks?plugin=hash")).send().await.expect("list").json().await.expect("json");
+    assert_eq!(other_plugin["tasks"], json!([]), "the plugin filter applies");
     host.stop().await;
 }
 
@@ -487,4 +502,148 @@ async fn shutdown_past_the_grace_period_leaves_running_tasks_pending() {
     let stored: Value = serde_json::from_slice(&std::fs::read(&file).expect("task file")).expect("json");
     assert_eq!(stored["status"], "pending", "{stored}");
     assert_eq!(stored["last_error"]["kind"], "interrupted", "{stored}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_visible_while_a_task_runs() {
+    let host = TestHost::start(1, false).await;
+    let client = reqwest::Client::new();
+    let task = submit(&client, &host, json!({"plugin": "hash", "payload": {"data": "x", "rounds": 1_000_000}})).await;
+    let url = host.at(&format!("/tasks/{}", id_of(&task)));
+    let running = poll_json(&client, &url, LONG, |t| t["status"] == "running" && t["progress"].as_u64().is_some_and(|p| p > 0)).await;
+    assert!(running["progress"].as_u64().is_some_and(|p| p < 100), "{running}");
+    let done = wait_terminal(&client, &host, &id_of(&task)).await;
+    assert_eq!(done["status"], "completed");
+    assert!(done.get("progress").is_none(), "progress is shown only while running: {done}");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waits_for_its_backoff_recorded_as_retry_at() {
+    // Backoff of attempt n: base · 2^(n-1), jittered into its upper half.
+    let base = chrono::Duration::milliseconds(1500);
+    let host = TestHost::start_with(1, false, |config| config.retry_base_ms = 1500).await;
+    let client = reqwest::Client::new();
+    let task = submit(&client, &host, json!({"plugin": "flaky", "payload": {"succeed_on_attempt": 2}, "max_attempts": 2})).await;
+    let url = host.at(&format!("/tasks/{}", id_of(&task)));
+    let waiting = poll_json(&client, &url, LONG, |t| t["status"] == "pending" && t["attempts"] == 1).await;
+    assert_eq!(waiting["last_error"]["kind"], "retryable", "{waiting}");
+    let time = |task: &Value, field: &str| {
+        task[field].as_str().and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok()).unwrap_or_else(|| panic!("{field}: {task}"))
+    };
+    let (first_start, retry_at) = (time(&waiting, "started_at"), time(&waiting, "retry_at"));
+    assert!(retry_at - first_start >= base / 2, "retry_at {retry_at} is at least base/2 after the attempt began ({first_start})");
+    assert!(retry_at - chrono::Utc::now() <= base, "retry_at {retry_at} is at most base from now");
+    let done = wait_terminal(&client, &host, &id_of(&task)).await;
+    assert_eq!((&done["status"], &done["attempts"]), (&json!("completed"), &json!(2)), "{done}");
+    assert!(time(&done, "started_at") >= retry_at, "the second attempt began at retry_at or later: {done}");
+    assert!(done["retry_at"].is_null(), "{done}");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_error_fails_at_once_whatever_attempts_are_left() {
+    let host = TestHost::start(1, true).await;
+    let client = reqwest::Client::new();
+    let task = submit(&client, &host, json!({"plugin": "hostile", "payload": {"mode": "fatal"}, "max_attempts": 5})).await;
+    let done = wait_terminal(&client, &host, &id_of(&task)).await;
+    assert_eq!((&done["status"], &done["attempts"]), (&json!("failed"), &json!(1)), "{done}");
+    assert_eq!(done["last_error"], json!({"kind": "fatal", "message": "deliberately fatal"}));
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_hold_at_most_1000_tasks_and_are_accepted_all_or_none() {
+    let host = TestHost::start(1, false).await;
+    let client = reqwest::Client::new();
+    let batch = |tasks: Vec<Value>| client.post(host.at("/tasks/batch")).json(&json!({"tasks": tasks})).send();
+    let echo = |n: usize| (0..n).map(|i| json!({"plugin": "echo", "payload": i})).collect::<Vec<Value>>();
+
+    let too_many = batch(echo(1001)).await.expect("send");
+    assert_eq!(too_many.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(too_many.json::<Value>().await.expect("json")["message"].as_str().is_some_and(|m| m.contains("1 to 1000")));
+    let empty = batch(vec![]).await.expect("send");
+    assert_eq!(empty.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // One bad task, the last of 999 good ones: none is accepted.
+    let mut tasks = echo(999);
+    tasks.push(json!({"plugin": "no-such-plugin"}));
+    let refused = batch(tasks).await.expect("send");
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(refused.json::<Value>().await.expect("json")["message"].as_str().is_some_and(|m| m.starts_with("task 999:")));
+    // A key used twice in one batch: none is accepted either.
+    let twice = batch(vec![json!({"plugin": "echo", "idempotency_key": "k"}), json!({"plugin": "echo", "idempotency_key": "k"})]).await.expect("send");
+    assert_eq!(twice.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let stats: Value = client.get(host.at("/stats")).send().await.expect("stats").json().await.expect("json");
+    let total: u64 = stats["tasks"].as_object().expect("counts").values().filter_map(Value::as_u64).sum();
+    assert_eq!(total, 0, "nothing of a refused batch was saved: {stats}");
+
+    let full = batch(echo(1000)).await.expect("send");
+    assert_eq!(full.status(), StatusCode::ACCEPTED);
+    assert_eq!(full.json::<Value>().await.expect("json")["tasks"].as_array().map(Vec::len), Some(1000));
+    poll_json(&client, &host.at("/stats"), LONG, |s| s["tasks"]["completed"] == 1000).await;
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restored_pending_tasks_run() {
+    let source = TestHost::start(1, true).await;
+    let client = reqwest::Client::new();
+    // The only worker is busy, so these wait in the queue when the backup is taken.
+    let blocker = submit(&client, &source, json!({"plugin": "hostile", "payload": {"mode": "loop"}, "timeout_ms": 60000})).await;
+    poll_json(&client, &source.at(&format!("/tasks/{}", id_of(&blocker))), LONG, |t| t["status"] == "running").await;
+    let mut waiting = Vec::new();
+    for i in 0..5 {
+        waiting.push(id_of(&submit(&client, &source, json!({"plugin": "wordcount", "payload": {"text": "x ".repeat(i + 1)}, "priority": 1})).await));
+    }
+    let backup = client.get(source.at("/admin/backup")).send().await.expect("backup").bytes().await.expect("bytes");
+    source.stop().await;
+
+    let target = TestHost::start(1, true).await;
+    let summary: Value = client.post(target.at("/admin/restore")).body(backup).send().await.expect("restore").json().await.expect("json");
+    // The blocker was running at the backup: it comes back pending, and runs again too.
+    assert_eq!(summary, json!({"restored": 6, "queued": 6, "skipped": 0}));
+    for (i, id) in waiting.iter().enumerate() {
+        let done = wait_terminal(&client, &target, id).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(done["result"]["value"]["words"], i + 1);
+    }
+    target.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_keep_up_refuses_with_503_and_is_not_ready_until_it_catches_up() {
+    let host = TestHost::start_with(1, false, |config| config.max_body_bytes = 16 << 20).await;
+    let client = reqwest::Client::new();
+    // No task file can be written: a file stands where each shard directory
+    // would go. The journal takes the changes until its memory bound is hit.
+    let tasks_dir = host.data.path().join("tasks");
+    let blockers: Vec<std::path::PathBuf> = (0..=255u8).map(|b| tasks_dir.join(format!("{b:02x}"))).collect();
+    for path in &blockers {
+        std::fs::write(path, b"").expect("block a shard directory");
+    }
+    let payload = "x".repeat(100_000);
+    let mut accepted = 0;
+    let refused = loop {
+        assert!(accepted < 2_000, "the dirty set was never full");
+        let tasks: Vec<Value> = (0..20).map(|_| json!({"plugin": "echo", "payload": payload})).collect();
+        let response = client.post(host.at("/tasks/batch")).json(&json!({"tasks": tasks})).send().await.expect("batch");
+        match response.status() {
+            StatusCode::ACCEPTED => accepted += 20,
+            status => break (status, response.json::<Value>().await.expect("json")),
+        }
+    };
+    assert_eq!(refused.0, StatusCode::SERVICE_UNAVAILABLE, "{refused:?}");
+    let ready = client.get(host.at("/ready")).send().await.expect("ready");
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // Once files can be written again, checkpoints catch up and the host is ready.
+    for path in &blockers {
+        std::fs::remove_file(path).expect("unblock");
+    }
+    poll_json(&client, &host.at("/ready"), LONG, |r| r["status"] == "ok").await;
+    submit(&client, &host, json!({"plugin": "echo", "payload": "after"})).await;
+    let done = poll_json(&client, &host.at("/stats"), LONG, |s| s["tasks"]["completed"] == accepted + 1).await;
+    let total: u64 = done["tasks"].as_object().expect("counts").values().filter_map(Value::as_u64).sum();
+    assert_eq!(total, accepted + 1, "every accepted task, and nothing of the refused batch: {done}");
+    host.stop().await;
 }

@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -11,29 +13,53 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use taskflow::lb::{Balancer, LbConfig};
-use taskflow_tests::{install_plugins, poll_json, taskflow_binary};
-use tokio::net::TcpListener;
+use taskflow_tests::process::{HostProcess, free_port};
+use taskflow_tests::{install_plugins, plugin_wasm, poll_json, taskflow_binary};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What a backend received: `"METHOD /path?query body"` per request.
+type Received = Arc<Mutex<Vec<String>>>;
+
+fn entries(received: &Received) -> Vec<String> {
+    received.lock().expect("received").clone()
+}
 
 /// A backend on its own runtime, so that stopping it closes every one of
 /// its connections, as a process that dies would.
 struct TestBackend {
     addr: SocketAddr,
+    received: Received,
+    health_checks: Arc<AtomicUsize>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// How long `/slow` takes to answer.
+const SLOW: Duration = Duration::from_secs(2);
+
 impl TestBackend {
     /// Answers `/health`, `418` on `/teapot`, and everything else with what
-    /// it received, naming itself.
+    /// it received, naming itself; `/slow` only after [`SLOW`]. Every request
+    /// but health checks is recorded, on arrival.
     fn start(name: &'static str, addr: SocketAddr) -> Self {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (bound, bound_at) = std::sync::mpsc::channel();
+        let received = Received::default();
+        let health_checks = Arc::new(AtomicUsize::new(0));
+        let (log, checks) = (received.clone(), health_checks.clone());
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             let listener = runtime.block_on(TcpListener::bind(addr)).expect("bind backend");
             bound.send(listener.local_addr().expect("addr")).expect("report address");
             let app = Router::new()
-                .route("/health", axum::routing::get(|| async { "ok" }))
+                .route(
+                    "/health",
+                    axum::routing::get(move || async move {
+                        checks.fetch_add(1, Ordering::SeqCst);
+                        "ok"
+                    }),
+                )
                 .route("/teapot", axum::routing::get(|| async { (StatusCode::IM_A_TEAPOT, "short and stout") }))
                 .fallback(move |request: Request| async move {
                     let (parts, body) = request.into_parts();
@@ -50,7 +76,13 @@ impl TestBackend {
                         "connection": header("connection"),
                     });
                     let body = axum::body::to_bytes(body, usize::MAX).await.expect("body");
-                    seen["body"] = json!(String::from_utf8_lossy(&body));
+                    let body = String::from_utf8_lossy(&body).into_owned();
+                    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                    log.lock().expect("received").push(format!("{} {target} {body}", parts.method));
+                    if parts.uri.path() == "/slow" {
+                        tokio::time::sleep(SLOW).await;
+                    }
+                    seen["body"] = json!(body);
                     axum::Json(seen)
                 });
             runtime.block_on(async move {
@@ -63,11 +95,21 @@ impl TestBackend {
             runtime.shutdown_background();
         });
         let addr = bound_at.recv().expect("backend address");
-        Self { addr, stop: Some(stop), thread: Some(thread) }
+        Self { addr, received, health_checks, stop: Some(stop), thread: Some(thread) }
     }
 
     fn url(&self) -> reqwest::Url {
         format!("http://{}", self.addr).parse().expect("url")
+    }
+
+    /// The requests it received (health checks aside).
+    fn received(&self) -> Vec<String> {
+        entries(&self.received)
+    }
+
+    /// The health checks it answered.
+    fn health_checks(&self) -> usize {
+        self.health_checks.load(Ordering::SeqCst)
     }
 
     fn stop(&mut self) {
@@ -217,6 +259,182 @@ async fn with_every_backend_down_clients_get_a_clear_502() {
     assert!(body["message"].as_str().is_some_and(|m| m.contains("r-1")), "{body}");
 }
 
+/// A backend that answers `/health` but reads every other request whole
+/// and then closes the connection without a word, as a host that crashes
+/// while handling it would.
+struct DroppingBackend {
+    addr: SocketAddr,
+    received: Received,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DroppingBackend {
+    async fn start() -> Self {
+        let listener = TcpListener::bind(any_port()).await.expect("bind dropping backend");
+        let addr = listener.local_addr().expect("addr");
+        let received = Received::default();
+        let log = received.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let Some((target, body)) = read_request(&mut socket).await else { return };
+                    if target == "GET /health" {
+                        let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
+                        return;
+                    }
+                    log.lock().expect("received").push(format!("{target} {body}"));
+                    // Dropping the socket closes the connection, unanswered.
+                });
+            }
+        });
+        Self { addr, received, task }
+    }
+
+    fn url(&self) -> reqwest::Url {
+        format!("http://{}", self.addr).parse().expect("url")
+    }
+
+    fn received(&self) -> Vec<String> {
+        entries(&self.received)
+    }
+}
+
+impl Drop for DroppingBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one HTTP/1.1 request with a `content-length` body (or none):
+/// `("METHOD /target", body)`.
+async fn read_request(socket: &mut TcpStream) -> Option<(String, String)> {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let read = socket.read(&mut chunk).await.ok().filter(|n| *n > 0)?;
+        buffer.extend_from_slice(&chunk[..read]);
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+    let length: usize = head
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .unwrap_or(0);
+    while buffer.len() < head_end + length {
+        let read = socket.read(&mut chunk).await.ok().filter(|n| *n > 0)?;
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+    let mut request_line = head.lines().next()?.split(' ');
+    let target = format!("{} {}", request_line.next()?, request_line.next()?);
+    Some((target, String::from_utf8_lossy(&buffer[head_end..head_end + length]).into_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_takes_the_backend_out_and_the_request_goes_to_the_next() {
+    let a = TestBackend::start("a", any_port());
+    let mut b = TestBackend::start("b", any_port());
+    // Health checks run once at the start, then not for a minute: only the
+    // request path can notice that b is gone.
+    let lb = start_balancer(&LbConfig { health_interval_ms: 60_000, ..config(vec![a.url(), b.url()]) }).await;
+    let client = client();
+    poll_json(&client, &format!("{lb}/lb/backends"), Duration::from_secs(10), |_| a.health_checks() == 1 && b.health_checks() == 1)
+        .await;
+    let answered = [who_answers(&client, &lb).await, who_answers(&client, &lb).await];
+    assert!(answered.contains(&"a".to_owned()) && answered.contains(&"b".to_owned()), "{answered:?}");
+
+    b.stop();
+    // Every request still succeeds: each one b refuses is tried on a.
+    for _ in 0..6 {
+        assert_eq!(who_answers(&client, &lb).await, "a");
+    }
+    assert_eq!(a.received().len(), 7, "a answered each request once: {:?}", a.received());
+    let backends: Value = client.get(format!("{lb}/lb/backends")).send().await.expect("status").json().await.expect("json");
+    assert_eq!(backends[0]["healthy"], true, "{backends}");
+    assert_eq!(backends[1]["healthy"], false, "the refused connection took b out: {backends}");
+    assert_eq!(a.health_checks(), 1, "no health check ran since the first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_whose_connection_broke_gets_a_502_and_is_not_replayed_but_a_get_is() {
+    let dropper = DroppingBackend::start().await;
+    let b = TestBackend::start("b", any_port());
+    let lb = start_balancer(&config(vec![dropper.url(), b.url()])).await;
+    let client = client();
+
+    // The first turn is the dropping backend's: it reads the POST, then
+    // hangs up. The POST may have taken effect there, so it is not sent to b.
+    let response = client
+        .post(format!("{lb}/tasks"))
+        .header("x-request-id", "post-1")
+        .body(r#"{"plugin": "echo"}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body: Value = response.json().await.expect("the error is JSON");
+    assert_eq!(body["error"], "bad_gateway", "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("post-1")), "{body}");
+    assert_eq!(dropper.received(), [r#"POST /tasks {"plugin": "echo"}"#], "the POST reached the dropping backend");
+    assert!(b.received().is_empty(), "the POST was not replayed on b: {:?}", b.received());
+
+    // GET, PUT and DELETE cannot do anything twice: each broken one is sent
+    // to b, and the client never sees the failure.
+    let requests = [
+        ("GET", "/tasks?n=1"),
+        ("GET", "/tasks?n=2"),
+        ("PUT", "/plugins/p3"),
+        ("PUT", "/plugins/p4"),
+        ("DELETE", "/plugins/p5"),
+        ("DELETE", "/plugins/p6"),
+    ];
+    let mut sent = Vec::new();
+    for (method, target) in requests {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let response = client.request(method.clone(), format!("{lb}{target}")).send().await.expect("through the balancer");
+        assert_eq!(response.status(), StatusCode::OK, "{method} {target}");
+        let seen: Value = response.json().await.expect("json");
+        assert_eq!(seen["backend"], "b", "{method} {target}: {seen}");
+        sent.push(format!("{method} {target} "));
+    }
+    assert_eq!(b.received(), sent, "b got each request once");
+    // Turns alternate, so every other request met the dropping backend first.
+    let broken = dropper.received();
+    assert!(broken[1..].iter().any(|r| r.starts_with("GET ")), "a GET met the broken backend: {broken:?}");
+    assert!(broken[1..].iter().all(|r| sent.contains(r)), "{broken:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_slower_than_the_read_timeout_gets_a_504_and_no_repeat() {
+    let (a, b) = (TestBackend::start("a", any_port()), TestBackend::start("b", any_port()));
+    let lb = start_balancer(&LbConfig { read_timeout_ms: 300, ..config(vec![a.url(), b.url()]) }).await;
+    let client = client();
+
+    for (n, method) in [reqwest::Method::GET, reqwest::Method::POST].into_iter().enumerate() {
+        let started = std::time::Instant::now();
+        let response = client
+            .request(method.clone(), format!("{lb}/slow?n={n}"))
+            .header("x-request-id", format!("slow-{n}"))
+            .send()
+            .await
+            .expect("through the balancer");
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT, "{method}");
+        assert!(started.elapsed() < SLOW, "the balancer gave up before the backend answered");
+        let body: Value = response.json().await.expect("the error is JSON");
+        assert_eq!(body["error"], "gateway_timeout", "{body}");
+        assert!(body["message"].as_str().is_some_and(|m| m.contains(&format!("slow-{n}"))), "{body}");
+    }
+    // Each request reached one backend, once: a slow backend's work is not
+    // repeated on another.
+    let mut received: Vec<String> = a.received().into_iter().chain(b.received()).collect();
+    received.sort();
+    assert_eq!(received, ["GET /slow?n=0 ", "POST /slow?n=1 "], "a: {:?}, b: {:?}", a.received(), b.received());
+}
+
 /// A child process, killed when dropped.
 struct Process(Child);
 
@@ -227,63 +445,60 @@ impl Drop for Process {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+/// Which host answered `GET /plugins` through the balancer: each host has
+/// a plugin `only-<n>` of its own.
+async fn which_host(client: &reqwest::Client, lb: &str, request_id: &str) -> String {
+    let response = client.get(format!("{lb}/plugins")).header("x-request-id", request_id).send().await.expect("through lb");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-request-id"], request_id);
+    let plugins: Value = response.json().await.expect("json");
+    let names: Vec<&str> = plugins["plugins"].as_array().expect("plugins").iter().filter_map(|p| p["name"].as_str()).collect();
+    assert!(names.contains(&"echo"), "{plugins}");
+    let own: Vec<&str> = names.iter().copied().filter(|n| n.starts_with("only-")).collect();
+    assert_eq!(own.len(), 1, "{plugins}");
+    own[0].to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lb_command_balances_real_hosts_and_survives_one_dying() {
     let client = client();
-    let mut hosts = Vec::new();
-    let mut urls = Vec::new();
     let data = tempfile::tempdir().expect("tempdir");
+    let mut hosts = Vec::new();
     for n in 0..2 {
         let dir = data.path().join(format!("host-{n}"));
         install_plugins(&dir.join("plugins"), &["echo"]);
-        let port = free_port();
-        let host = Command::new(taskflow_binary())
-            .args(["serve", "--workers", "1", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(&dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn host");
-        hosts.push(Process(host));
-        let url = format!("http://127.0.0.1:{port}");
-        poll_json(&client, &format!("{url}/health"), Duration::from_secs(60), |h| h["status"] == "ok").await;
-        urls.push(url);
+        std::fs::copy(plugin_wasm("echo"), dir.join(format!("plugins/only-{n}.wasm"))).expect("copy echo");
+        hosts.push(HostProcess::start_with(&dir, free_port(), &["--workers", "1"]).await);
     }
     let lb_port = free_port();
     let _lb = Process(
         Command::new(taskflow_binary())
             .args(["lb", "--listen", &format!("127.0.0.1:{lb_port}"), "--health-interval-ms", "100"])
-            .args(urls.iter().flat_map(|url| ["--backend", url.as_str()]))
+            .args(hosts.iter().flat_map(|host| ["--backend", host.url.as_str()]))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn lb"),
     );
     let lb = format!("http://127.0.0.1:{lb_port}");
-    poll_json(&client, &format!("{lb}/lb/backends"), Duration::from_secs(30), |b| b.as_array().is_some_and(|a| a.len() == 2)).await;
+    poll_json(&client, &format!("{lb}/lb/backends"), Duration::from_secs(30), |b| {
+        b.as_array().is_some_and(|a| a.len() == 2 && a.iter().all(|b| b["healthy"] == true))
+    })
+    .await;
 
-    let plugins_through_lb = |count: usize| {
-        let (client, lb) = (client.clone(), lb.clone());
-        async move {
-            for i in 0..count {
-                let response =
-                    client.get(format!("{lb}/plugins")).header("x-request-id", format!("lb-{i}")).send().await.expect("through lb");
-                assert_eq!(response.status(), StatusCode::OK);
-                assert_eq!(response.headers()["x-request-id"], format!("lb-{i}").as_str());
-                let plugins: Value = response.json().await.expect("json");
-                assert_eq!(plugins["plugins"][0]["name"], "echo");
-            }
-        }
-    };
-    plugins_through_lb(4).await;
+    let mut answered = Vec::new();
+    for i in 0..6 {
+        answered.push(which_host(&client, &lb, &format!("lb-{i}")).await);
+    }
+    assert!(answered.contains(&"only-0".to_owned()) && answered.contains(&"only-1".to_owned()), "{answered:?}");
+    for pair in answered.windows(2) {
+        assert_ne!(pair[0], pair[1], "consecutive requests go to the two hosts in turn: {answered:?}");
+    }
 
-    drop(hosts.remove(0));
-    plugins_through_lb(6).await;
+    hosts.remove(0).kill();
+    for i in 0..6 {
+        assert_eq!(which_host(&client, &lb, &format!("after-{i}")).await, "only-1", "host 0 is dead");
+    }
     let backends = poll_json(&client, &format!("{lb}/lb/backends"), Duration::from_secs(10), |b| b[0]["healthy"] == false).await;
     assert_eq!(backends[1]["healthy"], true, "{backends}");
 }

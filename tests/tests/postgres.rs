@@ -78,6 +78,13 @@ async fn lists_filter_and_page_in_submission_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saves_a_batch_together() {
+    let (store, schema) = store().await;
+    contract::saves_a_batch_together(&store).await;
+    drop_schema(&schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_on_postgres_runs_tasks_and_finds_them_after_a_restart() {
     let (schema, _) = fresh_schema().await;
     // The host takes a URL: the schema goes in as a connection option.
@@ -138,4 +145,56 @@ async fn a_wrong_database_url_stops_the_host_with_a_clear_message() {
     let refused = taskflow::server::Server::start(config).await.map(|_| ()).expect_err("unknown role");
     let message = format!("{refused:#}");
     assert!(message.contains("TASKFLOW_DATABASE_URL") && message.contains("no_such_role_here"), "{message}");
+}
+
+/// A TCP forwarder to `target` on `listen`; dropping the handle (aborting
+/// it) closes every connection it carries, as a network cut would.
+async fn forwarder(listen: std::net::SocketAddr, target: String) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(listen).await.expect("bind forwarder");
+    let addr = listener.local_addr().expect("addr");
+    let handle = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let target = target.clone();
+            connections.spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (addr, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_fails_while_the_database_is_unreachable_and_recovers_with_it() {
+    let (schema, _) = fresh_schema().await;
+    let server: PgConnectOptions = database_url().parse().expect("test URL");
+    let target = format!("{}:{}", server.get_host(), server.get_port());
+    let (proxy, cut) = forwarder("127.0.0.1:0".parse().expect("addr"), target.clone()).await;
+    let url = format!(
+        "postgres://{}@{proxy}/{}?options=-c%20search_path%3D{schema}",
+        server.get_username(),
+        server.get_database().unwrap_or("test")
+    );
+    let host = TestHost::start_with(1, false, |config| {
+        config.storage = StorageBackend::Postgres;
+        config.database_url = Some(url.clone());
+    })
+    .await;
+    let client = reqwest::Client::new();
+    assert_eq!(client.get(host.at("/ready")).send().await.expect("ready").status(), reqwest::StatusCode::OK);
+
+    cut.abort();
+    let _ = cut.await;
+    let down = poll_json(&client, &host.at("/ready"), Duration::from_secs(60), |r| r["status"] == "unavailable").await;
+    assert_eq!(down["reason"], "a backend is unreachable", "{down}");
+    assert_eq!(client.get(host.at("/health")).send().await.expect("health").status(), reqwest::StatusCode::OK, "alive all the same");
+
+    let (_, _restored) = forwarder(proxy, target).await;
+    poll_json(&client, &host.at("/ready"), Duration::from_secs(60), |r| r["status"] == "ok").await;
+    let response = client.post(host.at("/tasks")).json(&json!({"plugin": "echo", "payload": 1})).send().await.expect("submit");
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    host.stop().await;
+    drop_schema(&schema).await;
 }

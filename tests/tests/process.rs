@@ -1,76 +1,13 @@
-//! The real `taskflow` binary as an operator and a user run it: crash
-//! safety under SIGKILL, graceful SIGTERM, and the CLI.
+//! The real `taskflow` binary as an operator runs it: the quick start, crash
+//! safety under SIGKILL, graceful SIGTERM, the compile cache across restarts.
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::process::Command;
 
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use taskflow_tests::{install_plugins, poll_json, taskflow_binary, workspace_root};
-
-const LONG: Duration = Duration::from_secs(120);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
-
-/// A `taskflow serve` child process.
-struct HostProcess {
-    child: Child,
-    url: String,
-}
-
-impl HostProcess {
-    async fn start(data: &Path, port: u16) -> Self {
-        let mut serve = Command::new(taskflow_binary());
-        serve.args(["serve", "--workers", "2", "--log-format", "json"]).arg("--data-dir").arg(data);
-        Self::launch(serve, port).await
-    }
-
-    /// Runs `serve` (its settings but the address) on `port`; returns once it answers.
-    async fn launch(mut serve: Command, port: u16) -> Self {
-        let child = serve
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn taskflow serve");
-        let url = format!("http://127.0.0.1:{port}");
-        poll_json(&reqwest::Client::new(), &format!("{url}/health"), LONG, |body| body["status"] == "ok").await;
-        Self { child, url }
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill -TERM");
-        assert!(status.success());
-        let deadline = Instant::now() + LONG;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "host did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for HostProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn stats(client: &reqwest::Client, url: &str) -> Value {
-    client.get(format!("{url}/stats")).send().await.expect("stats").json().await.expect("json")
-}
+use taskflow_tests::process::{HostProcess, LONG, free_port};
+use taskflow_tests::{fixture_wasm, install_plugins, list_all, poll_json, taskflow_binary, workspace_root};
 
 /// The README's quick start: `serve --plugin-dir plugins/dist` on the
 /// embedded default, then its curl example.
@@ -100,54 +37,101 @@ async fn the_readme_quick_start_completes_its_example_task() {
     host.kill();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_accepted_task_is_lost_when_the_host_is_killed() {
-    let data = tempfile::tempdir().expect("tempdir");
-    install_plugins(&data.path().join("plugins"), &["hash", "echo"]);
-    let port = free_port();
-    let host = HostProcess::start(data.path(), port).await;
-    let client = reqwest::Client::new();
 
-    // 1,000 tasks that each take a moment, so the kill lands mid-run.
-    let mut accepted = Vec::new();
-    for batch in 0..10 {
-        let tasks: Vec<Value> = (0..100)
-            .map(|i| json!({"plugin": "hash", "payload": {"data": format!("{batch}-{i}"), "rounds": 20_000}, "priority": 1 + (i % 10)}))
-            .collect();
-        let response = client.post(format!("{}/tasks/batch", host.url)).json(&json!({"tasks": tasks})).send().await.expect("batch");
-        assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
-        let body: Value = response.json().await.expect("json");
-        accepted.extend(body["tasks"].as_array().expect("tasks").iter().map(|t| t["id"].as_str().expect("id").to_owned()));
-    }
-    assert_eq!(accepted.len(), 1000);
-    poll_json(&client, &format!("{}/stats", host.url), LONG, |s| s["tasks"]["completed"].as_u64() >= Some(50)).await;
-    let before_kill = stats(&client, &host.url).await;
-    host.kill();
-    assert!(
-        before_kill["tasks"]["completed"].as_u64() < Some(1000),
-        "the kill must land mid-run to mean anything: {before_kill}"
-    );
+/// Workers of every host these tests start (`HostProcess::start`).
+const WORKERS: u64 = 2;
 
-    let host = HostProcess::start(data.path(), port).await;
-    let done = poll_json(&client, &format!("{}/stats", host.url), LONG, |s| s["tasks"]["completed"] == 1000).await;
-    assert_eq!(done["tasks"]["failed"], 0, "{done}");
-    for id in &accepted {
-        let task: Value = client.get(format!("{}/tasks/{id}", host.url)).send().await.expect("get").json().await.expect("json");
-        assert_eq!(task["status"], "completed", "{task}");
-        assert_eq!(task["result"]["value"]["rounds"], 20_000);
-    }
-    host.kill();
+/// Submits `count` hash tasks in one batch; returns their ids once the host
+/// has answered 202.
+async fn submit_hash_batch(client: &reqwest::Client, url: &str, tag: &str, count: usize) -> Vec<String> {
+    let tasks: Vec<Value> = (0..count)
+        .map(|i| json!({"plugin": "hash", "payload": {"data": format!("{tag}-{i}"), "rounds": 20_000}, "priority": 1 + (i % 10)}))
+        .collect();
+    let response = client.post(format!("{url}/tasks/batch")).json(&json!({"tasks": tasks})).send().await.expect("batch");
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    let body: Value = response.json().await.expect("json");
+    body["tasks"].as_array().expect("tasks").iter().map(|t| t["id"].as_str().expect("id").to_owned()).collect()
+}
+
+/// The completed tasks of a host, by id.
+async fn completed(client: &reqwest::Client, url: &str) -> HashMap<String, Value> {
+    list_all(client, url, "status=completed").await.into_iter().map(|t| (t["id"].as_str().expect("id").to_owned(), t)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_lets_running_tasks_finish_and_exits_cleanly() {
+async fn no_accepted_task_is_lost_and_none_runs_again_when_the_host_is_killed() {
     let data = tempfile::tempdir().expect("tempdir");
     install_plugins(&data.path().join("plugins"), &["hash"]);
+    let port = free_port();
+    let client = reqwest::Client::new();
+    let mut accepted = Vec::new();
+    let mut kills_while_running = 0;
+
+    // Killed the instant a batch's 202 arrived: the batch must be on disk.
+    let host = HostProcess::start(data.path(), port).await;
+    accepted.extend(submit_hash_batch(&client, &host.url, "a", 500).await);
+    host.kill();
+    kills_while_running += 1;
+
+    // Killed mid-run, with completions recorded just before the kill.
+    let host = HostProcess::start(data.path(), port).await;
+    accepted.extend(submit_hash_batch(&client, &host.url, "b", 500).await);
+    poll_json(&client, &format!("{}/stats", host.url), LONG, |s| s["tasks"]["completed"].as_u64() >= Some(100)).await;
+    let done_before_kill = completed(&client, &host.url).await;
+    host.kill();
+    kills_while_running += 1;
+    assert!(done_before_kill.len() < accepted.len(), "the kill must land mid-run to mean anything");
+
+    // Killed the instant a single submission's 202 arrived.
+    let host = HostProcess::start(data.path(), port).await;
+    let response = client
+        .post(format!("{}/tasks", host.url))
+        .json(&json!({"plugin": "hash", "payload": {"data": "last", "rounds": 20_000}}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    let last: Value = response.json().await.expect("json");
+    host.kill();
+    kills_while_running += 1;
+    accepted.push(last["id"].as_str().expect("id").to_owned());
+
+    let host = HostProcess::start(data.path(), port).await;
+    let total = accepted.len() as u64;
+    let done = poll_json(&client, &format!("{}/stats", host.url), LONG, |s| s["tasks"]["completed"] == total).await;
+    assert_eq!(done["tasks"]["failed"], 0, "{done}");
+    let after = completed(&client, &host.url).await;
+    let mut attempts = 0;
+    for id in &accepted {
+        let task = after.get(id).unwrap_or_else(|| panic!("accepted task {id} is not completed"));
+        assert_eq!(task["result"]["value"]["rounds"], 20_000, "{task}");
+        attempts += task["attempts"].as_u64().expect("attempts");
+    }
+    // What had completed before the kill did not run again.
+    for (id, before) in &done_before_kill {
+        let now = &after[id];
+        assert_eq!((&now["finished_at"], &now["attempts"]), (&before["finished_at"], &before["attempts"]), "task {id} ran again");
+    }
+    assert!(done_before_kill.values().any(|t| t["attempts"] == 1));
+    // Only a task running at a kill may have run twice.
+    assert!(
+        attempts <= total + WORKERS * kills_while_running,
+        "{attempts} attempts for {total} tasks and {kills_while_running} kills of {WORKERS} workers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_running_task_finish_and_exits_cleanly() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let plugins = data.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugin dir");
+    std::fs::copy(fixture_wasm("hostile"), plugins.join("hostile.wasm")).expect("copy fixture");
     let host = HostProcess::start(data.path(), free_port()).await;
     let client = reqwest::Client::new();
+    // A task of a known length: two seconds blocked in a host call.
     let task: Value = client
         .post(format!("{}/tasks", host.url))
-        .json(&json!({"plugin": "hash", "payload": {"data": "x", "rounds": 1_000_000}}))
+        .json(&json!({"plugin": "hostile", "payload": {"mode": "sleep", "seconds": 2}}))
         .send()
         .await
         .expect("submit")
@@ -155,98 +139,72 @@ async fn sigterm_lets_running_tasks_finish_and_exits_cleanly() {
         .await
         .expect("json");
     let id = task["id"].as_str().expect("id").to_owned();
-    poll_json(&client, &format!("{}/tasks/{id}", host.url), LONG, |t| t["status"] != "pending").await;
+    poll_json(&client, &format!("{}/tasks/{id}", host.url), LONG, |t| t["status"] == "running").await;
+    let signalled_at = Utc::now();
     let status = host.terminate();
     assert!(status.success(), "exit status {status}");
 
-    // The task finished before the host exited, and is on disk as completed.
+    // It was running when the signal came, finished after it, before the
+    // host exited, and is on disk as completed after its one attempt.
     let host = HostProcess::start(data.path(), free_port()).await;
     let task: Value = client.get(format!("{}/tasks/{id}", host.url)).send().await.expect("get").json().await.expect("json");
     assert_eq!(task["status"], "completed", "{task}");
-    assert_eq!(task["attempts"], 1, "it was not interrupted and rerun");
-}
-
-fn cli(url: &str, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(taskflow_binary())
-        .args(args)
-        .env("TASKFLOW_SERVER", url)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run taskflow");
-    (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+    assert_eq!(task["result"]["value"], "woke up", "{task}");
+    assert_eq!(task["attempts"], 1, "it was not interrupted and rerun: {task}");
+    let at = |field: &str| task[field].as_str().and_then(|t| t.parse::<DateTime<Utc>>().ok()).expect("timestamp");
+    assert!(at("started_at") < signalled_at && at("finished_at") > signalled_at, "{task} (signal at {signalled_at})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_submits_reads_backs_up_and_restores() {
+async fn plugins_compile_in_a_child_process_once_and_load_from_the_cache_after_a_restart() {
     let data = tempfile::tempdir().expect("tempdir");
-    install_plugins(&data.path().join("plugins"), &["echo", "wordcount"]);
-    let host = HostProcess::start(data.path(), free_port()).await;
-    let url = host.url.clone();
-
-    let (ok, out, err) = cli(&url, &["submit", "wordcount", "--payload", r#"{"text": "a b a"}"#, "--priority", "1", "--wait"]);
-    assert!(ok, "{err}");
-    let task: Value = serde_json::from_str(&out).expect("submit prints the task as JSON");
-    assert_eq!(task["status"], "completed");
-    assert_eq!(task["result"]["value"]["words"], 3);
-    let id = task["id"].as_str().expect("id");
-
-    let (ok, out, _) = cli(&url, &["get", id]);
-    assert!(ok && out.contains("\"completed\""), "{out}");
-    let (ok, out, _) = cli(&url, &["list", "--status", "completed"]);
-    assert!(ok && out.contains(id), "{out}");
-    let (ok, out, _) = cli(&url, &["plugins", "list"]);
-    assert!(ok && out.contains("wordcount") && out.contains("echo"), "{out}");
-    let (ok, out, _) = cli(&url, &["stats"]);
-    assert!(ok && out.contains("\"completed\": 1"), "{out}");
-
-    let jsonl = data.path().join("tasks.jsonl");
-    let lines: Vec<String> = (0..1200).map(|i| json!({"plugin": "echo", "payload": i}).to_string()).collect();
-    std::fs::write(&jsonl, lines.join("\n")).expect("write jsonl");
-    let (ok, out, err) = cli(&url, &["submit", "--file", jsonl.to_str().expect("utf-8")]);
-    assert!(ok && out.contains("submitted 1200 tasks"), "{out}{err}");
+    let names = ["echo", "wordcount", "hash", "flaky"];
+    install_plugins(&data.path().join("plugins"), &names);
     let client = reqwest::Client::new();
-    poll_json(&client, &format!("{url}/stats"), LONG, |s| s["tasks"]["completed"] == 1201).await;
+    let n = names.len() as u64;
 
-    let backup = data.path().join("backup.json");
-    let (ok, out, err) = cli(&url, &["backup", "--output", backup.to_str().expect("utf-8")]);
-    assert!(ok && out.contains("backed up 1201 tasks"), "{out}{err}");
+    let host = HostProcess::start(data.path(), free_port()).await;
+    let registry = host.stats(&client).await["registry"].clone();
+    assert_eq!((&registry["compiled"], &registry["compiled_in_child"], &registry["cache_hits"]), (&json!(n), &json!(n), &json!(0)), "{registry}");
+    host.kill();
 
-    // Restore into a fresh host with an empty data directory.
-    let empty = tempfile::tempdir().expect("tempdir");
-    install_plugins(&empty.path().join("plugins"), &["echo", "wordcount"]);
-    let fresh = HostProcess::start(empty.path(), free_port()).await;
-    let (ok, out, err) = cli(&fresh.url, &["restore", backup.to_str().expect("utf-8")]);
-    assert!(ok && out.contains("restored 1201 tasks"), "{out}{err}");
-    let (ok, out, _) = cli(&fresh.url, &["get", id]);
-    assert!(ok && out.contains("\"completed\""), "{out}");
-
-    // Clear errors: bad arguments, bad ids, a server that is not there.
-    let (ok, _, err) = cli(&url, &["submit", "echo", "--payload", "{oops"]);
-    assert!(!ok && err.contains("--payload is not valid JSON"), "{err}");
-    let (ok, _, err) = cli(&url, &["get", "../etc/passwd"]);
-    assert!(!ok && err.contains("not a task id"), "{err}");
-    let (ok, _, err) = cli(&format!("http://127.0.0.1:{}", free_port()), &["stats"]);
-    assert!(!ok && err.contains("cannot reach the TaskFlow server"), "{err}");
-    drop(fresh);
-    drop(host);
+    let host = HostProcess::start(data.path(), free_port()).await;
+    let stats = host.stats(&client).await;
+    let registry = &stats["registry"];
+    assert_eq!((&registry["compiled"], &registry["cache_hits"], &registry["loaded"]), (&json!(0), &json!(n), &json!(n)), "{registry}");
+    let response = client.post(format!("{}/tasks", host.url)).json(&json!({"plugin": "wordcount", "payload": {"text": "a b"}})).send().await.expect("submit");
+    let id = response.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
+    let task = poll_json(&client, &format!("{}/tasks/{id}", host.url), LONG, |t| t["status"] == "completed").await;
+    assert_eq!(task["result"]["value"]["words"], 2, "a plugin loaded from the cache runs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
+async fn plugin_log_lines_and_panic_messages_reach_the_host_log_with_the_task_id() {
     let data = tempfile::tempdir().expect("tempdir");
-    install_plugins(&data.path().join("plugins"), &["echo", "wordcount", "hash", "flaky"]);
-    let host = HostProcess::start(data.path(), free_port()).await;
-    // Every check but `positive_data_acceptance`: a schema cannot say which
-    // plugins are loaded, so a schema-valid task naming an unknown plugin is
-    // rightly refused with 422.
-    let output = Command::new("schemathesis")
-        .args(["run", &format!("{}/openapi.json", host.url), "--checks", "all"])
-        .args(["--exclude-checks", "positive_data_acceptance", "--max-examples", "40", "--no-color", "--seed", "20261128"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("schemathesis must be installed (tests/run.sh installs it from PyPI)");
-    let report = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "schemathesis found problems:\n{report}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(report.contains("passed"), "{report}");
-    drop(host);
+    let plugins = data.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugin dir");
+    std::fs::copy(fixture_wasm("hostile"), plugins.join("hostile.wasm")).expect("copy fixture");
+    let log = data.path().join("host.log");
+    let host = HostProcess::start_logging(data.path(), free_port(), &log).await;
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{}/tasks", host.url))
+        .json(&json!({"plugin": "hostile", "payload": {"mode": "panic"}, "max_attempts": 1}))
+        .send()
+        .await
+        .expect("submit");
+    let id = response.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
+    let task = poll_json(&client, &format!("{}/tasks/{id}", host.url), LONG, |t| t["status"] == "failed").await;
+    assert_eq!(task["last_error"]["kind"], "trap", "{task}");
+    host.kill();
+
+    let lines: Vec<Value> =
+        std::fs::read_to_string(&log).expect("log").lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
+    let of_task = |needle: &str| {
+        lines.iter().any(|line| {
+            line["task_id"] == id.as_str() && line["message"].as_str().is_some_and(|m| m.contains(needle))
+        })
+    };
+    assert!(of_task("the hostile fixture is about to panic"), "the plugin's log line, with its task id, is in the host log");
+    assert!(of_task("deliberate panic in the hostile fixture"), "the panic message, with its task id, is in the host log");
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use taskflow::runtime::{Limits, PluginError, PluginRegistry, Runtime, RuntimeConfig, TaskInput};
-use taskflow_tests::{file_digest, install_plugins, plugin_wasm, wasm_bytes};
+use taskflow_tests::{TestHost, file_digest, fixture_wasm, install_plugins, plugin_wasm, poll_json, wasm_bytes};
 
 fn runtime() -> Runtime {
     Runtime::new(RuntimeConfig::default()).expect("runtime")
@@ -68,9 +68,9 @@ async fn broken_uploads_are_rejected_and_the_old_version_keeps_serving() {
     for (what, bytes, expected) in cases {
         let err = registry.install("p", bytes).await.expect_err(what);
         assert!(expected(&err), "{what}: unexpected error {err}");
-        assert_eq!(registry.get("p").expect("still loaded").plugin.digest, good.digest, "{what}");
+        assert_eq!(registry.get("p").expect("still loaded").plugin.digest, good.plugin.digest, "{what}");
         // The file on disk is still the good version: nothing was written.
-        assert_eq!(file_digest(&dir.path().join("p.wasm")), good.digest, "{what}");
+        assert_eq!(file_digest(&dir.path().join("p.wasm")), good.plugin.digest, "{what}");
     }
     assert!(matches!(registry.install("../etc", vec![]).await, Err(PluginError::InvalidName(_))));
 
@@ -96,18 +96,6 @@ async fn hot_reload_swaps_versions_without_failing_a_task() {
     let registry = PluginRegistry::open(runtime(), dir.path(), None).await.expect("open");
     let _watch = registry.watch().expect("watch");
     assert_eq!(registry.get("hot").expect("v1").plugin.digest, v1_digest);
-
-    // A payload both versions accept; `rounds` makes v1 take a while.
-    let payload = json!({"text": "one two two", "data": "x", "rounds": 1_000_000});
-
-    // A long task that starts on v1 must finish on v1, even though the swap
-    // happens while it runs.
-    let long_running = {
-        let entry = registry.get("hot").expect("v1");
-        let runtime = registry.runtime().clone();
-        let payload = payload.clone();
-        tokio::spawn(async move { runtime.run(&entry.plugin, task("hot", &payload), Limits::default(), None).await })
-    };
 
     // Tasks keep flowing while the file is replaced in place.
     let registry_for_load = registry.clone();
@@ -138,8 +126,6 @@ async fn hot_reload_swaps_versions_without_failing_a_task() {
     let first_v2 = digests.iter().position(|d| *d == v2_digest).expect("tasks ran on v2");
     assert!(digests[..first_v2].iter().all(|d| *d == v1_digest), "v1 served before the swap");
     assert!(digests[first_v2..].iter().all(|d| *d == v2_digest), "only v2 after the swap");
-    let long = long_running.await.expect("join").expect("the long task succeeded");
-    assert_eq!(long.plugin_digest, v1_digest, "a running task finishes on the version it started with");
 
     // Garbage written over v2 is rejected; v2 keeps serving.
     let rejected_before = registry.stats().rejected;
@@ -189,4 +175,99 @@ async fn a_restart_with_an_unchanged_directory_compiles_nothing() {
     assert_eq!(stats.compiled, 0, "nothing recompiled after a restart");
     assert_eq!(stats.cache_hits, names.len() as u64);
     assert_eq!(stats.loaded, names.len());
+}
+
+/// How a new version reaches a running host.
+#[derive(Debug, Clone, Copy)]
+enum Delivery {
+    /// Written into the watched plugin directory.
+    File,
+    /// `PUT /plugins/{name}`.
+    Upload,
+}
+
+async fn deliver(client: &reqwest::Client, host: &TestHost, how: Delivery, name: &str, bytes: Vec<u8>) {
+    let digest = taskflow::runtime::plugin::digest_of(&bytes);
+    match how {
+        Delivery::File => std::fs::write(host.data.path().join("plugins").join(format!("{name}.wasm")), bytes).expect("write"),
+        Delivery::Upload => {
+            let response = client.put(host.at(&format!("/plugins/{name}"))).body(bytes).send().await.expect("upload");
+            assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+        }
+    }
+    let serving = |plugins: &Value| {
+        plugins["plugins"].as_array().is_some_and(|list| list.iter().any(|p| p["name"] == name && p["digest"] == digest.as_str()))
+    };
+    poll_json(client, &host.at("/plugins"), Duration::from_secs(30), serving).await;
+}
+
+async fn submit(client: &reqwest::Client, host: &TestHost, body: Value) -> String {
+    let response = client.post(host.at("/tasks")).json(&body).send().await.expect("submit");
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED, "{body}");
+    response.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned()
+}
+
+async fn task_when(client: &reqwest::Client, host: &TestHost, id: &str, status: &[&str]) -> Value {
+    poll_json(client, &host.at(&format!("/tasks/{id}")), Duration::from_secs(60), |t| {
+        status.iter().any(|s| t["status"] == *s)
+    })
+    .await
+}
+
+/// On a running host: tasks running on v1 when v2 arrives finish on v1 and
+/// record v1, a success and a failure alike; a task started after the swap
+/// runs on v2 and records v2.
+async fn tasks_keep_the_version_they_started_on(how: Delivery) {
+    let host = TestHost::start(4, false).await;
+    let client = reqwest::Client::new();
+    let v1 = wasm_bytes(&fixture_wasm("hostile"));
+    let v2 = wasm_bytes(&plugin_wasm("echo"));
+    let (v1_digest, v2_digest) = (taskflow::runtime::plugin::digest_of(&v1), taskflow::runtime::plugin::digest_of(&v2));
+    deliver(&client, &host, how, "hot", v1).await;
+
+    // On v1: one task that succeeds after two seconds, one that fails at its timeout.
+    let succeeds = submit(&client, &host, json!({"plugin": "hot", "payload": {"mode": "sleep", "seconds": 2}})).await;
+    let fails = submit(&client, &host, json!({"plugin": "hot", "payload": {"mode": "loop"}, "timeout_ms": 2000, "max_attempts": 1})).await;
+    for id in [&succeeds, &fails] {
+        task_when(&client, &host, id, &["running"]).await;
+    }
+    deliver(&client, &host, how, "hot", v2).await;
+    let after_swap = submit(&client, &host, json!({"plugin": "hot", "payload": {"mode": "sleep", "seconds": 2}})).await;
+
+    let done = task_when(&client, &host, &succeeds, &["completed", "failed"]).await;
+    assert_eq!((&done["status"], &done["result"]["value"]), (&json!("completed"), &json!("woke up")), "{how:?}: {done}");
+    assert_eq!(done["plugin_digest"], v1_digest.as_str(), "{how:?}: a task finishes on the version it started on");
+    let done = task_when(&client, &host, &fails, &["completed", "failed"]).await;
+    assert_eq!((&done["status"], &done["last_error"]["kind"]), (&json!("failed"), &json!("timeout")), "{how:?}: {done}");
+    assert_eq!(done["plugin_digest"], v1_digest.as_str(), "{how:?}: a failure is recorded against the version that failed");
+    let done = task_when(&client, &host, &after_swap, &["completed", "failed"]).await;
+    assert_eq!(done["result"]["value"], json!({"mode": "sleep", "seconds": 2}), "{how:?}: v2 (echo) ran it: {done}");
+    assert_eq!(done["plugin_digest"], v2_digest.as_str(), "{how:?}");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_written_into_the_directory_takes_over_while_tasks_run() {
+    tasks_keep_the_version_they_started_on(Delivery::File).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploaded_version_takes_over_while_tasks_run() {
+    tasks_keep_the_version_they_started_on(Delivery::Upload).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_picks_up_a_changed_sidecar() {
+    let host = TestHost::start(2, true).await;
+    let client = reqwest::Client::new();
+    let sidecar = host.data.path().join("plugins/hostile.limits.json");
+    std::fs::write(&sidecar, br#"{"timeout_ms": 300}"#).expect("write sidecar");
+    poll_json(&client, &host.at("/plugins"), Duration::from_secs(30), |plugins| {
+        plugins["plugins"].as_array().is_some_and(|list| list.iter().any(|p| p["name"] == "hostile" && p["limits"]["timeout_ms"] == 300))
+    })
+    .await;
+    let id = submit(&client, &host, json!({"plugin": "hostile", "payload": {"mode": "loop"}, "max_attempts": 1})).await;
+    let done = task_when(&client, &host, &id, &["failed", "completed"]).await;
+    assert_eq!(done["last_error"]["message"], "task exceeded its timeout of 300 ms", "{done}");
+    host.stop().await;
 }

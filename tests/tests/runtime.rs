@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use taskflow::runtime::plugin::{ArtifactCache, CompileCounters, PluginError, compile};
-use taskflow::runtime::{Failure, FailureKind, Limits, LoadedPlugin, Runtime, RuntimeConfig, Success, TaskInput};
+use taskflow::runtime::{Failure, FailureKind, Limits, LoadedPlugin, PluginRegistry, Runtime, RuntimeConfig, Success, TaskInput};
 use taskflow_tests::{file_digest, fixture_wasm, plugin_wasm, taskflow_binary, wasm_bytes};
 
 fn runtime() -> Runtime {
@@ -103,24 +103,39 @@ async fn progress_reports_reach_the_host() {
     assert!(progress.load(std::sync::atomic::Ordering::Relaxed) >= 90, "the plugin reported progress");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_infinite_loop_ends_at_its_timeout() {
+/// Runs `payload` on the hostile fixture with a 400 ms timeout; returns the
+/// failure and how long it took.
+async fn timed_out(payload: Value) -> (Failure, Duration) {
     let runtime = runtime();
     let hostile = load(&runtime, "hostile", &fixture_wasm("hostile"));
-    let err = run(&runtime, &hostile, json!({"mode": "loop"}), limits(300, 64)).await.expect_err("loop must fail");
-    assert_eq!(err.kind, FailureKind::Timeout, "{err}");
-    assert!(err.message.contains("300 ms"), "{err}");
+    let started = std::time::Instant::now();
+    let err = run(&runtime, &hostile, payload, limits(400, 64)).await.expect_err("must time out");
+    let elapsed = started.elapsed();
     assert_still_serves(&runtime).await;
+    (err, elapsed)
+}
+
+/// An attempt ends at its limit, not before, and not much after: within a
+/// small multiple of it (generous, as the machine may be busy).
+fn assert_ended_near(elapsed: Duration, limit: Duration) {
+    assert!(elapsed >= limit, "ended after {elapsed:?}, before its limit {limit:?}");
+    assert!(elapsed <= limit * 5, "ended after {elapsed:?}, long past its limit {limit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infinite_loop_ends_at_its_timeout() {
+    let (err, elapsed) = timed_out(json!({"mode": "loop"})).await;
+    assert_eq!(err.kind, FailureKind::Timeout, "{err}");
+    assert_eq!(err.message, "task exceeded its timeout of 400 ms");
+    assert_ended_near(elapsed, Duration::from_millis(400));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_blocked_in_a_host_call_ends_at_its_timeout() {
-    let runtime = runtime();
-    let hostile = load(&runtime, "hostile", &fixture_wasm("hostile"));
-    let err =
-        run(&runtime, &hostile, json!({"mode": "sleep", "seconds": 600}), limits(300, 64)).await.expect_err("sleep must fail");
+    let (err, elapsed) = timed_out(json!({"mode": "sleep", "seconds": 600})).await;
     assert_eq!(err.kind, FailureKind::Timeout, "{err}");
-    assert_still_serves(&runtime).await;
+    assert_eq!(err.message, "task exceeded its timeout of 400 ms (blocked in a host call)");
+    assert_ended_near(elapsed, Duration::from_millis(400));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,11 +152,20 @@ async fn a_memory_hog_fails_at_its_cap() {
 async fn files_environment_and_network_are_out_of_reach() {
     let runtime = runtime();
     let hostile = load(&runtime, "hostile", &fixture_wasm("hostile"));
-    // The host process has an environment and can reach PostgreSQL; the guest must see neither.
+    // The host process has an environment and a port the guest could reach if
+    // it had a network: this test listens on it and counts what arrives.
     assert!(std::env::vars().next().is_some());
-    let report = json_output(&run(&runtime, &hostile, json!({"mode": "escape"}), Limits::default()).await.expect("escape"));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let payload = json!({"mode": "escape", "port": port});
+    let report = json_output(&run(&runtime, &hostile, payload, Limits::default()).await.expect("escape"));
     for denied in ["file", "directory", "tcp", "dns"] {
         assert!(report[denied].get("Err").is_some(), "{denied} must fail inside the guest: {report}");
+    }
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the guest reached the host's port {port}: {other:?} ({report})"),
     }
     assert_eq!(report["env_vars"], json!([]), "no environment: {report}");
     assert!(report["args"].as_array().is_some_and(|a| a.len() <= 1), "no host arguments: {report}");
@@ -168,28 +192,35 @@ async fn panics_and_stack_overflows_become_failed_results() {
 async fn stdout_is_truncated_at_its_bound() {
     let runtime = runtime();
     let hostile = load(&runtime, "hostile", &fixture_wasm("hostile"));
-    let bound = 32 * 1024;
-    let limits = Limits { output_bytes: bound, ..Limits::default() };
-    let out = run(&runtime, &hostile, json!({"mode": "stdout", "megabytes": 4}), limits).await.expect("chatter succeeds");
-    assert_eq!(out.stdio.stdout.len(), bound);
-    assert_eq!(out.stdio.stderr.len(), bound);
-    assert_eq!(out.stdio.dropped_bytes, 2 * ((4 << 20) - bound as u64));
+    // The documented default: 64 KiB of each stream.
+    let out = run(&runtime, &hostile, json!({"mode": "stdout", "megabytes": 4}), Limits::default()).await.expect("chatter succeeds");
+    assert_eq!((out.stdio.stdout.len(), out.stdio.stderr.len()), (65_536, 65_536));
+    assert_eq!(out.stdio.dropped_bytes, 2 * ((4 << 20) - 65_536));
+    // A bound of its own.
+    let limits = Limits { output_bytes: 1000, ..Limits::default() };
+    let out = run(&runtime, &hostile, json!({"mode": "stdout", "megabytes": 1}), limits).await.expect("chatter succeeds");
+    assert_eq!((out.stdio.stdout.len(), out.stdio.stderr.len()), (1000, 1000));
     assert_still_serves(&runtime).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_task_gets_a_fresh_instance() {
-    // Many tasks on one loaded plugin, concurrently: each sees only its own payload.
+    // The fixture's `counter` adds one to a static and returns it: any state
+    // carried from one task to the next shows as a count above 1.
     let runtime = runtime();
-    let echo = std::sync::Arc::new(load(&runtime, "echo", &plugin_wasm("echo")));
-    let mut handles = Vec::new();
-    for i in 0..64 {
-        let (runtime, echo) = (runtime.clone(), echo.clone());
-        handles.push(tokio::spawn(async move { run(&runtime, &echo, json!({"i": i}), Limits::default()).await }));
+    let hostile = std::sync::Arc::new(load(&runtime, "hostile", &fixture_wasm("hostile")));
+    for _ in 0..16 {
+        let out = run(&runtime, &hostile, json!({"mode": "counter"}), Limits::default()).await.expect("counter");
+        assert_eq!(json_output(&out), json!(1), "one task after another");
     }
-    for (i, handle) in handles.into_iter().enumerate() {
-        let out = handle.await.expect("join").expect("echo");
-        assert_eq!(json_output(&out), json!({"i": i}));
+    let mut handles = Vec::new();
+    for _ in 0..64 {
+        let (runtime, hostile) = (runtime.clone(), hostile.clone());
+        handles.push(tokio::spawn(async move { run(&runtime, &hostile, json!({"mode": "counter"}), Limits::default()).await }));
+    }
+    for handle in handles {
+        let out = handle.await.expect("join").expect("counter");
+        assert_eq!(json_output(&out), json!(1), "concurrent tasks");
     }
 }
 
@@ -214,7 +245,8 @@ async fn plugins_compile_in_a_child_process_whose_failures_stay_its_own() {
         let counters = CompileCounters::default();
         let compiled = compile(runtime, Some(&cache), &counters, "wordcount", bytes);
         let artifacts = std::fs::read_dir(cache_dir.path()).expect("cache dir").count();
-        (compiled, counters.compiled.load(std::sync::atomic::Ordering::Relaxed), artifacts)
+        let in_child = counters.compiled_in_child.load(std::sync::atomic::Ordering::Relaxed);
+        (compiled, (counters.compiled.load(std::sync::atomic::Ordering::Relaxed), in_child), artifacts)
     };
 
     // The real compiler process: its artifact is loaded, checked and runs.
@@ -222,7 +254,7 @@ async fn plugins_compile_in_a_child_process_whose_failures_stay_its_own() {
     let runtime = with_compiler(binary.to_str().expect("utf-8 path"));
     let (compiled, count, artifacts) = compile_with(&runtime, &bytes);
     let plugin = compiled.expect("compiled in a child process");
-    assert_eq!((plugin.from_cache, count, artifacts), (false, 1, 1));
+    assert_eq!((plugin.from_cache, count, artifacts), (false, (1, 1), 1), "compiled by the child, not here");
     let out = run(&runtime, &plugin, json!({"text": "a b a"}), Limits::default()).await.expect("runs");
     assert_eq!(json_output(&out)["words"], 3);
 
@@ -244,7 +276,39 @@ async fn plugins_compile_in_a_child_process_whose_failures_stay_its_own() {
 
     // No compiler process to be had: compiled here instead.
     let (compiled, count, _) = compile_with(&with_compiler("/nonexistent/taskflow"), &bytes);
-    assert!(compiled.is_ok() && count == 1);
+    assert!(compiled.is_ok() && count == (1, 0), "{count:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_compiler_is_stopped_at_its_timeout_and_frees_the_registry() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = tempfile::tempdir().expect("tempdir");
+    // A "compiler" that never reads its input and never exits.
+    let hung = scratch.path().join("hung-compiler");
+    std::fs::write(&hung, "#!/bin/sh\nexec sleep 600\n").expect("write script");
+    std::fs::set_permissions(&hung, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let config = RuntimeConfig { compiler: Some(hung), compile_timeout: Duration::from_secs(1), ..RuntimeConfig::default() };
+    let runtime = Runtime::new(config).expect("runtime");
+    let plugins = scratch.path().join("plugins");
+    let registry = PluginRegistry::open(runtime, &plugins, Some(scratch.path().join("cache"))).await.expect("open");
+
+    // Two uploads, one after the other on the registry's loading lock: each
+    // is refused at its own timeout, so the second is not held up for good.
+    let started = std::time::Instant::now();
+    let (first, second) = tokio::join!(
+        registry.install("first", wasm_bytes(&plugin_wasm("echo"))),
+        registry.install("second", wasm_bytes(&plugin_wasm("wordcount"))),
+    );
+    let elapsed = started.elapsed();
+    for result in [first, second] {
+        match result {
+            Err(PluginError::Compile(message)) => assert!(message.contains("did not finish within 1 s"), "{message}"),
+            other => panic!("expected a compile timeout, got {:?}", other.map(|p| p.plugin.digest.clone())),
+        }
+    }
+    assert!(elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(20), "two timeouts of 1 s took {elapsed:?}");
+    assert!(registry.list().is_empty());
+    assert!(!plugins.join("first.wasm").exists(), "a rejected version is not written to the plugin directory");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,7 +86,19 @@ pub async fn require_admin_token(State(state): State<AppState>, request: Request
 }
 
 fn presented(request: &Request) -> Option<&str> {
-    request.headers().get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+    bearer_token(request.headers().get(header::AUTHORIZATION)?.to_str().ok()?)
+}
+
+/// The token of an `Authorization` value in the `Bearer` scheme, else `None`.
+///
+/// `credentials = auth-scheme [ 1*SP token68 ]` (RFC 7235 §2.1, RFC 6750
+/// §2.1): the scheme is matched case-insensitively (`bearer`, `BEARER`, …)
+/// and any number of spaces may separate it from the token. Other schemes
+/// (`Basic`, …) and a scheme without a token give `None`.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_matches([' ', '\t']).split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Compares in time independent of where the strings differ.
@@ -102,7 +114,34 @@ fn unauthorized(message: &str) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::same;
+    use super::{bearer_token, same};
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_other_schemes_are_refused() {
+        for value in [
+            "Bearer secret-token-123",
+            "bearer secret-token-123",
+            "BEARER secret-token-123",
+            "bEaReR secret-token-123",
+            "Bearer    secret-token-123",
+            " Bearer secret-token-123 ",
+        ] {
+            assert_eq!(bearer_token(value), Some("secret-token-123"), "{value:?}");
+        }
+        for value in [
+            "Basic c2VjcmV0LXRva2VuLTEyMw==",
+            "Basic secret-token-123",
+            "Token secret-token-123",
+            "Bearersecret-token-123",
+            "Bearer",
+            "Bearer ",
+            "Bearer\tsecret-token-123",
+            "secret-token-123",
+            "",
+        ] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
+    }
 
     #[test]
     fn token_comparison() {

@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
+use super::schema::BackupDocument;
 use crate::service::{RestoreSummary, Stats};
 use crate::storage::backup;
 
@@ -58,7 +59,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Health>) 
 /// plugins with versions, uptime.
 #[utoipa::path(get, path = "/stats", tag = "operations",
     responses((status = 200, description = "Statistics", body = Stats)),
-    security((), ("bearer" = [])))]
+    security(("api_token" = []), ("admin_token" = [])))]
 pub async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiError> {
     Ok(Json(state.service.stats().await?))
 }
@@ -73,8 +74,8 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
 
 /// Every task as one backup document (the format of backup files).
 #[utoipa::path(get, path = "/admin/backup", tag = "operations",
-    responses((status = 200, description = "Backup document", body = Object, content_type = "application/json")),
-    security((), ("bearer" = [])))]
+    responses((status = 200, description = "Backup document", body = BackupDocument, content_type = "application/json")),
+    security(("admin_token" = [])))]
 pub async fn export_backup(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let tasks = state.service.store().all().await.map_err(crate::service::ServiceError::from)?;
     let bytes = backup::encode_backup(&tasks, Utc::now()).map_err(|e| ApiError::internal(&e))?;
@@ -84,13 +85,14 @@ pub async fn export_backup(State(state): State<AppState>) -> Result<impl IntoRes
 /// Restore tasks from a backup document: each task is saved (replacing one
 /// with the same id) and pending ones are queued.
 #[utoipa::path(post, path = "/admin/restore", tag = "operations",
-    request_body(content = Object, content_type = "application/json", description = "A backup document"),
+    request_body(content = BackupDocument, content_type = "application/json", description = "A backup document"),
     responses(
         (status = 200, description = "Restored", body = RestoreSummary),
+        (status = 400, description = "The upload could not be read", body = ErrorBody),
         (status = 413, description = "Too large", body = ErrorBody),
         (status = 422, description = "Not a valid backup", body = ErrorBody),
     ),
-    security((), ("bearer" = [])))]
+    security(("admin_token" = [])))]
 pub async fn restore(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -99,7 +101,10 @@ pub async fn restore(
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the backup is too large to upload"),
         _ => ApiError::bad_request("the backup upload could not be read"),
     })?;
+    // `16.0` is an integer to the schema (JSON Schema), not to serde: retry
+    // with such numbers written as integers.
     let tasks = backup::parse_backup(&body)
+        .or_else(|reason| super::schema::backup_with_integers(&body).map_or(Err(reason), |fixed| backup::parse_backup(&fixed)))
         .map_err(|reason| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_backup", format!("not a valid backup: {reason}")))?;
     Ok(Json(state.service.restore(tasks).await?))
 }

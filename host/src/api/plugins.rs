@@ -22,7 +22,7 @@ pub struct PluginList {
 /// List loaded plugins with their versions (digest, size, load time).
 #[utoipa::path(get, path = "/plugins", tag = "plugins",
     responses((status = 200, description = "Loaded plugins", body = PluginList)),
-    security((), ("bearer" = []))
+    security(("api_token" = []), ("admin_token" = []))
 )]
 pub async fn list(State(state): State<AppState>) -> Json<PluginList> {
     Json(PluginList { plugins: state.service.registry().list() })
@@ -42,7 +42,7 @@ pub async fn list(State(state): State<AppState>) -> Json<PluginList> {
         (status = 413, description = "Too large", body = ErrorBody),
         (status = 422, description = "Not a valid TaskFlow component", body = ErrorBody),
     ),
-    security((), ("bearer" = []))
+    security(("admin_token" = []))
 )]
 pub async fn upload(
     State(state): State<AppState>,
@@ -69,7 +69,7 @@ pub async fn upload(
         (status = 400, description = "Invalid name", body = ErrorBody),
         (status = 404, description = "No such plugin", body = ErrorBody),
     ),
-    security((), ("bearer" = []))
+    security(("admin_token" = []))
 )]
 pub async fn remove(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     state.service.registry().remove(&name).await?;

@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use crate::service::{TaskView, ServiceError};
-use crate::storage::{ListQuery, TaskPage};
+use crate::storage::{Cursor, ListQuery, StorageError, TaskPage};
 use crate::task::{NewTask, Task, TaskId, TaskStatus};
 
 /// Most tasks one batch may hold.
@@ -34,7 +34,7 @@ const MAX_PAGE: usize = 200;
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Invalid field or unknown plugin", body = ErrorBody),
     ),
-    security((), ("bearer" = []))
+    security(("api_token" = []), ("admin_token" = []))
 )]
 pub async fn submit(State(state): State<AppState>, ApiJson(new): ApiJson<NewTask>) -> Result<Response, ApiError> {
     let submitted = state.service.submit(new).await?;
@@ -78,7 +78,7 @@ pub struct BatchResponse {
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "A task is invalid", body = ErrorBody),
     ),
-    security((), ("bearer" = []))
+    security(("api_token" = []), ("admin_token" = []))
 )]
 pub async fn submit_batch(
     State(state): State<AppState>,
@@ -118,7 +118,7 @@ fn parse_id(id: &str) -> Result<TaskId, ApiError> {
         (status = 400, description = "Not a task id", body = ErrorBody),
         (status = 404, description = "No such task", body = ErrorBody),
     ),
-    security((), ("bearer" = []))
+    security(("api_token" = []), ("admin_token" = []))
 )]
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
     Ok(Json(state.service.get(parse_id(&id)?).await?))
@@ -133,7 +133,7 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Resul
         (status = 404, description = "No such task", body = ErrorBody),
         (status = 409, description = "The task already finished", body = ErrorBody),
     ),
-    security((), ("bearer" = []))
+    security(("api_token" = []), ("admin_token" = []))
 )]
 pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
     Ok(Json(state.service.cancel(parse_id(&id)?).await?))
@@ -151,8 +151,9 @@ pub struct ListParams {
     /// Tasks per page, 1 to 200 (default 50).
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
-    /// `next_cursor` from the previous page.
-    #[param(pattern = "^[0-9]+_[0-9a-f-]{36}$")]
+    /// `next_cursor` from the previous page: `<sequence>_<task id>`, the
+    /// sequence a decimal `u64` (the pattern spells 0 to 18446744073709551615).
+    #[param(pattern = r"^(?:0|[1-9][0-9]{0,18}|1(?:[0-7][0-9]{18}|8(?:[0-3][0-9]{17}|4(?:[0-3][0-9]{16}|4(?:[0-5][0-9]{15}|6(?:[0-6][0-9]{14}|7(?:[0-3][0-9]{13}|4(?:[0-3][0-9]{12}|40(?:[0-6][0-9]{10}|7(?:[0-2][0-9]{9}|3(?:[0-6][0-9]{8}|70(?:[0-8][0-9]{6}|9(?:[0-4][0-9]{5}|5(?:[0-4][0-9]{4}|5(?:0[0-9]{3}|1(?:[0-5][0-9]{2}|6(?:0[0-9]{1}|1[0-5])))))))))))))))))_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     pub cursor: Option<String>,
 }
 
@@ -162,7 +163,7 @@ pub struct ListParams {
         (status = 200, description = "A page of tasks", body = TaskPage),
         (status = 400, description = "Bad filter, limit or cursor", body = ErrorBody),
     ),
-    security((), ("bearer" = []))
+    security(("api_token" = []), ("admin_token" = []))
 )]
 pub async fn list(State(state): State<AppState>, ApiQuery(params): ApiQuery<ListParams>) -> Result<Json<TaskPage>, ApiError> {
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
@@ -171,6 +172,13 @@ pub async fn list(State(state): State<AppState>, ApiQuery(params): ApiQuery<List
     }
     if let Some(plugin) = &params.plugin {
         crate::runtime::plugin::validate_name(plugin)?;
+    }
+    // Only cursors as the host writes them (no sign, leading zeros or upper
+    // case): what the schema's pattern describes.
+    if let Some(cursor) = &params.cursor
+        && Cursor::decode(cursor).map(|c| c.encode()).ok().as_deref() != Some(cursor.as_str())
+    {
+        return Err(ServiceError::from(StorageError::InvalidCursor(cursor.chars().take(100).collect())).into());
     }
     let query = ListQuery { status: params.status, plugin: params.plugin, limit, cursor: params.cursor };
     state.service.list(&query).await.map(Json).map_err(|e: ServiceError| e.into())

@@ -11,12 +11,16 @@
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use wasmtime::component::Component;
 
 use super::RuntimeConfig;
 use super::engine::build_engine;
 use crate::fsutil;
+
+/// How often a running compiler is checked on.
+const POLL: Duration = Duration::from_millis(10);
 
 /// The hidden `taskflow` subcommand the child runs.
 pub const SUBCOMMAND: &str = "compile-plugin";
@@ -31,7 +35,9 @@ pub enum ChildError {
 }
 
 /// Host side: compiles `bytes` in `exe compile-plugin` for an engine built
-/// from `config`, and waits until the artifact is at `output`.
+/// from `config`, and waits until the artifact is at `output`, for at most
+/// `config.compile_timeout`: a child still compiling then is killed, so a
+/// hung compiler cannot hold up every later plugin change.
 pub fn compile_in_child(exe: &Path, config: &RuntimeConfig, bytes: &[u8], output: &Path) -> Result<(), ChildError> {
     let engine = serde_json::to_string(config).map_err(|e| ChildError::Unavailable(std::io::Error::other(e)))?;
     let mut child = Command::new(exe)
@@ -46,18 +52,45 @@ pub fn compile_in_child(exe: &Path, config: &RuntimeConfig, bytes: &[u8], output
         .env_remove("RUST_LOG")
         .spawn()
         .map_err(ChildError::Unavailable)?;
-    // A child that dies early closes the pipe; its exit status says why.
+    // Both pipes are served by threads of their own, so that a child that
+    // neither reads nor exits cannot block this one past the deadline. A
+    // child that dies early closes the pipe; its exit status says why.
     if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(bytes);
+        let bytes = bytes.to_vec();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&bytes);
+        });
     }
-    let finished = child.wait_with_output().map_err(ChildError::Unavailable)?;
-    if finished.status.success() {
+    let (said_tx, said_rx) = std::sync::mpsc::channel();
+    if let Some(mut stderr) = child.stderr.take() {
+        std::thread::spawn(move || {
+            let mut said = String::new();
+            let _ = stderr.read_to_string(&mut said);
+            let _ = said_tx.send(said);
+        });
+    }
+    let deadline = Instant::now() + config.compile_timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(ChildError::Unavailable)? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(ChildError::Failed(format!(
+                "the compiler did not finish within {} s (TASKFLOW_COMPILE_TIMEOUT_SECS) and was stopped",
+                config.compile_timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(POLL);
+    };
+    if status.success() {
         return Ok(());
     }
-    let said = String::from_utf8_lossy(&finished.stderr);
+    let said = said_rx.recv_timeout(POLL.saturating_mul(50)).unwrap_or_default();
     let said = said.trim().trim_start_matches("error: ");
     Err(ChildError::Failed(if said.is_empty() {
-        format!("the compiler process ended with {}", finished.status)
+        format!("the compiler process ended with {status}")
     } else {
         said.to_owned()
     }))

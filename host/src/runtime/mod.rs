@@ -60,6 +60,14 @@ pub struct RuntimeConfig {
     /// cache, through which the child hands over its work.
     #[serde(skip)]
     pub compiler: Option<std::path::PathBuf>,
+    /// Longest a compiler process may take before it is stopped and its
+    /// plugin version rejected.
+    #[serde(skip, default = "default_compile_timeout")]
+    pub compile_timeout: Duration,
+}
+
+fn default_compile_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 impl Default for RuntimeConfig {
@@ -72,6 +80,7 @@ impl Default for RuntimeConfig {
             fuel: None,
             default_limits: Limits::default(),
             compiler: None,
+            compile_timeout: default_compile_timeout(),
         }
     }
 }

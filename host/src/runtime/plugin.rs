@@ -100,6 +100,8 @@ pub struct PluginInfo {
     pub size: usize,
     /// When this version was loaded.
     pub loaded_at: DateTime<Utc>,
+    /// Limits from its sidecar file, `<name>.limits.json` (unset: the host's defaults).
+    pub limits: super::registry::PluginLimits,
 }
 
 impl LoadedPlugin {
@@ -108,11 +110,6 @@ impl LoadedPlugin {
     #[doc(hidden)]
     pub fn instance_pre(&self) -> &ProcessorPre<Sandbox> {
         &self.pre
-    }
-
-    /// The public description of this version.
-    pub fn info(&self) -> PluginInfo {
-        PluginInfo { name: self.name.clone(), digest: self.digest.clone(), size: self.size, loaded_at: self.loaded_at }
     }
 }
 
@@ -197,6 +194,7 @@ impl ArtifactCache {
 fn compile_component(
     runtime: &Runtime,
     cache: Option<&ArtifactCache>,
+    counters: &CompileCounters,
     digest: &str,
     bytes: &[u8],
 ) -> Result<Component, PluginError> {
@@ -207,7 +205,10 @@ fn compile_component(
         config.pooling = runtime.allocator() == super::AllocatorKind::Pooling;
         match compiler::compile_in_child(exe, &config, bytes, &cache.path_for(digest)) {
             Ok(()) => match cache.load(runtime, digest) {
-                Some(component) => return Ok(component),
+                Some(component) => {
+                    counters.compiled_in_child.fetch_add(1, Ordering::Relaxed);
+                    return Ok(component);
+                }
                 None => tracing::warn!(digest, "the compiler process's artifact does not load; compiling here"),
             },
             Err(compiler::ChildError::Unavailable(e)) => {
@@ -237,6 +238,8 @@ fn deserialize(runtime: &Runtime, path: &Path) -> wasmtime::Result<Component> {
 pub struct CompileCounters {
     /// Components compiled by cranelift.
     pub compiled: AtomicU64,
+    /// Of those, components compiled in a child process.
+    pub compiled_in_child: AtomicU64,
     /// Components loaded from the on-disk cache.
     pub cache_hits: AtomicU64,
 }
@@ -262,7 +265,7 @@ pub fn compile(
             component
         }
         None => {
-            let component = compile_component(runtime, cache, &digest, bytes)?;
+            let component = compile_component(runtime, cache, counters, &digest, bytes)?;
             counters.compiled.fetch_add(1, Ordering::Relaxed);
             component
         }

@@ -43,6 +43,20 @@ pub struct PluginEntry {
     pub limits: PluginLimits,
 }
 
+impl PluginEntry {
+    /// The public description of this version and its limits.
+    pub fn info(&self) -> PluginInfo {
+        let plugin = &self.plugin;
+        PluginInfo {
+            name: plugin.name.clone(),
+            digest: plugin.digest.clone(),
+            size: plugin.size,
+            loaded_at: plugin.loaded_at,
+            limits: self.limits,
+        }
+    }
+}
+
 /// Counters for `/stats`, `/metrics` and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegistryStats {
@@ -50,6 +64,8 @@ pub struct RegistryStats {
     pub loaded: usize,
     /// Components compiled since start.
     pub compiled: u64,
+    /// Of those, components compiled in a child process.
+    pub compiled_in_child: u64,
     /// Components loaded from the compile cache since start.
     pub cache_hits: u64,
     /// Versions rejected since start.
@@ -125,7 +141,7 @@ impl PluginRegistry {
 
     /// Every loaded plugin, by name.
     pub fn list(&self) -> Vec<PluginInfo> {
-        let mut list: Vec<PluginInfo> = self.read().values().map(|entry| entry.plugin.info()).collect();
+        let mut list: Vec<PluginInfo> = self.read().values().map(PluginEntry::info).collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
     }
@@ -135,6 +151,7 @@ impl PluginRegistry {
         RegistryStats {
             loaded: self.read().len(),
             compiled: self.compiler.counters.compiled.load(Ordering::Relaxed),
+            compiled_in_child: self.compiler.counters.compiled_in_child.load(Ordering::Relaxed),
             cache_hits: self.compiler.counters.cache_hits.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
         }
@@ -143,7 +160,7 @@ impl PluginRegistry {
     /// Validates and loads `bytes` as plugin `name`, then writes it into the
     /// plugin directory so it survives a restart. Nothing is written and the
     /// old version keeps serving if the new one is rejected.
-    pub async fn install(&self, name: &str, bytes: Vec<u8>) -> Result<Arc<LoadedPlugin>, PluginError> {
+    pub async fn install(&self, name: &str, bytes: Vec<u8>) -> Result<PluginEntry, PluginError> {
         plugin::validate_name(name)?;
         let _guard = self.loading.lock().await;
         let limits = self.read_limits(name)?;
@@ -181,7 +198,7 @@ impl PluginRegistry {
     /// Brings the registry in line with one file of the plugin directory:
     /// loads it if new or changed, unloads it if gone. Returns the version
     /// now serving, if any.
-    pub async fn sync_path(&self, path: &Path) -> Result<Option<Arc<LoadedPlugin>>, PluginError> {
+    pub async fn sync_path(&self, path: &Path) -> Result<Option<PluginEntry>, PluginError> {
         let Some(name) = plugin_name_of(path) else { return Ok(None) };
         let _guard = self.loading.lock().await;
         let wasm = self.dir.join(format!("{name}.wasm"));
@@ -202,11 +219,13 @@ impl PluginRegistry {
         if let Some(current) = current
             && current.plugin.digest == plugin::digest_of(&bytes)
         {
-            if current.limits != limits {
-                self.write().insert(name.clone(), PluginEntry { plugin: current.plugin.clone(), limits });
-                tracing::info!(plugin = %name, ?limits, "plugin limits updated");
+            if current.limits == limits {
+                return Ok(Some(current));
             }
-            return Ok(Some(current.plugin));
+            let updated = PluginEntry { plugin: current.plugin, limits };
+            self.write().insert(name.clone(), updated.clone());
+            tracing::info!(plugin = %name, ?limits, "plugin limits updated");
+            return Ok(Some(updated));
         }
         let loaded = self.compile(name.clone(), bytes).await.map_err(|e| self.rejected_with(&name, e))?;
         Ok(Some(self.swap(loaded, limits)))
@@ -260,12 +279,11 @@ impl PluginRegistry {
         .map_err(|e| PluginError::Compile(format!("compilation was aborted: {e}")))?
     }
 
-    fn swap(&self, loaded: LoadedPlugin, limits: PluginLimits) -> Arc<LoadedPlugin> {
-        let loaded = Arc::new(loaded);
-        let previous = self
-            .write()
-            .insert(loaded.name.clone(), PluginEntry { plugin: loaded.clone(), limits })
-            .map(|entry| entry.plugin.digest.clone());
+    fn swap(&self, loaded: LoadedPlugin, limits: PluginLimits) -> PluginEntry {
+        let entry = PluginEntry { plugin: Arc::new(loaded), limits };
+        let loaded = &entry.plugin;
+        let previous =
+            self.write().insert(loaded.name.clone(), entry.clone()).map(|previous| previous.plugin.digest.clone());
         tracing::info!(
             plugin = %loaded.name,
             digest = %loaded.digest,
@@ -273,7 +291,7 @@ impl PluginRegistry {
             from_cache = loaded.from_cache,
             "plugin loaded"
         );
-        loaded
+        entry
     }
 
     fn read_limits(&self, name: &str) -> Result<PluginLimits, PluginError> {

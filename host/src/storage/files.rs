@@ -60,7 +60,7 @@ const CHECKPOINT_CHUNK: usize = 1024;
 /// Longest a save waits for a full dirty set to drain before it is refused.
 const MAX_WAIT_FOR_ROOM: Duration = Duration::from_secs(5);
 
-/// Most saves appended in one write.
+/// Most changes (a save, a delete, or a batch of saves) appended in one write.
 const MAX_BATCH: usize = 1024;
 
 /// Sharded JSON-file task store. Cheap to clone; clones share one index,
@@ -140,12 +140,18 @@ impl Dirty {
 
 /// A save or delete on its way to the journal.
 struct Change {
+    /// The records, appended in one write: all or none.
+    records: Vec<ChangedTask>,
+    /// Answered once the change is in the journal: whether the (last) task existed.
+    done: oneshot::Sender<Result<bool, StorageError>>,
+}
+
+/// One task's part of a [`Change`].
+struct ChangedTask {
     id: TaskId,
     record: Record,
     /// The task's new summary; `None` for a delete.
     summary: Option<Summary>,
-    /// Answered once the change is in the journal: whether the task existed.
-    done: oneshot::Sender<Result<bool, StorageError>>,
 }
 
 /// Where a task's current state is.
@@ -340,11 +346,11 @@ impl FileStore {
     }
 
     /// Hands a change to the journal writer and waits until it is persisted.
-    async fn persist(&self, id: TaskId, record: Record, summary: Option<Summary>) -> Result<bool, StorageError> {
+    async fn persist(&self, records: Vec<ChangedTask>) -> Result<bool, StorageError> {
         let stopped = || StorageError::Unavailable("the journal writer has stopped".into());
         let changes = self.handle.changes.as_ref().ok_or_else(stopped)?;
         let (done, persisted) = oneshot::channel();
-        changes.send(Change { id, record, summary, done }).await.map_err(|_| stopped())?;
+        changes.send(Change { records, done }).await.map_err(|_| stopped())?;
         persisted.await.map_err(|_| stopped())?
     }
 
@@ -557,7 +563,9 @@ fn write_changes(shared: &Shared, mut queued: mpsc::Receiver<Change>) {
         }
         encoded.clear();
         for change in &batch {
-            change.record.encode_into(&mut encoded);
+            for changed in &change.records {
+                changed.record.encode_into(&mut encoded);
+            }
         }
 
         let mut journal = shared.lock_journal();
@@ -566,7 +574,13 @@ fn write_changes(shared: &Shared, mut queued: mpsc::Receiver<Change>) {
                 let mut state = shared.lock_state();
                 let answers: Vec<_> = batch
                     .drain(..)
-                    .map(|change| (change.done, Ok(state.apply(change.id, change.record, change.summary, journal.current()))))
+                    .map(|change| {
+                        let mut existed = false;
+                        for changed in change.records {
+                            existed = state.apply(changed.id, changed.record, changed.summary, journal.current());
+                        }
+                        (change.done, Ok(existed))
+                    })
                     .collect();
                 if state.wants_checkpoint() {
                     shared.checkpoint_due.notify_one();
@@ -741,8 +755,18 @@ fn move_aside(root: &Path, path: &Path, file_name: &str, reason: &str) {
 #[async_trait::async_trait]
 impl TaskStore for FileStore {
     async fn save(&self, task: &Task) -> Result<(), StorageError> {
-        let json = serde_json::to_vec(task).map_err(|source| StorageError::Encode { what: format!("task {}", task.id), source })?;
-        self.persist(task.id, Record::Put(json.into()), Some(Summary::of(task))).await.map(|_| ())
+        self.save_all(std::slice::from_ref(task)).await
+    }
+
+    async fn save_all(&self, tasks: &[Task]) -> Result<(), StorageError> {
+        let records = tasks
+            .iter()
+            .map(|task| {
+                let json = serde_json::to_vec(task).map_err(|source| StorageError::Encode { what: format!("task {}", task.id), source })?;
+                Ok(ChangedTask { id: task.id, record: Record::Put(json.into()), summary: Some(Summary::of(task)) })
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        self.persist(records).await.map(|_| ())
     }
 
     async fn load(&self, id: TaskId) -> Result<Option<Task>, StorageError> {
@@ -761,7 +785,7 @@ impl TaskStore for FileStore {
     }
 
     async fn delete(&self, id: TaskId) -> Result<bool, StorageError> {
-        self.persist(id, Record::Delete(id), None).await
+        self.persist(vec![ChangedTask { id, record: Record::Delete(id), summary: None }]).await
     }
 
     async fn list(&self, query: &ListQuery) -> Result<TaskPage, StorageError> {

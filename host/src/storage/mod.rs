@@ -137,6 +137,10 @@ pub trait TaskStore: Send + Sync {
     /// Creates or replaces the task; durable when this returns.
     async fn save(&self, task: &Task) -> Result<(), StorageError>;
 
+    /// Creates or replaces every task, all or none: on error none of them
+    /// was saved. Durable when this returns.
+    async fn save_all(&self, tasks: &[Task]) -> Result<(), StorageError>;
+
     /// The task with `id`, if stored.
     async fn load(&self, id: TaskId) -> Result<Option<Task>, StorageError>;
 

@@ -88,24 +88,16 @@ fn sequence_of(task: &Task) -> i64 {
 #[async_trait::async_trait]
 impl TaskStore for PgStore {
     async fn save(&self, task: &Task) -> Result<(), StorageError> {
-        let doc = serde_json::to_string(task).map_err(|source| StorageError::Encode { what: format!("task {}", task.id), source })?;
-        sqlx::query(
-            "INSERT INTO tasks (id, sequence, plugin, priority, status, idempotency_key, doc, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, now())
-             ON CONFLICT (id) DO UPDATE SET sequence = $2, plugin = $3, priority = $4, status = $5,
-                 idempotency_key = $6, doc = $7, updated_at = now()",
-        )
-        .bind(task.id.as_uuid())
-        .bind(sequence_of(task))
-        .bind(&task.plugin)
-        .bind(i16::from(task.priority))
-        .bind(task.status.as_str())
-        .bind(&task.idempotency_key)
-        .bind(doc)
-        .execute(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        Ok(())
+        let mut connection = self.pool.acquire().await.map_err(unavailable)?;
+        upsert(&mut connection, task).await
+    }
+
+    async fn save_all(&self, tasks: &[Task]) -> Result<(), StorageError> {
+        let mut transaction = self.pool.begin().await.map_err(unavailable)?;
+        for task in tasks {
+            upsert(&mut transaction, task).await?;
+        }
+        transaction.commit().await.map_err(unavailable)
     }
 
     async fn load(&self, id: TaskId) -> Result<Option<Task>, StorageError> {
@@ -187,4 +179,26 @@ impl TaskStore for PgStore {
         sqlx::query("SELECT 1").execute(&self.pool).await.map_err(unavailable)?;
         Ok(())
     }
+}
+
+/// Inserts or replaces one task's row.
+async fn upsert(connection: &mut PgConnection, task: &Task) -> Result<(), StorageError> {
+    let doc = serde_json::to_string(task).map_err(|source| StorageError::Encode { what: format!("task {}", task.id), source })?;
+    sqlx::query(
+        "INSERT INTO tasks (id, sequence, plugin, priority, status, idempotency_key, doc, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+         ON CONFLICT (id) DO UPDATE SET sequence = $2, plugin = $3, priority = $4, status = $5,
+             idempotency_key = $6, doc = $7, updated_at = now()",
+    )
+    .bind(task.id.as_uuid())
+    .bind(sequence_of(task))
+    .bind(&task.plugin)
+    .bind(i16::from(task.priority))
+    .bind(task.status.as_str())
+    .bind(&task.idempotency_key)
+    .bind(doc)
+    .execute(connection)
+    .await
+    .map_err(unavailable)?;
+    Ok(())
 }
