@@ -13,6 +13,8 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::{KnownFormat, RefOr, SchemaFormat};
 use uuid::Uuid;
 
 use crate::runtime::FailureKind;
@@ -218,15 +220,15 @@ pub struct Task {
     pub created_at: DateTime<Utc>,
     /// When its latest attempt started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = crate::api::schema::nullable_date_time)]
+    #[schema(schema_with = nullable_date_time)]
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached a terminal status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = crate::api::schema::nullable_date_time)]
+    #[schema(schema_with = nullable_date_time)]
     pub finished_at: Option<DateTime<Utc>>,
     /// Earliest time of the next attempt (retry backoff).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = crate::api::schema::nullable_date_time)]
+    #[schema(schema_with = nullable_date_time)]
     pub retry_at: Option<DateTime<Utc>>,
     /// Digest of the plugin version that ran the latest attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -363,6 +365,18 @@ impl Task {
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout_ms.map(Duration::from_millis)
     }
+}
+
+/// An optional timestamp: `null` or an RFC 3339 date-time.
+///
+/// Stated as `oneOf` rather than `type: [string, null]`, with which
+/// generators lose the format (and produce `""`, which is no date-time).
+fn nullable_date_time() -> RefOr<Schema> {
+    let date_time = SchemaFormat::KnownFormat(KnownFormat::DateTime);
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .item(ObjectBuilder::new().schema_type(Type::String).format(Some(date_time)))
+        .into()
 }
 
 #[cfg(test)]

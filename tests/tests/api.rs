@@ -502,6 +502,27 @@ async fn shutdown_past_the_grace_period_leaves_running_tasks_pending() {
     let stored: Value = serde_json::from_slice(&std::fs::read(&file).expect("task file")).expect("json");
     assert_eq!(stored["status"], "pending", "{stored}");
     assert_eq!(stored["last_error"]["kind"], "interrupted", "{stored}");
+    assert_eq!(stored["attempts"], 0, "the attempt the shutdown interrupted does not count: {stored}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_task_with_no_attempt_left_fails_instead_of_running_again() {
+    use taskflow::task::{NewTask, TaskStatus};
+    let host = TestHost::start(1, false).await;
+    let client = reqwest::Client::new();
+    // Backed up while running its last attempt: it comes back pending, with no attempt left.
+    let mut task = NewTask { plugin: "echo".into(), payload: json!(1), max_attempts: Some(1), ..NewTask::default() }.validate(1).expect("valid");
+    task.status = TaskStatus::Running;
+    task.attempts = 1;
+    let document = json!({"format": taskflow::storage::backup::BACKUP_FORMAT, "version": taskflow::storage::backup::BACKUP_VERSION, "tasks": [task]});
+    let response = client.post(host.at("/admin/restore")).json(&document).send().await.expect("restore");
+    assert_eq!(response.status(), StatusCode::OK);
+    let done = wait_terminal(&client, &host, &task.id.to_string()).await;
+    assert_eq!((&done["status"], &done["attempts"], &done["last_error"]["kind"]), (&json!("failed"), &json!(1), &json!("interrupted")), "{done}");
+    // The host's own backup of it restores again.
+    let backup = client.get(host.at("/admin/backup")).send().await.expect("backup").bytes().await.expect("bytes");
+    assert_eq!(client.post(host.at("/admin/restore")).body(backup).send().await.expect("restore").status(), StatusCode::OK);
+    host.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,8 @@
 //! Schemas of the OpenAPI description that the derive macros cannot state,
 //! and the one place where the host meets JSON Schema's idea of an integer.
 
-use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
-use utoipa::openapi::{KnownFormat, Ref, RefOr, SchemaFormat};
+use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::{Ref, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 
 use crate::storage::backup::{BACKUP_FORMAT, BACKUP_VERSION};
@@ -52,17 +52,6 @@ impl ToSchema for BackupDocument {
         schemas.push((Task::name().into(), Task::schema()));
         <Task as ToSchema>::schemas(schemas);
     }
-}
-
-/// An optional timestamp: `null` or an RFC 3339 date-time.
-///
-/// Stated as `oneOf` rather than `type: [string, null]`, with which
-/// generators lose the format (and produce `""`, which is no date-time).
-pub fn nullable_date_time() -> RefOr<Schema> {
-    OneOfBuilder::new()
-        .item(ObjectBuilder::new().schema_type(Type::Null))
-        .item(ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime))))
-        .into()
 }
 
 /// Fields of a backup document's tasks that hold integers.
