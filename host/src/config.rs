@@ -73,7 +73,7 @@ pub struct ServeConfig {
     #[arg(long, env = "TASKFLOW_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 
-    /// Bearer token required to upload or remove plugins.
+    /// Bearer token required to upload or remove plugins, back up and restore.
     #[arg(long, env = "TASKFLOW_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
