@@ -55,17 +55,55 @@ pub async fn lists_filter_and_page_in_submission_order(store: &dyn TaskStore) {
     assert!(matches!(store.list(&zero).await, Err(StorageError::InvalidLimit)));
 }
 
-/// `save_all` saves every task of a batch, replacing those that exist, and
-/// an empty batch is no error.
-pub async fn saves_a_batch_together(store: &dyn TaskStore) {
-    let mut batch: Vec<Task> = (1..=5).map(|n| task("echo", n)).collect();
-    store.save(&batch[0]).await.expect("save one first");
-    batch[0].status = TaskStatus::Completed;
-    store.save_all(&batch).await.expect("save the batch");
-    for saved in &batch {
-        assert_eq!(store.load(saved.id).await.expect("load").as_ref(), Some(saved), "task {}", saved.sequence);
+/// `insert` numbers new tasks in order, after every stored (or restored)
+/// one, and returns the stored task for an idempotency key seen before.
+pub async fn insert_numbers_tasks_and_honours_idempotency_keys(store: &dyn TaskStore) {
+    let batch: Vec<Task> = (0..3).map(|_| task("echo", 0)).collect();
+    let inserted = store.insert(batch.clone()).await.expect("insert");
+    assert!(inserted.iter().all(|s| s.created));
+    let sequences: Vec<u64> = inserted.iter().map(|s| s.task.sequence).collect();
+    assert!(sequences.windows(2).all(|w| w[0] < w[1]), "increasing: {sequences:?}");
+    for (submitted, original) in inserted.iter().zip(&batch) {
+        assert_eq!(submitted.task.id, original.id);
+        assert_eq!(store.load(original.id).await.expect("load").as_ref(), Some(&submitted.task), "stored as returned");
     }
-    store.save_all(&[]).await.expect("an empty batch");
+
+    let keyed = |key: &str| Task { idempotency_key: Some(key.into()), ..task("echo", 0) };
+    let first = store.insert(vec![keyed("order-1")]).await.expect("insert").remove(0);
+    assert!(first.created);
+    let again = store.insert(vec![keyed("order-1"), task("echo", 0)]).await.expect("insert");
+    assert!(!again[0].created, "the key was seen");
+    assert_eq!(again[0].task, first.task, "the stored task comes back");
+    assert!(again[1].created && again[1].task.sequence > first.task.sequence);
+    assert_eq!(store.find_by_idempotency_key("order-1").await.expect("find"), Some(first.task));
+
+    let mut restored = task("echo", 1_000);
+    restored.status = TaskStatus::Completed;
+    store.restore(&restored).await.expect("restore");
+    let after = store.insert(vec![task("echo", 0)]).await.expect("insert").remove(0);
+    assert!(after.task.sequence > 1_000, "numbered after the restored task: {}", after.task.sequence);
+    assert!(store.insert(vec![]).await.expect("empty insert").is_empty());
     let counts = store.counts().await.expect("counts");
-    assert_eq!((counts[&TaskStatus::Pending], counts[&TaskStatus::Completed]), (4, 1));
+    assert_eq!((counts[&TaskStatus::Pending], counts[&TaskStatus::Completed]), (6, 1));
+}
+
+/// Inserts racing with one idempotency key create one task.
+pub async fn racing_inserts_with_one_key_create_one_task(store: std::sync::Arc<dyn TaskStore>) {
+    let racers: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let task = Task { idempotency_key: Some("race".into()), ..task("echo", 0) };
+                store.insert(vec![task]).await.expect("insert").remove(0)
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for racer in racers {
+        outcomes.push(racer.await.expect("join"));
+    }
+    let created: Vec<_> = outcomes.iter().filter(|s| s.created).collect();
+    assert_eq!(created.len(), 1, "one task for one key");
+    assert!(outcomes.iter().all(|s| s.task.id == created[0].task.id));
+    assert_eq!(store.counts().await.expect("counts")[&TaskStatus::Pending], 1);
 }

@@ -78,9 +78,16 @@ async fn lists_filter_and_page_in_submission_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn saves_a_batch_together() {
+async fn insert_numbers_tasks_and_honours_idempotency_keys() {
     let (store, schema) = store().await;
-    contract::saves_a_batch_together(&store).await;
+    contract::insert_numbers_tasks_and_honours_idempotency_keys(&store).await;
+    drop_schema(&schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_inserts_with_one_key_create_one_task() {
+    let (store, schema) = store().await;
+    contract::racing_inserts_with_one_key_create_one_task(std::sync::Arc::new(store)).await;
     drop_schema(&schema).await;
 }
 

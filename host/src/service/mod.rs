@@ -19,7 +19,7 @@ pub use execution::backoff;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU8, AtomicU64};
+use std::sync::atomic::AtomicU8;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,7 @@ use crate::queue::{Queue, QueueDepth, QueueError};
 use crate::runtime::plugin::PluginInfo;
 use crate::runtime::{PluginError, PluginRegistry, RegistryStats};
 use crate::storage::{StatusCounts, StorageError, TaskStore};
+pub use crate::storage::Submitted;
 pub use crate::storage::backup::RestoreSummary;
 use crate::task::{Task, TaskId, TaskStatus, ValidationError};
 use crate::telemetry::Metrics;
@@ -67,16 +68,6 @@ pub enum ServiceError {
     /// A plugin operation failed.
     #[error(transparent)]
     Plugin(#[from] PluginError),
-}
-
-/// A submission's outcome: the task, and whether it was created now (or
-/// already existed under the same idempotency key).
-#[derive(Debug, Clone)]
-pub struct Submitted {
-    /// The task.
-    pub task: Task,
-    /// `false` when an earlier submission with the same idempotency key exists.
-    pub created: bool,
 }
 
 /// A task as shown to clients: the record plus live progress while it runs.
@@ -165,9 +156,7 @@ pub struct TaskService {
     registry: Arc<PluginRegistry>,
     metrics: Arc<Metrics>,
     config: ServiceConfig,
-    sequence: AtomicU64,
     locks: Vec<tokio::sync::Mutex<()>>,
-    idempotency: tokio::sync::Mutex<()>,
     restoring: tokio::sync::Mutex<()>,
     running: Mutex<HashMap<TaskId, Running>>,
     /// Cancelled tasks whose cancellation could not be saved yet.
@@ -195,9 +184,7 @@ impl TaskService {
             registry,
             metrics,
             config,
-            sequence: AtomicU64::new(1),
             locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
-            idempotency: tokio::sync::Mutex::new(()),
             restoring: tokio::sync::Mutex::new(()),
             running: Mutex::new(HashMap::new()),
             unsaved_cancels: Mutex::new(std::collections::HashSet::new()),

@@ -1,7 +1,6 @@
 //! Startup recovery, restore from a backup, and release of running tasks on shutdown.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -12,15 +11,12 @@ use crate::runtime::FailureKind;
 use crate::task::{Task, TaskError, TaskId, TaskStatus};
 
 impl TaskService {
-    /// Startup: continues the submission sequence after the stored tasks and
-    /// queues again every task that was pending, or running when the host
+    /// Startup: queues again every task that was pending, or running when the host
     /// stopped, in priority order. A task that was running on its last
     /// allowed attempt fails instead: if it is what brought the host down,
     /// running it again would bring it down again.
     pub async fn recover(&self) -> Result<Recovery, ServiceError> {
         let mut tasks = self.store.all().await?;
-        let next = tasks.iter().map(|t| t.sequence).max().map_or(1, |max| max.saturating_add(1));
-        self.sequence.fetch_max(next, Ordering::SeqCst);
         tasks.retain(|t| matches!(t.status, TaskStatus::Pending | TaskStatus::Running));
         tasks.sort_by_key(|t| (t.priority, t.sequence));
         let mut recovery = Recovery::default();
@@ -51,8 +47,8 @@ impl TaskService {
     }
 
     /// Restores tasks from a backup: saves them (replacing finished tasks
-    /// with the same id), queues the pending ones, and continues the
-    /// submission sequence after them. A task that is pending or running here
+    /// with the same id) and queues the pending ones; later submissions are
+    /// numbered after them. A task that is pending or running here
     /// is left alone, so a restore never runs a task twice at once.
     ///
     /// The work runs in its own task, detached from the request, one
@@ -64,9 +60,6 @@ impl TaskService {
         }
         self.detached(|this| async move {
             let _one_at_a_time = this.restoring.lock().await;
-            if let Some(max) = tasks.iter().map(|t| t.sequence).max() {
-                this.sequence.fetch_max(max.saturating_add(1), Ordering::SeqCst);
-            }
             let mut summary = RestoreSummary { restored: 0, queued: 0, skipped: 0 };
             for task in tasks {
                 let _guard = this.lock(task.id).await;
@@ -75,7 +68,7 @@ impl TaskService {
                     continue;
                 }
                 let task = crate::storage::backup::as_restored(task);
-                this.store.save(&task).await?;
+                this.store.restore(&task).await?;
                 summary.restored += 1;
                 if task.status == TaskStatus::Pending {
                     this.queue.push(QueueEntry::from(&task), Duration::ZERO).await?;

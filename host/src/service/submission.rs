@@ -1,7 +1,6 @@
 //! Submission: validation, idempotency keys, all-or-none acceptance.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{DetachedError, ServiceError, Submitted, TaskService};
@@ -10,7 +9,7 @@ use crate::storage::StorageError;
 use crate::task::{NewTask, Task, ValidationError};
 
 impl TaskService {
-    /// Validates and accepts a task: saved, then queued. A task with an
+    /// Validates and accepts a task: stored, then queued. A task with an
     /// idempotency key that was seen before returns the earlier task.
     pub async fn submit(self: &Arc<Self>, new: NewTask) -> Result<Submitted, ServiceError> {
         let mut submitted = self.submit_all(vec![new]).await.map_err(|(_, e)| e)?;
@@ -47,42 +46,20 @@ impl TaskService {
             .collect::<Result<Vec<Task>, _>>()?;
         let accepted = self
             .detached(|this| async move {
-                // One keyed submission at a time, so two racing requests with
-                // the same key cannot both create a task. Held until the tasks
-                // are saved, inside the detached work.
-                let _idempotency = match tasks.iter().any(|t| t.idempotency_key.is_some()) {
-                    true => Some(this.idempotency.lock().await),
-                    false => None,
-                };
-                let mut submitted = Vec::with_capacity(tasks.len());
-                for (index, task) in tasks.into_iter().enumerate() {
-                    let existing = match &task.idempotency_key {
-                        Some(key) => this.store.find_by_idempotency_key(key).await.map_err(|e| (index, e.into()))?,
-                        None => None,
-                    };
-                    submitted.push(match existing {
-                        Some(existing) => Submitted { task: existing, created: false },
-                        None => Submitted { task, created: true },
-                    });
-                }
-                this.accept(&submitted).await?;
+                let submitted = this.store.insert(tasks).await.map_err(|e| (0, e.into()))?;
+                this.enqueue(&submitted).await?;
                 Ok(submitted)
             })
             .await;
         accepted.map_err(|e: DetachedError<(usize, ServiceError)>| e.into_inner(|e| (0, e)))
     }
 
-    /// Saves, then queues, the created tasks among `submitted`. Once the
-    /// client hears 2xx, a crash at any instant leaves the tasks on disk, and
-    /// recovery queues them again. All or none: they are saved together, or
-    /// not at all. Errors carry the batch index.
-    async fn accept(&self, submitted: &[Submitted]) -> Result<(), (usize, ServiceError)> {
-        let created: Vec<(usize, &Task)> =
-            submitted.iter().enumerate().filter(|(_, s)| s.created).map(|(i, s)| (i, &s.task)).collect();
-        let Some(&(first, _)) = created.first() else { return Ok(()) };
-        let tasks: Vec<Task> = created.iter().map(|(_, task)| (*task).clone()).collect();
-        self.store.save_all(&tasks).await.map_err(|e| (first, e.into()))?;
-        for (index, task) in created {
+    /// Queues the created tasks among `submitted`, which the store holds
+    /// already: once the client hears 2xx, a crash at any instant leaves the
+    /// tasks stored, and recovery queues them again. Errors carry the batch
+    /// index.
+    async fn enqueue(&self, submitted: &[Submitted]) -> Result<(), (usize, ServiceError)> {
+        for (index, Submitted { task, .. }) in submitted.iter().enumerate().filter(|(_, s)| s.created) {
             self.queue.push(QueueEntry::from(task), Duration::ZERO).await.map_err(|e| (index, e.into()))?;
             tracing::debug!(task_id = %task.id, plugin = %task.plugin, priority = task.priority, "task accepted");
         }
@@ -91,7 +68,8 @@ impl TaskService {
 
     fn validate(&self, new: NewTask) -> Result<Task, ServiceError> {
         let plugin = new.plugin.clone();
-        let task = new.validate(self.sequence.fetch_add(1, Ordering::SeqCst))?;
+        // The store numbers the task when it accepts it.
+        let task = new.validate(0)?;
         if !self.registry.contains(&plugin) {
             return Err(ServiceError::UnknownPlugin(plugin));
         }

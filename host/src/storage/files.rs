@@ -21,7 +21,7 @@ use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::journal::{self, Journal, Record};
-use super::{Cursor, ListQuery, StatusCounts, StorageError, TaskPage, TaskStore, blocking, io_error};
+use super::{Cursor, ListQuery, StatusCounts, StorageError, Submitted, TaskPage, TaskStore, blocking, io_error};
 use crate::fsutil::{sync_filesystem, write_atomic};
 use crate::task::{Task, TaskId, TaskStatus};
 
@@ -79,6 +79,9 @@ struct Handle {
     /// Held open until the threads are stopped: the lock that keeps a
     /// second process out.
     _lock_file: File,
+    /// One insert with idempotency keys at a time: its look-ups and its
+    /// append are one step.
+    keyed_inserts: tokio::sync::Mutex<()>,
 }
 
 struct Shared {
@@ -99,6 +102,9 @@ struct Shared {
     /// write once, so no later flush can vouch for the files: the journal is
     /// kept whole until the next start replays it.
     flush_failed: AtomicBool,
+    /// The submission sequence number of the next inserted task: above
+    /// every stored one.
+    next_sequence: AtomicU64,
 }
 
 /// Task-file writes not yet flushed to disk (fsync only).
@@ -308,6 +314,7 @@ impl FileStore {
                 journal::read_segment(&path, |record| state.replay(record, number, &path))?;
             }
             let journal = Journal::create(&root, fsync)?;
+            let next_sequence = state.index.summaries.values().map(|s| s.sequence.saturating_add(1)).max().unwrap_or(1);
             let shared = Arc::new(Shared {
                 root,
                 fsync,
@@ -317,13 +324,15 @@ impl FileStore {
                 journal: Mutex::new(journal),
                 checkpointing: Mutex::new(Flushes::default()),
                 flush_failed: AtomicBool::new(false),
+                next_sequence: AtomicU64::new(next_sequence),
             });
             let (changes, queued) = mpsc::channel(MAX_BATCH * 4);
             let threads = vec![
                 spawn_thread("taskflow-journal", { let shared = shared.clone(); move || write_changes(&shared, queued) })?,
                 spawn_thread("taskflow-checkpoint", { let shared = shared.clone(); move || checkpoint_periodically(&shared) })?,
             ];
-            Ok(Self { handle: Arc::new(Handle { shared, changes: Some(changes), threads, _lock_file: lock_file }) })
+            let keyed_inserts = tokio::sync::Mutex::new(());
+            Ok(Self { handle: Arc::new(Handle { shared, changes: Some(changes), threads, _lock_file: lock_file, keyed_inserts }) })
         })
         .await
     }
@@ -343,6 +352,22 @@ impl FileStore {
     pub async fn checkpoint(&self) -> Result<(), StorageError> {
         let shared = self.handle.shared.clone();
         blocking(move || shared.checkpoint(true)).await
+    }
+
+    /// Saves every task in one journal write: all or none. Later inserts are
+    /// numbered after them.
+    async fn save_all(&self, tasks: &[Task]) -> Result<(), StorageError> {
+        let records = tasks
+            .iter()
+            .map(|task| {
+                let json = serde_json::to_vec(task).map_err(|source| StorageError::Encode { what: format!("task {}", task.id), source })?;
+                Ok(ChangedTask { id: task.id, record: Record::Put(json.into()), summary: Some(Summary::of(task)) })
+            })
+            .collect::<Result<Vec<_>, StorageError>>()?;
+        if let Some(max) = tasks.iter().map(|t| t.sequence).max() {
+            self.handle.shared.next_sequence.fetch_max(max.saturating_add(1), Ordering::Relaxed);
+        }
+        self.persist(records).await.map(|_| ())
     }
 
     /// Hands a change to the journal writer and waits until it is persisted.
@@ -758,15 +783,34 @@ impl TaskStore for FileStore {
         self.save_all(std::slice::from_ref(task)).await
     }
 
-    async fn save_all(&self, tasks: &[Task]) -> Result<(), StorageError> {
-        let records = tasks
-            .iter()
-            .map(|task| {
-                let json = serde_json::to_vec(task).map_err(|source| StorageError::Encode { what: format!("task {}", task.id), source })?;
-                Ok(ChangedTask { id: task.id, record: Record::Put(json.into()), summary: Some(Summary::of(task)) })
-            })
-            .collect::<Result<Vec<_>, StorageError>>()?;
-        self.persist(records).await.map(|_| ())
+    async fn insert(&self, tasks: Vec<Task>) -> Result<Vec<Submitted>, StorageError> {
+        let _keyed = match tasks.iter().any(|t| t.idempotency_key.is_some()) {
+            true => Some(self.handle.keyed_inserts.lock().await),
+            false => None,
+        };
+        let mut submitted = Vec::with_capacity(tasks.len());
+        for mut task in tasks {
+            let existing = match &task.idempotency_key {
+                Some(key) => self.find_by_idempotency_key(key).await?,
+                None => None,
+            };
+            submitted.push(match existing {
+                Some(existing) => Submitted { task: existing, created: false },
+                None => {
+                    task.sequence = self.handle.shared.next_sequence.fetch_add(1, Ordering::Relaxed);
+                    Submitted { task, created: true }
+                }
+            });
+        }
+        let created: Vec<Task> = submitted.iter().filter(|s| s.created).map(|s| s.task.clone()).collect();
+        if !created.is_empty() {
+            self.save_all(&created).await?;
+        }
+        Ok(submitted)
+    }
+
+    async fn restore(&self, task: &Task) -> Result<(), StorageError> {
+        self.save(task).await
     }
 
     async fn load(&self, id: TaskId) -> Result<Option<Task>, StorageError> {

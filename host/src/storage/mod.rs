@@ -130,6 +130,16 @@ pub enum StorageError {
     Unavailable(String),
 }
 
+/// One task of a submission: the task, and whether it was created now
+/// (`false`: an earlier submission with the same idempotency key exists).
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// The task.
+    pub task: Task,
+    /// `false` when an earlier submission with the same idempotency key exists.
+    pub created: bool,
+}
+
 /// Persistent task metadata, shared by the API and the workers. Used as
 /// `Arc<dyn TaskStore>`.
 #[async_trait::async_trait]
@@ -137,9 +147,16 @@ pub trait TaskStore: Send + Sync {
     /// Creates or replaces the task; durable when this returns.
     async fn save(&self, task: &Task) -> Result<(), StorageError>;
 
-    /// Creates or replaces every task, all or none: on error none of them
-    /// was saved. Durable when this returns.
-    async fn save_all(&self, tasks: &[Task]) -> Result<(), StorageError>;
+    /// Accepts new tasks, all or none, durable when this returns. Each gets
+    /// the next submission sequence number of the store, unless its
+    /// idempotency key is stored already: then the stored task is returned
+    /// in its place and nothing is written for it. Calls racing with one key
+    /// create one task, whichever host of the store they come from.
+    async fn insert(&self, tasks: Vec<Task>) -> Result<Vec<Submitted>, StorageError>;
+
+    /// Saves a task read from a backup, keeping its sequence number; later
+    /// submissions are numbered after it.
+    async fn restore(&self, task: &Task) -> Result<(), StorageError>;
 
     /// The task with `id`, if stored.
     async fn load(&self, id: TaskId) -> Result<Option<Task>, StorageError>;

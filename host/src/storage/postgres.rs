@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
-use super::{Cursor, ListQuery, StatusCounts, StorageError, TaskPage, TaskStore};
+use super::{Cursor, ListQuery, StatusCounts, StorageError, Submitted, TaskPage, TaskStore};
 use crate::task::{Task, TaskId, TaskStatus};
 
 /// Most connections a host keeps open.
@@ -92,11 +92,45 @@ impl TaskStore for PgStore {
         upsert(&mut connection, task).await
     }
 
-    async fn save_all(&self, tasks: &[Task]) -> Result<(), StorageError> {
+    async fn insert(&self, tasks: Vec<Task>) -> Result<Vec<Submitted>, StorageError> {
         let mut transaction = self.pool.begin().await.map_err(unavailable)?;
-        for task in tasks {
-            upsert(&mut transaction, task).await?;
+        let count = i64::try_from(tasks.len()).unwrap_or(i64::MAX);
+        let sequences: Vec<i64> = sqlx::query_scalar("SELECT nextval('tasks_sequence') FROM generate_series(1, $1)")
+            .bind(count)
+            .fetch_all(&mut *transaction)
+            .await
+            .map_err(unavailable)?;
+        let mut submitted = Vec::with_capacity(tasks.len());
+        for (mut task, sequence) in tasks.into_iter().zip(sequences) {
+            task.sequence = u64::try_from(sequence).unwrap_or_default();
+            // A racing insert of the same key makes this one wait for its
+            // commit, then do nothing; the stored task is read instead.
+            if insert_new(&mut transaction, &task).await? {
+                submitted.push(Submitted { task, created: true });
+                continue;
+            }
+            let key = task.idempotency_key.as_deref().unwrap_or_default();
+            let doc: String = sqlx::query_scalar("SELECT doc FROM tasks WHERE idempotency_key = $1")
+                .bind(key)
+                .fetch_one(&mut *transaction)
+                .await
+                .map_err(unavailable)?;
+            let existing: Task = serde_json::from_str(&doc)
+                .map_err(|source| StorageError::Corrupt { path: format!("postgres:tasks?idempotency_key={key}").into(), source })?;
+            submitted.push(Submitted { task: existing, created: false });
         }
+        transaction.commit().await.map_err(unavailable)?;
+        Ok(submitted)
+    }
+
+    async fn restore(&self, task: &Task) -> Result<(), StorageError> {
+        let mut transaction = self.pool.begin().await.map_err(unavailable)?;
+        upsert(&mut transaction, task).await?;
+        sqlx::query("SELECT setval('tasks_sequence', GREATEST($1 + 1, (SELECT last_value FROM tasks_sequence)))")
+            .bind(sequence_of(task))
+            .execute(&mut *transaction)
+            .await
+            .map_err(unavailable)?;
         transaction.commit().await.map_err(unavailable)
     }
 
@@ -155,7 +189,7 @@ impl TaskStore for PgStore {
 
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<Task>, StorageError> {
         let row: Option<(uuid::Uuid, String)> =
-            sqlx::query_as("SELECT id, doc FROM tasks WHERE idempotency_key = $1 ORDER BY sequence, id LIMIT 1")
+            sqlx::query_as("SELECT id, doc FROM tasks WHERE idempotency_key = $1")
                 .bind(key)
                 .fetch_optional(&self.pool)
                 .await
@@ -181,24 +215,36 @@ impl TaskStore for PgStore {
     }
 }
 
+/// Inserts a new task's row; `false` when its idempotency key is taken.
+async fn insert_new(connection: &mut PgConnection, task: &Task) -> Result<bool, StorageError> {
+    write_row(connection, task, "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING").await
+}
+
 /// Inserts or replaces one task's row.
 async fn upsert(connection: &mut PgConnection, task: &Task) -> Result<(), StorageError> {
+    let on_conflict = "ON CONFLICT (id) DO UPDATE SET sequence = $2, plugin = $3, priority = $4, status = $5,
+                           idempotency_key = $6, doc = $7, updated_at = now()";
+    write_row(connection, task, on_conflict).await.map(|_| ())
+}
+
+/// Writes one task's row, `on_conflict` deciding what an existing row
+/// means; `false` when nothing was written.
+async fn write_row(connection: &mut PgConnection, task: &Task, on_conflict: &str) -> Result<bool, StorageError> {
     let doc = serde_json::to_string(task).map_err(|source| StorageError::Encode { what: format!("task {}", task.id), source })?;
-    sqlx::query(
+    let sql = format!(
         "INSERT INTO tasks (id, sequence, plugin, priority, status, idempotency_key, doc, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, now())
-         ON CONFLICT (id) DO UPDATE SET sequence = $2, plugin = $3, priority = $4, status = $5,
-             idempotency_key = $6, doc = $7, updated_at = now()",
-    )
-    .bind(task.id.as_uuid())
-    .bind(sequence_of(task))
-    .bind(&task.plugin)
-    .bind(i16::from(task.priority))
-    .bind(task.status.as_str())
-    .bind(&task.idempotency_key)
-    .bind(doc)
-    .execute(connection)
-    .await
-    .map_err(unavailable)?;
-    Ok(())
+         VALUES ($1, $2, $3, $4, $5, $6, $7, now()) {on_conflict}"
+    );
+    let written = sqlx::query(&sql)
+        .bind(task.id.as_uuid())
+        .bind(sequence_of(task))
+        .bind(&task.plugin)
+        .bind(i16::from(task.priority))
+        .bind(task.status.as_str())
+        .bind(&task.idempotency_key)
+        .bind(doc)
+        .execute(connection)
+        .await
+        .map_err(unavailable)?;
+    Ok(written.rows_affected() == 1)
 }
