@@ -6,7 +6,9 @@
 #   tests/fixtures/dist/<name>.wasm   the hostile fixtures the tests use
 #
 # The Rust plugins build with cargo; `greeter` is Python, built with
-# componentize-py (installed from PyPI if missing) against the same WIT world.
+# componentize-py (installed from PyPI if missing), and `render` JavaScript,
+# built with componentize-js (installed from npm if missing), against the
+# same WIT world.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -37,5 +39,13 @@ if ! command -v componentize-py >/dev/null 2>&1; then
     python3 -m pip install --quiet 'componentize-py==0.25.1'
 fi
 componentize-py -d wit -w processor componentize -p plugins/greeter-py app -o plugins/dist/greeter.wasm >/dev/null
+
+# `render` is JavaScript, built with componentize-js (from npm, pinned by its
+# package-lock.json) by a small Node script against the same WIT world.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "Node.js and npm are needed to build the JavaScript plugin (Debian: apt-get install nodejs npm)" >&2
+    exit 1
+fi
+(cd plugins/render-js && { [ -d node_modules/@bytecodealliance/componentize-js ] || npm ci --no-audit --no-fund --loglevel=error; } && node build.mjs ../dist/render.wasm)
 
 echo "plugins: $(cd plugins/dist && ls *.wasm | tr '\n' ' ')"

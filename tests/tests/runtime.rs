@@ -366,3 +366,33 @@ async fn a_python_plugin_runs_through_the_same_contract() {
     assert_eq!(err.kind, FailureKind::InvalidInput, "{err}");
     assert!(err.message.contains("name"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_javascript_plugin_runs_through_the_same_contract() {
+    // plugins/render-js is JavaScript, built by componentize-js against wit/.
+    let runtime = runtime();
+    let render = load(&runtime, "render", &plugin_wasm("render"));
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let payload = json!({
+        "template": "Dear {{user.name}}, your order {{order.id}} holds:{{#order.items}} {{qty}}x {{name}};{{/order.items}}{{#vip}} Thank you!{{/vip}}",
+        "data": {"user": {"name": "Ada"}, "order": {"id": 42, "items": [{"name": "tea", "qty": 2}, {"name": "cake", "qty": 1}]}, "vip": true}
+    });
+    let out = runtime.run(&render, task("render", 1, &payload), Limits::default(), Some(progress.clone())).await.expect("render");
+    assert_eq!(
+        json_output(&out),
+        json!({"text": "Dear Ada, your order 42 holds: 2x tea; 1x cake; Thank you!", "language": "javascript"})
+    );
+    assert_eq!(progress.load(std::sync::atomic::Ordering::Relaxed), 100, "the plugin reported progress through the host");
+
+    for (payload, needle) in [
+        (json!({"template": "Hi {{nobody}}"}), "no value for {{nobody}}"),
+        (json!({"data": {}}), "expected {\"template\""),
+        (json!({"template": "{{#open}} never closed"}), "has no {{/open}}"),
+    ] {
+        let err = run(&runtime, &render, payload, Limits::default()).await.expect_err("bad input");
+        assert_eq!(err.kind, FailureKind::InvalidInput, "{err}");
+        assert!(err.message.contains(needle), "{err}");
+    }
+    let lenient = run(&runtime, &render, json!({"template": "Hi {{nobody}}!", "strict": false}), Limits::default()).await.expect("lenient");
+    assert_eq!(json_output(&lenient)["text"], "Hi !");
+}
