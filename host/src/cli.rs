@@ -54,8 +54,8 @@ pub enum Command {
     },
     /// Show queue, task and plugin statistics.
     Stats,
-    /// Manage plugins.
-    #[command(subcommand)]
+    /// Manage a server's plugins, or run one locally (`taskflow plugin run`).
+    #[command(subcommand, visible_alias = "plugin")]
     Plugins(PluginsCommand),
     /// Save every task of the server into a timestamped backup file.
     Backup {
@@ -160,6 +160,9 @@ pub enum PluginsCommand {
         /// Plugin name.
         name: String,
     },
+    /// Run one task on a `.wasm` plugin here, with no server: the same
+    /// runtime, sandbox and limits as a host.
+    Run(crate::author::RunArgs),
 }
 
 /// Prints a line to stdout. A closed pipe (`taskflow list | head`) ends the
@@ -252,6 +255,7 @@ async fn run_command(command: Command, server: ServerArgs) -> anyhow::Result<()>
             out!("removed {name}");
             Ok(())
         }
+        Command::Plugins(PluginsCommand::Run(args)) => crate::author::run(args).await,
         Command::Backup { output } => backup(output, &server).await,
         Command::Restore { file } => restore(file, &server).await,
         Command::CompilePlugin { engine, output } => {

@@ -10,6 +10,7 @@
 //! - [`config`], [`telemetry`], [`cli`]: settings, logs and metrics, the `taskflow` command.
 
 pub mod api;
+pub mod author;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -215,3 +215,47 @@ async fn tokens_come_from_the_flag_or_the_environment_and_admin_commands_need_th
     let run = cli(url, &["plugins", "list", "--token", ADMIN]);
     assert!(run.ok && run.stdout.contains("echo") && !run.stdout.contains("echo-2"), "{run:?}");
 }
+
+#[test]
+fn plugin_run_runs_one_task_locally_in_the_sandbox() {
+    let wordcount = taskflow_tests::plugin_wasm("wordcount");
+    let run = cli(None, &["plugin", "run", wordcount.to_str().expect("utf-8"), "--payload", r#"{"text": "a b a"}"#]);
+    assert!(run.ok, "{run:?}");
+    let result: Value = serde_json::from_str(&run.stdout).expect("the result, as JSON, is all of stdout");
+    assert_eq!(result["words"], 3);
+    assert!(run.stderr.contains("completed in"), "{run:?}");
+
+    // Progress and the plugin's own log lines reach the author, on stderr.
+    let hash = taskflow_tests::plugin_wasm("hash");
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let payload_file = scratch.path().join("payload.json");
+    std::fs::write(&payload_file, r#"{"data": "x", "rounds": 1000000}"#).expect("write payload");
+    let run = cli(None, &["plugin", "run", hash.to_str().expect("utf-8"), "--payload-file", payload_file.to_str().expect("utf-8")]);
+    assert!(run.ok && run.stderr.lines().filter(|l| l.starts_with("progress: ")).count() >= 2, "progress is shown as it grows: {run:?}");
+    let hostile = taskflow_tests::fixture_wasm("hostile");
+    let hostile = hostile.to_str().expect("utf-8");
+    let run = cli(None, &["--log-format", "pretty", "plugin", "run", hostile, "--payload", r#"{"mode": "panic"}"#]);
+    assert!(!run.ok, "a failed task fails the command: {run:?}");
+    assert!(run.stderr.contains("the hostile fixture is about to panic") && run.stderr.contains("deliberate panic"), "{run:?}");
+    assert!(run.stderr.contains("the task failed: trap"), "{run:?}");
+
+    // The host's limits hold here too.
+    let run = cli(None, &["plugin", "run", hostile, "--payload", r#"{"mode": "loop"}"#, "--timeout-ms", "300"]);
+    assert!(!run.ok && run.stderr.contains("the task failed: timeout: task exceeded its timeout of 300 ms"), "{run:?}");
+    let run = cli(None, &["plugin", "run", hostile, "--payload", r#"{"mode": "memory"}"#, "--memory-mb", "16"]);
+    assert!(!run.ok && run.stderr.contains("memory_limit"), "{run:?}");
+    let run = cli(None, &["plugin", "run", hostile, "--payload", r#"{"mode": "escape", "port": 9}"#]);
+    assert!(run.ok, "{run:?}");
+    let report: Value = serde_json::from_str(&run.stdout).expect("json");
+    assert!(report["file"].get("Err").is_some() && report["env_vars"] == serde_json::json!([]), "{report}");
+
+    // Clear errors.
+    let run = cli(None, &["plugin", "run", "no-such-file.wasm"]);
+    assert!(!run.ok && run.stderr.contains("cannot read no-such-file.wasm"), "{run:?}");
+    let run = cli(None, &["plugin", "run", wordcount.to_str().expect("utf-8"), "--payload", "{oops"]);
+    assert!(!run.ok && run.stderr.contains("--payload is not valid JSON"), "{run:?}");
+    let not_wasm = scratch.path().join("notes.wasm");
+    std::fs::write(&not_wasm, "hello").expect("write");
+    let run = cli(None, &["plugin", "run", not_wasm.to_str().expect("utf-8")]);
+    assert!(!run.ok && run.stderr.contains("is not a TaskFlow plugin"), "{run:?}");
+}
