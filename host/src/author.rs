@@ -1,7 +1,10 @@
-//! The plugin author's workflow, with no server: `taskflow plugin run` runs
-//! one task through the same runtime, sandbox and limits as a host.
+//! The plugin author's workflow, with no server: `taskflow plugin new`
+//! writes a project for the current WIT contract, `build` runs the right
+//! toolchain, and `run` runs one task through the same runtime, sandbox and
+//! limits as a host.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -107,5 +110,237 @@ async fn report_progress(progress: Arc<AtomicU8>) {
             eprintln!("progress: {now}%");
             shown = now;
         }
+    }
+}
+
+/// The WIT package plugins are built against, as this host has it.
+const WIT: &str = include_str!("../../wit/processor.wit");
+/// The guest SDK, copied into a new Rust plugin so it builds anywhere.
+const SDK_LIB: &str = include_str!("../../sdk/src/lib.rs");
+
+/// Languages a plugin can be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Language {
+    /// Rust, with the `taskflow-sdk` crate.
+    Rust,
+    /// Python, built with componentize-py.
+    Python,
+    /// JavaScript, built with componentize-js.
+    Js,
+}
+
+/// `taskflow plugin new`.
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// The plugin's name: 1 to 64 of a-z, 0-9, '-', '_' (also its directory).
+    pub name: String,
+    /// The language to write it in.
+    #[arg(long, value_enum)]
+    pub lang: Language,
+    /// Where to create it [default: ./NAME].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// `taskflow plugin build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The plugin's directory.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+}
+
+/// Writes a ready-to-build plugin project for the current WIT contract.
+pub fn new(args: &NewArgs) -> anyhow::Result<()> {
+    plugin::validate_name(&args.name)?;
+    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(&args.name));
+    if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("{} exists and is not empty: choose another name or --dir", dir.display());
+    }
+    let fill = |template: &str| {
+        template
+            .replace("{{name}}", &args.name)
+            .replace("{{Type}}", &type_name(&args.name))
+            .replace("{{version}}", env!("CARGO_PKG_VERSION"))
+            .replace("{{wit_version}}", wit_version())
+    };
+    let build = format!("taskflow plugin build {}", dir.display());
+    let run = format!("taskflow plugin run {}/{}.wasm --payload-file {}/payload.json", dir.display(), args.name, dir.display());
+    let mut files: Vec<(&str, String)> = vec![
+        ("wit/processor.wit", WIT.to_owned()),
+        ("payload.json", "{\"name\": \"Ada\"}\n".to_owned()),
+        ("README.md", format!("# {}\n\nA TaskFlow plugin. Build it with `{build}`,\nthen run it on the sample payload with `{run}`.\n", args.name)),
+    ];
+    match args.lang {
+        Language::Rust => files.extend([
+            ("Cargo.toml", fill(include_str!("../templates/rust/Cargo.toml"))),
+            ("src/lib.rs", fill(include_str!("../templates/rust/lib.rs"))),
+            ("taskflow-sdk/Cargo.toml", fill(include_str!("../templates/rust/sdk.toml"))),
+            ("taskflow-sdk/src/lib.rs", SDK_LIB.to_owned()),
+            (".gitignore", "/target\n*.wasm\n".to_owned()),
+        ]),
+        Language::Python => files.extend([
+            ("app.py", fill(include_str!("../templates/python/app.py"))),
+            (".gitignore", "__pycache__/\n*.wasm\n".to_owned()),
+        ]),
+        Language::Js => files.extend([
+            ("app.js", fill(include_str!("../templates/js/app.js"))),
+            ("package.json", fill(include_str!("../templates/js/package.json"))),
+            ("build.mjs", fill(include_str!("../templates/js/build.mjs"))),
+            (".gitignore", "node_modules/\n*.wasm\n".to_owned()),
+        ]),
+    }
+    for (path, content) in files {
+        let path = dir.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, content).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let lang = clap::ValueEnum::to_possible_value(&args.lang).map(|v| v.get_name().to_owned()).unwrap_or_default();
+    println!("created {} ({lang}) in {}\nnext: {build}\nthen: {run}", args.name, dir.display());
+    Ok(())
+}
+
+/// Builds the plugin in `dir` with its language's toolchain, installing the
+/// toolchain's parts that are missing, and prints where the `.wasm` is.
+pub fn build(args: &BuildArgs) -> anyhow::Result<()> {
+    let dir = &args.dir;
+    let language = if dir.join("Cargo.toml").is_file() {
+        Language::Rust
+    } else if dir.join("package.json").is_file() {
+        Language::Js
+    } else if dir.join("app.py").is_file() {
+        Language::Python
+    } else {
+        bail!("{} holds no plugin project (Cargo.toml, package.json or app.py): create one with `taskflow plugin new`", dir.display());
+    };
+    let name = std::fs::canonicalize(dir)
+        .ok()
+        .and_then(|d| d.file_name().and_then(|n| n.to_str()).map(str::to_owned))
+        .filter(|n| plugin::validate_name(n).is_ok())
+        .unwrap_or_else(|| "plugin".to_owned());
+    let output = dir.join(format!("{name}.wasm"));
+    match language {
+        Language::Rust => build_rust(dir, &output)?,
+        Language::Python => {
+            let componentize = python_tool("componentize-py", "componentize-py==0.25.1")?;
+            let out = output.file_name().map(PathBuf::from).unwrap_or_default();
+            run_tool(Command::new(componentize).current_dir(dir).args(["-d", "wit", "-w", "processor", "componentize", "-p", ".", "app", "-o"]).arg(&out))?;
+        }
+        Language::Js => {
+            need("node", "Node.js is needed to build a JavaScript plugin (Debian: apt-get install nodejs npm)")?;
+            if !dir.join("node_modules/@bytecodealliance/componentize-js").is_dir() {
+                need("npm", "npm is needed to install componentize-js (Debian: apt-get install npm)")?;
+                run_tool(Command::new("npm").current_dir(dir).args(["install", "--no-audit", "--no-fund", "--loglevel=error"]))?;
+            }
+            let out = output.file_name().map(PathBuf::from).unwrap_or_default();
+            run_tool(Command::new("node").current_dir(dir).arg("build.mjs").arg(&out))?;
+        }
+    }
+    let size = std::fs::metadata(&output).with_context(|| format!("the build left no {}", output.display()))?.len();
+    println!("built {} ({} bytes)", output.display(), size);
+    Ok(())
+}
+
+
+
+fn build_rust(dir: &Path, output: &Path) -> anyhow::Result<()> {
+    need("cargo", "Rust (cargo, with rustup) is needed to build a Rust plugin")?;
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    if installed.as_ref().is_ok_and(|o| !String::from_utf8_lossy(&o.stdout).lines().any(|l| l == "wasm32-wasip2")) {
+        run_tool(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
+    }
+    let built = Command::new("cargo")
+        .current_dir(dir)
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--message-format=json-render-diagnostics"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cannot run cargo")?;
+    if !built.status.success() {
+        bail!("cargo build failed ({})", built.status);
+    }
+    // The artifact's path, wherever the target directory is.
+    let artifact = String::from_utf8_lossy(&built.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        .flat_map(|message| message["filenames"].as_array().cloned().unwrap_or_default())
+        .filter_map(|file| file.as_str().map(PathBuf::from))
+        .rfind(|file| file.extension().is_some_and(|e| e == "wasm"))
+        .context("cargo built no .wasm: is the crate a cdylib?")?;
+    std::fs::copy(&artifact, output).with_context(|| format!("cannot copy {} to {}", artifact.display(), output.display()))?;
+    Ok(())
+}
+
+/// A console script of a Python package, installed with pip when missing.
+fn python_tool(tool: &str, package: &str) -> anyhow::Result<PathBuf> {
+    need("python3", "Python 3 is needed to build a Python plugin (Debian: apt-get install python3 python3-pip)")?;
+    let scripts = Command::new("python3")
+        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .output()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or_default();
+    let find = || {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .chain([scripts.clone()])
+            .map(|dir| dir.join(tool))
+            .find(|path| path.is_file())
+    };
+    if let Some(found) = find() {
+        return Ok(found);
+    }
+    run_tool(Command::new("python3").args(["-m", "pip", "install", "--quiet", package]))?;
+    find().with_context(|| format!("{package} was installed but {tool} is not found"))
+}
+
+fn need(tool: &str, message: &str) -> anyhow::Result<()> {
+    match Command::new(tool).arg("--version").output() {
+        Ok(output) if output.status.success() => Ok(()),
+        _ => bail!("{message}"),
+    }
+}
+
+fn run_tool(command: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{command:?}");
+    let status = command.status().with_context(|| format!("cannot run {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+/// `my-plugin_2` → `MyPlugin2`: the plugin's type name in Rust.
+fn type_name(name: &str) -> String {
+    let camel: String = name
+        .split(['-', '_'])
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            chars.next().map(|first| first.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
+        })
+        .collect();
+    if camel.starts_with(|c: char| c.is_ascii_digit()) { format!("Plugin{camel}") } else { camel }
+}
+
+/// The version of the WIT package, e.g. `0.1.0`.
+fn wit_version() -> &'static str {
+    WIT.split("package taskflow:plugin@").nth(1).and_then(|rest| rest.split(';').next()).unwrap_or("0.1.0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_names_are_rust_identifiers() {
+        assert_eq!(type_name("greeter"), "Greeter");
+        assert_eq!(type_name("my-plugin_2"), "MyPlugin2");
+        assert_eq!(type_name("2fast"), "Plugin2fast");
+    }
+
+    #[test]
+    fn the_wit_version_is_read_from_the_package() {
+        assert_eq!(wit_version(), "0.1.0");
     }
 }

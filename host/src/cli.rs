@@ -163,6 +163,10 @@ pub enum PluginsCommand {
     /// Run one task on a `.wasm` plugin here, with no server: the same
     /// runtime, sandbox and limits as a host.
     Run(crate::author::RunArgs),
+    /// Create a plugin project, ready to build, in Rust, Python or JavaScript.
+    New(crate::author::NewArgs),
+    /// Build the plugin project in a directory into `<dir>/<name>.wasm`.
+    Build(crate::author::BuildArgs),
 }
 
 /// Prints a line to stdout. A closed pipe (`taskflow list | head`) ends the
@@ -256,6 +260,8 @@ async fn run_command(command: Command, server: ServerArgs) -> anyhow::Result<()>
             Ok(())
         }
         Command::Plugins(PluginsCommand::Run(args)) => crate::author::run(args).await,
+        Command::Plugins(PluginsCommand::New(args)) => crate::author::new(&args),
+        Command::Plugins(PluginsCommand::Build(args)) => tokio::task::block_in_place(|| crate::author::build(&args)),
         Command::Backup { output } => backup(output, &server).await,
         Command::Restore { file } => restore(file, &server).await,
         Command::CompilePlugin { engine, output } => {
