@@ -41,7 +41,9 @@ fi
 componentize-py -d wit -w processor componentize -p plugins/greeter-py app -o plugins/dist/greeter.wasm >/dev/null
 
 # `render` is JavaScript, built with componentize-js (from npm, pinned by its
-# package-lock.json) by a small Node script against the same WIT world.
+# package-lock.json) by a small Node script against the same WIT world. Its
+# package.json names preview2-shim too: componentize-js 0.23 imports it but
+# declares it only for its own development, so `npm ci` would leave it out.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     echo "Node.js and npm are needed to build the JavaScript plugin (Debian: apt-get install nodejs npm)" >&2
     exit 1

@@ -208,3 +208,54 @@ async fn plugin_log_lines_and_panic_messages_reach_the_host_log_with_the_task_id
     assert!(of_task("the hostile fixture is about to panic"), "the plugin's log line, with its task id, is in the host log");
     assert!(of_task("deliberate panic in the hostile fixture"), "the panic message, with its task id, is in the host log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_javascript_plugin_serves_over_http_reloads_and_logs_with_the_task_id() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let plugins = data.path().join("plugins");
+    install_plugins(&plugins, &["echo"]);
+    // `tmpl` is the Rust echo at first; the JavaScript renderer takes its place below.
+    std::fs::copy(plugins.join("echo.wasm"), plugins.join("tmpl.wasm")).expect("copy");
+    let log = data.path().join("host.log");
+    let host = HostProcess::start_logging(data.path(), free_port(), &log).await;
+    let client = reqwest::Client::new();
+    let submit = |body: Value| {
+        let (client, url) = (client.clone(), format!("{}/tasks", host.url));
+        async move {
+            let response = client.post(url).json(&body).send().await.expect("submit");
+            assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+            response.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned()
+        }
+    };
+    let finished = |id: String| {
+        let (client, url) = (client.clone(), format!("{}/tasks/{id}", host.url));
+        async move { poll_json(&client, &url, LONG, |t| matches!(t["status"].as_str(), Some("completed" | "failed"))).await }
+    };
+    let payload = json!({"template": "Hi {{name}}!", "data": {"name": "Ada"}});
+    let before = finished(submit(json!({"plugin": "tmpl", "payload": payload})).await).await;
+    assert_eq!(before["result"]["value"], payload, "echo served first: {before}");
+
+    // Hot reload: the JavaScript component written over the file.
+    let render = taskflow_tests::plugin_wasm("render");
+    std::fs::copy(&render, plugins.join("tmpl.wasm")).expect("write the new version");
+    let digest = taskflow_tests::file_digest(&render);
+    poll_json(&client, &format!("{}/plugins", host.url), LONG, |list| {
+        list["plugins"].as_array().is_some_and(|l| l.iter().any(|p| p["name"] == "tmpl" && p["digest"] == digest.as_str()))
+    })
+    .await;
+    let id = submit(json!({"plugin": "tmpl", "payload": payload})).await;
+    let done = finished(id.clone()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["result"]["value"], json!({"text": "Hi Ada!", "language": "javascript"}));
+    assert_eq!(done["plugin_digest"], digest.as_str());
+
+    let bad = finished(submit(json!({"plugin": "tmpl", "payload": {"template": "Hi {{nobody}}"}, "max_attempts": 3})).await).await;
+    assert_eq!((&bad["status"], &bad["attempts"], &bad["last_error"]["kind"]), (&json!("failed"), &json!(1), &json!("invalid_input")), "{bad}");
+    assert!(bad["last_error"]["message"].as_str().is_some_and(|m| m.contains("no value for {{nobody}}")), "{bad}");
+    host.kill();
+
+    let logged = std::fs::read_to_string(&log).expect("log").lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|line| {
+        line["task_id"] == id.as_str() && line["message"].as_str().is_some_and(|m| m.starts_with("rendering a template of 12 characters"))
+    });
+    assert!(logged, "the plugin's log line, with its task id, is in the host log");
+}
