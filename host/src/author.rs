@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 
+use crate::runtime::contract;
 use crate::runtime::plugin::{self, CompileCounters};
 use crate::runtime::{Limits, Runtime, RuntimeConfig, TaskInput};
 use crate::task::TaskOutput;
@@ -113,8 +114,6 @@ async fn report_progress(progress: Arc<AtomicU8>) {
     }
 }
 
-/// The WIT package plugins are built against, as this host has it.
-const WIT: &str = include_str!("../../wit/processor.wit");
 /// The guest SDK, copied into a new Rust plugin so it builds anywhere.
 const SDK_LIB: &str = include_str!("../../sdk/src/lib.rs");
 
@@ -162,12 +161,12 @@ pub fn new(args: &NewArgs) -> anyhow::Result<()> {
             .replace("{{name}}", &args.name)
             .replace("{{Type}}", &type_name(&args.name))
             .replace("{{version}}", env!("CARGO_PKG_VERSION"))
-            .replace("{{wit_version}}", wit_version())
+            .replace("{{wit_version}}", contract::version())
     };
     let build = format!("taskflow plugin build {}", dir.display());
     let run = format!("taskflow plugin run {}/{}.wasm --payload-file {}/payload.json", dir.display(), args.name, dir.display());
     let mut files: Vec<(&str, String)> = vec![
-        ("wit/processor.wit", WIT.to_owned()),
+        ("wit/processor.wit", contract::WIT_SOURCE.to_owned()),
         ("payload.json", "{\"name\": \"Ada\"}\n".to_owned()),
         ("README.md", format!("# {}\n\nA TaskFlow plugin. Build it with `{build}`,\nthen run it on the sample payload with `{run}`.\n", args.name)),
     ];
@@ -323,11 +322,6 @@ fn type_name(name: &str) -> String {
     if camel.starts_with(|c: char| c.is_ascii_digit()) { format!("Plugin{camel}") } else { camel }
 }
 
-/// The version of the WIT package, e.g. `0.1.0`.
-fn wit_version() -> &'static str {
-    WIT.split("package taskflow:plugin@").nth(1).and_then(|rest| rest.split(';').next()).unwrap_or("0.1.0")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,10 +331,5 @@ mod tests {
         assert_eq!(type_name("greeter"), "Greeter");
         assert_eq!(type_name("my-plugin_2"), "MyPlugin2");
         assert_eq!(type_name("2fast"), "Plugin2fast");
-    }
-
-    #[test]
-    fn the_wit_version_is_read_from_the_package() {
-        assert_eq!(wit_version(), "0.1.0");
     }
 }

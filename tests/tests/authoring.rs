@@ -56,3 +56,35 @@ fn new_and_build_say_what_is_wrong() {
     let run = cli(None, &["plugin", "new", "p", "--lang", "cobol"]);
     assert!(!run.ok && run.stderr.contains("invalid value 'cobol'"), "{run:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_for_another_contract_version_is_rejected_naming_both() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path().join("future");
+    let dir_arg = dir.to_str().expect("utf-8");
+    assert!(cli(None, &["plugin", "new", "future", "--lang", "python", "--dir", dir_arg]).ok);
+    // The same plugin, built against a WIT package one minor version on.
+    let wit = dir.join("wit/processor.wit");
+    let source = std::fs::read_to_string(&wit).expect("wit");
+    assert!(source.contains("package taskflow:plugin@0.1.0;"));
+    std::fs::write(&wit, source.replace("taskflow:plugin@0.1.0", "taskflow:plugin@0.2.0")).expect("write wit");
+    let built = cli(None, &["plugin", "build", dir_arg]);
+    assert!(built.ok, "{built:?}");
+    let wasm = dir.join("future.wasm");
+
+    let expected = "built for taskflow:plugin@0.2.0, but this host serves taskflow:plugin@0.1.0";
+    let ran = cli(None, &["plugin", "run", wasm.to_str().expect("utf-8"), "--payload", r#"{"name": "Ada"}"#]);
+    assert!(!ran.ok && ran.stderr.contains(expected), "{ran:?}");
+
+    let host = taskflow_tests::TestHost::start(1, false).await;
+    let response = reqwest::Client::new()
+        .put(host.at("/plugins/future"))
+        .body(std::fs::read(&wasm).expect("wasm"))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(response.status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = response.json().await.expect("json");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains(expected)), "{body}");
+    host.stop().await;
+}

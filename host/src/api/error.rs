@@ -105,6 +105,7 @@ impl From<PluginError> for ApiError {
             PluginError::NotWasm
             | PluginError::CoreModule
             | PluginError::Compile(_)
+            | PluginError::IncompatibleContract { .. }
             | PluginError::WrongWorld(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", error.to_string()),
             PluginError::Io { .. } => Self::internal(&error),
         }

@@ -10,6 +10,7 @@
 #[doc(hidden)]
 pub mod bindings;
 pub mod compiler;
+pub mod contract;
 pub mod engine;
 pub mod plugin;
 pub mod registry;

@@ -10,7 +10,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use super::{Runtime, compiler};
+use super::{Runtime, compiler, contract};
 use super::bindings::ProcessorPre;
 use super::sandbox::Sandbox;
 use crate::fsutil;
@@ -40,6 +40,16 @@ pub enum PluginError {
     /// The component did not compile.
     #[error("the component does not compile: {0}")]
     Compile(String),
+    /// The component was built for a version of the contract this host does not serve.
+    #[error(
+        "the plugin was built for taskflow:plugin@{plugin}, but this host serves taskflow:plugin@{host}: rebuild it against this host's wit/processor.wit (`taskflow plugin new` writes it)"
+    )]
+    IncompatibleContract {
+        /// The version the plugin was built for.
+        plugin: String,
+        /// The version this host serves.
+        host: String,
+    },
     /// The component does not implement the `taskflow:plugin/processor` world.
     #[error("the component does not implement the taskflow:plugin/processor world: {0}")]
     WrongWorld(String),
@@ -271,11 +281,17 @@ pub fn compile(
         }
     };
 
-    let linked = runtime
-        .linker()
-        .instantiate_pre(&component)
-        .and_then(ProcessorPre::new)
-        .map_err(|e| PluginError::WrongWorld(format!("{e:#}")));
+    // A component built for another version of the contract is named as
+    // such, before the linker's less helpful "import not found".
+    let host = contract::version();
+    let linked = match contract::built_for(&component, runtime.engine()) {
+        Some(plugin) if !contract::compatible(&plugin, host) => Err(PluginError::IncompatibleContract { plugin, host: host.to_owned() }),
+        _ => runtime
+            .linker()
+            .instantiate_pre(&component)
+            .and_then(ProcessorPre::new)
+            .map_err(|e| PluginError::WrongWorld(format!("{e:#}"))),
+    };
     let pre = match (linked, cache) {
         (Ok(pre), _) => pre,
         (Err(e), Some(cache)) => {
