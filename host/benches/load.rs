@@ -30,11 +30,20 @@ const BATCH: usize = 100;
 
 fn main() {
     // `cargo bench` passes --bench; a filter argument that excludes us means skip.
-    if std::env::args().skip(1).any(|a| !a.starts_with('-') && !"load".contains(a.as_str())) {
+    if std::env::args()
+        .skip(1)
+        .any(|a| !a.starts_with('-') && !"load".contains(a.as_str()))
+    {
         return;
     }
-    let tasks: usize = std::env::var("TASKFLOW_LOAD_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
+    let tasks: usize = std::env::var("TASKFLOW_LOAD_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
     runtime.block_on(run(tasks));
 }
 
@@ -53,25 +62,42 @@ async fn run(tasks: usize) {
     let plugins = data.join("plugins");
     std::fs::create_dir_all(&plugins).expect("plugin dir");
     let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist");
-    assert!(dist.join("echo.wasm").exists(), "{} is missing: run plugins/build.sh first", dist.display());
+    assert!(
+        dist.join("echo.wasm").exists(),
+        "{} is missing: run plugins/build.sh first",
+        dist.display()
+    );
     let mut loaded = 0;
     for entry in std::fs::read_dir(&dist).expect("plugins/dist") {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|e| e == "wasm") {
-            std::fs::copy(&path, plugins.join(path.file_name().expect("file name"))).expect("copy plugin");
+            std::fs::copy(&path, plugins.join(path.file_name().expect("file name")))
+                .expect("copy plugin");
             loaded += 1;
         }
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
     let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::builder().pool_max_idle_per_host(CONCURRENCY).build().expect("client");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONCURRENCY)
+        .build()
+        .expect("client");
     let mut rss = Vec::new();
     let mut host = None;
     for _start in ["first", "restart"] {
         drop(host.take());
         let started = Host(
             Command::new(env!("CARGO_BIN_EXE_taskflow"))
-                .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--log-format", "json"])
+                .args([
+                    "serve",
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--log-format",
+                    "json",
+                ])
                 .arg("--data-dir")
                 .arg(&data)
                 .env("RUST_LOG", "warn")
@@ -126,7 +152,9 @@ fn atomic_write_rate(dir: &Path, count: usize) -> f64 {
     }
     let started = Instant::now();
     for i in 0..count {
-        let path = dir.join(format!("{:02x}", i % 256)).join(format!("{i:08}.json"));
+        let path = dir
+            .join(format!("{:02x}", i % 256))
+            .join(format!("{i:08}.json"));
         taskflow::fsutil::write_atomic(&path, &body, false).expect("write");
     }
     count as f64 / started.elapsed().as_secs_f64()
@@ -145,10 +173,20 @@ async fn measure(client: &reqwest::Client, url: &str, tasks: usize, per_request:
         let (client, url) = (client.clone(), url.to_owned());
         requests.push(tokio::spawn(async move {
             let response = if count == 1 {
-                client.post(format!("{url}/tasks")).json(&json!({"plugin": "echo", "payload": {"n": first}})).send().await
+                client
+                    .post(format!("{url}/tasks"))
+                    .json(&json!({"plugin": "echo", "payload": {"n": first}}))
+                    .send()
+                    .await
             } else {
-                let batch: Vec<Value> = (first..first + count).map(|n| json!({"plugin": "echo", "payload": {"n": n}})).collect();
-                client.post(format!("{url}/tasks/batch")).json(&json!({"tasks": batch})).send().await
+                let batch: Vec<Value> = (first..first + count)
+                    .map(|n| json!({"plugin": "echo", "payload": {"n": n}}))
+                    .collect();
+                client
+                    .post(format!("{url}/tasks/batch"))
+                    .json(&json!({"tasks": batch}))
+                    .send()
+                    .await
             };
             drop(permit);
             let status = response.expect("request").status();
@@ -164,7 +202,14 @@ async fn measure(client: &reqwest::Client, url: &str, tasks: usize, per_request:
 }
 
 async fn completed(client: &reqwest::Client, url: &str) -> u64 {
-    let stats: Value = client.get(format!("{url}/stats")).send().await.expect("stats").json().await.expect("json");
+    let stats: Value = client
+        .get(format!("{url}/stats"))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
     stats["tasks"]["completed"].as_u64().unwrap_or(0)
 }
 

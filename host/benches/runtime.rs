@@ -25,35 +25,78 @@ const PAYLOAD: &[u8] = br#"{"message":"hello from the benchmark","n":[1,2,3,4,5,
 
 fn echo_wasm() -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist/echo.wasm");
-    assert!(path.exists(), "{} is missing: run plugins/build.sh first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run plugins/build.sh first",
+        path.display()
+    );
     path
 }
 
 async fn floor(runtime: &Runtime, plugin: &LoadedPlugin) -> Vec<u8> {
-    let sandbox = Sandbox::new(String::new(), String::new(), usize::MAX, CapturedOutput::new(0), CapturedOutput::new(0), None);
+    let sandbox = Sandbox::new(
+        String::new(),
+        String::new(),
+        usize::MAX,
+        CapturedOutput::new(0),
+        CapturedOutput::new(0),
+        None,
+    );
     let mut store = Store::new(runtime.engine(), sandbox);
     store.set_epoch_deadline(1 << 40);
-    let processor = plugin.instance_pre().instantiate_async(&mut store).await.expect("instantiate");
-    let task = WitTask { id: "bench".into(), plugin: "echo".into(), priority: 5, attempt: 1, payload: PAYLOAD.to_vec() };
-    processor.call_process(&mut store, &task).await.expect("call").expect("echo succeeds")
+    let processor = plugin
+        .instance_pre()
+        .instantiate_async(&mut store)
+        .await
+        .expect("instantiate");
+    let task = WitTask {
+        id: "bench".into(),
+        plugin: "echo".into(),
+        priority: 5,
+        attempt: 1,
+        payload: PAYLOAD.to_vec(),
+    };
+    processor
+        .call_process(&mut store, &task)
+        .await
+        .expect("call")
+        .expect("echo succeeds")
 }
 
 async fn full_path(runtime: &Runtime, plugin: &LoadedPlugin) -> Vec<u8> {
-    let task = TaskInput { id: "bench".into(), plugin: "echo".into(), priority: 5, attempt: 1, payload: PAYLOAD.to_vec() };
-    runtime.run(plugin, task, Limits::default(), None).await.expect("echo succeeds").output
+    let task = TaskInput {
+        id: "bench".into(),
+        plugin: "echo".into(),
+        priority: 5,
+        attempt: 1,
+        payload: PAYLOAD.to_vec(),
+    };
+    runtime
+        .run(plugin, task, Limits::default(), None)
+        .await
+        .expect("echo succeeds")
+        .output
 }
 
 fn mean_ns(output: &Path, bench: &str) -> Option<f64> {
-    let text = std::fs::read_to_string(output.join(GROUP).join(bench).join("new/estimates.json")).ok()?;
+    let text =
+        std::fs::read_to_string(output.join(GROUP).join(bench).join("new/estimates.json")).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     json["mean"]["point_estimate"].as_f64()
 }
 
 fn main() {
-    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
-    let runtime = tokio.block_on(async { Runtime::new(RuntimeConfig::default()) }).expect("runtime");
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let runtime = tokio
+        .block_on(async { Runtime::new(RuntimeConfig::default()) })
+        .expect("runtime");
     let bytes = std::fs::read(echo_wasm()).expect("read echo.wasm");
-    let plugin = compile(&runtime, None, &CompileCounters::default(), "echo", &bytes).expect("compile echo");
+    let plugin =
+        compile(&runtime, None, &CompileCounters::default(), "echo", &bytes).expect("compile echo");
     assert_eq!(tokio.block_on(floor(&runtime, &plugin)), PAYLOAD);
     assert_eq!(tokio.block_on(full_path(&runtime, &plugin)), PAYLOAD);
 
@@ -65,8 +108,12 @@ fn main() {
         .configure_from_args();
     {
         let mut group = criterion.benchmark_group(GROUP);
-        group.bench_function("floor", |b| b.to_async(&tokio).iter(|| floor(&runtime, &plugin)));
-        group.bench_function("runtime", |b| b.to_async(&tokio).iter(|| full_path(&runtime, &plugin)));
+        group.bench_function("floor", |b| {
+            b.to_async(&tokio).iter(|| floor(&runtime, &plugin))
+        });
+        group.bench_function("runtime", |b| {
+            b.to_async(&tokio).iter(|| full_path(&runtime, &plugin))
+        });
         group.finish();
     }
     criterion.final_summary();
@@ -78,6 +125,8 @@ fn main() {
             floor / 1000.0,
             full / floor
         ),
-        _ => println!("per-task ratio unavailable: run without a filter so both benchmarks are measured"),
+        _ => println!(
+            "per-task ratio unavailable: run without a filter so both benchmarks are measured"
+        ),
     }
 }

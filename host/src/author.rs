@@ -43,24 +43,53 @@ pub struct RunArgs {
 /// stdout; the plugin's log lines, output and progress go to stderr. Fails
 /// (exit status 1) when the task fails, with its error kind and message.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
     let payload = payload_of(&args)?;
     let name = name_of(&args.file);
-    let mb = |v: u64| usize::try_from(v).unwrap_or(usize::MAX).saturating_mul(1024 * 1024);
-    let limits = Limits { timeout: Duration::from_millis(args.timeout_ms), memory_bytes: mb(args.memory_mb), ..Limits::default() };
-    let config = RuntimeConfig { max_concurrent_instances: 4, max_memory_bytes: limits.memory_bytes, ..RuntimeConfig::default() };
+    let mb = |v: u64| {
+        usize::try_from(v)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(1024 * 1024)
+    };
+    let limits = Limits {
+        timeout: Duration::from_millis(args.timeout_ms),
+        memory_bytes: mb(args.memory_mb),
+        ..Limits::default()
+    };
+    let config = RuntimeConfig {
+        max_concurrent_instances: 4,
+        max_memory_bytes: limits.memory_bytes,
+        ..RuntimeConfig::default()
+    };
     let runtime = Runtime::new(config).context("cannot set up the WebAssembly runtime")?;
 
     let compiling = (runtime.clone(), name.clone());
-    let loaded = tokio::task::spawn_blocking(move || plugin::compile(&compiling.0, None, &CompileCounters::default(), &compiling.1, &bytes))
-        .await
-        .context("the compiler stopped")?
-        .with_context(|| format!("{} is not a TaskFlow plugin", args.file.display()))?;
+    let loaded = tokio::task::spawn_blocking(move || {
+        plugin::compile(
+            &compiling.0,
+            None,
+            &CompileCounters::default(),
+            &compiling.1,
+            &bytes,
+        )
+    })
+    .await
+    .context("the compiler stopped")?
+    .with_context(|| format!("{} is not a TaskFlow plugin", args.file.display()))?;
 
     let progress = Arc::new(AtomicU8::new(0));
     let reporter = tokio::spawn(report_progress(progress.clone()));
-    let task = TaskInput { id: uuid::Uuid::new_v4().to_string(), plugin: name, priority: 5, attempt: args.attempt, payload };
-    let outcome = runtime.run(&loaded, task, limits, Some(progress.clone())).await;
+    let task = TaskInput {
+        id: uuid::Uuid::new_v4().to_string(),
+        plugin: name,
+        priority: 5,
+        attempt: args.attempt,
+        payload,
+    };
+    let outcome = runtime
+        .run(&loaded, task, limits, Some(progress.clone()))
+        .await;
     reporter.abort();
     match outcome {
         Ok(success) => {
@@ -84,10 +113,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// The payload bytes: valid JSON, as a host would hand them over.
 fn payload_of(args: &RunArgs) -> anyhow::Result<Vec<u8>> {
     let (text, source) = match &args.payload_file {
-        Some(path) => (std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?, path.display().to_string()),
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+            path.display().to_string(),
+        ),
         None => (args.payload.clone(), "--payload".to_owned()),
     };
-    let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{source} is not valid JSON"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{source} is not valid JSON"))?;
     Ok(serde_json::to_vec(&value)?)
 }
 
@@ -152,9 +186,19 @@ pub struct BuildArgs {
 /// Writes a ready-to-build plugin project for the current WIT contract.
 pub fn new(args: &NewArgs) -> anyhow::Result<()> {
     plugin::validate_name(&args.name)?;
-    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(&args.name));
-    if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        bail!("{} exists and is not empty: choose another name or --dir", dir.display());
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&args.name));
+    if dir.exists()
+        && std::fs::read_dir(&dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!(
+            "{} exists and is not empty: choose another name or --dir",
+            dir.display()
+        );
     }
     let fill = |template: &str| {
         template
@@ -164,17 +208,34 @@ pub fn new(args: &NewArgs) -> anyhow::Result<()> {
             .replace("{{wit_version}}", contract::version())
     };
     let build = format!("taskflow plugin build {}", dir.display());
-    let run = format!("taskflow plugin run {}/{}.wasm --payload-file {}/payload.json", dir.display(), args.name, dir.display());
+    let run = format!(
+        "taskflow plugin run {}/{}.wasm --payload-file {}/payload.json",
+        dir.display(),
+        args.name,
+        dir.display()
+    );
     let mut files: Vec<(&str, String)> = vec![
         ("wit/processor.wit", contract::WIT_SOURCE.to_owned()),
         ("payload.json", "{\"name\": \"Ada\"}\n".to_owned()),
-        ("README.md", format!("# {}\n\nA TaskFlow plugin. Build it with `{build}`,\nthen run it on the sample payload with `{run}`.\n", args.name)),
+        (
+            "README.md",
+            format!(
+                "# {}\n\nA TaskFlow plugin. Build it with `{build}`,\nthen run it on the sample payload with `{run}`.\n",
+                args.name
+            ),
+        ),
     ];
     match args.lang {
         Language::Rust => files.extend([
-            ("Cargo.toml", fill(include_str!("../templates/rust/Cargo.toml"))),
+            (
+                "Cargo.toml",
+                fill(include_str!("../templates/rust/Cargo.toml")),
+            ),
             ("src/lib.rs", fill(include_str!("../templates/rust/lib.rs"))),
-            ("taskflow-sdk/Cargo.toml", fill(include_str!("../templates/rust/sdk.toml"))),
+            (
+                "taskflow-sdk/Cargo.toml",
+                fill(include_str!("../templates/rust/sdk.toml")),
+            ),
             ("taskflow-sdk/src/lib.rs", SDK_LIB.to_owned()),
             (".gitignore", "/target\n*.wasm\n".to_owned()),
         ]),
@@ -184,7 +245,10 @@ pub fn new(args: &NewArgs) -> anyhow::Result<()> {
         ]),
         Language::Js => files.extend([
             ("app.js", fill(include_str!("../templates/js/app.js"))),
-            ("package.json", fill(include_str!("../templates/js/package.json"))),
+            (
+                "package.json",
+                fill(include_str!("../templates/js/package.json")),
+            ),
             ("build.mjs", fill(include_str!("../templates/js/build.mjs"))),
             (".gitignore", "node_modules/\n*.wasm\n".to_owned()),
         ]),
@@ -192,12 +256,20 @@ pub fn new(args: &NewArgs) -> anyhow::Result<()> {
     for (path, content) in files {
         let path = dir.join(path);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        std::fs::write(&path, content).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(&path, content)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let lang = clap::ValueEnum::to_possible_value(&args.lang).map(|v| v.get_name().to_owned()).unwrap_or_default();
-    println!("created {} ({lang}) in {}\nnext: {build}\nthen: {run}", args.name, dir.display());
+    let lang = clap::ValueEnum::to_possible_value(&args.lang)
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default();
+    println!(
+        "created {} ({lang}) in {}\nnext: {build}\nthen: {run}",
+        args.name,
+        dir.display()
+    );
     Ok(())
 }
 
@@ -212,7 +284,10 @@ pub fn build(args: &BuildArgs) -> anyhow::Result<()> {
     } else if dir.join("app.py").is_file() {
         Language::Python
     } else {
-        bail!("{} holds no plugin project (Cargo.toml, package.json or app.py): create one with `taskflow plugin new`", dir.display());
+        bail!(
+            "{} holds no plugin project (Cargo.toml, package.json or app.py): create one with `taskflow plugin new`",
+            dir.display()
+        );
     };
     let name = std::fs::canonicalize(dir)
         .ok()
@@ -225,34 +300,83 @@ pub fn build(args: &BuildArgs) -> anyhow::Result<()> {
         Language::Python => {
             let componentize = python_tool("componentize-py", "componentize-py==0.25.1")?;
             let out = output.file_name().map(PathBuf::from).unwrap_or_default();
-            run_tool(Command::new(componentize).current_dir(dir).args(["-d", "wit", "-w", "processor", "componentize", "-p", ".", "app", "-o"]).arg(&out))?;
+            run_tool(
+                Command::new(componentize)
+                    .current_dir(dir)
+                    .args([
+                        "-d",
+                        "wit",
+                        "-w",
+                        "processor",
+                        "componentize",
+                        "-p",
+                        ".",
+                        "app",
+                        "-o",
+                    ])
+                    .arg(&out),
+            )?;
         }
         Language::Js => {
-            need("node", "Node.js is needed to build a JavaScript plugin (Debian: apt-get install nodejs npm)")?;
-            if !dir.join("node_modules/@bytecodealliance/componentize-js").is_dir() {
-                need("npm", "npm is needed to install componentize-js (Debian: apt-get install npm)")?;
-                run_tool(Command::new("npm").current_dir(dir).args(["install", "--no-audit", "--no-fund", "--loglevel=error"]))?;
+            need(
+                "node",
+                "Node.js is needed to build a JavaScript plugin (Debian: apt-get install nodejs npm)",
+            )?;
+            if !dir
+                .join("node_modules/@bytecodealliance/componentize-js")
+                .is_dir()
+            {
+                need(
+                    "npm",
+                    "npm is needed to install componentize-js (Debian: apt-get install npm)",
+                )?;
+                run_tool(Command::new("npm").current_dir(dir).args([
+                    "install",
+                    "--no-audit",
+                    "--no-fund",
+                    "--loglevel=error",
+                ]))?;
             }
             let out = output.file_name().map(PathBuf::from).unwrap_or_default();
-            run_tool(Command::new("node").current_dir(dir).arg("build.mjs").arg(&out))?;
+            run_tool(
+                Command::new("node")
+                    .current_dir(dir)
+                    .arg("build.mjs")
+                    .arg(&out),
+            )?;
         }
     }
-    let size = std::fs::metadata(&output).with_context(|| format!("the build left no {}", output.display()))?.len();
+    let size = std::fs::metadata(&output)
+        .with_context(|| format!("the build left no {}", output.display()))?
+        .len();
     println!("built {} ({} bytes)", output.display(), size);
     Ok(())
 }
 
-
-
 fn build_rust(dir: &Path, output: &Path) -> anyhow::Result<()> {
-    need("cargo", "Rust (cargo, with rustup) is needed to build a Rust plugin")?;
-    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
-    if installed.as_ref().is_ok_and(|o| !String::from_utf8_lossy(&o.stdout).lines().any(|l| l == "wasm32-wasip2")) {
+    need(
+        "cargo",
+        "Rust (cargo, with rustup) is needed to build a Rust plugin",
+    )?;
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    if installed.as_ref().is_ok_and(|o| {
+        !String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .any(|l| l == "wasm32-wasip2")
+    }) {
         run_tool(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
     }
     let built = Command::new("cargo")
         .current_dir(dir)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--message-format=json-render-diagnostics",
+        ])
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("cannot run cargo")?;
@@ -268,15 +392,22 @@ fn build_rust(dir: &Path, output: &Path) -> anyhow::Result<()> {
         .filter_map(|file| file.as_str().map(PathBuf::from))
         .rfind(|file| file.extension().is_some_and(|e| e == "wasm"))
         .context("cargo built no .wasm: is the crate a cdylib?")?;
-    std::fs::copy(&artifact, output).with_context(|| format!("cannot copy {} to {}", artifact.display(), output.display()))?;
+    std::fs::copy(&artifact, output)
+        .with_context(|| format!("cannot copy {} to {}", artifact.display(), output.display()))?;
     Ok(())
 }
 
 /// A console script of a Python package, installed with pip when missing.
 fn python_tool(tool: &str, package: &str) -> anyhow::Result<PathBuf> {
-    need("python3", "Python 3 is needed to build a Python plugin (Debian: apt-get install python3 python3-pip)")?;
+    need(
+        "python3",
+        "Python 3 is needed to build a Python plugin (Debian: apt-get install python3 python3-pip)",
+    )?;
     let scripts = Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
         .output()
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
         .unwrap_or_default();
@@ -302,7 +433,9 @@ fn need(tool: &str, message: &str) -> anyhow::Result<()> {
 
 fn run_tool(command: &mut Command) -> anyhow::Result<()> {
     let shown = format!("{command:?}");
-    let status = command.status().with_context(|| format!("cannot run {shown}"))?;
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {shown}"))?;
     if !status.success() {
         bail!("{shown} failed ({status})");
     }
@@ -316,10 +449,17 @@ fn type_name(name: &str) -> String {
         .filter(|part| !part.is_empty())
         .map(|part| {
             let mut chars = part.chars();
-            chars.next().map(|first| first.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
+            chars
+                .next()
+                .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
         })
         .collect();
-    if camel.starts_with(|c: char| c.is_ascii_digit()) { format!("Plugin{camel}") } else { camel }
+    if camel.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("Plugin{camel}")
+    } else {
+        camel
+    }
 }
 
 #[cfg(test)]

@@ -86,7 +86,12 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
     /// Server URL (client commands).
-    #[arg(long, global = true, env = "TASKFLOW_SERVER", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "TASKFLOW_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub server: String,
     /// Bearer token (client commands; the admin token for plugin and backup commands).
     #[arg(long, global = true, env = "TASKFLOW_TOKEN", hide_env_values = true)]
@@ -187,7 +192,9 @@ const SUBMIT_BATCH: usize = 500;
 /// Runs a parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let has_token = cli.server.token.is_some();
-    run_command(cli.command, cli.server).await.map_err(|error| explain_unauthorized(error, has_token))
+    run_command(cli.command, cli.server)
+        .await
+        .map_err(|error| explain_unauthorized(error, has_token))
 }
 
 /// A `401` from the server, with what the user can do about it.
@@ -225,7 +232,13 @@ async fn run_command(command: Command, server: ServerArgs) -> anyhow::Result<()>
             }
             let page = server.client().list(&query).await?;
             for task in &page.tasks {
-                out!("{}  {:<9}  p{:<2}  {}", task.id, task.status, task.priority, task.plugin);
+                out!(
+                    "{}  {:<9}  p{:<2}  {}",
+                    task.id,
+                    task.status,
+                    task.priority,
+                    task.plugin
+                );
             }
             if page.next_cursor.is_some() {
                 out!("… more: raise --limit");
@@ -236,7 +249,13 @@ async fn run_command(command: Command, server: ServerArgs) -> anyhow::Result<()>
         Command::Stats => print_json(&server.client().stats().await?),
         Command::Plugins(PluginsCommand::List) => {
             for plugin in server.client().plugins().await? {
-                out!("{:<24} {}  {:>9} bytes  loaded {}", plugin.name, plugin.digest.get(..12).unwrap_or(&plugin.digest), plugin.size, plugin.loaded_at);
+                out!(
+                    "{:<24} {}  {:>9} bytes  loaded {}",
+                    plugin.name,
+                    plugin.digest.get(..12).unwrap_or(&plugin.digest),
+                    plugin.size,
+                    plugin.loaded_at
+                );
             }
             Ok(())
         }
@@ -249,7 +268,8 @@ async fn run_command(command: Command, server: ServerArgs) -> anyhow::Result<()>
                     .map(str::to_owned)
                     .context("cannot take a plugin name from the file name; pass --name")?,
             };
-            let wasm = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let wasm =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let info = server.client().upload_plugin(&name, wasm).await?;
             out!("loaded {} ({})", info.name, info.digest);
             Ok(())
@@ -261,12 +281,15 @@ async fn run_command(command: Command, server: ServerArgs) -> anyhow::Result<()>
         }
         Command::Plugins(PluginsCommand::Run(args)) => crate::author::run(args).await,
         Command::Plugins(PluginsCommand::New(args)) => crate::author::new(&args),
-        Command::Plugins(PluginsCommand::Build(args)) => tokio::task::block_in_place(|| crate::author::build(&args)),
+        Command::Plugins(PluginsCommand::Build(args)) => {
+            tokio::task::block_in_place(|| crate::author::build(&args))
+        }
         Command::Backup { output } => backup(output, &server).await,
         Command::Restore { file } => restore(file, &server).await,
         Command::CompilePlugin { engine, output } => {
             // Compiling is CPU-bound; nothing else runs in this process.
-            tokio::task::block_in_place(|| crate::runtime::compiler::run_child(&engine, &output)).map_err(anyhow::Error::msg)
+            tokio::task::block_in_place(|| crate::runtime::compiler::run_child(&engine, &output))
+                .map_err(anyhow::Error::msg)
         }
     }
 }
@@ -304,11 +327,21 @@ async fn submit(args: SubmitArgs, server: &ServerArgs) -> anyhow::Result<()> {
 }
 
 async fn submit_file(client: &Client, file: &std::path::Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let mut tasks = Vec::new();
-    for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let task: NewTask = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not a task (expected {{\"plugin\": …, \"payload\": …}})", file.display(), number + 1))?;
+    for (number, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let task: NewTask = serde_json::from_str(line).with_context(|| {
+            format!(
+                "{}:{}: not a task (expected {{\"plugin\": …, \"payload\": …}})",
+                file.display(),
+                number + 1
+            )
+        })?;
         tasks.push(task);
     }
     if tasks.is_empty() {
@@ -334,22 +367,32 @@ async fn backup(output: Option<PathBuf>, server: &ServerArgs) -> anyhow::Result<
     let tasks = crate::storage::backup::parse_backup(&document)
         .map_err(|reason| anyhow::anyhow!("the server sent an invalid backup: {reason}"))?;
     let path = output.unwrap_or_else(|| {
-        PathBuf::from(format!("taskflow-backup-{}.json", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")))
+        PathBuf::from(format!(
+            "taskflow-backup-{}.json",
+            chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+        ))
     });
-    crate::fsutil::write_atomic(&path, &document, true).with_context(|| format!("cannot write {}", path.display()))?;
+    crate::fsutil::write_atomic(&path, &document, true)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     spinner.finish_and_clear();
     out!("backed up {} tasks to {}", tasks.len(), path.display());
     Ok(())
 }
 
 async fn restore(file: PathBuf, server: &ServerArgs) -> anyhow::Result<()> {
-    let document = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let document =
+        std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
     let tasks = crate::storage::backup::parse_backup(&document)
         .map_err(|reason| anyhow::anyhow!("{} is not a valid backup: {reason}", file.display()))?;
     let spinner = spinner(format!("restoring {} tasks", tasks.len()));
     let summary = server.client().restore(document).await?;
     spinner.finish_and_clear();
-    out!("restored {} tasks ({} queued, {} left alone because they are live here)", summary.restored, summary.queued, summary.skipped);
+    out!(
+        "restored {} tasks ({} queued, {} left alone because they are live here)",
+        summary.restored,
+        summary.queued,
+        summary.skipped
+    );
     Ok(())
 }
 

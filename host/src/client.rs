@@ -14,7 +14,9 @@ use crate::task::{NewTask, Task};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No connection.
-    #[error("cannot reach the TaskFlow server at {url}: {reason}. Is `taskflow serve` running? (set --server or TASKFLOW_SERVER)")]
+    #[error(
+        "cannot reach the TaskFlow server at {url}: {reason}. Is `taskflow serve` running? (set --server or TASKFLOW_SERVER)"
+    )]
     Unreachable {
         /// Server URL.
         url: String,
@@ -47,7 +49,11 @@ pub struct Client {
 impl Client {
     /// A client of the server at `base` (e.g. `http://127.0.0.1:8080`).
     pub fn new(base: &str, token: Option<String>) -> Self {
-        Self { base: base.trim_end_matches('/').to_owned(), token, http: reqwest::Client::new() }
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            http: reqwest::Client::new(),
+        }
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
@@ -59,10 +65,10 @@ impl Client {
     }
 
     async fn send(&self, request: RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable { url: self.base.clone(), reason: root_cause(&e) })?;
+        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: root_cause(&e),
+        })?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -76,33 +82,46 @@ impl Client {
     }
 
     async fn json<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T, ClientError> {
-        self.send(request).await?.json().await.map_err(|e| ClientError::Decode(e.to_string()))
+        self.send(request)
+            .await?
+            .json()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     /// `POST /tasks`.
     pub async fn submit(&self, task: &NewTask) -> Result<Task, ClientError> {
-        self.json(self.request(Method::POST, "/tasks").json(task)).await
+        self.json(self.request(Method::POST, "/tasks").json(task))
+            .await
     }
 
     /// `POST /tasks/batch`.
     pub async fn submit_batch(&self, tasks: Vec<NewTask>) -> Result<Vec<Task>, ClientError> {
-        let response: BatchResponse = self.json(self.request(Method::POST, "/tasks/batch").json(&BatchRequest { tasks })).await?;
+        let response: BatchResponse = self
+            .json(
+                self.request(Method::POST, "/tasks/batch")
+                    .json(&BatchRequest { tasks }),
+            )
+            .await?;
         Ok(response.tasks)
     }
 
     /// `GET /tasks/{id}`.
     pub async fn get(&self, id: &str) -> Result<TaskView, ClientError> {
-        self.json(self.request(Method::GET, &format!("/tasks/{id}"))).await
+        self.json(self.request(Method::GET, &format!("/tasks/{id}")))
+            .await
     }
 
     /// `GET /tasks`.
     pub async fn list(&self, query: &[(&str, String)]) -> Result<TaskPage, ClientError> {
-        self.json(self.request(Method::GET, "/tasks").query(query)).await
+        self.json(self.request(Method::GET, "/tasks").query(query))
+            .await
     }
 
     /// `POST /tasks/{id}/cancel`.
     pub async fn cancel(&self, id: &str) -> Result<TaskView, ClientError> {
-        self.json(self.request(Method::POST, &format!("/tasks/{id}/cancel"))).await
+        self.json(self.request(Method::POST, &format!("/tasks/{id}/cancel")))
+            .await
     }
 
     /// `GET /stats`.
@@ -117,25 +136,46 @@ impl Client {
     }
 
     /// `PUT /plugins/{name}`.
-    pub async fn upload_plugin(&self, name: &str, wasm: Vec<u8>) -> Result<PluginInfo, ClientError> {
-        self.json(self.request(Method::PUT, &format!("/plugins/{name}")).header("content-type", "application/wasm").body(wasm))
-            .await
+    pub async fn upload_plugin(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+    ) -> Result<PluginInfo, ClientError> {
+        self.json(
+            self.request(Method::PUT, &format!("/plugins/{name}"))
+                .header("content-type", "application/wasm")
+                .body(wasm),
+        )
+        .await
     }
 
     /// `DELETE /plugins/{name}`.
     pub async fn remove_plugin(&self, name: &str) -> Result<(), ClientError> {
-        self.send(self.request(Method::DELETE, &format!("/plugins/{name}"))).await.map(|_| ())
+        self.send(self.request(Method::DELETE, &format!("/plugins/{name}")))
+            .await
+            .map(|_| ())
     }
 
     /// `GET /admin/backup`: the backup document.
     pub async fn backup(&self) -> Result<Vec<u8>, ClientError> {
-        let response = self.send(self.request(Method::GET, "/admin/backup")).await?;
-        response.bytes().await.map(|b| b.to_vec()).map_err(|e| ClientError::Decode(e.to_string()))
+        let response = self
+            .send(self.request(Method::GET, "/admin/backup"))
+            .await?;
+        response
+            .bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     /// `POST /admin/restore`.
     pub async fn restore(&self, document: Vec<u8>) -> Result<RestoreSummary, ClientError> {
-        self.json(self.request(Method::POST, "/admin/restore").header("content-type", "application/json").body(document)).await
+        self.json(
+            self.request(Method::POST, "/admin/restore")
+                .header("content-type", "application/json")
+                .body(document),
+        )
+        .await
     }
 }
 

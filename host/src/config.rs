@@ -132,7 +132,9 @@ impl ServeConfig {
             )));
         }
         if self.storage == StorageBackend::Postgres
-            && !self.database_url.as_deref().is_some_and(|url| url.starts_with("postgres://") || url.starts_with("postgresql://"))
+            && !self.database_url.as_deref().is_some_and(|url| {
+                url.starts_with("postgres://") || url.starts_with("postgresql://")
+            })
         {
             return Err(ConfigError(
                 "TASKFLOW_STORAGE=postgres needs TASKFLOW_DATABASE_URL, a postgres:// URL such as postgres://user@127.0.0.1:5432/taskflow".into(),
@@ -142,11 +144,18 @@ impl ServeConfig {
             return Err(ConfigError("TASKFLOW_WORKERS must be at least 1".into()));
         }
         if self.max_body_bytes < 1024 {
-            return Err(ConfigError("TASKFLOW_MAX_BODY_BYTES must be at least 1024".into()));
+            return Err(ConfigError(
+                "TASKFLOW_MAX_BODY_BYTES must be at least 1024".into(),
+            ));
         }
-        for (name, token) in [("TASKFLOW_API_TOKEN", &self.api_token), ("TASKFLOW_ADMIN_TOKEN", &self.admin_token)] {
+        for (name, token) in [
+            ("TASKFLOW_API_TOKEN", &self.api_token),
+            ("TASKFLOW_ADMIN_TOKEN", &self.admin_token),
+        ] {
             if token.as_ref().is_some_and(|t| t.len() < 16) {
-                return Err(ConfigError(format!("{name} must be at least 16 characters")));
+                return Err(ConfigError(format!(
+                    "{name} must be at least 16 characters"
+                )));
             }
         }
         Ok(())
@@ -154,7 +163,9 @@ impl ServeConfig {
 
     /// The plugin directory.
     pub fn plugin_dir(&self) -> PathBuf {
-        self.plugin_dir.clone().unwrap_or_else(|| self.data_dir.join("plugins"))
+        self.plugin_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("plugins"))
     }
 
     /// Directory of the task files.
@@ -177,12 +188,20 @@ impl ServeConfig {
     /// the cores busy; CPU-heavy tasks still share the cores fairly because
     /// guest code yields at every epoch tick.
     pub fn worker_count(&self) -> usize {
-        self.workers.unwrap_or_else(|| 4 * std::thread::available_parallelism().map(usize::from).unwrap_or(2))
+        self.workers.unwrap_or_else(|| {
+            4 * std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(2)
+        })
     }
 
     /// Runtime settings.
     pub fn runtime_config(&self) -> RuntimeConfig {
-        let mb = |v: u64| usize::try_from(v).unwrap_or(usize::MAX).saturating_mul(1024 * 1024);
+        let mb = |v: u64| {
+            usize::try_from(v)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(1024 * 1024)
+        };
         let workers = u32::try_from(self.worker_count()).unwrap_or(u32::MAX);
         RuntimeConfig {
             pooling: !self.no_pooling,

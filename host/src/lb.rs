@@ -35,7 +35,12 @@ pub struct LbConfig {
 
     /// Base URL of a backend, e.g. http://10.0.1.5:8080; repeat the flag, or
     /// separate URLs with commas in the variable.
-    #[arg(long = "backend", env = "TASKFLOW_LB_BACKENDS", value_delimiter = ',', required = true)]
+    #[arg(
+        long = "backend",
+        env = "TASKFLOW_LB_BACKENDS",
+        value_delimiter = ',',
+        required = true
+    )]
     pub backends: Vec<reqwest::Url>,
 
     /// Time between two health checks of a backend.
@@ -102,7 +107,10 @@ impl Balancer {
                 "backend {url} is not an http(s) URL with a host"
             );
             // The URL is shown in logs and at /lb/backends.
-            anyhow::ensure!(url.username().is_empty() && url.password().is_none(), "backend URLs take no credentials");
+            anyhow::ensure!(
+                url.username().is_empty() && url.password().is_none(),
+                "backend URLs take no credentials"
+            );
         }
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(config.timeout_ms))
@@ -110,15 +118,30 @@ impl Balancer {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .context("cannot build the HTTP client")?;
-        let backends = config.backends.iter().map(|url| Backend { url: url.clone(), healthy: AtomicBool::new(true) }).collect();
-        Ok(Arc::new(Self { backends, next: AtomicUsize::new(0), client, max_body_bytes: config.max_body_bytes }))
+        let backends = config
+            .backends
+            .iter()
+            .map(|url| Backend {
+                url: url.clone(),
+                healthy: AtomicBool::new(true),
+            })
+            .collect();
+        Ok(Arc::new(Self {
+            backends,
+            next: AtomicUsize::new(0),
+            client,
+            max_body_bytes: config.max_body_bytes,
+        }))
     }
 
     /// Every backend and whether it is in the rotation.
     pub fn status(&self) -> Vec<BackendStatus> {
         self.backends
             .iter()
-            .map(|b| BackendStatus { url: b.url.to_string(), healthy: b.healthy.load(Ordering::Relaxed) })
+            .map(|b| BackendStatus {
+                url: b.url.to_string(),
+                healthy: b.healthy.load(Ordering::Relaxed),
+            })
             .collect()
     }
 
@@ -131,11 +154,15 @@ impl Balancer {
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
-                let Some(balancer) = balancer.upgrade() else { return };
+                let Some(balancer) = balancer.upgrade() else {
+                    return;
+                };
                 let mut checks = tokio::task::JoinSet::new();
                 for index in 0..balancer.backends.len() {
                     let balancer = balancer.clone();
-                    checks.spawn(async move { balancer.check(&balancer.backends[index], timeout).await });
+                    checks.spawn(async move {
+                        balancer.check(&balancer.backends[index], timeout).await
+                    });
                 }
                 while checks.join_next().await.is_some() {}
             }
@@ -144,7 +171,13 @@ impl Balancer {
 
     async fn check(&self, backend: &Backend, timeout: Duration) {
         let url = backend.url_for("/health", None);
-        let healthy = self.client.get(url).timeout(timeout).send().await.is_ok_and(|r| r.status().is_success());
+        let healthy = self
+            .client
+            .get(url)
+            .timeout(timeout)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
         self.mark(backend, healthy);
     }
 
@@ -162,23 +195,40 @@ impl Balancer {
     /// each gets an equal share; when none is known healthy, every backend
     /// (one may have just come back).
     fn rotation(&self) -> Vec<&Backend> {
-        let healthy: Vec<&Backend> = self.backends.iter().filter(|b| b.healthy.load(Ordering::Relaxed)).collect();
-        let candidates = if healthy.is_empty() { self.backends.iter().collect() } else { healthy };
+        let healthy: Vec<&Backend> = self
+            .backends
+            .iter()
+            .filter(|b| b.healthy.load(Ordering::Relaxed))
+            .collect();
+        let candidates = if healthy.is_empty() {
+            self.backends.iter().collect()
+        } else {
+            healthy
+        };
         let start = self.next.fetch_add(1, Ordering::Relaxed) % candidates.len();
-        candidates[start..].iter().chain(&candidates[..start]).copied().collect()
+        candidates[start..]
+            .iter()
+            .chain(&candidates[..start])
+            .copied()
+            .collect()
     }
 
     /// Forwards one request to the first backend of the rotation that
     /// takes it.
     async fn forward(&self, client: SocketAddr, request: Request) -> Result<Response, ApiError> {
         let (parts, body) = request.into_parts();
-        let body = axum::body::to_bytes(body, self.max_body_bytes).await.map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the request body is over the balancer's limit of {} bytes", self.max_body_bytes),
-            )
-        })?;
+        let body = axum::body::to_bytes(body, self.max_body_bytes)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!(
+                        "the request body is over the balancer's limit of {} bytes",
+                        self.max_body_bytes
+                    ),
+                )
+            })?;
         let request_id = request_id_of(&parts.headers);
         let headers = forwarded_headers(&parts.headers, client, &request_id);
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -220,7 +270,9 @@ impl Balancer {
                     return Err(ApiError::new(
                         StatusCode::BAD_GATEWAY,
                         "bad_gateway",
-                        format!("the backend failed while handling the request (request id {request_id}); check whether it took effect before repeating it"),
+                        format!(
+                            "the backend failed while handling the request (request id {request_id}); check whether it took effect before repeating it"
+                        ),
                     ));
                 }
             }
@@ -253,14 +305,20 @@ fn forwarded_headers(incoming: &HeaderMap, client: SocketAddr, request_id: &str)
     if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID.clone(), value);
     }
-    let forwarded_for = match incoming.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let forwarded_for = match incoming
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
         Some(earlier) => format!("{earlier}, {}", client.ip()),
         None => client.ip().to_string(),
     };
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(HeaderName::from_static("x-forwarded-for"), value);
     }
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static("http"));
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
     if let Some(host) = original_host {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
@@ -287,25 +345,44 @@ fn relay(response: reqwest::Response, request_id: &str) -> Response {
 /// is forwarded.
 pub fn router(balancer: Arc<Balancer>) -> Router {
     Router::new()
-        .route("/lb/backends", axum::routing::get(|State(b): State<Arc<Balancer>>| async move { axum::Json(b.status()) }))
-        .fallback(|State(b): State<Arc<Balancer>>, ConnectInfo(client): ConnectInfo<SocketAddr>, request: Request| async move {
-            b.forward(client, request).await.into_response()
-        })
+        .route(
+            "/lb/backends",
+            axum::routing::get(
+                |State(b): State<Arc<Balancer>>| async move { axum::Json(b.status()) },
+            ),
+        )
+        .fallback(
+            |State(b): State<Arc<Balancer>>,
+             ConnectInfo(client): ConnectInfo<SocketAddr>,
+             request: Request| async move {
+                b.forward(client, request).await.into_response()
+            },
+        )
         .with_state(balancer)
 }
 
 /// Runs the balancer until `shutdown` resolves.
-pub async fn run(config: LbConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: LbConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let balancer = Balancer::new(&config)?;
-    balancer.spawn_health_checks(Duration::from_millis(config.health_interval_ms.max(1)), Duration::from_millis(config.timeout_ms));
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    balancer.spawn_health_checks(
+        Duration::from_millis(config.health_interval_ms.max(1)),
+        Duration::from_millis(config.timeout_ms),
+    );
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let backends: Vec<String> = config.backends.iter().map(ToString::to_string).collect();
     tracing::info!(addr = %config.listen, ?backends, "TaskFlow load balancer listening");
-    axum::serve(listener, router(balancer).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("the load balancer's HTTP server failed")
+    axum::serve(
+        listener,
+        router(balancer).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("the load balancer's HTTP server failed")
 }
 
 #[cfg(test)]
@@ -315,7 +392,10 @@ mod tests {
     fn config(backends: &[&str]) -> LbConfig {
         LbConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
-            backends: backends.iter().map(|url| url.parse().expect("url")).collect(),
+            backends: backends
+                .iter()
+                .map(|url| url.parse().expect("url"))
+                .collect(),
             health_interval_ms: 1000,
             timeout_ms: 1000,
             read_timeout_ms: 1000,
@@ -328,7 +408,15 @@ mod tests {
     }
 
     fn first_choices(balancer: &Balancer, turns: usize) -> Vec<String> {
-        (0..turns).map(|_| balancer.rotation()[0].url.host_str().unwrap_or_default().to_owned()).collect()
+        (0..turns)
+            .map(|_| {
+                balancer.rotation()[0]
+                    .url
+                    .host_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
     }
 
     #[test]
@@ -342,20 +430,33 @@ mod tests {
 
         lb.mark(&lb.backends[1], false);
         lb.mark(&lb.backends[2], false);
-        assert_eq!(lb.rotation().len(), 3, "with none healthy, every backend is tried");
+        assert_eq!(
+            lb.rotation().len(),
+            3,
+            "with none healthy, every backend is tried"
+        );
     }
 
     #[test]
     fn paths_and_queries_go_under_the_backend_base_url() {
         let lb = balancer(&["http://a:1/api/"]);
-        assert_eq!(lb.backends[0].url_for("/tasks", Some("limit=5")).as_str(), "http://a:1/api/tasks?limit=5");
-        assert_eq!(lb.backends[0].url_for("/health", None).as_str(), "http://a:1/api/health");
+        assert_eq!(
+            lb.backends[0].url_for("/tasks", Some("limit=5")).as_str(),
+            "http://a:1/api/tasks?limit=5"
+        );
+        assert_eq!(
+            lb.backends[0].url_for("/health", None).as_str(),
+            "http://a:1/api/health"
+        );
     }
 
     #[test]
     fn backend_urls_are_checked() {
         for bad in ["ftp://a:1", "http://user:secret@a:1"] {
-            assert!(Balancer::new(&config(&[bad])).is_err(), "{bad} should be refused");
+            assert!(
+                Balancer::new(&config(&[bad])).is_err(),
+                "{bad} should be refused"
+            );
         }
     }
 }

@@ -23,7 +23,9 @@ async fn run() -> std::process::ExitCode {
     match cli.command {
         Command::Serve(_) | Command::Lb(_) => init_logging(cli.log_format, LogTarget::Stdout),
         Command::Plugins(PluginsCommand::Run(_)) => init_logging(cli.log_format, LogTarget::Stderr),
-        _ if std::env::var_os("RUST_LOG").is_some() => init_logging(cli.log_format, LogTarget::Stdout),
+        _ if std::env::var_os("RUST_LOG").is_some() => {
+            init_logging(cli.log_format, LogTarget::Stdout)
+        }
         _ => {}
     }
     match taskflow::cli::run(cli).await {

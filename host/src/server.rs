@@ -28,7 +28,9 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("addr", &self.listener.local_addr().ok()).finish_non_exhaustive()
+        f.debug_struct("Server")
+            .field("addr", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
     }
 }
 
@@ -41,23 +43,37 @@ impl Server {
         let runtime = Runtime::new(config.runtime_config())?;
         let registry = PluginRegistry::open(runtime, config.plugin_dir(), Some(config.cache_dir()))
             .await
-            .with_context(|| format!("cannot open the plugin directory {}", config.plugin_dir().display()))?;
+            .with_context(|| {
+                format!(
+                    "cannot open the plugin directory {}",
+                    config.plugin_dir().display()
+                )
+            })?;
         let watch = registry.watch()?;
         tracing::info!(plugins = registry.list().len(), dir = %config.plugin_dir().display(), "plugins loaded");
 
-        let store: Arc<dyn TaskStore> = match config.storage {
-            StorageBackend::Files => Arc::new(
-                FileStore::open(config.tasks_dir(), config.fsync)
-                    .await
-                    .with_context(|| format!("cannot open task storage in {}", config.tasks_dir().display()))?,
-            ),
-            StorageBackend::Postgres => {
-                let url = config.database_url.as_deref().unwrap_or_default();
-                let options: sqlx::postgres::PgConnectOptions =
-                    url.parse().context("TASKFLOW_DATABASE_URL is not a valid PostgreSQL URL")?;
-                Arc::new(PgStore::connect(options).await.context("cannot open task storage in PostgreSQL (TASKFLOW_DATABASE_URL)")?)
-            }
-        };
+        let store: Arc<dyn TaskStore> =
+            match config.storage {
+                StorageBackend::Files => Arc::new(
+                    FileStore::open(config.tasks_dir(), config.fsync)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "cannot open task storage in {}",
+                                config.tasks_dir().display()
+                            )
+                        })?,
+                ),
+                StorageBackend::Postgres => {
+                    let url = config.database_url.as_deref().unwrap_or_default();
+                    let options: sqlx::postgres::PgConnectOptions = url
+                        .parse()
+                        .context("TASKFLOW_DATABASE_URL is not a valid PostgreSQL URL")?;
+                    Arc::new(PgStore::connect(options).await.context(
+                        "cannot open task storage in PostgreSQL (TASKFLOW_DATABASE_URL)",
+                    )?)
+                }
+            };
         let queue: Arc<dyn Queue> = match config.queue {
             QueueBackend::Local => Arc::new(LocalQueue::new()),
         };
@@ -67,18 +83,32 @@ impl Server {
             store,
             registry,
             Arc::new(Metrics::default()),
-            ServiceConfig { workers, retry_base: Duration::from_millis(config.retry_base_ms) },
+            ServiceConfig {
+                workers,
+                retry_base: Duration::from_millis(config.retry_base_ms),
+            },
         ));
-        let recovery = service.recover().await.context("cannot recover unfinished tasks")?;
+        let recovery = service
+            .recover()
+            .await
+            .context("cannot recover unfinished tasks")?;
         if recovery.requeued > 0 {
-            tracing::info!(requeued = recovery.requeued, interrupted = recovery.interrupted, "unfinished tasks queued again");
+            tracing::info!(
+                requeued = recovery.requeued,
+                interrupted = recovery.interrupted,
+                "unfinished tasks queued again"
+            );
         }
         let pool = WorkerPool::start(service.clone(), workers);
 
-        let auth = AuthConfig { api_token: config.api_token.clone(), admin_token: config.admin_token.clone() };
+        let auth = AuthConfig {
+            api_token: config.api_token.clone(),
+            admin_token: config.admin_token.clone(),
+        };
         let router = api::router(service.clone(), auth, config.max_body_bytes);
-        let listener =
-            TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
         Ok(Self {
             service,
             listener,
@@ -101,13 +131,20 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then stops taking requests, lets
     /// running tasks finish within the grace period, and returns.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
         tracing::info!(%addr, "TaskFlow listening");
-        axum::serve(self.listener, self.router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("the HTTP server failed")?;
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("the HTTP server failed")?;
         tracing::info!("shutting down: finishing running tasks");
         self.workers.shutdown(self.grace).await;
         Ok(())

@@ -44,7 +44,9 @@ pub const IDEMPOTENCY_KEY_PATTERN: &str = r"^[\x20-\x7E]{1,256}$";
 
 /// A task id: a random (v4) UUID, so its leading hex digits, which pick the
 /// storage shard, are spread evenly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(transparent)]
 #[schema(value_type = String, format = Uuid)]
 pub struct TaskId(Uuid);
@@ -97,12 +99,16 @@ impl FromStr for TaskId {
         if s.len() != 36 {
             return Err(InvalidTaskId(s.chars().take(64).collect()));
         }
-        Uuid::parse_str(s).map(Self).map_err(|_| InvalidTaskId(s.to_owned()))
+        Uuid::parse_str(s)
+            .map(Self)
+            .map_err(|_| InvalidTaskId(s.to_owned()))
     }
 }
 
 /// Where a task is in its lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     /// Queued, waiting for a worker (possibly for its retry backoff).
@@ -119,7 +125,13 @@ pub enum TaskStatus {
 
 impl TaskStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [TaskStatus; 5] = [Self::Pending, Self::Running, Self::Completed, Self::Failed, Self::Cancelled];
+    pub const ALL: [TaskStatus; 5] = [
+        Self::Pending,
+        Self::Running,
+        Self::Completed,
+        Self::Failed,
+        Self::Cancelled,
+    ];
 
     /// Whether the task will not change any more.
     pub fn is_terminal(self) -> bool {
@@ -151,7 +163,11 @@ impl FromStr for TaskStatus {
         Self::ALL
             .into_iter()
             .find(|status| status.as_str() == s)
-            .ok_or_else(|| format!("unknown status {s:?}: use pending, running, completed, failed or cancelled"))
+            .ok_or_else(|| {
+                format!(
+                    "unknown status {s:?}: use pending, running, completed, failed or cancelled"
+                )
+            })
     }
 }
 
@@ -282,33 +298,53 @@ pub struct ValidationError {
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ValidationError {
-    ValidationError { field, message: message.into() }
+    ValidationError {
+        field,
+        message: message.into(),
+    }
 }
 
 impl NewTask {
     /// Checks every field and builds the pending task with `sequence`.
     /// Whether the plugin exists is checked by the caller, who knows the registry.
     pub fn validate(self, sequence: u64) -> Result<Task, ValidationError> {
-        crate::runtime::plugin::validate_name(&self.plugin).map_err(|e| invalid("plugin", e.to_string()))?;
+        crate::runtime::plugin::validate_name(&self.plugin)
+            .map_err(|e| invalid("plugin", e.to_string()))?;
         let priority = self.priority.unwrap_or(PRIORITY_DEFAULT);
         if !(PRIORITY_HIGHEST..=PRIORITY_LOWEST).contains(&priority) {
-            return Err(invalid("priority", format!("must be 1 (highest) to 10 (lowest), got {priority}")));
+            return Err(invalid(
+                "priority",
+                format!("must be 1 (highest) to 10 (lowest), got {priority}"),
+            ));
         }
         let max_attempts = self.max_attempts.unwrap_or(MAX_ATTEMPTS_DEFAULT);
         if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
-            return Err(invalid("max_attempts", format!("must be 1 to {MAX_ATTEMPTS_LIMIT}, got {max_attempts}")));
+            return Err(invalid(
+                "max_attempts",
+                format!("must be 1 to {MAX_ATTEMPTS_LIMIT}, got {max_attempts}"),
+            ));
         }
         if let Some(timeout) = self.timeout_ms
             && (timeout == 0 || u128::from(timeout) > TIMEOUT_LIMIT.as_millis())
         {
-            return Err(invalid("timeout_ms", format!("must be 1 to {} ms, got {timeout}", TIMEOUT_LIMIT.as_millis())));
+            return Err(invalid(
+                "timeout_ms",
+                format!(
+                    "must be 1 to {} ms, got {timeout}",
+                    TIMEOUT_LIMIT.as_millis()
+                ),
+            ));
         }
         if let Some(key) = &self.idempotency_key
-            && (key.is_empty() || key.len() > IDEMPOTENCY_KEY_LIMIT || !key.bytes().all(|b| matches!(b, b' '..=b'~')))
+            && (key.is_empty()
+                || key.len() > IDEMPOTENCY_KEY_LIMIT
+                || !key.bytes().all(|b| matches!(b, b' '..=b'~')))
         {
             return Err(invalid(
                 "idempotency_key",
-                format!("must be 1 to {IDEMPOTENCY_KEY_LIMIT} printable ASCII characters (space to `~`)"),
+                format!(
+                    "must be 1 to {IDEMPOTENCY_KEY_LIMIT} printable ASCII characters (space to `~`)"
+                ),
             ));
         }
         Ok(Task {
@@ -339,7 +375,10 @@ impl Task {
     /// host never accepts (a priority the queue has no place for, a timeout
     /// of days, an attempt counter about to overflow).
     pub fn check_restorable(&self) -> Result<(), ValidationError> {
-        let context = |e: ValidationError| ValidationError { field: e.field, message: format!("task {}: {}", self.id, e.message) };
+        let context = |e: ValidationError| ValidationError {
+            field: e.field,
+            message: format!("task {}: {}", self.id, e.message),
+        };
         let as_submitted = NewTask {
             plugin: self.plugin.clone(),
             payload: serde_json::Value::Null,
@@ -350,7 +389,13 @@ impl Task {
         };
         as_submitted.validate(self.sequence).map_err(context)?;
         if self.attempts > self.max_attempts {
-            return Err(context(invalid("attempts", format!("{} is more than max_attempts {}", self.attempts, self.max_attempts))));
+            return Err(context(invalid(
+                "attempts",
+                format!(
+                    "{} is more than max_attempts {}",
+                    self.attempts, self.max_attempts
+                ),
+            )));
         }
         Ok(())
     }
@@ -375,7 +420,11 @@ fn nullable_date_time() -> RefOr<Schema> {
     let date_time = SchemaFormat::KnownFormat(KnownFormat::DateTime);
     OneOfBuilder::new()
         .item(ObjectBuilder::new().schema_type(Type::Null))
-        .item(ObjectBuilder::new().schema_type(Type::String).format(Some(date_time)))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(date_time)),
+        )
         .into()
 }
 
@@ -384,7 +433,11 @@ mod tests {
     use super::*;
 
     fn new_task(plugin: &str) -> NewTask {
-        NewTask { plugin: plugin.into(), payload: serde_json::json!({"a": 1}), ..NewTask::default() }
+        NewTask {
+            plugin: plugin.into(),
+            payload: serde_json::json!({"a": 1}),
+            ..NewTask::default()
+        }
     }
 
     #[test]
@@ -399,12 +452,48 @@ mod tests {
     #[test]
     fn out_of_range_fields_are_rejected_with_the_field_name() {
         for (task, field) in [
-            (NewTask { priority: Some(0), ..new_task("echo") }, "priority"),
-            (NewTask { priority: Some(11), ..new_task("echo") }, "priority"),
-            (NewTask { max_attempts: Some(0), ..new_task("echo") }, "max_attempts"),
-            (NewTask { timeout_ms: Some(0), ..new_task("echo") }, "timeout_ms"),
-            (NewTask { idempotency_key: Some(String::new()), ..new_task("echo") }, "idempotency_key"),
-            (NewTask { idempotency_key: Some("a\0b".into()), ..new_task("echo") }, "idempotency_key"),
+            (
+                NewTask {
+                    priority: Some(0),
+                    ..new_task("echo")
+                },
+                "priority",
+            ),
+            (
+                NewTask {
+                    priority: Some(11),
+                    ..new_task("echo")
+                },
+                "priority",
+            ),
+            (
+                NewTask {
+                    max_attempts: Some(0),
+                    ..new_task("echo")
+                },
+                "max_attempts",
+            ),
+            (
+                NewTask {
+                    timeout_ms: Some(0),
+                    ..new_task("echo")
+                },
+                "timeout_ms",
+            ),
+            (
+                NewTask {
+                    idempotency_key: Some(String::new()),
+                    ..new_task("echo")
+                },
+                "idempotency_key",
+            ),
+            (
+                NewTask {
+                    idempotency_key: Some("a\0b".into()),
+                    ..new_task("echo")
+                },
+                "idempotency_key",
+            ),
             (new_task("../etc/passwd"), "plugin"),
             (new_task(""), "plugin"),
         ] {
@@ -414,14 +503,32 @@ mod tests {
 
     #[test]
     fn idempotency_keys_are_1_to_256_printable_ascii_characters() {
-        let with_key = |key: &str| NewTask { idempotency_key: Some(key.into()), ..new_task("echo") }.validate(0);
+        let with_key = |key: &str| {
+            NewTask {
+                idempotency_key: Some(key.into()),
+                ..new_task("echo")
+            }
+            .validate(0)
+        };
         for good in ["k", "order 42 ~!", &"x".repeat(IDEMPOTENCY_KEY_LIMIT)] {
             assert!(with_key(good).is_ok(), "{good:?} should be accepted");
         }
         // Over the limit, control characters, and any non-ASCII character
         // (even where 256 bytes would hold it).
-        for bad in ["", &"x".repeat(IDEMPOTENCY_KEY_LIMIT + 1), "a\tb", "a\u{7f}", "a\u{85}", "clé", "\u{1F600}"] {
-            assert_eq!(with_key(bad).expect_err("invalid").field, "idempotency_key", "{bad:?}");
+        for bad in [
+            "",
+            &"x".repeat(IDEMPOTENCY_KEY_LIMIT + 1),
+            "a\tb",
+            "a\u{7f}",
+            "a\u{85}",
+            "clé",
+            "\u{1F600}",
+        ] {
+            assert_eq!(
+                with_key(bad).expect_err("invalid").field,
+                "idempotency_key",
+                "{bad:?}"
+            );
         }
     }
 
@@ -429,7 +536,13 @@ mod tests {
     fn task_ids_parse_only_in_canonical_form() {
         let id = TaskId::new();
         assert_eq!(id.to_string().parse::<TaskId>().expect("round trip"), id);
-        for bad in ["", "../../etc/passwd", "not-a-uuid", "3f2b8c1e8d4a4c7e9f1a2b3c4d5e6f70", "ZZ2b8c1e-8d4a-4c7e-9f1a-2b3c4d5e6f70"] {
+        for bad in [
+            "",
+            "../../etc/passwd",
+            "not-a-uuid",
+            "3f2b8c1e8d4a4c7e9f1a2b3c4d5e6f70",
+            "ZZ2b8c1e-8d4a-4c7e-9f1a-2b3c4d5e6f70",
+        ] {
             assert!(bad.parse::<TaskId>().is_err(), "{bad} should not parse");
         }
         assert_eq!(id.shard(), id.to_string()[..2]);
@@ -437,7 +550,13 @@ mod tests {
 
     #[test]
     fn output_is_json_when_it_can_be() {
-        assert_eq!(TaskOutput::from_bytes(b"{\"a\":1}"), TaskOutput::Json(serde_json::json!({"a": 1})));
-        assert_eq!(TaskOutput::from_bytes(&[0xff, 0x00]), TaskOutput::Base64("/wA=".into()));
+        assert_eq!(
+            TaskOutput::from_bytes(b"{\"a\":1}"),
+            TaskOutput::Json(serde_json::json!({"a": 1}))
+        );
+        assert_eq!(
+            TaskOutput::from_bytes(&[0xff, 0x00]),
+            TaskOutput::Base64("/wA=".into())
+        );
     }
 }

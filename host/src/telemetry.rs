@@ -38,8 +38,9 @@ pub enum LogTarget {
 /// Installs the global subscriber. The filter comes from `RUST_LOG`
 /// (default: info, with wasmtime and cranelift quieter).
 pub fn init_logging(format: LogFormat, target: LogTarget) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,wasmtime=warn,cranelift_codegen=warn,wasmtime_cranelift=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,wasmtime=warn,cranelift_codegen=warn,wasmtime_cranelift=warn")
+    });
     let terminal = match target {
         LogTarget::Stdout => std::io::stdout().is_terminal(),
         LogTarget::Stderr => std::io::stderr().is_terminal(),
@@ -53,17 +54,26 @@ pub fn init_logging(format: LogFormat, target: LogTarget) {
         LogTarget::Stdout => BoxMakeWriter::new(std::io::stdout),
         LogTarget::Stderr => BoxMakeWriter::new(std::io::stderr),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     // A second initialisation (tests) keeps the first subscriber.
     let _ = if json {
-        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
     } else {
         builder.compact().try_init()
     };
 }
 
 /// Upper bounds of the task duration histogram, in seconds.
-const DURATION_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
+const DURATION_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
 
 /// Counters rendered by `GET /metrics`.
 #[derive(Debug, Default)]
@@ -90,19 +100,28 @@ struct Histogram {
 
 impl Metrics {
     fn lock(&self) -> std::sync::MutexGuard<'_, MetricsInner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Counts one HTTP request. `route` is the matched route pattern, not the
     /// raw path, so ids do not explode the label set.
     pub fn record_request(&self, method: &str, route: &str, status: u16) {
-        *self.lock().http_requests.entry((method.to_owned(), route.to_owned(), status)).or_default() += 1;
+        *self
+            .lock()
+            .http_requests
+            .entry((method.to_owned(), route.to_owned(), status))
+            .or_default() += 1;
     }
 
     /// Counts one finished attempt of a `plugin` task and its duration.
     pub fn record_attempt(&self, plugin: &str, outcome: &'static str, duration: Duration) {
         let mut inner = self.lock();
-        *inner.task_outcomes.entry((plugin.to_owned(), outcome)).or_default() += 1;
+        *inner
+            .task_outcomes
+            .entry((plugin.to_owned(), outcome))
+            .or_default() += 1;
         let histogram = inner.task_durations.entry(plugin.to_owned()).or_default();
         let seconds = duration.as_secs_f64();
         for (bucket, bound) in histogram.buckets.iter_mut().zip(DURATION_BUCKETS) {
@@ -119,7 +138,10 @@ impl Metrics {
     pub fn render(&self, gauges: &Gauges) -> String {
         let inner = self.lock();
         let mut out = String::new();
-        let _ = writeln!(out, "# HELP taskflow_http_requests_total HTTP requests by method, route and status.");
+        let _ = writeln!(
+            out,
+            "# HELP taskflow_http_requests_total HTTP requests by method, route and status."
+        );
         let _ = writeln!(out, "# TYPE taskflow_http_requests_total counter");
         for ((method, route, status), count) in &inner.http_requests {
             let _ = writeln!(
@@ -129,37 +151,67 @@ impl Metrics {
                 escape(route)
             );
         }
-        let _ = writeln!(out, "# HELP taskflow_task_attempts_total Finished task attempts by plugin and outcome.");
+        let _ = writeln!(
+            out,
+            "# HELP taskflow_task_attempts_total Finished task attempts by plugin and outcome."
+        );
         let _ = writeln!(out, "# TYPE taskflow_task_attempts_total counter");
         for ((plugin, outcome), count) in &inner.task_outcomes {
-            let _ = writeln!(out, "taskflow_task_attempts_total{{plugin=\"{}\",outcome=\"{outcome}\"}} {count}", escape(plugin));
+            let _ = writeln!(
+                out,
+                "taskflow_task_attempts_total{{plugin=\"{}\",outcome=\"{outcome}\"}} {count}",
+                escape(plugin)
+            );
         }
-        let _ = writeln!(out, "# HELP taskflow_task_duration_seconds Duration of task attempts by plugin.");
+        let _ = writeln!(
+            out,
+            "# HELP taskflow_task_duration_seconds Duration of task attempts by plugin."
+        );
         let _ = writeln!(out, "# TYPE taskflow_task_duration_seconds histogram");
         for (plugin, histogram) in &inner.task_durations {
             let plugin = escape(plugin);
             for (count, bound) in histogram.buckets.iter().zip(DURATION_BUCKETS) {
-                let _ = writeln!(out, "taskflow_task_duration_seconds_bucket{{plugin=\"{plugin}\",le=\"{bound}\"}} {count}");
+                let _ = writeln!(
+                    out,
+                    "taskflow_task_duration_seconds_bucket{{plugin=\"{plugin}\",le=\"{bound}\"}} {count}"
+                );
             }
             let _ = writeln!(
                 out,
                 "taskflow_task_duration_seconds_bucket{{plugin=\"{plugin}\",le=\"+Inf\"}} {}",
                 histogram.count
             );
-            let _ = writeln!(out, "taskflow_task_duration_seconds_sum{{plugin=\"{plugin}\"}} {}", histogram.sum);
-            let _ = writeln!(out, "taskflow_task_duration_seconds_count{{plugin=\"{plugin}\"}} {}", histogram.count);
+            let _ = writeln!(
+                out,
+                "taskflow_task_duration_seconds_sum{{plugin=\"{plugin}\"}} {}",
+                histogram.sum
+            );
+            let _ = writeln!(
+                out,
+                "taskflow_task_duration_seconds_count{{plugin=\"{plugin}\"}} {}",
+                histogram.count
+            );
         }
         let _ = writeln!(out, "# HELP taskflow_tasks Tasks by status.");
         let _ = writeln!(out, "# TYPE taskflow_tasks gauge");
         for (status, count) in &gauges.tasks_by_status {
             let _ = writeln!(out, "taskflow_tasks{{status=\"{status}\"}} {count}");
         }
-        let _ = writeln!(out, "# HELP taskflow_queue_depth Tasks waiting in the queue by priority.");
+        let _ = writeln!(
+            out,
+            "# HELP taskflow_queue_depth Tasks waiting in the queue by priority."
+        );
         let _ = writeln!(out, "# TYPE taskflow_queue_depth gauge");
         for (priority, count) in &gauges.queue_depth {
-            let _ = writeln!(out, "taskflow_queue_depth{{priority=\"{priority}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "taskflow_queue_depth{{priority=\"{priority}\"}} {count}"
+            );
         }
-        let _ = writeln!(out, "# HELP taskflow_queue_delayed Tasks waiting for their retry backoff.");
+        let _ = writeln!(
+            out,
+            "# HELP taskflow_queue_delayed Tasks waiting for their retry backoff."
+        );
         let _ = writeln!(out, "# TYPE taskflow_queue_delayed gauge");
         let _ = writeln!(out, "taskflow_queue_delayed {}", gauges.delayed);
         let _ = writeln!(out, "# HELP taskflow_tasks_running Tasks running now.");
@@ -188,7 +240,10 @@ pub struct Gauges {
 }
 
 fn escape(label: &str) -> String {
-    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -201,11 +256,22 @@ mod tests {
         metrics.record_request("GET", "/tasks/{id}", 200);
         metrics.record_attempt("echo", "completed", Duration::from_millis(3));
         metrics.record_attempt("echo", "completed", Duration::from_millis(200));
-        let text = metrics.render(&Gauges { queue_depth: vec![(1, 4)], ..Gauges::default() });
-        assert!(text.contains("taskflow_http_requests_total{method=\"GET\",route=\"/tasks/{id}\",status=\"200\"} 1"));
-        assert!(text.contains("taskflow_task_attempts_total{plugin=\"echo\",outcome=\"completed\"} 2"));
-        assert!(text.contains("taskflow_task_duration_seconds_bucket{plugin=\"echo\",le=\"0.005\"} 1"));
-        assert!(text.contains("taskflow_task_duration_seconds_bucket{plugin=\"echo\",le=\"0.25\"} 2"));
+        let text = metrics.render(&Gauges {
+            queue_depth: vec![(1, 4)],
+            ..Gauges::default()
+        });
+        assert!(text.contains(
+            "taskflow_http_requests_total{method=\"GET\",route=\"/tasks/{id}\",status=\"200\"} 1"
+        ));
+        assert!(
+            text.contains("taskflow_task_attempts_total{plugin=\"echo\",outcome=\"completed\"} 2")
+        );
+        assert!(
+            text.contains("taskflow_task_duration_seconds_bucket{plugin=\"echo\",le=\"0.005\"} 1")
+        );
+        assert!(
+            text.contains("taskflow_task_duration_seconds_bucket{plugin=\"echo\",le=\"0.25\"} 2")
+        );
         assert!(text.contains("taskflow_task_duration_seconds_count{plugin=\"echo\"} 2"));
         assert!(text.contains("taskflow_queue_depth{priority=\"1\"} 4"));
     }

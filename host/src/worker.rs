@@ -22,7 +22,9 @@ pub struct WorkerPool {
 
 impl std::fmt::Debug for WorkerPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerPool").field("workers", &self.workers.len()).finish()
+        f.debug_struct("WorkerPool")
+            .field("workers", &self.workers.len())
+            .finish()
     }
 }
 
@@ -35,7 +37,11 @@ impl WorkerPool {
             workers.spawn(work(service.clone(), stopped.clone(), index));
         }
         tracing::info!(workers = count, "workers started");
-        Self { stop, workers, service }
+        Self {
+            stop,
+            workers,
+            service,
+        }
     }
 
     /// Stops taking new tasks, gives running ones `grace` to finish, then
@@ -47,7 +53,10 @@ impl WorkerPool {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(grace_secs = grace.as_secs(), "tasks still running after the grace period; interrupting them");
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "tasks still running after the grace period; interrupting them"
+            );
             self.workers.abort_all();
             while self.workers.join_next().await.is_some() {}
             self.service.release_running().await;

@@ -9,17 +9,28 @@ pub mod process;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// A built example plugin, `plugins/dist/<name>.wasm`.
 pub fn plugin_wasm(name: &str) -> PathBuf {
-    built(workspace_root().join("plugins/dist").join(format!("{name}.wasm")))
+    built(
+        workspace_root()
+            .join("plugins/dist")
+            .join(format!("{name}.wasm")),
+    )
 }
 
 /// A built hostile fixture, `tests/fixtures/dist/<name>.wasm`.
 pub fn fixture_wasm(name: &str) -> PathBuf {
-    built(workspace_root().join("tests/fixtures/dist").join(format!("{name}.wasm")))
+    built(
+        workspace_root()
+            .join("tests/fixtures/dist")
+            .join(format!("{name}.wasm")),
+    )
 }
 
 /// The bytes of a built plugin or fixture.
@@ -42,7 +53,8 @@ pub fn install_plugins(dir: &Path, names: &[&str]) {
     std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     for name in names {
         let target = dir.join(format!("{name}.wasm"));
-        std::fs::copy(plugin_wasm(name), &target).unwrap_or_else(|e| panic!("cannot copy {name}: {e}"));
+        std::fs::copy(plugin_wasm(name), &target)
+            .unwrap_or_else(|e| panic!("cannot copy {name}: {e}"));
     }
 }
 
@@ -72,16 +84,23 @@ impl TestHost {
     }
 
     /// Like [`start`](Self::start), with a chance to adjust the configuration.
-    pub async fn start_with(workers: usize, hostile: bool, adjust: impl FnOnce(&mut taskflow::config::ServeConfig)) -> Self {
+    pub async fn start_with(
+        workers: usize,
+        hostile: bool,
+        adjust: impl FnOnce(&mut taskflow::config::ServeConfig),
+    ) -> Self {
         let data = tempfile::tempdir().expect("tempdir");
         let plugins = data.path().join("plugins");
         install_plugins(&plugins, &["echo", "wordcount", "hash", "flaky"]);
         if hostile {
-            std::fs::copy(fixture_wasm("hostile"), plugins.join("hostile.wasm")).expect("copy fixture");
+            std::fs::copy(fixture_wasm("hostile"), plugins.join("hostile.wasm"))
+                .expect("copy fixture");
         }
         let mut config = serve_config(data.path(), workers);
         adjust(&mut config);
-        let server = taskflow::server::Server::start(config).await.expect("host starts");
+        let server = taskflow::server::Server::start(config)
+            .await
+            .expect("host starts");
         let url = format!("http://{}", server.local_addr().expect("addr"));
         let service = server.service().clone();
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -93,7 +112,13 @@ impl TestHost {
                 .await
                 .expect("host runs");
         });
-        Self { url, data, service, shutdown: Some(shutdown), handle: Some(handle) }
+        Self {
+            url,
+            data,
+            service,
+            shutdown: Some(shutdown),
+            handle: Some(handle),
+        }
     }
 
     /// Stops the host gracefully and waits for it.
@@ -134,8 +159,16 @@ pub fn serve_config(data_dir: &Path, workers: usize) -> taskflow::config::ServeC
 pub fn taskflow_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/<profile>/deps/<test> → target/<profile>/taskflow
-    let binary = exe.parent().and_then(Path::parent).map(|dir| dir.join("taskflow")).unwrap_or_default();
-    assert!(binary.exists(), "{} is missing: run `cargo build --bins` (tests/run.sh does)", binary.display());
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("taskflow"))
+        .unwrap_or_default();
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build --bins` (tests/run.sh does)",
+        binary.display()
+    );
     binary
 }
 
@@ -154,7 +187,10 @@ pub async fn poll_json(
         {
             return body;
         }
-        assert!(std::time::Instant::now() < deadline, "timed out polling {url}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out polling {url}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
 }
@@ -169,8 +205,16 @@ pub async fn list_all(client: &reqwest::Client, base: &str, query: &str) -> Vec<
         if let Some(cursor) = &cursor {
             url.push_str(&format!("&cursor={cursor}"));
         }
-        let response = client.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
-        assert!(response.status().is_success(), "GET {url}: {}", response.status());
+        let response = client
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert!(
+            response.status().is_success(),
+            "GET {url}: {}",
+            response.status()
+        );
         let page: serde_json::Value = response.json().await.expect("page is JSON");
         tasks.extend(page["tasks"].as_array().expect("tasks").iter().cloned());
         match page["next_cursor"].as_str() {

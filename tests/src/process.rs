@@ -13,7 +13,10 @@ pub const LONG: Duration = Duration::from_secs(120);
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// A `taskflow serve` child process, killed when dropped.
@@ -36,7 +39,10 @@ impl HostProcess {
     pub async fn start_with(data: &Path, port: u16, extra: &[&str]) -> Self {
         let mut serve = Command::new(taskflow_binary());
         serve.args(["serve", "--log-format", "json"]);
-        if !extra.iter().any(|arg| *arg == "--workers" || arg.starts_with("--workers=")) {
+        if !extra
+            .iter()
+            .any(|arg| *arg == "--workers" || arg.starts_with("--workers="))
+        {
             serve.args(["--workers", "2"]);
         }
         serve.arg("--data-dir").arg(data).args(extra);
@@ -51,7 +57,10 @@ impl HostProcess {
     /// Like [`start`](Self::start), logging at `info` as JSON into `log`.
     pub async fn start_logging(data: &Path, port: u16, log: &Path) -> Self {
         let mut serve = Command::new(taskflow_binary());
-        serve.args(["serve", "--workers", "2", "--log-format", "json"]).arg("--data-dir").arg(data);
+        serve
+            .args(["serve", "--workers", "2", "--log-format", "json"])
+            .arg("--data-dir")
+            .arg(data);
         let file = std::fs::File::create(log).expect("create log file");
         Self::spawn(serve, port, "info", Stdio::from(file)).await
     }
@@ -65,7 +74,13 @@ impl HostProcess {
             .spawn()
             .expect("spawn taskflow serve");
         let url = format!("http://127.0.0.1:{port}");
-        poll_json(&reqwest::Client::new(), &format!("{url}/health"), LONG, |body| body["status"] == "ok").await;
+        poll_json(
+            &reqwest::Client::new(),
+            &format!("{url}/health"),
+            LONG,
+            |body| body["status"] == "ok",
+        )
+        .await;
         Self { child, url }
     }
 
@@ -77,7 +92,10 @@ impl HostProcess {
 
     /// Sends a signal (`"TERM"`, `"STOP"`, `"CONT"`, …) without waiting.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().expect("kill");
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
         assert!(status.success(), "kill -{name}");
     }
 
@@ -96,7 +114,14 @@ impl HostProcess {
 
     /// `GET /stats`.
     pub async fn stats(&self, client: &reqwest::Client) -> Value {
-        client.get(format!("{}/stats", self.url)).send().await.expect("stats").json().await.expect("json")
+        client
+            .get(format!("{}/stats", self.url))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("json")
     }
 }
 
@@ -126,7 +151,11 @@ pub fn cli(url: Option<&str>, args: &[&str]) -> CliRun {
 /// Like [`cli`], with extra environment variables (e.g. `TASKFLOW_TOKEN`).
 pub fn cli_env(url: Option<&str>, env: &[(&str, &str)], args: &[&str]) -> CliRun {
     let mut command = Command::new(taskflow_binary());
-    command.args(args).stdin(Stdio::null()).env_remove("TASKFLOW_SERVER").env_remove("TASKFLOW_TOKEN");
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .env_remove("TASKFLOW_SERVER")
+        .env_remove("TASKFLOW_TOKEN");
     if let Some(url) = url {
         command.env("TASKFLOW_SERVER", url);
     }

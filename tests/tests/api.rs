@@ -11,14 +11,22 @@ use taskflow_tests::{TestHost, plugin_wasm, poll_json, wasm_bytes};
 const LONG: Duration = Duration::from_secs(60);
 
 async fn submit(client: &reqwest::Client, host: &TestHost, body: Value) -> Value {
-    let response = client.post(host.at("/tasks")).json(&body).send().await.expect("submit");
+    let response = client
+        .post(host.at("/tasks"))
+        .json(&body)
+        .send()
+        .await
+        .expect("submit");
     assert_eq!(response.status(), StatusCode::ACCEPTED, "submit {body}");
     response.json().await.expect("json")
 }
 
 async fn wait_terminal(client: &reqwest::Client, host: &TestHost, id: &str) -> Value {
     poll_json(client, &host.at(&format!("/tasks/{id}")), LONG, |task| {
-        matches!(task["status"].as_str(), Some("completed" | "failed" | "cancelled"))
+        matches!(
+            task["status"].as_str(),
+            Some("completed" | "failed" | "cancelled")
+        )
     })
     .await
 }
@@ -39,8 +47,15 @@ async fn a_submitted_task_completes_with_its_result() {
         .await
         .expect("submit");
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    assert_eq!(response.headers()["x-request-id"], "req-abc-123", "the request id comes back");
-    let location = response.headers()["location"].to_str().expect("location").to_owned();
+    assert_eq!(
+        response.headers()["x-request-id"],
+        "req-abc-123",
+        "the request id comes back"
+    );
+    let location = response.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
     let task: Value = response.json().await.expect("json");
     assert_eq!(location, format!("/tasks/{}", id_of(&task)));
     assert_eq!(task["status"], "pending");
@@ -51,8 +66,14 @@ async fn a_submitted_task_completes_with_its_result() {
     assert_eq!(done["attempts"], 1);
     assert_eq!(done["result"]["encoding"], "json");
     assert_eq!(done["result"]["value"]["words"], 6);
-    assert_eq!(done["result"]["value"]["top_words"][0], json!({"word": "be", "count": 2}));
-    assert_eq!(done["plugin_digest"], taskflow_tests::file_digest(&plugin_wasm("wordcount")));
+    assert_eq!(
+        done["result"]["value"]["top_words"][0],
+        json!({"word": "be", "count": 2})
+    );
+    assert_eq!(
+        done["plugin_digest"],
+        taskflow_tests::file_digest(&plugin_wasm("wordcount"))
+    );
     assert!(done["started_at"].is_string() && done["finished_at"].is_string());
 
     // A generated request id when the client sends none.
@@ -66,23 +87,55 @@ async fn higher_priorities_run_first_and_equal_ones_in_submission_order() {
     let host = TestHost::start(1, true).await;
     let client = reqwest::Client::new();
     // Occupy the only worker so everything below waits in the queue.
-    let blocker = submit(&client, &host, json!({"plugin": "hostile", "payload": {"mode": "sleep", "seconds": 1}})).await;
-    poll_json(&client, &host.at(&format!("/tasks/{}", id_of(&blocker))), LONG, |t| t["status"] == "running").await;
+    let blocker = submit(
+        &client,
+        &host,
+        json!({"plugin": "hostile", "payload": {"mode": "sleep", "seconds": 1}}),
+    )
+    .await;
+    poll_json(
+        &client,
+        &host.at(&format!("/tasks/{}", id_of(&blocker))),
+        LONG,
+        |t| t["status"] == "running",
+    )
+    .await;
 
     let mut submitted = Vec::new();
-    for (priority, label) in [(9, "low-1"), (9, "low-2"), (5, "mid-1"), (1, "high-1"), (9, "low-3"), (1, "high-2"), (5, "mid-2")] {
-        let task = submit(&client, &host, json!({"plugin": "echo", "payload": label, "priority": priority})).await;
+    for (priority, label) in [
+        (9, "low-1"),
+        (9, "low-2"),
+        (5, "mid-1"),
+        (1, "high-1"),
+        (9, "low-3"),
+        (1, "high-2"),
+        (5, "mid-2"),
+    ] {
+        let task = submit(
+            &client,
+            &host,
+            json!({"plugin": "echo", "payload": label, "priority": priority}),
+        )
+        .await;
         submitted.push(id_of(&task));
     }
     let mut finished = Vec::new();
     for id in &submitted {
         let task = wait_terminal(&client, &host, id).await;
         assert_eq!(task["status"], "completed");
-        finished.push((task["started_at"].as_str().expect("started").to_owned(), task["payload"].as_str().expect("label").to_owned()));
+        finished.push((
+            task["started_at"].as_str().expect("started").to_owned(),
+            task["payload"].as_str().expect("label").to_owned(),
+        ));
     }
     finished.sort();
     let order: Vec<&str> = finished.iter().map(|(_, label)| label.as_str()).collect();
-    assert_eq!(order, ["high-1", "high-2", "mid-1", "mid-2", "low-1", "low-2", "low-3"]);
+    assert_eq!(
+        order,
+        [
+            "high-1", "high-2", "mid-1", "mid-2", "low-1", "low-2", "low-3"
+        ]
+    );
     host.stop().await;
 }
 
@@ -91,25 +144,45 @@ async fn retryable_failures_are_retried_until_attempts_run_out() {
     let host = TestHost::start(2, false).await;
     let client = reqwest::Client::new();
 
-    let eventually_ok = submit(&client, &host, json!({"plugin": "flaky", "payload": {"succeed_on_attempt": 3}, "max_attempts": 3})).await;
+    let eventually_ok = submit(
+        &client,
+        &host,
+        json!({"plugin": "flaky", "payload": {"succeed_on_attempt": 3}, "max_attempts": 3}),
+    )
+    .await;
     let done = wait_terminal(&client, &host, &id_of(&eventually_ok)).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["attempts"], 3);
     assert_eq!(done["result"]["value"], json!({"succeeded_on_attempt": 3}));
 
-    let gives_up = submit(&client, &host, json!({"plugin": "flaky", "payload": {"succeed_on_attempt": 5}, "max_attempts": 2})).await;
+    let gives_up = submit(
+        &client,
+        &host,
+        json!({"plugin": "flaky", "payload": {"succeed_on_attempt": 5}, "max_attempts": 2}),
+    )
+    .await;
     let done = wait_terminal(&client, &host, &id_of(&gives_up)).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["attempts"], 2);
     assert_eq!(done["last_error"]["kind"], "retryable");
 
     // Not retryable: fails on the first attempt.
-    let invalid = submit(&client, &host, json!({"plugin": "hash", "payload": {"data": "x", "rounds": 0}})).await;
+    let invalid = submit(
+        &client,
+        &host,
+        json!({"plugin": "hash", "payload": {"data": "x", "rounds": 0}}),
+    )
+    .await;
     let done = wait_terminal(&client, &host, &id_of(&invalid)).await;
     assert_eq!(done["status"], "failed");
     assert_eq!(done["attempts"], 1);
     assert_eq!(done["last_error"]["kind"], "invalid_input");
-    assert!(done["last_error"]["message"].as_str().expect("message").contains("rounds"));
+    assert!(
+        done["last_error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("rounds")
+    );
     host.stop().await;
 }
 
@@ -123,13 +196,26 @@ async fn hostile_tasks_fail_cleanly_and_the_host_keeps_serving() {
         (json!({"mode": "panic"}), "trap"),
     ];
     for (payload, kind) in cases {
-        let task = submit(&client, &host, json!({"plugin": "hostile", "payload": payload, "timeout_ms": 500, "max_attempts": 1})).await;
+        let task = submit(
+            &client,
+            &host,
+            json!({"plugin": "hostile", "payload": payload, "timeout_ms": 500, "max_attempts": 1}),
+        )
+        .await;
         let done = wait_terminal(&client, &host, &id_of(&task)).await;
         assert_eq!(done["status"], "failed", "{done}");
         assert_eq!(done["last_error"]["kind"], kind, "{done}");
     }
-    let ok = submit(&client, &host, json!({"plugin": "echo", "payload": "still here"})).await;
-    assert_eq!(wait_terminal(&client, &host, &id_of(&ok)).await["status"], "completed");
+    let ok = submit(
+        &client,
+        &host,
+        json!({"plugin": "echo", "payload": "still here"}),
+    )
+    .await;
+    assert_eq!(
+        wait_terminal(&client, &host, &id_of(&ok)).await["status"],
+        "completed"
+    );
     host.stop().await;
 }
 
@@ -138,16 +224,37 @@ async fn a_plugin_sidecar_sets_the_default_timeout_of_its_tasks() {
     let host = TestHost::start(2, true).await;
     let sidecar = host.data.path().join("plugins/hostile.limits.json");
     std::fs::write(&sidecar, br#"{"timeout_ms": 300}"#).expect("write sidecar");
-    host.service.registry().sync_path(&sidecar).await.expect("sidecar loads");
+    host.service
+        .registry()
+        .sync_path(&sidecar)
+        .await
+        .expect("sidecar loads");
     let client = reqwest::Client::new();
-    let task = submit(&client, &host, json!({"plugin": "hostile", "payload": {"mode": "loop"}, "max_attempts": 1})).await;
+    let task = submit(
+        &client,
+        &host,
+        json!({"plugin": "hostile", "payload": {"mode": "loop"}, "max_attempts": 1}),
+    )
+    .await;
     let done = wait_terminal(&client, &host, &id_of(&task)).await;
     assert_eq!(done["last_error"]["kind"], "timeout", "{done}");
-    assert!(done["last_error"]["message"].as_str().expect("message").contains("300 ms"), "{done}");
+    assert!(
+        done["last_error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("300 ms"),
+        "{done}"
+    );
     // The task's own timeout wins over the plugin's.
     let task = submit(&client, &host, json!({"plugin": "hostile", "payload": {"mode": "loop"}, "max_attempts": 1, "timeout_ms": 150})).await;
     let done = wait_terminal(&client, &host, &id_of(&task)).await;
-    assert!(done["last_error"]["message"].as_str().expect("message").contains("150 ms"), "{done}");
+    assert!(
+        done["last_error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("150 ms"),
+        "{done}"
+    );
     host.stop().await;
 }
 
@@ -155,29 +262,76 @@ async fn a_plugin_sidecar_sets_the_default_timeout_of_its_tasks() {
 async fn pending_and_running_tasks_can_be_cancelled() {
     let host = TestHost::start(1, true).await;
     let client = reqwest::Client::new();
-    let spinning = submit(&client, &host, json!({"plugin": "hostile", "payload": {"mode": "loop"}, "timeout_ms": 60000})).await;
-    poll_json(&client, &host.at(&format!("/tasks/{}", id_of(&spinning))), LONG, |t| t["status"] == "running").await;
+    let spinning = submit(
+        &client,
+        &host,
+        json!({"plugin": "hostile", "payload": {"mode": "loop"}, "timeout_ms": 60000}),
+    )
+    .await;
+    poll_json(
+        &client,
+        &host.at(&format!("/tasks/{}", id_of(&spinning))),
+        LONG,
+        |t| t["status"] == "running",
+    )
+    .await;
     let waiting = submit(&client, &host, json!({"plugin": "echo", "payload": 1})).await;
 
     // Restoring a backup over live tasks leaves them alone: no task runs twice.
-    let backup = client.get(host.at("/admin/backup")).send().await.expect("backup").bytes().await.expect("bytes");
-    let summary: Value = client.post(host.at("/admin/restore")).body(backup).send().await.expect("restore").json().await.expect("json");
+    let backup = client
+        .get(host.at("/admin/backup"))
+        .send()
+        .await
+        .expect("backup")
+        .bytes()
+        .await
+        .expect("bytes");
+    let summary: Value = client
+        .post(host.at("/admin/restore"))
+        .body(backup)
+        .send()
+        .await
+        .expect("restore")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(summary, json!({"restored": 0, "queued": 0, "skipped": 2}));
 
-    let response = client.post(host.at(&format!("/tasks/{}/cancel", id_of(&waiting)))).send().await.expect("cancel");
+    let response = client
+        .post(host.at(&format!("/tasks/{}/cancel", id_of(&waiting))))
+        .send()
+        .await
+        .expect("cancel");
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.json::<Value>().await.expect("json")["status"], "cancelled");
-    let again = client.post(host.at(&format!("/tasks/{}/cancel", id_of(&waiting)))).send().await.expect("cancel");
+    assert_eq!(
+        response.json::<Value>().await.expect("json")["status"],
+        "cancelled"
+    );
+    let again = client
+        .post(host.at(&format!("/tasks/{}/cancel", id_of(&waiting))))
+        .send()
+        .await
+        .expect("cancel");
     assert_eq!(again.status(), StatusCode::CONFLICT);
 
-    let response = client.post(host.at(&format!("/tasks/{}/cancel", id_of(&spinning)))).send().await.expect("cancel");
+    let response = client
+        .post(host.at(&format!("/tasks/{}/cancel", id_of(&spinning))))
+        .send()
+        .await
+        .expect("cancel");
     assert_eq!(response.status(), StatusCode::OK);
     let done = wait_terminal(&client, &host, &id_of(&spinning)).await;
-    assert_eq!(done["status"], "cancelled", "the running instance was interrupted: {done}");
+    assert_eq!(
+        done["status"], "cancelled",
+        "the running instance was interrupted: {done}"
+    );
 
     // The worker is free again.
     let next = submit(&client, &host, json!({"plugin": "echo", "payload": 2})).await;
-    assert_eq!(wait_terminal(&client, &host, &id_of(&next)).await["status"], "completed");
+    assert_eq!(
+        wait_terminal(&client, &host, &id_of(&next)).await["status"],
+        "completed"
+    );
     host.stop().await;
 }
 
@@ -186,18 +340,63 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing() {
     let host = TestHost::start(1, false).await;
     let client = reqwest::Client::new();
     let post = |body: &'static str| {
-        client.post(host.at("/tasks")).header("content-type", "application/json").body(body).send()
+        client
+            .post(host.at("/tasks"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
     };
     let cases: Vec<(reqwest::Response, StatusCode, &str)> = vec![
-        (post("{not json").await.expect("send"), StatusCode::BAD_REQUEST, "not valid JSON"),
-        (post(r#"{"payload": 1}"#).await.expect("send"), StatusCode::UNPROCESSABLE_ENTITY, "missing field `plugin`"),
-        (post(r#"{"plugin": "nope"}"#).await.expect("send"), StatusCode::UNPROCESSABLE_ENTITY, "no plugin named"),
-        (post(r#"{"plugin": "echo", "priority": 0}"#).await.expect("send"), StatusCode::UNPROCESSABLE_ENTITY, "priority"),
-        (post(r#"{"plugin": "echo", "priority": 11}"#).await.expect("send"), StatusCode::UNPROCESSABLE_ENTITY, "priority"),
-        (post(r#"{"plugin": "../../etc/passwd"}"#).await.expect("send"), StatusCode::UNPROCESSABLE_ENTITY, "plugin name"),
-        (post(r#"{"plugin": "echo", "max_attempts": 0}"#).await.expect("send"), StatusCode::UNPROCESSABLE_ENTITY, "max_attempts"),
         (
-            client.post(host.at("/tasks")).body(r#"{"plugin": "echo"}"#).send().await.expect("send"),
+            post("{not json").await.expect("send"),
+            StatusCode::BAD_REQUEST,
+            "not valid JSON",
+        ),
+        (
+            post(r#"{"payload": 1}"#).await.expect("send"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "missing field `plugin`",
+        ),
+        (
+            post(r#"{"plugin": "nope"}"#).await.expect("send"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no plugin named",
+        ),
+        (
+            post(r#"{"plugin": "echo", "priority": 0}"#)
+                .await
+                .expect("send"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "priority",
+        ),
+        (
+            post(r#"{"plugin": "echo", "priority": 11}"#)
+                .await
+                .expect("send"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "priority",
+        ),
+        (
+            post(r#"{"plugin": "../../etc/passwd"}"#)
+                .await
+                .expect("send"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "plugin name",
+        ),
+        (
+            post(r#"{"plugin": "echo", "max_attempts": 0}"#)
+                .await
+                .expect("send"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "max_attempts",
+        ),
+        (
+            client
+                .post(host.at("/tasks"))
+                .body(r#"{"plugin": "echo"}"#)
+                .send()
+                .await
+                .expect("send"),
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Content-Type",
         ),
@@ -215,21 +414,78 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing() {
             "too large",
         ),
         (
-            client.post(host.at("/tasks/batch")).json(&json!({"tasks": [{"plugin": "echo"}, {"plugin": "echo", "priority": 42}]})).send().await.expect("send"),
+            client
+                .post(host.at("/tasks/batch"))
+                .json(&json!({"tasks": [{"plugin": "echo"}, {"plugin": "echo", "priority": 42}]}))
+                .send()
+                .await
+                .expect("send"),
             StatusCode::UNPROCESSABLE_ENTITY,
             "task 1: priority",
         ),
-        (client.get(host.at("/tasks/not-a-uuid")).send().await.expect("send"), StatusCode::BAD_REQUEST, "not a task id"),
-        (client.get(host.at("/tasks/..%2F..%2Fetc%2Fpasswd")).send().await.expect("send"), StatusCode::BAD_REQUEST, "not a task id"),
-        (client.get(host.at("/tasks/../../etc/passwd")).send().await.expect("send"), StatusCode::NOT_FOUND, "no such endpoint"),
         (
-            client.get(host.at("/tasks/3f2b8c1e-8d4a-4c7e-9f1a-2b3c4d5e6f70")).send().await.expect("send"),
+            client
+                .get(host.at("/tasks/not-a-uuid"))
+                .send()
+                .await
+                .expect("send"),
+            StatusCode::BAD_REQUEST,
+            "not a task id",
+        ),
+        (
+            client
+                .get(host.at("/tasks/..%2F..%2Fetc%2Fpasswd"))
+                .send()
+                .await
+                .expect("send"),
+            StatusCode::BAD_REQUEST,
+            "not a task id",
+        ),
+        (
+            client
+                .get(host.at("/tasks/../../etc/passwd"))
+                .send()
+                .await
+                .expect("send"),
+            StatusCode::NOT_FOUND,
+            "no such endpoint",
+        ),
+        (
+            client
+                .get(host.at("/tasks/3f2b8c1e-8d4a-4c7e-9f1a-2b3c4d5e6f70"))
+                .send()
+                .await
+                .expect("send"),
             StatusCode::NOT_FOUND,
             "no task with id",
         ),
-        (client.get(host.at("/tasks?limit=0")).send().await.expect("send"), StatusCode::BAD_REQUEST, "limit"),
-        (client.get(host.at("/tasks?status=weird")).send().await.expect("send"), StatusCode::BAD_REQUEST, "status"),
-        (client.get(host.at("/tasks?cursor=zzz")).send().await.expect("send"), StatusCode::BAD_REQUEST, "cursor"),
+        (
+            client
+                .get(host.at("/tasks?limit=0"))
+                .send()
+                .await
+                .expect("send"),
+            StatusCode::BAD_REQUEST,
+            "limit",
+        ),
+        (
+            client
+                .get(host.at("/tasks?status=weird"))
+                .send()
+                .await
+                .expect("send"),
+            StatusCode::BAD_REQUEST,
+            "status",
+        ),
+        (
+            client
+                .get(host.at("/tasks?cursor=zzz"))
+                .send()
+                .await
+                .expect("send"),
+            StatusCode::BAD_REQUEST,
+            "cursor",
+        ),
     ];
     for (response, status, needle) in cases {
         let url = response.url().to_string();
@@ -237,18 +493,43 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing() {
         let body: Value = response.json().await.expect("error body is JSON");
         assert!(body["error"].is_string(), "{body}");
         let message = body["message"].as_str().expect("message");
-        assert!(message.contains(needle), "{url}: {message:?} should mention {needle:?}");
+        assert!(
+            message.contains(needle),
+            "{url}: {message:?} should mention {needle:?}"
+        );
     }
     // Nothing was written for any of them.
-    let stats: Value = client.get(host.at("/stats")).send().await.expect("stats").json().await.expect("json");
+    let stats: Value = client
+        .get(host.at("/stats"))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
     for status in ["pending", "running", "completed", "failed", "cancelled"] {
         assert_eq!(stats["tasks"][status], 0, "{stats}");
     }
     let tasks_dir = host.data.path().join("tasks");
-    let shards = std::fs::read_dir(&tasks_dir).expect("tasks dir").filter_map(Result::ok);
-    assert_eq!(shards.filter(|e| e.path().is_dir() && e.file_name().len() == 2).count(), 0, "no task files");
-    let segments = std::fs::read_dir(tasks_dir.join("journal")).expect("journal dir").filter_map(Result::ok);
-    assert!(segments.into_iter().all(|e| e.metadata().is_ok_and(|m| m.len() == 0)), "nothing in the journal");
+    let shards = std::fs::read_dir(&tasks_dir)
+        .expect("tasks dir")
+        .filter_map(Result::ok);
+    assert_eq!(
+        shards
+            .filter(|e| e.path().is_dir() && e.file_name().len() == 2)
+            .count(),
+        0,
+        "no task files"
+    );
+    let segments = std::fs::read_dir(tasks_dir.join("journal"))
+        .expect("journal dir")
+        .filter_map(Result::ok);
+    assert!(
+        segments
+            .into_iter()
+            .all(|e| e.metadata().is_ok_and(|m| m.len() == 0)),
+        "nothing in the journal"
+    );
     host.stop().await;
 }
 
@@ -258,8 +539,17 @@ async fn idempotency_keys_and_batches() {
     let client = reqwest::Client::new();
     let body = json!({"plugin": "echo", "payload": 7, "idempotency_key": "order-42"});
     let first = submit(&client, &host, body.clone()).await;
-    let second = client.post(host.at("/tasks")).json(&body).send().await.expect("submit");
-    assert_eq!(second.status(), StatusCode::OK, "a repeated key returns the existing task");
+    let second = client
+        .post(host.at("/tasks"))
+        .json(&body)
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(
+        second.status(),
+        StatusCode::OK,
+        "a repeated key returns the existing task"
+    );
     assert_eq!(id_of(&second.json().await.expect("json")), id_of(&first));
 
     // Racing submissions with one key create one task: exactly one 202, and
@@ -268,8 +558,16 @@ async fn idempotency_keys_and_batches() {
         .map(|_| {
             let (client, url) = (client.clone(), host.at("/tasks"));
             tokio::spawn(async move {
-                let response = client.post(url).json(&json!({"plugin": "echo", "idempotency_key": "race"})).send().await.expect("submit");
-                (response.status(), id_of(&response.json::<Value>().await.expect("json")))
+                let response = client
+                    .post(url)
+                    .json(&json!({"plugin": "echo", "idempotency_key": "race"}))
+                    .send()
+                    .await
+                    .expect("submit");
+                (
+                    response.status(),
+                    id_of(&response.json::<Value>().await.expect("json")),
+                )
             })
         })
         .collect();
@@ -277,22 +575,37 @@ async fn idempotency_keys_and_batches() {
     for handle in racing {
         answers.push(handle.await.expect("join"));
     }
-    let created: Vec<&String> = answers.iter().filter(|(status, _)| *status == StatusCode::ACCEPTED).map(|(_, id)| id).collect();
+    let created: Vec<&String> = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::ACCEPTED)
+        .map(|(_, id)| id)
+        .collect();
     assert_eq!(created.len(), 1, "one 202 for one key: {answers:?}");
     assert!(
-        answers.iter().all(|(status, id)| id == created[0] && (*status == StatusCode::ACCEPTED || *status == StatusCode::OK)),
+        answers.iter().all(|(status, id)| id == created[0]
+            && (*status == StatusCode::ACCEPTED || *status == StatusCode::OK)),
         "every other answer is 200 with the same task: {answers:?}"
     );
 
-    let tasks: Vec<Value> = (0..25).map(|i| json!({"plugin": "echo", "payload": i, "priority": 1 + i % 10})).collect();
-    let response = client.post(host.at("/tasks/batch")).json(&json!({"tasks": tasks})).send().await.expect("batch");
+    let tasks: Vec<Value> = (0..25)
+        .map(|i| json!({"plugin": "echo", "payload": i, "priority": 1 + i % 10}))
+        .collect();
+    let response = client
+        .post(host.at("/tasks/batch"))
+        .json(&json!({"tasks": tasks}))
+        .send()
+        .await
+        .expect("batch");
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let accepted: Value = response.json().await.expect("json");
     let accepted = accepted["tasks"].as_array().expect("tasks").clone();
     assert_eq!(accepted.len(), 25);
     for (i, task) in accepted.iter().enumerate() {
         assert_eq!(task["payload"], i);
-        assert_eq!(wait_terminal(&client, &host, &id_of(task)).await["result"]["value"], i);
+        assert_eq!(
+            wait_terminal(&client, &host, &id_of(task)).await["result"]["value"],
+            i
+        );
     }
 
     for id in [id_of(&first), created[0].clone()] {
@@ -307,7 +620,14 @@ async fn idempotency_keys_and_batches() {
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
-        let page: Value = client.get(url).send().await.expect("list").json().await.expect("json");
+        let page: Value = client
+            .get(url)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
         let tasks = page["tasks"].as_array().expect("tasks");
         assert!(tasks.len() <= 7);
         seen.extend(tasks.iter().map(id_of));
@@ -319,8 +639,19 @@ async fn idempotency_keys_and_batches() {
     let mut expected = vec![id_of(&first), created[0].clone()];
     expected.extend(accepted.iter().map(id_of));
     assert_eq!(seen, expected, "all 27 tasks, in submission order");
-    let other_plugin: Value = client.get(host.at("/tasks?plugin=hash")).send().await.expect("list").json().await.expect("json");
-    assert_eq!(other_plugin["tasks"], json!([]), "the plugin filter applies");
+    let other_plugin: Value = client
+        .get(host.at("/tasks?plugin=hash"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        other_plugin["tasks"],
+        json!([]),
+        "the plugin filter applies"
+    );
     host.stop().await;
 }
 
@@ -328,29 +659,94 @@ async fn idempotency_keys_and_batches() {
 async fn plugins_are_uploaded_listed_and_removed_over_http() {
     let host = TestHost::start(1, false).await;
     let client = reqwest::Client::new();
-    let response = client.put(host.at("/plugins/uploaded")).body(wasm_bytes(&plugin_wasm("echo"))).send().await.expect("upload");
+    let response = client
+        .put(host.at("/plugins/uploaded"))
+        .body(wasm_bytes(&plugin_wasm("echo")))
+        .send()
+        .await
+        .expect("upload");
     assert_eq!(response.status(), StatusCode::CREATED);
     let info: Value = response.json().await.expect("json");
-    assert_eq!(info["digest"], taskflow_tests::file_digest(&plugin_wasm("echo")));
-    assert!(host.data.path().join("plugins/uploaded.wasm").exists(), "persisted into the plugin directory");
+    assert_eq!(
+        info["digest"],
+        taskflow_tests::file_digest(&plugin_wasm("echo"))
+    );
+    assert!(
+        host.data.path().join("plugins/uploaded.wasm").exists(),
+        "persisted into the plugin directory"
+    );
 
-    let task = submit(&client, &host, json!({"plugin": "uploaded", "payload": "hi"})).await;
-    assert_eq!(wait_terminal(&client, &host, &id_of(&task)).await["result"]["value"], "hi");
+    let task = submit(
+        &client,
+        &host,
+        json!({"plugin": "uploaded", "payload": "hi"}),
+    )
+    .await;
+    assert_eq!(
+        wait_terminal(&client, &host, &id_of(&task)).await["result"]["value"],
+        "hi"
+    );
 
-    let garbage = client.put(host.at("/plugins/uploaded")).body("garbage").send().await.expect("upload");
+    let garbage = client
+        .put(host.at("/plugins/uploaded"))
+        .body("garbage")
+        .send()
+        .await
+        .expect("upload");
     assert_eq!(garbage.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let message = garbage.json::<Value>().await.expect("json")["message"].as_str().expect("message").to_owned();
+    let message = garbage.json::<Value>().await.expect("json")["message"]
+        .as_str()
+        .expect("message")
+        .to_owned();
     assert!(message.contains("not a WebAssembly file"), "{message}");
-    let bad_name = client.put(host.at("/plugins/Bad.Name")).body(wasm_bytes(&plugin_wasm("echo"))).send().await.expect("upload");
+    let bad_name = client
+        .put(host.at("/plugins/Bad.Name"))
+        .body(wasm_bytes(&plugin_wasm("echo")))
+        .send()
+        .await
+        .expect("upload");
     assert_eq!(bad_name.status(), StatusCode::BAD_REQUEST);
 
-    let list: Value = client.get(host.at("/plugins")).send().await.expect("list").json().await.expect("json");
-    let names: Vec<&str> = list["plugins"].as_array().expect("plugins").iter().filter_map(|p| p["name"].as_str()).collect();
+    let list: Value = client
+        .get(host.at("/plugins"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let names: Vec<&str> = list["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
     assert_eq!(names, ["echo", "flaky", "hash", "uploaded", "wordcount"]);
 
-    assert_eq!(client.delete(host.at("/plugins/uploaded")).send().await.expect("delete").status(), StatusCode::NO_CONTENT);
-    assert_eq!(client.delete(host.at("/plugins/uploaded")).send().await.expect("delete").status(), StatusCode::NOT_FOUND);
-    let refused = client.post(host.at("/tasks")).json(&json!({"plugin": "uploaded"})).send().await.expect("submit");
+    assert_eq!(
+        client
+            .delete(host.at("/plugins/uploaded"))
+            .send()
+            .await
+            .expect("delete")
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        client
+            .delete(host.at("/plugins/uploaded"))
+            .send()
+            .await
+            .expect("delete")
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    let refused = client
+        .post(host.at("/tasks"))
+        .json(&json!({"plugin": "uploaded"}))
+        .send()
+        .await
+        .expect("submit");
     assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
     host.stop().await;
 }
@@ -364,21 +760,68 @@ async fn tokens_guard_the_api_and_plugin_administration() {
     .await;
     let client = reqwest::Client::new();
     let body = json!({"plugin": "echo"});
-    let anonymous = client.post(host.at("/tasks")).json(&body).send().await.expect("send");
+    let anonymous = client
+        .post(host.at("/tasks"))
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
-    assert!(anonymous.json::<Value>().await.expect("json")["message"].as_str().expect("msg").contains("Bearer"));
-    let wrong = client.post(host.at("/tasks")).bearer_auth("api-token-0123456780").json(&body).send().await.expect("send");
+    assert!(
+        anonymous.json::<Value>().await.expect("json")["message"]
+            .as_str()
+            .expect("msg")
+            .contains("Bearer")
+    );
+    let wrong = client
+        .post(host.at("/tasks"))
+        .bearer_auth("api-token-0123456780")
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
-    let ok = client.post(host.at("/tasks")).bearer_auth("api-token-0123456789").json(&body).send().await.expect("send");
+    let ok = client
+        .post(host.at("/tasks"))
+        .bearer_auth("api-token-0123456789")
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(ok.status(), StatusCode::ACCEPTED);
 
     for open in ["/health", "/ready", "/metrics", "/openapi.json"] {
-        assert_eq!(client.get(host.at(open)).send().await.expect("send").status(), StatusCode::OK, "{open}");
+        assert_eq!(
+            client
+                .get(host.at(open))
+                .send()
+                .await
+                .expect("send")
+                .status(),
+            StatusCode::OK,
+            "{open}"
+        );
     }
     let wasm = wasm_bytes(&plugin_wasm("echo"));
-    let as_user = client.put(host.at("/plugins/p")).bearer_auth("api-token-0123456789").body(wasm.clone()).send().await.expect("send");
-    assert_eq!(as_user.status(), StatusCode::UNAUTHORIZED, "uploads need the admin token");
-    let as_admin = client.put(host.at("/plugins/p")).bearer_auth("admin-token-0123456789").body(wasm).send().await.expect("send");
+    let as_user = client
+        .put(host.at("/plugins/p"))
+        .bearer_auth("api-token-0123456789")
+        .body(wasm.clone())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        as_user.status(),
+        StatusCode::UNAUTHORIZED,
+        "uploads need the admin token"
+    );
+    let as_admin = client
+        .put(host.at("/plugins/p"))
+        .bearer_auth("admin-token-0123456789")
+        .body(wasm)
+        .send()
+        .await
+        .expect("send");
     assert_eq!(as_admin.status(), StatusCode::CREATED);
     host.stop().await;
 }
@@ -390,14 +833,32 @@ async fn stats_and_metrics_describe_the_host() {
     let task = submit(&client, &host, json!({"plugin": "echo", "payload": 1})).await;
     wait_terminal(&client, &host, &id_of(&task)).await;
 
-    let stats: Value = client.get(host.at("/stats")).send().await.expect("stats").json().await.expect("json");
+    let stats: Value = client
+        .get(host.at("/stats"))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(stats["tasks"]["completed"], 1);
     assert_eq!(stats["workers"], 2);
     assert_eq!(stats["queue"]["ready"]["1"], 0);
     assert_eq!(stats["plugins"].as_array().expect("plugins").len(), 4);
-    assert!(stats["plugins"][0]["digest"].as_str().is_some_and(|d| d.len() == 64));
+    assert!(
+        stats["plugins"][0]["digest"]
+            .as_str()
+            .is_some_and(|d| d.len() == 64)
+    );
 
-    let metrics = client.get(host.at("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let metrics = client
+        .get(host.at("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
     for needle in [
         "taskflow_http_requests_total{method=\"POST\",route=\"/tasks\",status=\"202\"} 1",
         "taskflow_task_attempts_total{plugin=\"echo\",outcome=\"completed\"} 1",
@@ -406,10 +867,31 @@ async fn stats_and_metrics_describe_the_host() {
         "taskflow_queue_depth{priority=\"1\"} 0",
         "taskflow_plugins_loaded 4",
     ] {
-        assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
+        assert!(
+            metrics.contains(needle),
+            "metrics lack {needle}:\n{metrics}"
+        );
     }
-    let openapi: Value = client.get(host.at("/openapi.json")).send().await.expect("openapi").json().await.expect("json");
-    for path in ["/tasks", "/tasks/batch", "/tasks/{id}", "/tasks/{id}/cancel", "/stats", "/plugins", "/plugins/{name}", "/health", "/ready", "/metrics"] {
+    let openapi: Value = client
+        .get(host.at("/openapi.json"))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    for path in [
+        "/tasks",
+        "/tasks/batch",
+        "/tasks/{id}",
+        "/tasks/{id}/cancel",
+        "/stats",
+        "/plugins",
+        "/plugins/{name}",
+        "/health",
+        "/ready",
+        "/metrics",
+    ] {
         assert!(openapi["paths"][path].is_object(), "openapi lacks {path}");
     }
     host.stop().await;
@@ -423,16 +905,26 @@ async fn backup_then_restore_into_an_empty_host_round_trips_every_task() {
     for i in 0..40 {
         let body = match i % 4 {
             0 => json!({"plugin": "echo", "payload": {"i": i}, "priority": 1 + i % 10}),
-            1 => json!({"plugin": "wordcount", "payload": {"text": "a b c"}, "idempotency_key": format!("k{i}")}),
-            2 => json!({"plugin": "hash", "payload": {"data": "x", "rounds": 0}, "max_attempts": 1}),
-            _ => json!({"plugin": "flaky", "payload": {"succeed_on_attempt": 2}, "timeout_ms": 5000}),
+            1 => {
+                json!({"plugin": "wordcount", "payload": {"text": "a b c"}, "idempotency_key": format!("k{i}")})
+            }
+            2 => {
+                json!({"plugin": "hash", "payload": {"data": "x", "rounds": 0}, "max_attempts": 1})
+            }
+            _ => {
+                json!({"plugin": "flaky", "payload": {"succeed_on_attempt": 2}, "timeout_ms": 5000})
+            }
         };
         ids.push(id_of(&submit(&client, &source, body).await));
     }
     for id in &ids {
         wait_terminal(&client, &source, id).await;
     }
-    let backup = client.get(source.at("/admin/backup")).send().await.expect("backup");
+    let backup = client
+        .get(source.at("/admin/backup"))
+        .send()
+        .await
+        .expect("backup");
     assert_eq!(backup.status(), StatusCode::OK);
     let document = backup.bytes().await.expect("bytes");
     let original: Value = serde_json::from_slice(&document).expect("backup is JSON");
@@ -441,18 +933,43 @@ async fn backup_then_restore_into_an_empty_host_round_trips_every_task() {
     source.stop().await;
 
     let target = TestHost::start(2, false).await;
-    let response = client.post(target.at("/admin/restore")).body(document.clone()).send().await.expect("restore");
+    let response = client
+        .post(target.at("/admin/restore"))
+        .body(document.clone())
+        .send()
+        .await
+        .expect("restore");
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.json::<Value>().await.expect("json"), json!({"restored": 40, "queued": 0, "skipped": 0}));
+    assert_eq!(
+        response.json::<Value>().await.expect("json"),
+        json!({"restored": 40, "queued": 0, "skipped": 0})
+    );
     for task in original["tasks"].as_array().expect("tasks") {
-        let restored: Value = client.get(target.at(&format!("/tasks/{}", id_of(task)))).send().await.expect("get").json().await.expect("json");
+        let restored: Value = client
+            .get(target.at(&format!("/tasks/{}", id_of(task))))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
         assert_eq!(&restored, task, "task {} round-trips exactly", id_of(task));
     }
-    let bad = client.post(target.at("/admin/restore")).body("{\"format\": \"other\"}").send().await.expect("restore");
+    let bad = client
+        .post(target.at("/admin/restore"))
+        .body("{\"format\": \"other\"}")
+        .send()
+        .await
+        .expect("restore");
     assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
     // New submissions continue after the restored sequence numbers.
     let new = submit(&client, &target, json!({"plugin": "echo"})).await;
-    let max_restored = original["tasks"].as_array().expect("tasks").iter().filter_map(|t| t["sequence"].as_u64()).max();
+    let max_restored = original["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter_map(|t| t["sequence"].as_u64())
+        .max();
     assert!(new["sequence"].as_u64() > max_restored);
     target.stop().await;
 }
@@ -461,9 +978,13 @@ async fn backup_then_restore_into_an_empty_host_round_trips_every_task() {
 async fn startup_recovery_requeues_interrupted_tasks_but_not_past_their_last_attempt() {
     use taskflow::task::{NewTask, TaskStatus};
     let interrupted = |attempts: u32| {
-        let mut task = NewTask { plugin: "echo".into(), payload: json!(attempts), ..NewTask::default() }
-            .validate(u64::from(attempts))
-            .expect("valid");
+        let mut task = NewTask {
+            plugin: "echo".into(),
+            payload: json!(attempts),
+            ..NewTask::default()
+        }
+        .validate(u64::from(attempts))
+        .expect("valid");
         task.status = TaskStatus::Running;
         task.attempts = attempts;
         task
@@ -474,7 +995,11 @@ async fn startup_recovery_requeues_interrupted_tasks_but_not_past_their_last_att
         for task in [&retried, &exhausted] {
             let dir = config.data_dir.join("tasks").join(task.id.shard());
             std::fs::create_dir_all(&dir).expect("shard dir");
-            std::fs::write(dir.join(format!("{}.json", task.id)), serde_json::to_vec(task).expect("json")).expect("write");
+            std::fs::write(
+                dir.join(format!("{}.json", task.id)),
+                serde_json::to_vec(task).expect("json"),
+            )
+            .expect("write");
         }
     })
     .await;
@@ -493,16 +1018,32 @@ async fn startup_recovery_requeues_interrupted_tasks_but_not_past_their_last_att
 async fn shutdown_past_the_grace_period_leaves_running_tasks_pending() {
     let host = TestHost::start_with(1, true, |config| config.shutdown_grace_secs = 1).await;
     let client = reqwest::Client::new();
-    let task = submit(&client, &host, json!({"plugin": "hostile", "payload": {"mode": "loop"}, "timeout_ms": 600000})).await;
+    let task = submit(
+        &client,
+        &host,
+        json!({"plugin": "hostile", "payload": {"mode": "loop"}, "timeout_ms": 600000}),
+    )
+    .await;
     let id = id_of(&task);
-    poll_json(&client, &host.at(&format!("/tasks/{id}")), LONG, |t| t["status"] == "running").await;
+    poll_json(&client, &host.at(&format!("/tasks/{id}")), LONG, |t| {
+        t["status"] == "running"
+    })
+    .await;
     let shard = id[..2].to_owned();
     let data = host.stop().await;
-    let file = data.path().join("tasks").join(shard).join(format!("{id}.json"));
-    let stored: Value = serde_json::from_slice(&std::fs::read(&file).expect("task file")).expect("json");
+    let file = data
+        .path()
+        .join("tasks")
+        .join(shard)
+        .join(format!("{id}.json"));
+    let stored: Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("task file")).expect("json");
     assert_eq!(stored["status"], "pending", "{stored}");
     assert_eq!(stored["last_error"]["kind"], "interrupted", "{stored}");
-    assert_eq!(stored["attempts"], 0, "the attempt the shutdown interrupted does not count: {stored}");
+    assert_eq!(
+        stored["attempts"], 0,
+        "the attempt the shutdown interrupted does not count: {stored}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -511,17 +1052,53 @@ async fn a_restored_task_with_no_attempt_left_fails_instead_of_running_again() {
     let host = TestHost::start(1, false).await;
     let client = reqwest::Client::new();
     // Backed up while running its last attempt: it comes back pending, with no attempt left.
-    let mut task = NewTask { plugin: "echo".into(), payload: json!(1), max_attempts: Some(1), ..NewTask::default() }.validate(1).expect("valid");
+    let mut task = NewTask {
+        plugin: "echo".into(),
+        payload: json!(1),
+        max_attempts: Some(1),
+        ..NewTask::default()
+    }
+    .validate(1)
+    .expect("valid");
     task.status = TaskStatus::Running;
     task.attempts = 1;
     let document = json!({"format": taskflow::storage::backup::BACKUP_FORMAT, "version": taskflow::storage::backup::BACKUP_VERSION, "tasks": [task]});
-    let response = client.post(host.at("/admin/restore")).json(&document).send().await.expect("restore");
+    let response = client
+        .post(host.at("/admin/restore"))
+        .json(&document)
+        .send()
+        .await
+        .expect("restore");
     assert_eq!(response.status(), StatusCode::OK);
     let done = wait_terminal(&client, &host, &task.id.to_string()).await;
-    assert_eq!((&done["status"], &done["attempts"], &done["last_error"]["kind"]), (&json!("failed"), &json!(1), &json!("interrupted")), "{done}");
+    assert_eq!(
+        (
+            &done["status"],
+            &done["attempts"],
+            &done["last_error"]["kind"]
+        ),
+        (&json!("failed"), &json!(1), &json!("interrupted")),
+        "{done}"
+    );
     // The host's own backup of it restores again.
-    let backup = client.get(host.at("/admin/backup")).send().await.expect("backup").bytes().await.expect("bytes");
-    assert_eq!(client.post(host.at("/admin/restore")).body(backup).send().await.expect("restore").status(), StatusCode::OK);
+    let backup = client
+        .get(host.at("/admin/backup"))
+        .send()
+        .await
+        .expect("backup")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_eq!(
+        client
+            .post(host.at("/admin/restore"))
+            .body(backup)
+            .send()
+            .await
+            .expect("restore")
+            .status(),
+        StatusCode::OK
+    );
     host.stop().await;
 }
 
@@ -529,13 +1106,27 @@ async fn a_restored_task_with_no_attempt_left_fails_instead_of_running_again() {
 async fn progress_is_visible_while_a_task_runs() {
     let host = TestHost::start(1, false).await;
     let client = reqwest::Client::new();
-    let task = submit(&client, &host, json!({"plugin": "hash", "payload": {"data": "x", "rounds": 1_000_000}})).await;
+    let task = submit(
+        &client,
+        &host,
+        json!({"plugin": "hash", "payload": {"data": "x", "rounds": 1_000_000}}),
+    )
+    .await;
     let url = host.at(&format!("/tasks/{}", id_of(&task)));
-    let running = poll_json(&client, &url, LONG, |t| t["status"] == "running" && t["progress"].as_u64().is_some_and(|p| p > 0)).await;
-    assert!(running["progress"].as_u64().is_some_and(|p| p < 100), "{running}");
+    let running = poll_json(&client, &url, LONG, |t| {
+        t["status"] == "running" && t["progress"].as_u64().is_some_and(|p| p > 0)
+    })
+    .await;
+    assert!(
+        running["progress"].as_u64().is_some_and(|p| p < 100),
+        "{running}"
+    );
     let done = wait_terminal(&client, &host, &id_of(&task)).await;
     assert_eq!(done["status"], "completed");
-    assert!(done.get("progress").is_none(), "progress is shown only while running: {done}");
+    assert!(
+        done.get("progress").is_none(),
+        "progress is shown only while running: {done}"
+    );
     host.stop().await;
 }
 
@@ -545,19 +1136,43 @@ async fn a_retry_waits_for_its_backoff_recorded_as_retry_at() {
     let base = chrono::Duration::milliseconds(1500);
     let host = TestHost::start_with(1, false, |config| config.retry_base_ms = 1500).await;
     let client = reqwest::Client::new();
-    let task = submit(&client, &host, json!({"plugin": "flaky", "payload": {"succeed_on_attempt": 2}, "max_attempts": 2})).await;
+    let task = submit(
+        &client,
+        &host,
+        json!({"plugin": "flaky", "payload": {"succeed_on_attempt": 2}, "max_attempts": 2}),
+    )
+    .await;
     let url = host.at(&format!("/tasks/{}", id_of(&task)));
-    let waiting = poll_json(&client, &url, LONG, |t| t["status"] == "pending" && t["attempts"] == 1).await;
+    let waiting = poll_json(&client, &url, LONG, |t| {
+        t["status"] == "pending" && t["attempts"] == 1
+    })
+    .await;
     assert_eq!(waiting["last_error"]["kind"], "retryable", "{waiting}");
     let time = |task: &Value, field: &str| {
-        task[field].as_str().and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok()).unwrap_or_else(|| panic!("{field}: {task}"))
+        task[field]
+            .as_str()
+            .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+            .unwrap_or_else(|| panic!("{field}: {task}"))
     };
     let (first_start, retry_at) = (time(&waiting, "started_at"), time(&waiting, "retry_at"));
-    assert!(retry_at - first_start >= base / 2, "retry_at {retry_at} is at least base/2 after the attempt began ({first_start})");
-    assert!(retry_at - chrono::Utc::now() <= base, "retry_at {retry_at} is at most base from now");
+    assert!(
+        retry_at - first_start >= base / 2,
+        "retry_at {retry_at} is at least base/2 after the attempt began ({first_start})"
+    );
+    assert!(
+        retry_at - chrono::Utc::now() <= base,
+        "retry_at {retry_at} is at most base from now"
+    );
     let done = wait_terminal(&client, &host, &id_of(&task)).await;
-    assert_eq!((&done["status"], &done["attempts"]), (&json!("completed"), &json!(2)), "{done}");
-    assert!(time(&done, "started_at") >= retry_at, "the second attempt began at retry_at or later: {done}");
+    assert_eq!(
+        (&done["status"], &done["attempts"]),
+        (&json!("completed"), &json!(2)),
+        "{done}"
+    );
+    assert!(
+        time(&done, "started_at") >= retry_at,
+        "the second attempt began at retry_at or later: {done}"
+    );
     assert!(done["retry_at"].is_null(), "{done}");
     host.stop().await;
 }
@@ -566,10 +1181,22 @@ async fn a_retry_waits_for_its_backoff_recorded_as_retry_at() {
 async fn a_fatal_error_fails_at_once_whatever_attempts_are_left() {
     let host = TestHost::start(1, true).await;
     let client = reqwest::Client::new();
-    let task = submit(&client, &host, json!({"plugin": "hostile", "payload": {"mode": "fatal"}, "max_attempts": 5})).await;
+    let task = submit(
+        &client,
+        &host,
+        json!({"plugin": "hostile", "payload": {"mode": "fatal"}, "max_attempts": 5}),
+    )
+    .await;
     let done = wait_terminal(&client, &host, &id_of(&task)).await;
-    assert_eq!((&done["status"], &done["attempts"]), (&json!("failed"), &json!(1)), "{done}");
-    assert_eq!(done["last_error"], json!({"kind": "fatal", "message": "deliberately fatal"}));
+    assert_eq!(
+        (&done["status"], &done["attempts"]),
+        (&json!("failed"), &json!(1)),
+        "{done}"
+    );
+    assert_eq!(
+        done["last_error"],
+        json!({"kind": "fatal", "message": "deliberately fatal"})
+    );
     host.stop().await;
 }
 
@@ -577,12 +1204,25 @@ async fn a_fatal_error_fails_at_once_whatever_attempts_are_left() {
 async fn batches_hold_at_most_1000_tasks_and_are_accepted_all_or_none() {
     let host = TestHost::start(1, false).await;
     let client = reqwest::Client::new();
-    let batch = |tasks: Vec<Value>| client.post(host.at("/tasks/batch")).json(&json!({"tasks": tasks})).send();
-    let echo = |n: usize| (0..n).map(|i| json!({"plugin": "echo", "payload": i})).collect::<Vec<Value>>();
+    let batch = |tasks: Vec<Value>| {
+        client
+            .post(host.at("/tasks/batch"))
+            .json(&json!({"tasks": tasks}))
+            .send()
+    };
+    let echo = |n: usize| {
+        (0..n)
+            .map(|i| json!({"plugin": "echo", "payload": i}))
+            .collect::<Vec<Value>>()
+    };
 
     let too_many = batch(echo(1001)).await.expect("send");
     assert_eq!(too_many.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(too_many.json::<Value>().await.expect("json")["message"].as_str().is_some_and(|m| m.contains("1 to 1000")));
+    assert!(
+        too_many.json::<Value>().await.expect("json")["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("1 to 1000"))
+    );
     let empty = batch(vec![]).await.expect("send");
     assert_eq!(empty.status(), StatusCode::UNPROCESSABLE_ENTITY);
     // One bad task, the last of 999 good ones: none is accepted.
@@ -590,18 +1230,47 @@ async fn batches_hold_at_most_1000_tasks_and_are_accepted_all_or_none() {
     tasks.push(json!({"plugin": "no-such-plugin"}));
     let refused = batch(tasks).await.expect("send");
     assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(refused.json::<Value>().await.expect("json")["message"].as_str().is_some_and(|m| m.starts_with("task 999:")));
+    assert!(
+        refused.json::<Value>().await.expect("json")["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("task 999:"))
+    );
     // A key used twice in one batch: none is accepted either.
-    let twice = batch(vec![json!({"plugin": "echo", "idempotency_key": "k"}), json!({"plugin": "echo", "idempotency_key": "k"})]).await.expect("send");
+    let twice = batch(vec![
+        json!({"plugin": "echo", "idempotency_key": "k"}),
+        json!({"plugin": "echo", "idempotency_key": "k"}),
+    ])
+    .await
+    .expect("send");
     assert_eq!(twice.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let stats: Value = client.get(host.at("/stats")).send().await.expect("stats").json().await.expect("json");
-    let total: u64 = stats["tasks"].as_object().expect("counts").values().filter_map(Value::as_u64).sum();
+    let stats: Value = client
+        .get(host.at("/stats"))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
+    let total: u64 = stats["tasks"]
+        .as_object()
+        .expect("counts")
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
     assert_eq!(total, 0, "nothing of a refused batch was saved: {stats}");
 
     let full = batch(echo(1000)).await.expect("send");
     assert_eq!(full.status(), StatusCode::ACCEPTED);
-    assert_eq!(full.json::<Value>().await.expect("json")["tasks"].as_array().map(Vec::len), Some(1000));
-    poll_json(&client, &host.at("/stats"), LONG, |s| s["tasks"]["completed"] == 1000).await;
+    assert_eq!(
+        full.json::<Value>().await.expect("json")["tasks"]
+            .as_array()
+            .map(Vec::len),
+        Some(1000)
+    );
+    poll_json(&client, &host.at("/stats"), LONG, |s| {
+        s["tasks"]["completed"] == 1000
+    })
+    .await;
     host.stop().await;
 }
 
@@ -610,17 +1279,43 @@ async fn restored_pending_tasks_run() {
     let source = TestHost::start(1, true).await;
     let client = reqwest::Client::new();
     // The only worker is busy, so these wait in the queue when the backup is taken.
-    let blocker = submit(&client, &source, json!({"plugin": "hostile", "payload": {"mode": "loop"}, "timeout_ms": 60000})).await;
-    poll_json(&client, &source.at(&format!("/tasks/{}", id_of(&blocker))), LONG, |t| t["status"] == "running").await;
+    let blocker = submit(
+        &client,
+        &source,
+        json!({"plugin": "hostile", "payload": {"mode": "loop"}, "timeout_ms": 60000}),
+    )
+    .await;
+    poll_json(
+        &client,
+        &source.at(&format!("/tasks/{}", id_of(&blocker))),
+        LONG,
+        |t| t["status"] == "running",
+    )
+    .await;
     let mut waiting = Vec::new();
     for i in 0..5 {
         waiting.push(id_of(&submit(&client, &source, json!({"plugin": "wordcount", "payload": {"text": "x ".repeat(i + 1)}, "priority": 1})).await));
     }
-    let backup = client.get(source.at("/admin/backup")).send().await.expect("backup").bytes().await.expect("bytes");
+    let backup = client
+        .get(source.at("/admin/backup"))
+        .send()
+        .await
+        .expect("backup")
+        .bytes()
+        .await
+        .expect("bytes");
     source.stop().await;
 
     let target = TestHost::start(1, true).await;
-    let summary: Value = client.post(target.at("/admin/restore")).body(backup).send().await.expect("restore").json().await.expect("json");
+    let summary: Value = client
+        .post(target.at("/admin/restore"))
+        .body(backup)
+        .send()
+        .await
+        .expect("restore")
+        .json()
+        .await
+        .expect("json");
     // The blocker was running at the backup: it comes back pending, and runs again too.
     assert_eq!(summary, json!({"restored": 6, "queued": 6, "skipped": 0}));
     for (i, id) in waiting.iter().enumerate() {
@@ -638,7 +1333,9 @@ async fn a_store_that_cannot_keep_up_refuses_with_503_and_is_not_ready_until_it_
     // No task file can be written: a file stands where each shard directory
     // would go. The journal takes the changes until its memory bound is hit.
     let tasks_dir = host.data.path().join("tasks");
-    let blockers: Vec<std::path::PathBuf> = (0..=255u8).map(|b| tasks_dir.join(format!("{b:02x}"))).collect();
+    let blockers: Vec<std::path::PathBuf> = (0..=255u8)
+        .map(|b| tasks_dir.join(format!("{b:02x}")))
+        .collect();
     for path in &blockers {
         std::fs::write(path, b"").expect("block a shard directory");
     }
@@ -646,8 +1343,15 @@ async fn a_store_that_cannot_keep_up_refuses_with_503_and_is_not_ready_until_it_
     let mut accepted = 0;
     let refused = loop {
         assert!(accepted < 2_000, "the dirty set was never full");
-        let tasks: Vec<Value> = (0..20).map(|_| json!({"plugin": "echo", "payload": payload})).collect();
-        let response = client.post(host.at("/tasks/batch")).json(&json!({"tasks": tasks})).send().await.expect("batch");
+        let tasks: Vec<Value> = (0..20)
+            .map(|_| json!({"plugin": "echo", "payload": payload}))
+            .collect();
+        let response = client
+            .post(host.at("/tasks/batch"))
+            .json(&json!({"tasks": tasks}))
+            .send()
+            .await
+            .expect("batch");
         match response.status() {
             StatusCode::ACCEPTED => accepted += 20,
             status => break (status, response.json::<Value>().await.expect("json")),
@@ -662,9 +1366,26 @@ async fn a_store_that_cannot_keep_up_refuses_with_503_and_is_not_ready_until_it_
         std::fs::remove_file(path).expect("unblock");
     }
     poll_json(&client, &host.at("/ready"), LONG, |r| r["status"] == "ok").await;
-    submit(&client, &host, json!({"plugin": "echo", "payload": "after"})).await;
-    let done = poll_json(&client, &host.at("/stats"), LONG, |s| s["tasks"]["completed"] == accepted + 1).await;
-    let total: u64 = done["tasks"].as_object().expect("counts").values().filter_map(Value::as_u64).sum();
-    assert_eq!(total, accepted + 1, "every accepted task, and nothing of the refused batch: {done}");
+    submit(
+        &client,
+        &host,
+        json!({"plugin": "echo", "payload": "after"}),
+    )
+    .await;
+    let done = poll_json(&client, &host.at("/stats"), LONG, |s| {
+        s["tasks"]["completed"] == accepted + 1
+    })
+    .await;
+    let total: u64 = done["tasks"]
+        .as_object()
+        .expect("counts")
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
+    assert_eq!(
+        total,
+        accepted + 1,
+        "every accepted task, and nothing of the refused batch: {done}"
+    );
     host.stop().await;
 }

@@ -10,21 +10,45 @@ fn new_build_run(lang: &str) {
     let dir = scratch.path().join(format!("hello-{lang}"));
     let dir_arg = dir.to_str().expect("utf-8");
     let name = format!("hello-{lang}");
-    let created = cli(None, &["plugin", "new", &name, "--lang", lang, "--dir", dir_arg]);
-    assert!(created.ok && created.stdout.contains(&format!("created {name} ({lang})")), "{created:?}");
+    let created = cli(
+        None,
+        &["plugin", "new", &name, "--lang", lang, "--dir", dir_arg],
+    );
+    assert!(
+        created.ok && created.stdout.contains(&format!("created {name} ({lang})")),
+        "{created:?}"
+    );
     let readme = std::fs::read_to_string(dir.join("README.md")).expect("README");
-    assert!(readme.contains("taskflow plugin build") && readme.contains("taskflow plugin run"), "{readme}");
+    assert!(
+        readme.contains("taskflow plugin build") && readme.contains("taskflow plugin run"),
+        "{readme}"
+    );
 
     let built = cli(None, &["plugin", "build", dir_arg]);
     let wasm = dir.join(format!("{name}.wasm"));
-    assert!(built.ok && built.stdout.contains(&format!("built {}", wasm.display())), "{built:?}");
+    assert!(
+        built.ok && built.stdout.contains(&format!("built {}", wasm.display())),
+        "{built:?}"
+    );
 
     let payload = dir.join("payload.json");
-    let ran: CliRun = cli(None, &["plugin", "run", wasm.to_str().expect("utf-8"), "--payload-file", payload.to_str().expect("utf-8")]);
+    let ran: CliRun = cli(
+        None,
+        &[
+            "plugin",
+            "run",
+            wasm.to_str().expect("utf-8"),
+            "--payload-file",
+            payload.to_str().expect("utf-8"),
+        ],
+    );
     assert!(ran.ok, "{ran:?}");
     let result: Value = serde_json::from_str(&ran.stdout).expect("JSON result");
     assert_eq!(result["greeting"], "Hello, Ada!", "{ran:?}");
-    assert!(ran.stderr.contains("greeting Ada"), "the plugin's log line: {ran:?}");
+    assert!(
+        ran.stderr.contains("greeting Ada"),
+        "the plugin's log line: {ran:?}"
+    );
 }
 
 #[test]
@@ -45,16 +69,50 @@ fn a_javascript_plugin_from_new_to_run() {
 #[test]
 fn new_and_build_say_what_is_wrong() {
     let scratch = tempfile::tempdir().expect("tempdir");
-    let run = cli(None, &["plugin", "new", "Bad Name", "--lang", "rust", "--dir", scratch.path().to_str().expect("utf-8")]);
+    let run = cli(
+        None,
+        &[
+            "plugin",
+            "new",
+            "Bad Name",
+            "--lang",
+            "rust",
+            "--dir",
+            scratch.path().to_str().expect("utf-8"),
+        ],
+    );
     assert!(!run.ok && run.stderr.contains("plugin name"), "{run:?}");
     std::fs::write(scratch.path().join("keep.txt"), "mine").expect("write");
-    let run = cli(None, &["plugin", "new", "p", "--lang", "python", "--dir", scratch.path().to_str().expect("utf-8")]);
+    let run = cli(
+        None,
+        &[
+            "plugin",
+            "new",
+            "p",
+            "--lang",
+            "python",
+            "--dir",
+            scratch.path().to_str().expect("utf-8"),
+        ],
+    );
     assert!(!run.ok && run.stderr.contains("is not empty"), "{run:?}");
-    assert_eq!(std::fs::read_to_string(scratch.path().join("keep.txt")).expect("kept"), "mine");
-    let run = cli(None, &["plugin", "build", scratch.path().to_str().expect("utf-8")]);
-    assert!(!run.ok && run.stderr.contains("holds no plugin project"), "{run:?}");
+    assert_eq!(
+        std::fs::read_to_string(scratch.path().join("keep.txt")).expect("kept"),
+        "mine"
+    );
+    let run = cli(
+        None,
+        &["plugin", "build", scratch.path().to_str().expect("utf-8")],
+    );
+    assert!(
+        !run.ok && run.stderr.contains("holds no plugin project"),
+        "{run:?}"
+    );
     let run = cli(None, &["plugin", "new", "p", "--lang", "cobol"]);
-    assert!(!run.ok && run.stderr.contains("invalid value 'cobol'"), "{run:?}");
+    assert!(
+        !run.ok && run.stderr.contains("invalid value 'cobol'"),
+        "{run:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,18 +120,39 @@ async fn a_plugin_built_for_another_contract_version_is_rejected_naming_both() {
     let scratch = tempfile::tempdir().expect("tempdir");
     let dir = scratch.path().join("future");
     let dir_arg = dir.to_str().expect("utf-8");
-    assert!(cli(None, &["plugin", "new", "future", "--lang", "python", "--dir", dir_arg]).ok);
+    assert!(
+        cli(
+            None,
+            &[
+                "plugin", "new", "future", "--lang", "python", "--dir", dir_arg
+            ]
+        )
+        .ok
+    );
     // The same plugin, built against a WIT package one minor version on.
     let wit = dir.join("wit/processor.wit");
     let source = std::fs::read_to_string(&wit).expect("wit");
     assert!(source.contains("package taskflow:plugin@0.1.0;"));
-    std::fs::write(&wit, source.replace("taskflow:plugin@0.1.0", "taskflow:plugin@0.2.0")).expect("write wit");
+    std::fs::write(
+        &wit,
+        source.replace("taskflow:plugin@0.1.0", "taskflow:plugin@0.2.0"),
+    )
+    .expect("write wit");
     let built = cli(None, &["plugin", "build", dir_arg]);
     assert!(built.ok, "{built:?}");
     let wasm = dir.join("future.wasm");
 
     let expected = "built for taskflow:plugin@0.2.0, but this host serves taskflow:plugin@0.1.0";
-    let ran = cli(None, &["plugin", "run", wasm.to_str().expect("utf-8"), "--payload", r#"{"name": "Ada"}"#]);
+    let ran = cli(
+        None,
+        &[
+            "plugin",
+            "run",
+            wasm.to_str().expect("utf-8"),
+            "--payload",
+            r#"{"name": "Ada"}"#,
+        ],
+    );
     assert!(!ran.ok && ran.stderr.contains(expected), "{ran:?}");
 
     let host = taskflow_tests::TestHost::start(1, false).await;
@@ -85,6 +164,11 @@ async fn a_plugin_built_for_another_contract_version_is_rejected_naming_both() {
         .expect("upload");
     assert_eq!(response.status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
     let body: Value = response.json().await.expect("json");
-    assert!(body["message"].as_str().is_some_and(|m| m.contains(expected)), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(expected)),
+        "{body}"
+    );
     host.stop().await;
 }

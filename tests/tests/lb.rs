@@ -49,9 +49,16 @@ impl TestBackend {
         let health_checks = Arc::new(AtomicUsize::new(0));
         let (log, checks) = (received.clone(), health_checks.clone());
         let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            let listener = runtime.block_on(TcpListener::bind(addr)).expect("bind backend");
-            bound.send(listener.local_addr().expect("addr")).expect("report address");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let listener = runtime
+                .block_on(TcpListener::bind(addr))
+                .expect("bind backend");
+            bound
+                .send(listener.local_addr().expect("addr"))
+                .expect("report address");
             let app = Router::new()
                 .route(
                     "/health",
@@ -60,10 +67,19 @@ impl TestBackend {
                         "ok"
                     }),
                 )
-                .route("/teapot", axum::routing::get(|| async { (StatusCode::IM_A_TEAPOT, "short and stout") }))
+                .route(
+                    "/teapot",
+                    axum::routing::get(|| async { (StatusCode::IM_A_TEAPOT, "short and stout") }),
+                )
                 .fallback(move |request: Request| async move {
                     let (parts, body) = request.into_parts();
-                    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                    let header = |name: &str| {
+                        parts
+                            .headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned)
+                    };
                     let mut seen = json!({
                         "backend": name,
                         "method": parts.method.as_str(),
@@ -78,7 +94,9 @@ impl TestBackend {
                     let body = axum::body::to_bytes(body, usize::MAX).await.expect("body");
                     let body = String::from_utf8_lossy(&body).into_owned();
                     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-                    log.lock().expect("received").push(format!("{} {target} {body}", parts.method));
+                    log.lock()
+                        .expect("received")
+                        .push(format!("{} {target} {body}", parts.method));
                     if parts.uri.path() == "/slow" {
                         tokio::time::sleep(SLOW).await;
                     }
@@ -95,7 +113,13 @@ impl TestBackend {
             runtime.shutdown_background();
         });
         let addr = bound_at.recv().expect("backend address");
-        Self { addr, received, health_checks, stop: Some(stop), thread: Some(thread) }
+        Self {
+            addr,
+            received,
+            health_checks,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 
     fn url(&self) -> reqwest::Url {
@@ -130,7 +154,10 @@ impl Drop for TestBackend {
 
 /// A client that fails a test rather than hang it.
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client")
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
 }
 
 fn any_port() -> SocketAddr {
@@ -151,17 +178,28 @@ fn config(backends: Vec<reqwest::Url>) -> LbConfig {
 /// The balancer on a port of its own; returns its base URL.
 async fn start_balancer(config: &LbConfig) -> String {
     let balancer = Balancer::new(config).expect("balancer");
-    balancer.spawn_health_checks(Duration::from_millis(config.health_interval_ms), Duration::from_millis(config.timeout_ms));
+    balancer.spawn_health_checks(
+        Duration::from_millis(config.health_interval_ms),
+        Duration::from_millis(config.timeout_ms),
+    );
     let listener = TcpListener::bind(any_port()).await.expect("bind balancer");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move {
-        axum::serve(listener, taskflow::lb::router(balancer).into_make_service_with_connect_info::<SocketAddr>()).await
+        axum::serve(
+            listener,
+            taskflow::lb::router(balancer).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
     });
     url
 }
 
 async fn who_answers(client: &reqwest::Client, lb: &str) -> String {
-    let response = client.get(format!("{lb}/whoami")).send().await.expect("request through the balancer");
+    let response = client
+        .get(format!("{lb}/whoami"))
+        .send()
+        .await
+        .expect("request through the balancer");
     assert_eq!(response.status(), StatusCode::OK);
     let seen: Value = response.json().await.expect("json");
     seen["backend"].as_str().expect("backend name").to_owned()
@@ -169,7 +207,10 @@ async fn who_answers(client: &reqwest::Client, lb: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_go_round_robin_with_their_id_address_and_body() {
-    let (a, b) = (TestBackend::start("a", any_port()), TestBackend::start("b", any_port()));
+    let (a, b) = (
+        TestBackend::start("a", any_port()),
+        TestBackend::start("b", any_port()),
+    );
     let lb = start_balancer(&config(vec![a.url(), b.url()])).await;
     let client = client();
 
@@ -192,26 +233,48 @@ async fn requests_go_round_robin_with_their_id_address_and_body() {
     assert_eq!(response.headers()["x-request-id"], "req-42");
     let seen: Value = response.json().await.expect("json");
     assert_eq!(seen["method"], "POST");
-    assert_eq!((seen["path"].as_str(), seen["query"].as_str()), (Some("/tasks/batch"), Some("dry=1")));
+    assert_eq!(
+        (seen["path"].as_str(), seen["query"].as_str()),
+        (Some("/tasks/batch"), Some("dry=1"))
+    );
     assert_eq!(seen["body"], "{\"tasks\": []}");
     assert_eq!(seen["request_id"], "req-42");
     assert_eq!(seen["forwarded_for"], "127.0.0.1");
     assert_eq!(seen["forwarded_proto"], "http");
     assert_eq!(seen["forwarded_host"].as_str(), lb.strip_prefix("http://"));
-    assert_ne!(seen["connection"], "keep-alive", "hop-by-hop headers stay with their connection");
+    assert_ne!(
+        seen["connection"], "keep-alive",
+        "hop-by-hop headers stay with their connection"
+    );
 
     // Without an id from the client, the balancer makes one and returns it.
-    let response = client.get(format!("{lb}/whoami")).send().await.expect("get");
-    let returned = response.headers()["x-request-id"].to_str().expect("id").to_owned();
+    let response = client
+        .get(format!("{lb}/whoami"))
+        .send()
+        .await
+        .expect("get");
+    let returned = response.headers()["x-request-id"]
+        .to_str()
+        .expect("id")
+        .to_owned();
     let seen: Value = response.json().await.expect("json");
     assert_eq!(seen["request_id"], returned.as_str());
 
     // Statuses come back as the backend gave them.
-    let teapot = client.get(format!("{lb}/teapot")).send().await.expect("teapot");
+    let teapot = client
+        .get(format!("{lb}/teapot"))
+        .send()
+        .await
+        .expect("teapot");
     assert_eq!(teapot.status(), StatusCode::IM_A_TEAPOT);
     assert_eq!(teapot.text().await.expect("text"), "short and stout");
 
-    let too_big = client.post(format!("{lb}/tasks")).body(vec![b'x'; 2 * 1024 * 1024]).send().await.expect("send");
+    let too_big = client
+        .post(format!("{lb}/tasks"))
+        .body(vec![b'x'; 2 * 1024 * 1024])
+        .send()
+        .await
+        .expect("send");
     assert_eq!(too_big.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let body: Value = too_big.json().await.expect("json error");
     assert_eq!(body["error"], "payload_too_large");
@@ -225,7 +288,13 @@ async fn a_failed_backend_leaves_the_rotation_and_returns_when_healthy() {
     let lb = start_balancer(&config(vec![a.url(), b.url()])).await;
     let client = client();
     assert_eq!(
-        [who_answers(&client, &lb).await, who_answers(&client, &lb).await].iter().filter(|n| *n == "b").count(),
+        [
+            who_answers(&client, &lb).await,
+            who_answers(&client, &lb).await
+        ]
+        .iter()
+        .filter(|n| *n == "b")
+        .count(),
         1
     );
 
@@ -234,16 +303,32 @@ async fn a_failed_backend_leaves_the_rotation_and_returns_when_healthy() {
     for _ in 0..6 {
         assert_eq!(who_answers(&client, &lb).await, "a");
     }
-    let backends: Value = client.get(format!("{lb}/lb/backends")).send().await.expect("status").json().await.expect("json");
+    let backends: Value = client
+        .get(format!("{lb}/lb/backends"))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(backends[1]["healthy"], false, "{backends}");
 
     let _b = TestBackend::start("b", b_addr);
-    poll_json(&client, &format!("{lb}/lb/backends"), Duration::from_secs(10), |backends| backends[1]["healthy"] == true).await;
+    poll_json(
+        &client,
+        &format!("{lb}/lb/backends"),
+        Duration::from_secs(10),
+        |backends| backends[1]["healthy"] == true,
+    )
+    .await;
     let mut answered = Vec::new();
     for _ in 0..4 {
         answered.push(who_answers(&client, &lb).await);
     }
-    assert!(answered.contains(&"b".to_owned()), "b is back in the rotation: {answered:?}");
+    assert!(
+        answered.contains(&"b".to_owned()),
+        "b is back in the rotation: {answered:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,11 +337,19 @@ async fn with_every_backend_down_clients_get_a_clear_502() {
     let url = a.url();
     a.stop();
     let lb = start_balancer(&config(vec![url])).await;
-    let response = client().get(format!("{lb}/tasks")).header("x-request-id", "r-1").send().await.expect("send");
+    let response = client()
+        .get(format!("{lb}/tasks"))
+        .header("x-request-id", "r-1")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let body: Value = response.json().await.expect("json error");
     assert_eq!(body["error"], "no_backend");
-    assert!(body["message"].as_str().is_some_and(|m| m.contains("r-1")), "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| m.contains("r-1")),
+        "{body}"
+    );
 }
 
 /// A backend that answers `/health` but reads every other request whole
@@ -270,7 +363,9 @@ struct DroppingBackend {
 
 impl DroppingBackend {
     async fn start() -> Self {
-        let listener = TcpListener::bind(any_port()).await.expect("bind dropping backend");
+        let listener = TcpListener::bind(any_port())
+            .await
+            .expect("bind dropping backend");
         let addr = listener.local_addr().expect("addr");
         let received = Received::default();
         let log = received.clone();
@@ -278,17 +373,25 @@ impl DroppingBackend {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let log = log.clone();
                 tokio::spawn(async move {
-                    let Some((target, body)) = read_request(&mut socket).await else { return };
+                    let Some((target, body)) = read_request(&mut socket).await else {
+                        return;
+                    };
                     if target == "GET /health" {
                         let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
                         return;
                     }
-                    log.lock().expect("received").push(format!("{target} {body}"));
+                    log.lock()
+                        .expect("received")
+                        .push(format!("{target} {body}"));
                     // Dropping the socket closes the connection, unanswered.
                 });
             }
         });
-        Self { addr, received, task }
+        Self {
+            addr,
+            received,
+            task,
+        }
     }
 
     fn url(&self) -> reqwest::Url {
@@ -331,7 +434,10 @@ async fn read_request(socket: &mut TcpStream) -> Option<(String, String)> {
     }
     let mut request_line = head.lines().next()?.split(' ');
     let target = format!("{} {}", request_line.next()?, request_line.next()?);
-    Some((target, String::from_utf8_lossy(&buffer[head_end..head_end + length]).into_owned()))
+    Some((
+        target,
+        String::from_utf8_lossy(&buffer[head_end..head_end + length]).into_owned(),
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,22 +446,52 @@ async fn a_refused_connection_takes_the_backend_out_and_the_request_goes_to_the_
     let mut b = TestBackend::start("b", any_port());
     // Health checks run once at the start, then not for a minute: only the
     // request path can notice that b is gone.
-    let lb = start_balancer(&LbConfig { health_interval_ms: 60_000, ..config(vec![a.url(), b.url()]) }).await;
+    let lb = start_balancer(&LbConfig {
+        health_interval_ms: 60_000,
+        ..config(vec![a.url(), b.url()])
+    })
+    .await;
     let client = client();
-    poll_json(&client, &format!("{lb}/lb/backends"), Duration::from_secs(10), |_| a.health_checks() == 1 && b.health_checks() == 1)
-        .await;
-    let answered = [who_answers(&client, &lb).await, who_answers(&client, &lb).await];
-    assert!(answered.contains(&"a".to_owned()) && answered.contains(&"b".to_owned()), "{answered:?}");
+    poll_json(
+        &client,
+        &format!("{lb}/lb/backends"),
+        Duration::from_secs(10),
+        |_| a.health_checks() == 1 && b.health_checks() == 1,
+    )
+    .await;
+    let answered = [
+        who_answers(&client, &lb).await,
+        who_answers(&client, &lb).await,
+    ];
+    assert!(
+        answered.contains(&"a".to_owned()) && answered.contains(&"b".to_owned()),
+        "{answered:?}"
+    );
 
     b.stop();
     // Every request still succeeds: each one b refuses is tried on a.
     for _ in 0..6 {
         assert_eq!(who_answers(&client, &lb).await, "a");
     }
-    assert_eq!(a.received().len(), 7, "a answered each request once: {:?}", a.received());
-    let backends: Value = client.get(format!("{lb}/lb/backends")).send().await.expect("status").json().await.expect("json");
+    assert_eq!(
+        a.received().len(),
+        7,
+        "a answered each request once: {:?}",
+        a.received()
+    );
+    let backends: Value = client
+        .get(format!("{lb}/lb/backends"))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(backends[0]["healthy"], true, "{backends}");
-    assert_eq!(backends[1]["healthy"], false, "the refused connection took b out: {backends}");
+    assert_eq!(
+        backends[1]["healthy"], false,
+        "the refused connection took b out: {backends}"
+    );
     assert_eq!(a.health_checks(), 1, "no health check ran since the first");
 }
 
@@ -378,9 +514,22 @@ async fn a_post_whose_connection_broke_gets_a_502_and_is_not_replayed_but_a_get_
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let body: Value = response.json().await.expect("the error is JSON");
     assert_eq!(body["error"], "bad_gateway", "{body}");
-    assert!(body["message"].as_str().is_some_and(|m| m.contains("post-1")), "{body}");
-    assert_eq!(dropper.received(), [r#"POST /tasks {"plugin": "echo"}"#], "the POST reached the dropping backend");
-    assert!(b.received().is_empty(), "the POST was not replayed on b: {:?}", b.received());
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("post-1")),
+        "{body}"
+    );
+    assert_eq!(
+        dropper.received(),
+        [r#"POST /tasks {"plugin": "echo"}"#],
+        "the POST reached the dropping backend"
+    );
+    assert!(
+        b.received().is_empty(),
+        "the POST was not replayed on b: {:?}",
+        b.received()
+    );
 
     // GET, PUT and DELETE cannot do anything twice: each broken one is sent
     // to b, and the client never sees the failure.
@@ -395,7 +544,11 @@ async fn a_post_whose_connection_broke_gets_a_502_and_is_not_replayed_but_a_get_
     let mut sent = Vec::new();
     for (method, target) in requests {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let response = client.request(method.clone(), format!("{lb}{target}")).send().await.expect("through the balancer");
+        let response = client
+            .request(method.clone(), format!("{lb}{target}"))
+            .send()
+            .await
+            .expect("through the balancer");
         assert_eq!(response.status(), StatusCode::OK, "{method} {target}");
         let seen: Value = response.json().await.expect("json");
         assert_eq!(seen["backend"], "b", "{method} {target}: {seen}");
@@ -404,17 +557,30 @@ async fn a_post_whose_connection_broke_gets_a_502_and_is_not_replayed_but_a_get_
     assert_eq!(b.received(), sent, "b got each request once");
     // Turns alternate, so every other request met the dropping backend first.
     let broken = dropper.received();
-    assert!(broken[1..].iter().any(|r| r.starts_with("GET ")), "a GET met the broken backend: {broken:?}");
+    assert!(
+        broken[1..].iter().any(|r| r.starts_with("GET ")),
+        "a GET met the broken backend: {broken:?}"
+    );
     assert!(broken[1..].iter().all(|r| sent.contains(r)), "{broken:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_slower_than_the_read_timeout_gets_a_504_and_no_repeat() {
-    let (a, b) = (TestBackend::start("a", any_port()), TestBackend::start("b", any_port()));
-    let lb = start_balancer(&LbConfig { read_timeout_ms: 300, ..config(vec![a.url(), b.url()]) }).await;
+    let (a, b) = (
+        TestBackend::start("a", any_port()),
+        TestBackend::start("b", any_port()),
+    );
+    let lb = start_balancer(&LbConfig {
+        read_timeout_ms: 300,
+        ..config(vec![a.url(), b.url()])
+    })
+    .await;
     let client = client();
 
-    for (n, method) in [reqwest::Method::GET, reqwest::Method::POST].into_iter().enumerate() {
+    for (n, method) in [reqwest::Method::GET, reqwest::Method::POST]
+        .into_iter()
+        .enumerate()
+    {
         let started = std::time::Instant::now();
         let response = client
             .request(method.clone(), format!("{lb}/slow?n={n}"))
@@ -423,16 +589,30 @@ async fn a_backend_slower_than_the_read_timeout_gets_a_504_and_no_repeat() {
             .await
             .expect("through the balancer");
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT, "{method}");
-        assert!(started.elapsed() < SLOW, "the balancer gave up before the backend answered");
+        assert!(
+            started.elapsed() < SLOW,
+            "the balancer gave up before the backend answered"
+        );
         let body: Value = response.json().await.expect("the error is JSON");
         assert_eq!(body["error"], "gateway_timeout", "{body}");
-        assert!(body["message"].as_str().is_some_and(|m| m.contains(&format!("slow-{n}"))), "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("slow-{n}"))),
+            "{body}"
+        );
     }
     // Each request reached one backend, once: a slow backend's work is not
     // repeated on another.
     let mut received: Vec<String> = a.received().into_iter().chain(b.received()).collect();
     received.sort();
-    assert_eq!(received, ["GET /slow?n=0 ", "POST /slow?n=1 "], "a: {:?}, b: {:?}", a.received(), b.received());
+    assert_eq!(
+        received,
+        ["GET /slow?n=0 ", "POST /slow?n=1 "],
+        "a: {:?}, b: {:?}",
+        a.received(),
+        b.received()
+    );
 }
 
 /// A child process, killed when dropped.
@@ -448,13 +628,27 @@ impl Drop for Process {
 /// Which host answered `GET /plugins` through the balancer: each host has
 /// a plugin `only-<n>` of its own.
 async fn which_host(client: &reqwest::Client, lb: &str, request_id: &str) -> String {
-    let response = client.get(format!("{lb}/plugins")).header("x-request-id", request_id).send().await.expect("through lb");
+    let response = client
+        .get(format!("{lb}/plugins"))
+        .header("x-request-id", request_id)
+        .send()
+        .await
+        .expect("through lb");
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["x-request-id"], request_id);
     let plugins: Value = response.json().await.expect("json");
-    let names: Vec<&str> = plugins["plugins"].as_array().expect("plugins").iter().filter_map(|p| p["name"].as_str()).collect();
+    let names: Vec<&str> = plugins["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
     assert!(names.contains(&"echo"), "{plugins}");
-    let own: Vec<&str> = names.iter().copied().filter(|n| n.starts_with("only-")).collect();
+    let own: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| n.starts_with("only-"))
+        .collect();
     assert_eq!(own.len(), 1, "{plugins}");
     own[0].to_owned()
 }
@@ -467,38 +661,74 @@ async fn the_lb_command_balances_real_hosts_and_survives_one_dying() {
     for n in 0..2 {
         let dir = data.path().join(format!("host-{n}"));
         install_plugins(&dir.join("plugins"), &["echo"]);
-        std::fs::copy(plugin_wasm("echo"), dir.join(format!("plugins/only-{n}.wasm"))).expect("copy echo");
+        std::fs::copy(
+            plugin_wasm("echo"),
+            dir.join(format!("plugins/only-{n}.wasm")),
+        )
+        .expect("copy echo");
         hosts.push(HostProcess::start_with(&dir, free_port(), &["--workers", "1"]).await);
     }
     let lb_port = free_port();
     let _lb = Process(
         Command::new(taskflow_binary())
-            .args(["lb", "--listen", &format!("127.0.0.1:{lb_port}"), "--health-interval-ms", "100"])
-            .args(hosts.iter().flat_map(|host| ["--backend", host.url.as_str()]))
+            .args([
+                "lb",
+                "--listen",
+                &format!("127.0.0.1:{lb_port}"),
+                "--health-interval-ms",
+                "100",
+            ])
+            .args(
+                hosts
+                    .iter()
+                    .flat_map(|host| ["--backend", host.url.as_str()]),
+            )
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn lb"),
     );
     let lb = format!("http://127.0.0.1:{lb_port}");
-    poll_json(&client, &format!("{lb}/lb/backends"), Duration::from_secs(30), |b| {
-        b.as_array().is_some_and(|a| a.len() == 2 && a.iter().all(|b| b["healthy"] == true))
-    })
+    poll_json(
+        &client,
+        &format!("{lb}/lb/backends"),
+        Duration::from_secs(30),
+        |b| {
+            b.as_array()
+                .is_some_and(|a| a.len() == 2 && a.iter().all(|b| b["healthy"] == true))
+        },
+    )
     .await;
 
     let mut answered = Vec::new();
     for i in 0..6 {
         answered.push(which_host(&client, &lb, &format!("lb-{i}")).await);
     }
-    assert!(answered.contains(&"only-0".to_owned()) && answered.contains(&"only-1".to_owned()), "{answered:?}");
+    assert!(
+        answered.contains(&"only-0".to_owned()) && answered.contains(&"only-1".to_owned()),
+        "{answered:?}"
+    );
     for pair in answered.windows(2) {
-        assert_ne!(pair[0], pair[1], "consecutive requests go to the two hosts in turn: {answered:?}");
+        assert_ne!(
+            pair[0], pair[1],
+            "consecutive requests go to the two hosts in turn: {answered:?}"
+        );
     }
 
     hosts.remove(0).kill();
     for i in 0..6 {
-        assert_eq!(which_host(&client, &lb, &format!("after-{i}")).await, "only-1", "host 0 is dead");
+        assert_eq!(
+            which_host(&client, &lb, &format!("after-{i}")).await,
+            "only-1",
+            "host 0 is dead"
+        );
     }
-    let backends = poll_json(&client, &format!("{lb}/lb/backends"), Duration::from_secs(10), |b| b[0]["healthy"] == false).await;
+    let backends = poll_json(
+        &client,
+        &format!("{lb}/lb/backends"),
+        Duration::from_secs(10),
+        |b| b[0]["healthy"] == false,
+    )
+    .await;
     assert_eq!(backends[1]["healthy"], true, "{backends}");
 }

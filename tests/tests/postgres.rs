@@ -14,18 +14,24 @@ use taskflow_tests::contract::{self, task};
 use taskflow_tests::{TestHost, poll_json};
 
 fn database_url() -> String {
-    std::env::var("TASKFLOW_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("TASKFLOW_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// A fresh schema; the connection options of a store that lives in it.
 async fn fresh_schema() -> (String, PgConnectOptions) {
     let url = database_url();
-    let base: PgConnectOptions = url.parse().expect("TASKFLOW_TEST_DATABASE_URL is a PostgreSQL URL");
+    let base: PgConnectOptions = url
+        .parse()
+        .expect("TASKFLOW_TEST_DATABASE_URL is a PostgreSQL URL");
     let schema = format!("taskflow_test_{}", uuid::Uuid::new_v4().simple());
     let admin = sqlx::PgPool::connect_with(base.clone())
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL must be running at {url} for these tests: {e}"));
-    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await.expect("create schema");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .expect("create schema");
     admin.close().await;
     let options = base.options([("search_path", schema.as_str())]);
     (schema, options)
@@ -33,13 +39,23 @@ async fn fresh_schema() -> (String, PgConnectOptions) {
 
 async fn store() -> (PgStore, String) {
     let (schema, options) = fresh_schema().await;
-    (PgStore::connect(options).await.expect("connect and migrate"), schema)
+    (
+        PgStore::connect(options)
+            .await
+            .expect("connect and migrate"),
+        schema,
+    )
 }
 
 /// Removes a test's schema (a failed test leaves its own, to look at).
 async fn drop_schema(schema: &str) {
-    let admin = sqlx::PgPool::connect(&database_url()).await.expect("connect");
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&admin).await.expect("drop schema");
+    let admin = sqlx::PgPool::connect(&database_url())
+        .await
+        .expect("connect");
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&admin)
+        .await
+        .expect("drop schema");
     admin.close().await;
 }
 
@@ -50,18 +66,43 @@ async fn tasks_save_load_update_and_delete() {
     saved.idempotency_key = Some("order-42".into());
     saved.payload = json!({"text": "ünïcode ✓ and a \u{0} NUL", "big": 12_345_678_901_234_u64, "nested": [1, {"a": null}]});
     store.save(&saved).await.expect("save");
-    assert_eq!(store.load(saved.id).await.expect("load"), Some(saved.clone()));
+    assert_eq!(
+        store.load(saved.id).await.expect("load"),
+        Some(saved.clone())
+    );
     assert_eq!(store.load(TaskId::new()).await.expect("load unknown"), None);
 
     saved.status = TaskStatus::Completed;
     saved.attempts = 1;
     store.save(&saved).await.expect("update");
-    assert_eq!(store.load(saved.id).await.expect("load"), Some(saved.clone()));
-    assert_eq!(store.find_by_idempotency_key("order-42").await.expect("find"), Some(saved.clone()));
-    assert_eq!(store.find_by_idempotency_key("order-43").await.expect("find"), None);
+    assert_eq!(
+        store.load(saved.id).await.expect("load"),
+        Some(saved.clone())
+    );
+    assert_eq!(
+        store
+            .find_by_idempotency_key("order-42")
+            .await
+            .expect("find"),
+        Some(saved.clone())
+    );
+    assert_eq!(
+        store
+            .find_by_idempotency_key("order-43")
+            .await
+            .expect("find"),
+        None
+    );
     let counts = store.counts().await.expect("counts");
-    assert_eq!(counts.len(), TaskStatus::ALL.len(), "every status is present");
-    assert_eq!((counts[&TaskStatus::Completed], counts[&TaskStatus::Pending]), (1, 0));
+    assert_eq!(
+        counts.len(),
+        TaskStatus::ALL.len(),
+        "every status is present"
+    );
+    assert_eq!(
+        (counts[&TaskStatus::Completed], counts[&TaskStatus::Pending]),
+        (1, 0)
+    );
 
     assert!(store.delete(saved.id).await.expect("delete"));
     assert!(!store.delete(saved.id).await.expect("delete again"));
@@ -111,8 +152,17 @@ async fn a_host_on_postgres_runs_tasks_and_finds_them_after_a_restart() {
         .await
         .expect("submit");
     assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
-    let id = response.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
-    let done = poll_json(&client, &host.at(&format!("/tasks/{id}")), Duration::from_secs(30), |t| t["status"] == "completed").await;
+    let id = response.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let done = poll_json(
+        &client,
+        &host.at(&format!("/tasks/{id}")),
+        Duration::from_secs(30),
+        |t| t["status"] == "completed",
+    )
+    .await;
     assert_eq!(done["result"]["value"]["words"], 6);
     let ready = client.get(host.at("/ready")).send().await.expect("ready");
     assert_eq!(ready.status(), reqwest::StatusCode::OK);
@@ -121,15 +171,35 @@ async fn a_host_on_postgres_runs_tasks_and_finds_them_after_a_restart() {
     let second_data = tempfile::tempdir().expect("tempdir");
     let mut second = taskflow_tests::serve_config(second_data.path(), 1);
     postgres(&mut second);
-    let refused = taskflow::server::Server::start(second).await.map(|_| ()).expect_err("one host per database");
-    assert!(format!("{refused:#}").contains("in use by another TaskFlow host"), "{refused:#}");
+    let refused = taskflow::server::Server::start(second)
+        .await
+        .map(|_| ())
+        .expect_err("one host per database");
+    assert!(
+        format!("{refused:#}").contains("in use by another TaskFlow host"),
+        "{refused:#}"
+    );
     host.stop().await;
 
     // A new host with an empty data directory: the task lives in the database.
     let host = TestHost::start_with(2, false, postgres).await;
-    let task: Value = client.get(host.at(&format!("/tasks/{id}"))).send().await.expect("get").json().await.expect("json");
+    let task: Value = client
+        .get(host.at(&format!("/tasks/{id}")))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(task, done, "the task outlives the host");
-    let stats: Value = client.get(host.at("/stats")).send().await.expect("stats").json().await.expect("json");
+    let stats: Value = client
+        .get(host.at("/stats"))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(stats["tasks"]["completed"], 1);
     host.stop().await;
     drop_schema(&schema).await;
@@ -141,23 +211,50 @@ async fn a_wrong_database_url_stops_the_host_with_a_clear_message() {
     let mut config = taskflow_tests::serve_config(data.path(), 1);
     config.storage = StorageBackend::Postgres;
     config.database_url = None;
-    let missing = taskflow::server::Server::start(config.clone()).await.map(|_| ()).expect_err("no URL");
-    assert!(format!("{missing:#}").contains("TASKFLOW_DATABASE_URL"), "{missing:#}");
+    let missing = taskflow::server::Server::start(config.clone())
+        .await
+        .map(|_| ())
+        .expect_err("no URL");
+    assert!(
+        format!("{missing:#}").contains("TASKFLOW_DATABASE_URL"),
+        "{missing:#}"
+    );
     config.database_url = Some("mysql://root@127.0.0.1/test".into());
-    let wrong = taskflow::server::Server::start(config.clone()).await.map(|_| ()).expect_err("not PostgreSQL");
-    assert!(format!("{wrong:#}").contains("postgres:// URL"), "{wrong:#}");
+    let wrong = taskflow::server::Server::start(config.clone())
+        .await
+        .map(|_| ())
+        .expect_err("not PostgreSQL");
+    assert!(
+        format!("{wrong:#}").contains("postgres:// URL"),
+        "{wrong:#}"
+    );
     let server: PgConnectOptions = database_url().parse().expect("test URL");
-    config.database_url =
-        Some(format!("postgres://no_such_role_here@{}:{}/{}", server.get_host(), server.get_port(), server.get_database().unwrap_or("test")));
-    let refused = taskflow::server::Server::start(config).await.map(|_| ()).expect_err("unknown role");
+    config.database_url = Some(format!(
+        "postgres://no_such_role_here@{}:{}/{}",
+        server.get_host(),
+        server.get_port(),
+        server.get_database().unwrap_or("test")
+    ));
+    let refused = taskflow::server::Server::start(config)
+        .await
+        .map(|_| ())
+        .expect_err("unknown role");
     let message = format!("{refused:#}");
-    assert!(message.contains("TASKFLOW_DATABASE_URL") && message.contains("no_such_role_here"), "{message}");
+    assert!(
+        message.contains("TASKFLOW_DATABASE_URL") && message.contains("no_such_role_here"),
+        "{message}"
+    );
 }
 
 /// A TCP forwarder to `target` on `listen`; dropping the handle (aborting
 /// it) closes every connection it carries, as a network cut would.
-async fn forwarder(listen: std::net::SocketAddr, target: String) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind(listen).await.expect("bind forwarder");
+async fn forwarder(
+    listen: std::net::SocketAddr,
+    target: String,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .expect("bind forwarder");
     let addr = listener.local_addr().expect("addr");
     let handle = tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();
@@ -190,17 +287,45 @@ async fn ready_fails_while_the_database_is_unreachable_and_recovers_with_it() {
     })
     .await;
     let client = reqwest::Client::new();
-    assert_eq!(client.get(host.at("/ready")).send().await.expect("ready").status(), reqwest::StatusCode::OK);
+    assert_eq!(
+        client
+            .get(host.at("/ready"))
+            .send()
+            .await
+            .expect("ready")
+            .status(),
+        reqwest::StatusCode::OK
+    );
 
     cut.abort();
     let _ = cut.await;
-    let down = poll_json(&client, &host.at("/ready"), Duration::from_secs(60), |r| r["status"] == "unavailable").await;
+    let down = poll_json(&client, &host.at("/ready"), Duration::from_secs(60), |r| {
+        r["status"] == "unavailable"
+    })
+    .await;
     assert_eq!(down["reason"], "a backend is unreachable", "{down}");
-    assert_eq!(client.get(host.at("/health")).send().await.expect("health").status(), reqwest::StatusCode::OK, "alive all the same");
+    assert_eq!(
+        client
+            .get(host.at("/health"))
+            .send()
+            .await
+            .expect("health")
+            .status(),
+        reqwest::StatusCode::OK,
+        "alive all the same"
+    );
 
     let (_, _restored) = forwarder(proxy, target).await;
-    poll_json(&client, &host.at("/ready"), Duration::from_secs(60), |r| r["status"] == "ok").await;
-    let response = client.post(host.at("/tasks")).json(&json!({"plugin": "echo", "payload": 1})).send().await.expect("submit");
+    poll_json(&client, &host.at("/ready"), Duration::from_secs(60), |r| {
+        r["status"] == "ok"
+    })
+    .await;
+    let response = client
+        .post(host.at("/tasks"))
+        .json(&json!({"plugin": "echo", "payload": 1}))
+        .send()
+        .await
+        .expect("submit");
     assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
     host.stop().await;
     drop_schema(&schema).await;

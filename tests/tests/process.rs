@@ -7,7 +7,9 @@ use std::process::Command;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use taskflow_tests::process::{HostProcess, LONG, free_port};
-use taskflow_tests::{fixture_wasm, install_plugins, list_all, poll_json, taskflow_binary, workspace_root};
+use taskflow_tests::{
+    fixture_wasm, install_plugins, list_all, poll_json, taskflow_binary, workspace_root,
+};
 
 /// The README's quick start: `serve --plugin-dir plugins/dist` on the
 /// embedded default, then its curl example.
@@ -15,47 +17,87 @@ use taskflow_tests::{fixture_wasm, install_plugins, list_all, poll_json, taskflo
 async fn the_readme_quick_start_completes_its_example_task() {
     let cwd = tempfile::tempdir().expect("tempdir");
     let mut serve = Command::new(taskflow_binary());
-    serve.args(["serve", "--plugin-dir"]).arg(workspace_root().join("plugins/dist")).current_dir(cwd.path());
+    serve
+        .args(["serve", "--plugin-dir"])
+        .arg(workspace_root().join("plugins/dist"))
+        .current_dir(cwd.path());
     let host = HostProcess::launch(serve, free_port()).await;
     let client = reqwest::Client::new();
 
     let response = client
         .post(format!("{}/tasks", host.url))
         .header("content-type", "application/json")
-        .body(r#"{"plugin": "wordcount", "payload": {"text": "the cat and the hat"}, "priority": 1}"#)
+        .body(
+            r#"{"plugin": "wordcount", "payload": {"text": "the cat and the hat"}, "priority": 1}"#,
+        )
         .send()
         .await
         .expect("submit");
     assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
-    let location = response.headers()["location"].to_str().expect("location").to_owned();
-    let task = poll_json(&client, &format!("{}{location}", host.url), LONG, |t| t["status"] == "completed").await;
+    let location = response.headers()["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    let task = poll_json(&client, &format!("{}{location}", host.url), LONG, |t| {
+        t["status"] == "completed"
+    })
+    .await;
     let result = &task["result"]["value"];
-    assert_eq!((result["lines"].as_u64(), result["words"].as_u64(), result["chars"].as_u64()), (Some(1), Some(5), Some(19)), "{task}");
+    assert_eq!(
+        (
+            result["lines"].as_u64(),
+            result["words"].as_u64(),
+            result["chars"].as_u64()
+        ),
+        (Some(1), Some(5), Some(19)),
+        "{task}"
+    );
     assert_eq!(result["top_words"][0], json!({"word": "the", "count": 2}));
     assert_eq!(task["plugin_digest"].as_str().map(str::len), Some(64));
-    assert!(cwd.path().join("taskflow-data/tasks").is_dir(), "the embedded default keeps its data in ./taskflow-data");
+    assert!(
+        cwd.path().join("taskflow-data/tasks").is_dir(),
+        "the embedded default keeps its data in ./taskflow-data"
+    );
     host.kill();
 }
-
 
 /// Workers of every host these tests start (`HostProcess::start`).
 const WORKERS: u64 = 2;
 
 /// Submits `count` hash tasks in one batch; returns their ids once the host
 /// has answered 202.
-async fn submit_hash_batch(client: &reqwest::Client, url: &str, tag: &str, count: usize) -> Vec<String> {
+async fn submit_hash_batch(
+    client: &reqwest::Client,
+    url: &str,
+    tag: &str,
+    count: usize,
+) -> Vec<String> {
     let tasks: Vec<Value> = (0..count)
         .map(|i| json!({"plugin": "hash", "payload": {"data": format!("{tag}-{i}"), "rounds": 20_000}, "priority": 1 + (i % 10)}))
         .collect();
-    let response = client.post(format!("{url}/tasks/batch")).json(&json!({"tasks": tasks})).send().await.expect("batch");
+    let response = client
+        .post(format!("{url}/tasks/batch"))
+        .json(&json!({"tasks": tasks}))
+        .send()
+        .await
+        .expect("batch");
     assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
     let body: Value = response.json().await.expect("json");
-    body["tasks"].as_array().expect("tasks").iter().map(|t| t["id"].as_str().expect("id").to_owned()).collect()
+    body["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| t["id"].as_str().expect("id").to_owned())
+        .collect()
 }
 
 /// The completed tasks of a host, by id.
 async fn completed(client: &reqwest::Client, url: &str) -> HashMap<String, Value> {
-    list_all(client, url, "status=completed").await.into_iter().map(|t| (t["id"].as_str().expect("id").to_owned(), t)).collect()
+    list_all(client, url, "status=completed")
+        .await
+        .into_iter()
+        .map(|t| (t["id"].as_str().expect("id").to_owned(), t))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,11 +118,17 @@ async fn no_accepted_task_is_lost_and_none_runs_again_when_the_host_is_killed() 
     // Killed mid-run, with completions recorded just before the kill.
     let host = HostProcess::start(data.path(), port).await;
     accepted.extend(submit_hash_batch(&client, &host.url, "b", 500).await);
-    poll_json(&client, &format!("{}/stats", host.url), LONG, |s| s["tasks"]["completed"].as_u64() >= Some(100)).await;
+    poll_json(&client, &format!("{}/stats", host.url), LONG, |s| {
+        s["tasks"]["completed"].as_u64() >= Some(100)
+    })
+    .await;
     let done_before_kill = completed(&client, &host.url).await;
     host.kill();
     kills_while_running += 1;
-    assert!(done_before_kill.len() < accepted.len(), "the kill must land mid-run to mean anything");
+    assert!(
+        done_before_kill.len() < accepted.len(),
+        "the kill must land mid-run to mean anything"
+    );
 
     // Killed the instant a single submission's 202 arrived.
     let host = HostProcess::start(data.path(), port).await;
@@ -98,19 +146,28 @@ async fn no_accepted_task_is_lost_and_none_runs_again_when_the_host_is_killed() 
 
     let host = HostProcess::start(data.path(), port).await;
     let total = accepted.len() as u64;
-    let done = poll_json(&client, &format!("{}/stats", host.url), LONG, |s| s["tasks"]["completed"] == total).await;
+    let done = poll_json(&client, &format!("{}/stats", host.url), LONG, |s| {
+        s["tasks"]["completed"] == total
+    })
+    .await;
     assert_eq!(done["tasks"]["failed"], 0, "{done}");
     let after = completed(&client, &host.url).await;
     let mut attempts = 0;
     for id in &accepted {
-        let task = after.get(id).unwrap_or_else(|| panic!("accepted task {id} is not completed"));
+        let task = after
+            .get(id)
+            .unwrap_or_else(|| panic!("accepted task {id} is not completed"));
         assert_eq!(task["result"]["value"]["rounds"], 20_000, "{task}");
         attempts += task["attempts"].as_u64().expect("attempts");
     }
     // What had completed before the kill did not run again.
     for (id, before) in &done_before_kill {
         let now = &after[id];
-        assert_eq!((&now["finished_at"], &now["attempts"]), (&before["finished_at"], &before["attempts"]), "task {id} ran again");
+        assert_eq!(
+            (&now["finished_at"], &now["attempts"]),
+            (&before["finished_at"], &before["attempts"]),
+            "task {id} ran again"
+        );
     }
     assert!(done_before_kill.values().any(|t| t["attempts"] == 1));
     // Only a task running at a kill may have run twice.
@@ -139,7 +196,10 @@ async fn sigterm_lets_a_running_task_finish_and_exits_cleanly() {
         .await
         .expect("json");
     let id = task["id"].as_str().expect("id").to_owned();
-    poll_json(&client, &format!("{}/tasks/{id}", host.url), LONG, |t| t["status"] == "running").await;
+    poll_json(&client, &format!("{}/tasks/{id}", host.url), LONG, |t| {
+        t["status"] == "running"
+    })
+    .await;
     let signalled_at = Utc::now();
     let status = host.terminate();
     assert!(status.success(), "exit status {status}");
@@ -147,12 +207,30 @@ async fn sigterm_lets_a_running_task_finish_and_exits_cleanly() {
     // It was running when the signal came, finished after it, before the
     // host exited, and is on disk as completed after its one attempt.
     let host = HostProcess::start(data.path(), free_port()).await;
-    let task: Value = client.get(format!("{}/tasks/{id}", host.url)).send().await.expect("get").json().await.expect("json");
+    let task: Value = client
+        .get(format!("{}/tasks/{id}", host.url))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(task["status"], "completed", "{task}");
     assert_eq!(task["result"]["value"], "woke up", "{task}");
-    assert_eq!(task["attempts"], 1, "it was not interrupted and rerun: {task}");
-    let at = |field: &str| task[field].as_str().and_then(|t| t.parse::<DateTime<Utc>>().ok()).expect("timestamp");
-    assert!(at("started_at") < signalled_at && at("finished_at") > signalled_at, "{task} (signal at {signalled_at})");
+    assert_eq!(
+        task["attempts"], 1,
+        "it was not interrupted and rerun: {task}"
+    );
+    let at = |field: &str| {
+        task[field]
+            .as_str()
+            .and_then(|t| t.parse::<DateTime<Utc>>().ok())
+            .expect("timestamp")
+    };
+    assert!(
+        at("started_at") < signalled_at && at("finished_at") > signalled_at,
+        "{task} (signal at {signalled_at})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,17 +243,47 @@ async fn plugins_compile_in_a_child_process_once_and_load_from_the_cache_after_a
 
     let host = HostProcess::start(data.path(), free_port()).await;
     let registry = host.stats(&client).await["registry"].clone();
-    assert_eq!((&registry["compiled"], &registry["compiled_in_child"], &registry["cache_hits"]), (&json!(n), &json!(n), &json!(0)), "{registry}");
+    assert_eq!(
+        (
+            &registry["compiled"],
+            &registry["compiled_in_child"],
+            &registry["cache_hits"]
+        ),
+        (&json!(n), &json!(n), &json!(0)),
+        "{registry}"
+    );
     host.kill();
 
     let host = HostProcess::start(data.path(), free_port()).await;
     let stats = host.stats(&client).await;
     let registry = &stats["registry"];
-    assert_eq!((&registry["compiled"], &registry["cache_hits"], &registry["loaded"]), (&json!(0), &json!(n), &json!(n)), "{registry}");
-    let response = client.post(format!("{}/tasks", host.url)).json(&json!({"plugin": "wordcount", "payload": {"text": "a b"}})).send().await.expect("submit");
-    let id = response.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
-    let task = poll_json(&client, &format!("{}/tasks/{id}", host.url), LONG, |t| t["status"] == "completed").await;
-    assert_eq!(task["result"]["value"]["words"], 2, "a plugin loaded from the cache runs");
+    assert_eq!(
+        (
+            &registry["compiled"],
+            &registry["cache_hits"],
+            &registry["loaded"]
+        ),
+        (&json!(0), &json!(n), &json!(n)),
+        "{registry}"
+    );
+    let response = client
+        .post(format!("{}/tasks", host.url))
+        .json(&json!({"plugin": "wordcount", "payload": {"text": "a b"}}))
+        .send()
+        .await
+        .expect("submit");
+    let id = response.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let task = poll_json(&client, &format!("{}/tasks/{id}", host.url), LONG, |t| {
+        t["status"] == "completed"
+    })
+    .await;
+    assert_eq!(
+        task["result"]["value"]["words"], 2,
+        "a plugin loaded from the cache runs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,20 +301,36 @@ async fn plugin_log_lines_and_panic_messages_reach_the_host_log_with_the_task_id
         .send()
         .await
         .expect("submit");
-    let id = response.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
-    let task = poll_json(&client, &format!("{}/tasks/{id}", host.url), LONG, |t| t["status"] == "failed").await;
+    let id = response.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let task = poll_json(&client, &format!("{}/tasks/{id}", host.url), LONG, |t| {
+        t["status"] == "failed"
+    })
+    .await;
     assert_eq!(task["last_error"]["kind"], "trap", "{task}");
     host.kill();
 
-    let lines: Vec<Value> =
-        std::fs::read_to_string(&log).expect("log").lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .expect("log")
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
     let of_task = |needle: &str| {
         lines.iter().any(|line| {
-            line["task_id"] == id.as_str() && line["message"].as_str().is_some_and(|m| m.contains(needle))
+            line["task_id"] == id.as_str()
+                && line["message"].as_str().is_some_and(|m| m.contains(needle))
         })
     };
-    assert!(of_task("the hostile fixture is about to panic"), "the plugin's log line, with its task id, is in the host log");
-    assert!(of_task("deliberate panic in the hostile fixture"), "the panic message, with its task id, is in the host log");
+    assert!(
+        of_task("the hostile fixture is about to panic"),
+        "the plugin's log line, with its task id, is in the host log"
+    );
+    assert!(
+        of_task("deliberate panic in the hostile fixture"),
+        "the panic message, with its task id, is in the host log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,38 +348,80 @@ async fn the_javascript_plugin_serves_over_http_reloads_and_logs_with_the_task_i
         async move {
             let response = client.post(url).json(&body).send().await.expect("submit");
             assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
-            response.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned()
+            response.json::<Value>().await.expect("json")["id"]
+                .as_str()
+                .expect("id")
+                .to_owned()
         }
     };
     let finished = |id: String| {
         let (client, url) = (client.clone(), format!("{}/tasks/{id}", host.url));
-        async move { poll_json(&client, &url, LONG, |t| matches!(t["status"].as_str(), Some("completed" | "failed"))).await }
+        async move {
+            poll_json(&client, &url, LONG, |t| {
+                matches!(t["status"].as_str(), Some("completed" | "failed"))
+            })
+            .await
+        }
     };
     let payload = json!({"template": "Hi {{name}}!", "data": {"name": "Ada"}});
     let before = finished(submit(json!({"plugin": "tmpl", "payload": payload})).await).await;
-    assert_eq!(before["result"]["value"], payload, "echo served first: {before}");
+    assert_eq!(
+        before["result"]["value"], payload,
+        "echo served first: {before}"
+    );
 
     // Hot reload: the JavaScript component written over the file.
     let render = taskflow_tests::plugin_wasm("render");
     std::fs::copy(&render, plugins.join("tmpl.wasm")).expect("write the new version");
     let digest = taskflow_tests::file_digest(&render);
     poll_json(&client, &format!("{}/plugins", host.url), LONG, |list| {
-        list["plugins"].as_array().is_some_and(|l| l.iter().any(|p| p["name"] == "tmpl" && p["digest"] == digest.as_str()))
+        list["plugins"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|p| p["name"] == "tmpl" && p["digest"] == digest.as_str())
+        })
     })
     .await;
     let id = submit(json!({"plugin": "tmpl", "payload": payload})).await;
     let done = finished(id.clone()).await;
     assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(done["result"]["value"], json!({"text": "Hi Ada!", "language": "javascript"}));
+    assert_eq!(
+        done["result"]["value"],
+        json!({"text": "Hi Ada!", "language": "javascript"})
+    );
     assert_eq!(done["plugin_digest"], digest.as_str());
 
-    let bad = finished(submit(json!({"plugin": "tmpl", "payload": {"template": "Hi {{nobody}}"}, "max_attempts": 3})).await).await;
-    assert_eq!((&bad["status"], &bad["attempts"], &bad["last_error"]["kind"]), (&json!("failed"), &json!(1), &json!("invalid_input")), "{bad}");
-    assert!(bad["last_error"]["message"].as_str().is_some_and(|m| m.contains("no value for {{nobody}}")), "{bad}");
+    let bad = finished(
+        submit(
+            json!({"plugin": "tmpl", "payload": {"template": "Hi {{nobody}}"}, "max_attempts": 3}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (&bad["status"], &bad["attempts"], &bad["last_error"]["kind"]),
+        (&json!("failed"), &json!(1), &json!("invalid_input")),
+        "{bad}"
+    );
+    assert!(
+        bad["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no value for {{nobody}}")),
+        "{bad}"
+    );
     host.kill();
 
-    let logged = std::fs::read_to_string(&log).expect("log").lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|line| {
-        line["task_id"] == id.as_str() && line["message"].as_str().is_some_and(|m| m.starts_with("rendering a template of 12 characters"))
-    });
-    assert!(logged, "the plugin's log line, with its task id, is in the host log");
+    let logged = std::fs::read_to_string(&log)
+        .expect("log")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .any(|line| {
+            line["task_id"] == id.as_str()
+                && line["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("rendering a template of 12 characters"))
+        });
+    assert!(
+        logged,
+        "the plugin's log line, with its task id, is in the host log"
+    );
 }

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use taskflow::runtime::{Limits, PluginError, PluginRegistry, Runtime, RuntimeConfig, TaskInput};
-use taskflow_tests::{TestHost, file_digest, fixture_wasm, install_plugins, plugin_wasm, poll_json, wasm_bytes};
+use taskflow_tests::{
+    TestHost, file_digest, fixture_wasm, install_plugins, plugin_wasm, poll_json, wasm_bytes,
+};
 
 fn runtime() -> Runtime {
     Runtime::new(RuntimeConfig::default()).expect("runtime")
@@ -36,46 +38,87 @@ async fn loads_a_directory_and_skips_broken_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     install_plugins(dir.path(), &["echo", "wordcount"]);
     std::fs::write(dir.path().join("broken.wasm"), b"not wasm at all").expect("write");
-    std::fs::write(dir.path().join("Bad Name.wasm"), wasm_bytes(&plugin_wasm("echo"))).expect("write");
+    std::fs::write(
+        dir.path().join("Bad Name.wasm"),
+        wasm_bytes(&plugin_wasm("echo")),
+    )
+    .expect("write");
     std::fs::write(dir.path().join("notes.txt"), b"ignored").expect("write");
 
-    let registry = PluginRegistry::open(runtime(), dir.path(), None).await.expect("open");
+    let registry = PluginRegistry::open(runtime(), dir.path(), None)
+        .await
+        .expect("open");
     let names: Vec<String> = registry.list().into_iter().map(|p| p.name).collect();
     assert_eq!(names, ["echo", "wordcount"]);
-    assert_eq!(registry.stats().rejected, 1, "the garbage file was rejected");
+    assert_eq!(
+        registry.stats().rejected,
+        1,
+        "the garbage file was rejected"
+    );
     let echo = registry.get("echo").expect("echo");
     assert_eq!(echo.plugin.digest, file_digest(&plugin_wasm("echo")));
-    assert!(matches!(registry.get("nope"), Err(PluginError::NotFound(_))));
+    assert!(matches!(
+        registry.get("nope"),
+        Err(PluginError::NotFound(_))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_uploads_are_rejected_and_the_old_version_keeps_serving() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let registry = PluginRegistry::open(runtime(), dir.path(), None).await.expect("open");
-    let good = registry.install("p", wasm_bytes(&plugin_wasm("echo"))).await.expect("install echo");
+    let registry = PluginRegistry::open(runtime(), dir.path(), None)
+        .await
+        .expect("open");
+    let good = registry
+        .install("p", wasm_bytes(&plugin_wasm("echo")))
+        .await
+        .expect("install echo");
 
     let core_module = wat_module();
     let empty_component = b"\0asm\x0d\0\x01\0".to_vec();
     type ExpectedError = fn(&PluginError) -> bool;
     let cases: Vec<(&str, Vec<u8>, ExpectedError)> = vec![
-        ("garbage", b"\x00\x01garbage bytes".to_vec(), |e| matches!(e, PluginError::NotWasm)),
-        ("core module", core_module, |e| matches!(e, PluginError::CoreModule)),
-        ("component without the world", empty_component, |e| matches!(e, PluginError::WrongWorld(_))),
-        ("truncated component", wasm_bytes(&plugin_wasm("echo"))[..4096].to_vec(), |e| {
-            matches!(e, PluginError::Compile(_))
+        ("garbage", b"\x00\x01garbage bytes".to_vec(), |e| {
+            matches!(e, PluginError::NotWasm)
         }),
+        ("core module", core_module, |e| {
+            matches!(e, PluginError::CoreModule)
+        }),
+        ("component without the world", empty_component, |e| {
+            matches!(e, PluginError::WrongWorld(_))
+        }),
+        (
+            "truncated component",
+            wasm_bytes(&plugin_wasm("echo"))[..4096].to_vec(),
+            |e| matches!(e, PluginError::Compile(_)),
+        ),
     ];
     for (what, bytes, expected) in cases {
         let err = registry.install("p", bytes).await.expect_err(what);
         assert!(expected(&err), "{what}: unexpected error {err}");
-        assert_eq!(registry.get("p").expect("still loaded").plugin.digest, good.plugin.digest, "{what}");
+        assert_eq!(
+            registry.get("p").expect("still loaded").plugin.digest,
+            good.plugin.digest,
+            "{what}"
+        );
         // The file on disk is still the good version: nothing was written.
-        assert_eq!(file_digest(&dir.path().join("p.wasm")), good.plugin.digest, "{what}");
+        assert_eq!(
+            file_digest(&dir.path().join("p.wasm")),
+            good.plugin.digest,
+            "{what}"
+        );
     }
-    assert!(matches!(registry.install("../etc", vec![]).await, Err(PluginError::InvalidName(_))));
+    assert!(matches!(
+        registry.install("../etc", vec![]).await,
+        Err(PluginError::InvalidName(_))
+    ));
 
     let entry = registry.get("p").expect("p");
-    let out = registry.runtime().run(&entry.plugin, task("p", &json!(1)), Limits::default(), None).await.expect("runs");
+    let out = registry
+        .runtime()
+        .run(&entry.plugin, task("p", &json!(1)), Limits::default(), None)
+        .await
+        .expect("runs");
     assert_eq!(out.output, b"1");
 }
 
@@ -90,10 +133,15 @@ async fn hot_reload_swaps_versions_without_failing_a_task() {
     let path = dir.path().join("hot.wasm");
     let v1 = wasm_bytes(&plugin_wasm("hash"));
     let v2 = wasm_bytes(&plugin_wasm("wordcount"));
-    let (v1_digest, v2_digest) = (taskflow::runtime::plugin::digest_of(&v1), taskflow::runtime::plugin::digest_of(&v2));
+    let (v1_digest, v2_digest) = (
+        taskflow::runtime::plugin::digest_of(&v1),
+        taskflow::runtime::plugin::digest_of(&v2),
+    );
     std::fs::write(&path, &v1).expect("write v1");
 
-    let registry = PluginRegistry::open(runtime(), dir.path(), None).await.expect("open");
+    let registry = PluginRegistry::open(runtime(), dir.path(), None)
+        .await
+        .expect("open");
     let _watch = registry.watch().expect("watch");
     assert_eq!(registry.get("hot").expect("v1").plugin.digest, v1_digest);
 
@@ -107,7 +155,12 @@ async fn hot_reload_swaps_versions_without_failing_a_task() {
             let entry = registry_for_load.get("hot").expect("always loaded");
             let out = registry_for_load
                 .runtime()
-                .run(&entry.plugin, task("hot", &json!({"text": "one two two", "data": "x"})), Limits::default(), None)
+                .run(
+                    &entry.plugin,
+                    task("hot", &json!({"text": "one two two", "data": "x"})),
+                    Limits::default(),
+                    None,
+                )
                 .await;
             digests.push(out.map(|s| s.plugin_digest));
         }
@@ -116,24 +169,52 @@ async fn hot_reload_swaps_versions_without_failing_a_task() {
 
     tokio::time::sleep(Duration::from_millis(100)).await;
     std::fs::write(&path, &v2).expect("write v2 over v1");
-    eventually("v2 serves", || registry.get("hot").is_ok_and(|e| e.plugin.digest == v2_digest)).await;
+    eventually("v2 serves", || {
+        registry
+            .get("hot")
+            .is_ok_and(|e| e.plugin.digest == v2_digest)
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
 
     let digests = load.await.expect("join");
-    assert!(digests.iter().all(Result::is_ok), "no task failed: {digests:?}");
+    assert!(
+        digests.iter().all(Result::is_ok),
+        "no task failed: {digests:?}"
+    );
     let digests: Vec<String> = digests.into_iter().flatten().collect();
-    let first_v2 = digests.iter().position(|d| *d == v2_digest).expect("tasks ran on v2");
-    assert!(digests[..first_v2].iter().all(|d| *d == v1_digest), "v1 served before the swap");
-    assert!(digests[first_v2..].iter().all(|d| *d == v2_digest), "only v2 after the swap");
+    let first_v2 = digests
+        .iter()
+        .position(|d| *d == v2_digest)
+        .expect("tasks ran on v2");
+    assert!(
+        digests[..first_v2].iter().all(|d| *d == v1_digest),
+        "v1 served before the swap"
+    );
+    assert!(
+        digests[first_v2..].iter().all(|d| *d == v2_digest),
+        "only v2 after the swap"
+    );
 
     // Garbage written over v2 is rejected; v2 keeps serving.
     let rejected_before = registry.stats().rejected;
     std::fs::write(&path, b"garbage, not a component").expect("write garbage");
-    eventually("the garbage is rejected", || registry.stats().rejected > rejected_before).await;
+    eventually("the garbage is rejected", || {
+        registry.stats().rejected > rejected_before
+    })
+    .await;
     let entry = registry.get("hot").expect("still loaded");
     assert_eq!(entry.plugin.digest, v2_digest);
-    let out = registry.runtime().run(&entry.plugin, task("hot", &json!({"text": "a"})), Limits::default(), None).await;
+    let out = registry
+        .runtime()
+        .run(
+            &entry.plugin,
+            task("hot", &json!({"text": "a"})),
+            Limits::default(),
+            None,
+        )
+        .await;
     assert!(out.is_ok(), "v2 still serves: {out:?}");
 
     // A new file appears as a new plugin; a deleted file unloads its plugin.
@@ -147,15 +228,34 @@ async fn hot_reload_swaps_versions_without_failing_a_task() {
 async fn sidecar_limits_apply_to_a_plugin() {
     let dir = tempfile::tempdir().expect("tempdir");
     install_plugins(dir.path(), &["echo"]);
-    std::fs::write(dir.path().join("echo.limits.json"), br#"{"timeout_ms": 1500, "memory_mb": 32}"#).expect("write");
-    let registry = PluginRegistry::open(runtime(), dir.path(), None).await.expect("open");
+    std::fs::write(
+        dir.path().join("echo.limits.json"),
+        br#"{"timeout_ms": 1500, "memory_mb": 32}"#,
+    )
+    .expect("write");
+    let registry = PluginRegistry::open(runtime(), dir.path(), None)
+        .await
+        .expect("open");
     let limits = registry.get("echo").expect("echo").limits;
-    assert_eq!((limits.timeout_ms, limits.memory_mb), (Some(1500), Some(32)));
+    assert_eq!(
+        (limits.timeout_ms, limits.memory_mb),
+        (Some(1500), Some(32))
+    );
 
     std::fs::write(dir.path().join("echo.limits.json"), br#"{"timeout": 5}"#).expect("write");
-    let err = registry.sync_path(&dir.path().join("echo.limits.json")).await.expect_err("unknown field");
+    let err = registry
+        .sync_path(&dir.path().join("echo.limits.json"))
+        .await
+        .expect_err("unknown field");
     assert!(err.to_string().contains("timeout_ms"), "{err}");
-    assert_eq!(registry.get("echo").expect("still loaded").limits.timeout_ms, Some(1500));
+    assert_eq!(
+        registry
+            .get("echo")
+            .expect("still loaded")
+            .limits
+            .timeout_ms,
+        Some(1500)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,12 +265,16 @@ async fn a_restart_with_an_unchanged_directory_compiles_nothing() {
     let names = ["echo", "wordcount", "hash", "flaky"];
     install_plugins(dir.path(), &names);
 
-    let first = PluginRegistry::open(runtime(), dir.path(), Some(cache.path().to_path_buf())).await.expect("open");
+    let first = PluginRegistry::open(runtime(), dir.path(), Some(cache.path().to_path_buf()))
+        .await
+        .expect("open");
     assert_eq!(first.stats().compiled, names.len() as u64);
     assert_eq!(first.stats().cache_hits, 0);
     drop(first);
 
-    let second = PluginRegistry::open(runtime(), dir.path(), Some(cache.path().to_path_buf())).await.expect("reopen");
+    let second = PluginRegistry::open(runtime(), dir.path(), Some(cache.path().to_path_buf()))
+        .await
+        .expect("reopen");
     let stats = second.stats();
     assert_eq!(stats.compiled, 0, "nothing recompiled after a restart");
     assert_eq!(stats.cache_hits, names.len() as u64);
@@ -186,31 +290,69 @@ enum Delivery {
     Upload,
 }
 
-async fn deliver(client: &reqwest::Client, host: &TestHost, how: Delivery, name: &str, bytes: Vec<u8>) {
+async fn deliver(
+    client: &reqwest::Client,
+    host: &TestHost,
+    how: Delivery,
+    name: &str,
+    bytes: Vec<u8>,
+) {
     let digest = taskflow::runtime::plugin::digest_of(&bytes);
     match how {
-        Delivery::File => std::fs::write(host.data.path().join("plugins").join(format!("{name}.wasm")), bytes).expect("write"),
+        Delivery::File => std::fs::write(
+            host.data
+                .path()
+                .join("plugins")
+                .join(format!("{name}.wasm")),
+            bytes,
+        )
+        .expect("write"),
         Delivery::Upload => {
-            let response = client.put(host.at(&format!("/plugins/{name}"))).body(bytes).send().await.expect("upload");
+            let response = client
+                .put(host.at(&format!("/plugins/{name}")))
+                .body(bytes)
+                .send()
+                .await
+                .expect("upload");
             assert_eq!(response.status(), reqwest::StatusCode::CREATED);
         }
     }
     let serving = |plugins: &Value| {
-        plugins["plugins"].as_array().is_some_and(|list| list.iter().any(|p| p["name"] == name && p["digest"] == digest.as_str()))
+        plugins["plugins"].as_array().is_some_and(|list| {
+            list.iter()
+                .any(|p| p["name"] == name && p["digest"] == digest.as_str())
+        })
     };
-    poll_json(client, &host.at("/plugins"), Duration::from_secs(30), serving).await;
+    poll_json(
+        client,
+        &host.at("/plugins"),
+        Duration::from_secs(30),
+        serving,
+    )
+    .await;
 }
 
 async fn submit(client: &reqwest::Client, host: &TestHost, body: Value) -> String {
-    let response = client.post(host.at("/tasks")).json(&body).send().await.expect("submit");
+    let response = client
+        .post(host.at("/tasks"))
+        .json(&body)
+        .send()
+        .await
+        .expect("submit");
     assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED, "{body}");
-    response.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned()
+    response.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned()
 }
 
 async fn task_when(client: &reqwest::Client, host: &TestHost, id: &str, status: &[&str]) -> Value {
-    poll_json(client, &host.at(&format!("/tasks/{id}")), Duration::from_secs(60), |t| {
-        status.iter().any(|s| t["status"] == *s)
-    })
+    poll_json(
+        client,
+        &host.at(&format!("/tasks/{id}")),
+        Duration::from_secs(60),
+        |t| status.iter().any(|s| t["status"] == *s),
+    )
     .await
 }
 
@@ -222,26 +364,59 @@ async fn tasks_keep_the_version_they_started_on(how: Delivery) {
     let client = reqwest::Client::new();
     let v1 = wasm_bytes(&fixture_wasm("hostile"));
     let v2 = wasm_bytes(&plugin_wasm("echo"));
-    let (v1_digest, v2_digest) = (taskflow::runtime::plugin::digest_of(&v1), taskflow::runtime::plugin::digest_of(&v2));
+    let (v1_digest, v2_digest) = (
+        taskflow::runtime::plugin::digest_of(&v1),
+        taskflow::runtime::plugin::digest_of(&v2),
+    );
     deliver(&client, &host, how, "hot", v1).await;
 
     // On v1: one task that succeeds after two seconds, one that fails at its timeout.
-    let succeeds = submit(&client, &host, json!({"plugin": "hot", "payload": {"mode": "sleep", "seconds": 2}})).await;
+    let succeeds = submit(
+        &client,
+        &host,
+        json!({"plugin": "hot", "payload": {"mode": "sleep", "seconds": 2}}),
+    )
+    .await;
     let fails = submit(&client, &host, json!({"plugin": "hot", "payload": {"mode": "loop"}, "timeout_ms": 2000, "max_attempts": 1})).await;
     for id in [&succeeds, &fails] {
         task_when(&client, &host, id, &["running"]).await;
     }
     deliver(&client, &host, how, "hot", v2).await;
-    let after_swap = submit(&client, &host, json!({"plugin": "hot", "payload": {"mode": "sleep", "seconds": 2}})).await;
+    let after_swap = submit(
+        &client,
+        &host,
+        json!({"plugin": "hot", "payload": {"mode": "sleep", "seconds": 2}}),
+    )
+    .await;
 
     let done = task_when(&client, &host, &succeeds, &["completed", "failed"]).await;
-    assert_eq!((&done["status"], &done["result"]["value"]), (&json!("completed"), &json!("woke up")), "{how:?}: {done}");
-    assert_eq!(done["plugin_digest"], v1_digest.as_str(), "{how:?}: a task finishes on the version it started on");
+    assert_eq!(
+        (&done["status"], &done["result"]["value"]),
+        (&json!("completed"), &json!("woke up")),
+        "{how:?}: {done}"
+    );
+    assert_eq!(
+        done["plugin_digest"],
+        v1_digest.as_str(),
+        "{how:?}: a task finishes on the version it started on"
+    );
     let done = task_when(&client, &host, &fails, &["completed", "failed"]).await;
-    assert_eq!((&done["status"], &done["last_error"]["kind"]), (&json!("failed"), &json!("timeout")), "{how:?}: {done}");
-    assert_eq!(done["plugin_digest"], v1_digest.as_str(), "{how:?}: a failure is recorded against the version that failed");
+    assert_eq!(
+        (&done["status"], &done["last_error"]["kind"]),
+        (&json!("failed"), &json!("timeout")),
+        "{how:?}: {done}"
+    );
+    assert_eq!(
+        done["plugin_digest"],
+        v1_digest.as_str(),
+        "{how:?}: a failure is recorded against the version that failed"
+    );
     let done = task_when(&client, &host, &after_swap, &["completed", "failed"]).await;
-    assert_eq!(done["result"]["value"], json!({"mode": "sleep", "seconds": 2}), "{how:?}: v2 (echo) ran it: {done}");
+    assert_eq!(
+        done["result"]["value"],
+        json!({"mode": "sleep", "seconds": 2}),
+        "{how:?}: v2 (echo) ran it: {done}"
+    );
     assert_eq!(done["plugin_digest"], v2_digest.as_str(), "{how:?}");
     host.stop().await;
 }
@@ -262,12 +437,28 @@ async fn the_watcher_picks_up_a_changed_sidecar() {
     let client = reqwest::Client::new();
     let sidecar = host.data.path().join("plugins/hostile.limits.json");
     std::fs::write(&sidecar, br#"{"timeout_ms": 300}"#).expect("write sidecar");
-    poll_json(&client, &host.at("/plugins"), Duration::from_secs(30), |plugins| {
-        plugins["plugins"].as_array().is_some_and(|list| list.iter().any(|p| p["name"] == "hostile" && p["limits"]["timeout_ms"] == 300))
-    })
+    poll_json(
+        &client,
+        &host.at("/plugins"),
+        Duration::from_secs(30),
+        |plugins| {
+            plugins["plugins"].as_array().is_some_and(|list| {
+                list.iter()
+                    .any(|p| p["name"] == "hostile" && p["limits"]["timeout_ms"] == 300)
+            })
+        },
+    )
     .await;
-    let id = submit(&client, &host, json!({"plugin": "hostile", "payload": {"mode": "loop"}, "max_attempts": 1})).await;
+    let id = submit(
+        &client,
+        &host,
+        json!({"plugin": "hostile", "payload": {"mode": "loop"}, "max_attempts": 1}),
+    )
+    .await;
     let done = task_when(&client, &host, &id, &["failed", "completed"]).await;
-    assert_eq!(done["last_error"]["message"], "task exceeded its timeout of 300 ms", "{done}");
+    assert_eq!(
+        done["last_error"]["message"], "task exceeded its timeout of 300 ms",
+        "{done}"
+    );
     host.stop().await;
 }

@@ -7,31 +7,54 @@ use taskflow_tests::contract;
 #[tokio::test]
 async fn the_file_store_lists_filters_and_pages_in_submission_order() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = FileStore::open(dir.path(), false).await.expect("open store");
+    let store = FileStore::open(dir.path(), false)
+        .await
+        .expect("open store");
     contract::lists_filter_and_page_in_submission_order(&store).await;
 }
 
 #[tokio::test]
 async fn the_file_store_numbers_inserts_and_honours_idempotency_keys() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = FileStore::open(dir.path(), false).await.expect("open store");
+    let store = FileStore::open(dir.path(), false)
+        .await
+        .expect("open store");
     contract::insert_numbers_tasks_and_honours_idempotency_keys(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_inserts_into_the_file_store_with_one_key_create_one_task() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = FileStore::open(dir.path(), false).await.expect("open store");
+    let store = FileStore::open(dir.path(), false)
+        .await
+        .expect("open store");
     contract::racing_inserts_with_one_key_create_one_task(std::sync::Arc::new(store)).await;
 }
 
 #[tokio::test]
 async fn the_file_store_numbers_inserts_after_what_it_holds_when_reopened() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = FileStore::open(dir.path(), false).await.expect("open store");
-    let last = store.insert((0..5).map(|_| contract::task("echo", 0)).collect()).await.expect("insert").remove(4);
+    let store = FileStore::open(dir.path(), false)
+        .await
+        .expect("open store");
+    let last = store
+        .insert((0..5).map(|_| contract::task("echo", 0)).collect())
+        .await
+        .expect("insert")
+        .remove(4);
     drop(store);
-    let store = FileStore::open(dir.path(), false).await.expect("reopen store");
-    let next = store.insert(vec![contract::task("echo", 0)]).await.expect("insert").remove(0);
-    assert!(next.task.sequence > last.task.sequence, "{} after {}", next.task.sequence, last.task.sequence);
+    let store = FileStore::open(dir.path(), false)
+        .await
+        .expect("reopen store");
+    let next = store
+        .insert(vec![contract::task("echo", 0)])
+        .await
+        .expect("insert")
+        .remove(0);
+    assert!(
+        next.task.sequence > last.task.sequence,
+        "{} after {}",
+        next.task.sequence,
+        last.task.sequence
+    );
 }

@@ -32,7 +32,11 @@ pub struct ApiError {
 impl ApiError {
     /// An error with an explicit status and code.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     /// 400 with code `invalid_request`.
@@ -48,13 +52,21 @@ impl ApiError {
     /// 500 that hides the cause from the client and logs it.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the server failed to handle the request; see its log")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server failed to handle the request; see its log",
+        )
     }
 
     /// 503 that hides the cause from the client and logs it.
     pub fn unavailable(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "backend unavailable");
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "a backend is unavailable; retry later")
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "a backend is unavailable; retry later",
+        )
     }
 
     /// The status code.
@@ -75,21 +87,40 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { error: self.code, message: self.message })).into_response()
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.code,
+                message: self.message,
+            }),
+        )
+            .into_response()
     }
 }
 
 impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> Self {
         match error {
-            ServiceError::Validation(e) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_task", e.to_string()),
-            ServiceError::UnknownPlugin(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_plugin", error.to_string()),
+            ServiceError::Validation(e) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_task",
+                e.to_string(),
+            ),
+            ServiceError::UnknownPlugin(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_plugin",
+                error.to_string(),
+            ),
             ServiceError::NotFound(_) => Self::not_found(error.to_string()),
-            ServiceError::NotCancellable { .. } => Self::new(StatusCode::CONFLICT, "not_cancellable", error.to_string()),
+            ServiceError::NotCancellable { .. } => {
+                Self::new(StatusCode::CONFLICT, "not_cancellable", error.to_string())
+            }
             ServiceError::Storage(StorageError::InvalidCursor(_) | StorageError::InvalidLimit) => {
                 Self::bad_request(error.to_string())
             }
-            ServiceError::Storage(StorageError::Unavailable(_)) | ServiceError::Queue(_) => Self::unavailable(&error),
+            ServiceError::Storage(StorageError::Unavailable(_)) | ServiceError::Queue(_) => {
+                Self::unavailable(&error)
+            }
             ServiceError::Storage(_) => Self::internal(&error),
             ServiceError::Plugin(e) => e.into(),
         }
@@ -101,12 +132,20 @@ impl From<PluginError> for ApiError {
         match error {
             PluginError::InvalidName(_) => Self::bad_request(error.to_string()),
             PluginError::NotFound(_) => Self::not_found(error.to_string()),
-            PluginError::TooLarge(_) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", error.to_string()),
+            PluginError::TooLarge(_) => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                error.to_string(),
+            ),
             PluginError::NotWasm
             | PluginError::CoreModule
             | PluginError::Compile(_)
             | PluginError::IncompatibleContract { .. }
-            | PluginError::WrongWorld(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", error.to_string()),
+            | PluginError::WrongWorld(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_plugin",
+                error.to_string(),
+            ),
             PluginError::Io { .. } => Self::internal(&error),
         }
     }
@@ -120,17 +159,26 @@ impl From<JsonRejection> for ApiError {
                 "unsupported_media_type",
                 "send the body as JSON with `Content-Type: application/json`",
             ),
-            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                "the request body is too large; see TASKFLOW_MAX_BODY_BYTES",
-            ),
-            JsonRejection::BytesRejection(_) => Self::bad_request("the request body could not be read"),
-            JsonRejection::JsonSyntaxError(e) => Self::bad_request(format!("the body is not valid JSON: {}", e.body_text())),
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "the request body is too large; see TASKFLOW_MAX_BODY_BYTES",
+                )
+            }
+            JsonRejection::BytesRejection(_) => {
+                Self::bad_request("the request body could not be read")
+            }
+            JsonRejection::JsonSyntaxError(e) => {
+                Self::bad_request(format!("the body is not valid JSON: {}", e.body_text()))
+            }
             JsonRejection::JsonDataError(e) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_request",
-                format!("the JSON does not match the expected shape: {}", e.body_text()),
+                format!(
+                    "the JSON does not match the expected shape: {}",
+                    e.body_text()
+                ),
             ),
             other => Self::bad_request(other.body_text()),
         }

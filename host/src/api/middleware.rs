@@ -27,7 +27,11 @@ pub fn request_id_of(headers: &axum::http::HeaderMap) -> String {
 /// Takes the client's `X-Request-Id` (if sane) or makes one, runs the request
 /// inside a span carrying it, so every log line of the request has it,
 /// returns it in the response, and logs and counts the request.
-pub async fn request_context(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn request_context(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let request_id = request_id_of(request.headers());
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         request.headers_mut().insert(REQUEST_ID.clone(), value);
@@ -58,7 +62,10 @@ pub async fn request_context(State(state): State<AppState>, mut request: Request
         m @ ("GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS") => m,
         _ => "OTHER",
     };
-    state.service.metrics().record_request(method_label, &route, status.as_u16());
+    state
+        .service
+        .metrics()
+        .record_request(method_label, &route, status.as_u16());
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID.clone(), value);
     }
@@ -66,9 +73,18 @@ pub async fn request_context(State(state): State<AppState>, mut request: Request
 }
 
 /// Requires the API token (or the admin token) when one is configured.
-pub async fn require_api_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let tokens = [state.auth.api_token.as_deref(), state.auth.admin_token.as_deref()];
-    if state.auth.api_token.is_none() || presented(&request).is_some_and(|t| tokens.into_iter().flatten().any(|k| same(t, k))) {
+pub async fn require_api_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let tokens = [
+        state.auth.api_token.as_deref(),
+        state.auth.admin_token.as_deref(),
+    ];
+    if state.auth.api_token.is_none()
+        || presented(&request).is_some_and(|t| tokens.into_iter().flatten().any(|k| same(t, k)))
+    {
         return next.run(request).await;
     }
     unauthorized("this endpoint needs `Authorization: Bearer <TASKFLOW_API_TOKEN>`")
@@ -76,17 +92,35 @@ pub async fn require_api_token(State(state): State<AppState>, request: Request, 
 
 /// Requires the admin token for plugin and backup administration when one is
 /// configured (otherwise the API token, if that is configured).
-pub async fn require_admin_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let required = state.auth.admin_token.as_deref().or(state.auth.api_token.as_deref());
+pub async fn require_admin_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let required = state
+        .auth
+        .admin_token
+        .as_deref()
+        .or(state.auth.api_token.as_deref());
     match required {
         None => next.run(request).await,
-        Some(token) if presented(&request).is_some_and(|t| same(t, token)) => next.run(request).await,
-        Some(_) => unauthorized("this endpoint needs `Authorization: Bearer <TASKFLOW_ADMIN_TOKEN>`"),
+        Some(token) if presented(&request).is_some_and(|t| same(t, token)) => {
+            next.run(request).await
+        }
+        Some(_) => {
+            unauthorized("this endpoint needs `Authorization: Bearer <TASKFLOW_ADMIN_TOKEN>`")
+        }
     }
 }
 
 fn presented(request: &Request) -> Option<&str> {
-    bearer_token(request.headers().get(header::AUTHORIZATION)?.to_str().ok()?)
+    bearer_token(
+        request
+            .headers()
+            .get(header::AUTHORIZATION)?
+            .to_str()
+            .ok()?,
+    )
 }
 
 /// The token of an `Authorization` value in the `Bearer` scheme, else `None`.
@@ -103,12 +137,19 @@ fn bearer_token(value: &str) -> Option<&str> {
 
 /// Compares in time independent of where the strings differ.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 fn unauthorized(message: &str) -> Response {
-    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
-    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
 }
 

@@ -46,7 +46,10 @@ pub struct AppState {
 
 /// Builds the router.
 pub fn router(service: Arc<TaskService>, auth: AuthConfig, max_body_bytes: usize) -> Router {
-    let state = AppState { service, auth: Arc::new(auth) };
+    let state = AppState {
+        service,
+        auth: Arc::new(auth),
+    };
 
     let api = Router::new()
         .route("/tasks", post(tasks::submit).get(tasks::list))
@@ -56,16 +59,27 @@ pub fn router(service: Arc<TaskService>, auth: AuthConfig, max_body_bytes: usize
         .route("/stats", get(ops::stats))
         .route("/plugins", get(plugins::list))
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::require_api_token));
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::require_api_token,
+        ));
 
     let admin = Router::new()
         .route(
             "/plugins/{name}",
-            put(plugins::upload).delete(plugins::remove).layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)),
+            put(plugins::upload)
+                .delete(plugins::remove)
+                .layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)),
         )
         .route("/admin/backup", get(ops::export_backup))
-        .route("/admin/restore", post(ops::restore).layer(DefaultBodyLimit::max(MAX_RESTORE_BYTES)))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), middleware::require_admin_token));
+        .route(
+            "/admin/restore",
+            post(ops::restore).layer(DefaultBodyLimit::max(MAX_RESTORE_BYTES)),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::require_admin_token,
+        ));
 
     let open = Router::new()
         .route("/health", get(ops::health))
@@ -79,7 +93,10 @@ pub fn router(service: Arc<TaskService>, auth: AuthConfig, max_body_bytes: usize
         .merge(open)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::request_context))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::request_context,
+        ))
         .with_state(state)
 }
 
@@ -88,7 +105,11 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
 }
 
 async fn openapi_json(State(state): State<AppState>) -> Json<utoipa::openapi::OpenApi> {
@@ -131,8 +152,14 @@ impl ApiDoc {
         let api_token = requirement(API_TOKEN_SCHEME);
         let admin_token = requirement(ADMIN_TOKEN_SCHEME);
         // The API endpoints are open without an API token and then take either token.
-        let api_endpoints: Vec<SecurityRequirement> =
-            if api { [Some(api_token.clone()), admin.then(|| admin_token.clone())].into_iter().flatten().collect() } else { Vec::new() };
+        let api_endpoints: Vec<SecurityRequirement> = if api {
+            [Some(api_token.clone()), admin.then(|| admin_token.clone())]
+                .into_iter()
+                .flatten()
+                .collect()
+        } else {
+            Vec::new()
+        };
         // The admin endpoints take the admin token, else the API token, else are open.
         let admin_endpoints = match (admin, api) {
             (true, _) => vec![admin_token],
@@ -141,8 +168,14 @@ impl ApiDoc {
         };
         for item in doc.paths.paths.values_mut() {
             for operation in operations_mut(item) {
-                let Some(declared) = &operation.security else { continue };
-                let required = if declared.contains(&api_token) { &api_endpoints } else { &admin_endpoints };
+                let Some(declared) = &operation.security else {
+                    continue;
+                };
+                let required = if declared.contains(&api_token) {
+                    &api_endpoints
+                } else {
+                    &admin_endpoints
+                };
                 if required.is_empty() {
                     operation.security = None;
                     operation.responses.responses.remove("401");
@@ -167,9 +200,18 @@ fn requirement(scheme: &str) -> SecurityRequirement {
 }
 
 fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
-    [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.options, &mut item.head, &mut item.patch, &mut item.trace]
-        .into_iter()
-        .filter_map(Option::as_mut)
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .filter_map(Option::as_mut)
 }
 
 /// Declares the two bearer tokens and the 401 answer of every operation
@@ -180,21 +222,44 @@ impl utoipa::Modify for Security {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         for (name, description) in [
-            (API_TOKEN_SCHEME, "`TASKFLOW_API_TOKEN`, as `Authorization: Bearer <token>`; the admin token is accepted too"),
-            (ADMIN_TOKEN_SCHEME, "`TASKFLOW_ADMIN_TOKEN`, as `Authorization: Bearer <token>`"),
+            (
+                API_TOKEN_SCHEME,
+                "`TASKFLOW_API_TOKEN`, as `Authorization: Bearer <token>`; the admin token is accepted too",
+            ),
+            (
+                ADMIN_TOKEN_SCHEME,
+                "`TASKFLOW_ADMIN_TOKEN`, as `Authorization: Bearer <token>`",
+            ),
         ] {
-            let scheme = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(description)).build();
+            let scheme = HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(description))
+                .build();
             components.add_security_scheme(name, SecurityScheme::Http(scheme));
         }
         let unauthorized = ResponseBuilder::new()
             .description("A token is required and was missing or wrong")
-            .header("WWW-Authenticate", utoipa::openapi::header::Header::new(utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::String)))
-            .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+            .header(
+                "WWW-Authenticate",
+                utoipa::openapi::header::Header::new(
+                    utoipa::openapi::ObjectBuilder::new()
+                        .schema_type(utoipa::openapi::schema::Type::String),
+                ),
+            )
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
             .build();
         for item in openapi.paths.paths.values_mut() {
             for operation in operations_mut(item) {
                 if operation.security.is_some() {
-                    operation.responses.responses.insert("401".to_owned(), unauthorized.clone().into());
+                    operation
+                        .responses
+                        .responses
+                        .insert("401".to_owned(), unauthorized.clone().into());
                 }
             }
         }
@@ -218,32 +283,59 @@ mod tests {
     /// A router over real (empty) backends in a scratch directory.
     async fn app(auth: AuthConfig) -> (Router, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let runtime = Runtime::new(RuntimeConfig { pooling: false, ..RuntimeConfig::default() }).expect("runtime");
-        let registry = PluginRegistry::open(runtime, dir.path().join("plugins"), None).await.expect("registry");
-        let store = FileStore::open(dir.path().join("tasks"), false).await.expect("store");
+        let runtime = Runtime::new(RuntimeConfig {
+            pooling: false,
+            ..RuntimeConfig::default()
+        })
+        .expect("runtime");
+        let registry = PluginRegistry::open(runtime, dir.path().join("plugins"), None)
+            .await
+            .expect("registry");
+        let store = FileStore::open(dir.path().join("tasks"), false)
+            .await
+            .expect("store");
         let service = Arc::new(TaskService::new(
             Arc::new(LocalQueue::new()),
             Arc::new(store),
             registry,
             Arc::new(Metrics::default()),
-            ServiceConfig { workers: 1, retry_base: std::time::Duration::from_millis(10) },
+            ServiceConfig {
+                workers: 1,
+                retry_base: std::time::Duration::from_millis(10),
+            },
         ));
         (router(service, auth, 1024 * 1024), dir)
     }
 
     async fn json_body(response: axum::response::Response) -> serde_json::Value {
-        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
         serde_json::from_slice(&bytes).expect("JSON body")
     }
 
     #[tokio::test]
     async fn unknown_routes_and_methods_answer_json_errors() {
         let (app, _dir) = app(AuthConfig::default()).await;
-        let response = app.clone().oneshot(Request::get("/nope").body(Body::empty()).expect("request")).await.expect("call");
+        let response = app
+            .clone()
+            .oneshot(Request::get("/nope").body(Body::empty()).expect("request"))
+            .await
+            .expect("call");
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_eq!(json_body(response).await["error"], "not_found");
 
-        let response = app.oneshot(Request::delete("/tasks").body(Body::empty()).expect("request")).await.expect("call");
+        let response = app
+            .oneshot(
+                Request::delete("/tasks")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("call");
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(json_body(response).await["error"], "method_not_allowed");
     }
@@ -251,43 +343,74 @@ mod tests {
     #[tokio::test]
     async fn request_ids_are_kept_or_made() {
         let (app, _dir) = app(AuthConfig::default()).await;
-        let request = Request::get("/health").header("x-request-id", "abc-123").body(Body::empty()).expect("request");
+        let request = Request::get("/health")
+            .header("x-request-id", "abc-123")
+            .body(Body::empty())
+            .expect("request");
         let response = app.clone().oneshot(request).await.expect("call");
         assert_eq!(response.headers()["x-request-id"], "abc-123");
         // An id with control characters or a huge one is replaced, not echoed.
-        let request = Request::get("/health").header("x-request-id", "x".repeat(500)).body(Body::empty()).expect("request");
+        let request = Request::get("/health")
+            .header("x-request-id", "x".repeat(500))
+            .body(Body::empty())
+            .expect("request");
         let response = app.oneshot(request).await.expect("call");
         assert_eq!(response.headers()["x-request-id"].len(), 36);
     }
 
     #[tokio::test]
     async fn the_api_token_is_required_where_configured() {
-        let auth = AuthConfig { api_token: Some("token-0123456789abcdef".into()), admin_token: None };
+        let auth = AuthConfig {
+            api_token: Some("token-0123456789abcdef".into()),
+            admin_token: None,
+        };
         let (app, _dir) = app(auth).await;
-        let response = app.clone().oneshot(Request::get("/stats").body(Body::empty()).expect("request")).await.expect("call");
+        let response = app
+            .clone()
+            .oneshot(Request::get("/stats").body(Body::empty()).expect("request"))
+            .await
+            .expect("call");
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
         let request = Request::get("/stats")
             .header(header::AUTHORIZATION, "Bearer token-0123456789abcdef")
             .body(Body::empty())
             .expect("request");
-        assert_eq!(app.clone().oneshot(request).await.expect("call").status(), StatusCode::OK);
+        assert_eq!(
+            app.clone().oneshot(request).await.expect("call").status(),
+            StatusCode::OK
+        );
         // Without an admin token, plugin administration takes the API token.
-        let request = Request::delete("/plugins/echo").body(Body::empty()).expect("request");
-        assert_eq!(app.oneshot(request).await.expect("call").status(), StatusCode::UNAUTHORIZED);
+        let request = Request::delete("/plugins/echo")
+            .body(Body::empty())
+            .expect("request");
+        assert_eq!(
+            app.oneshot(request).await.expect("call").status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
 
     #[tokio::test]
     async fn any_casing_of_the_bearer_scheme_is_accepted_and_other_schemes_are_not() {
-        let auth = AuthConfig { api_token: Some("token-0123456789abcdef".into()), admin_token: None };
+        let auth = AuthConfig {
+            api_token: Some("token-0123456789abcdef".into()),
+            admin_token: None,
+        };
         let (app, _dir) = app(auth).await;
         for (authorization, status) in [
             ("bearer token-0123456789abcdef", StatusCode::OK),
             ("BEARER   token-0123456789abcdef", StatusCode::OK),
             ("Basic token-0123456789abcdef", StatusCode::UNAUTHORIZED),
         ] {
-            let request = Request::get("/stats").header(header::AUTHORIZATION, authorization).body(Body::empty()).expect("request");
-            assert_eq!(app.clone().oneshot(request).await.expect("call").status(), status, "{authorization}");
+            let request = Request::get("/stats")
+                .header(header::AUTHORIZATION, authorization)
+                .body(Body::empty())
+                .expect("request");
+            assert_eq!(
+                app.clone().oneshot(request).await.expect("call").status(),
+                status,
+                "{authorization}"
+            );
         }
     }
 
@@ -301,10 +424,19 @@ mod tests {
             (format!("%2B1_{id}"), StatusCode::BAD_REQUEST),
             (format!("01_{id}"), StatusCode::BAD_REQUEST),
             (format!("1_{}", id.to_uppercase()), StatusCode::BAD_REQUEST),
-            (format!("18446744073709551616_{id}"), StatusCode::BAD_REQUEST),
+            (
+                format!("18446744073709551616_{id}"),
+                StatusCode::BAD_REQUEST,
+            ),
         ] {
-            let request = Request::get(format!("/tasks?cursor={cursor}")).body(Body::empty()).expect("request");
-            assert_eq!(app.clone().oneshot(request).await.expect("call").status(), status, "{cursor}");
+            let request = Request::get(format!("/tasks?cursor={cursor}"))
+                .body(Body::empty())
+                .expect("request");
+            assert_eq!(
+                app.clone().oneshot(request).await.expect("call").status(),
+                status,
+                "{cursor}"
+            );
         }
     }
 
@@ -314,14 +446,26 @@ mod tests {
         let doc = serde_json::to_value(ApiDoc::openapi()).expect("description");
         for schema in ["NewTask", "Task"] {
             let key = &doc["components"]["schemas"][schema]["properties"]["idempotency_key"];
-            assert_eq!(key["pattern"], crate::task::IDEMPOTENCY_KEY_PATTERN, "{schema}");
-            assert_eq!(key["maxLength"], crate::task::IDEMPOTENCY_KEY_LIMIT, "{schema}");
+            assert_eq!(
+                key["pattern"],
+                crate::task::IDEMPOTENCY_KEY_PATTERN,
+                "{schema}"
+            );
+            assert_eq!(
+                key["maxLength"],
+                crate::task::IDEMPOTENCY_KEY_LIMIT,
+                "{schema}"
+            );
         }
         // Decimals with as many digits as `max` and at most `max`.
         fn at_most(max: &str) -> String {
             let (first, rest) = (max.as_bytes()[0] - b'0', &max[1..]);
             if rest.is_empty() {
-                return if first == 0 { "0".into() } else { format!("[0-{first}]") };
+                return if first == 0 {
+                    "0".into()
+                } else {
+                    format!("[0-{first}]")
+                };
             }
             let same_first = format!("{first}{}", at_most(rest));
             match first {
@@ -331,10 +475,21 @@ mod tests {
             }
         }
         let max = u64::MAX.to_string();
-        let sequence = format!("(?:0|[1-9][0-9]{{0,{}}}|1{})", max.len() - 2, at_most(&max[1..]));
-        let cursor = format!("^{sequence}_[0-9a-f]{{8}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{12}}$");
-        let parameters = doc["paths"]["/tasks"]["get"]["parameters"].as_array().expect("parameters");
-        let served = parameters.iter().find(|p| p["name"] == "cursor").expect("cursor parameter");
+        let sequence = format!(
+            "(?:0|[1-9][0-9]{{0,{}}}|1{})",
+            max.len() - 2,
+            at_most(&max[1..])
+        );
+        let cursor = format!(
+            "^{sequence}_[0-9a-f]{{8}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{12}}$"
+        );
+        let parameters = doc["paths"]["/tasks"]["get"]["parameters"]
+            .as_array()
+            .expect("parameters");
+        let served = parameters
+            .iter()
+            .find(|p| p["name"] == "cursor")
+            .expect("cursor parameter");
         assert_eq!(served["schema"]["pattern"], cursor);
     }
 }

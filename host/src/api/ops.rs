@@ -31,7 +31,10 @@ pub struct Health {
 #[utoipa::path(get, path = "/health", tag = "operations",
     responses((status = 200, description = "Alive", body = Health)))]
 pub async fn health() -> Json<Health> {
-    Json(Health { status: "ok", reason: None })
+    Json(Health {
+        status: "ok",
+        reason: None,
+    })
 }
 
 /// Readiness: the queue and storage backends answer.
@@ -42,15 +45,37 @@ pub async fn health() -> Json<Health> {
     ))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let checks = async {
-        state.service.queue().depth().await.map_err(|e| e.to_string())?;
-        state.service.store().check().await.map_err(|e| e.to_string())?;
+        state
+            .service
+            .queue()
+            .depth()
+            .await
+            .map_err(|e| e.to_string())?;
+        state
+            .service
+            .store()
+            .check()
+            .await
+            .map_err(|e| e.to_string())?;
         Ok::<_, String>(())
     };
     match checks.await {
-        Ok(()) => (StatusCode::OK, Json(Health { status: "ok", reason: None })),
+        Ok(()) => (
+            StatusCode::OK,
+            Json(Health {
+                status: "ok",
+                reason: None,
+            }),
+        ),
         Err(reason) => {
             tracing::warn!(%reason, "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "unavailable", reason: Some("a backend is unreachable".into()) }))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(Health {
+                    status: "unavailable",
+                    reason: Some("a backend is unreachable".into()),
+                }),
+            )
         }
     }
 }
@@ -69,7 +94,13 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiErro
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let text = state.service.render_metrics().await?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text))
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    ))
 }
 
 /// Every task as one backup document (the format of backup files).
@@ -77,7 +108,12 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     responses((status = 200, description = "Backup document", body = BackupDocument, content_type = "application/json")),
     security(("admin_token" = [])))]
 pub async fn export_backup(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let tasks = state.service.store().all().await.map_err(crate::service::ServiceError::from)?;
+    let tasks = state
+        .service
+        .store()
+        .all()
+        .await
+        .map_err(crate::service::ServiceError::from)?;
     let bytes = backup::encode_backup(&tasks, Utc::now()).map_err(|e| ApiError::internal(&e))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes))
 }
@@ -98,13 +134,26 @@ pub async fn restore(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RestoreSummary>, ApiError> {
     let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the backup is too large to upload"),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the backup is too large to upload",
+        ),
         _ => ApiError::bad_request("the backup upload could not be read"),
     })?;
     // `16.0` is an integer to the schema (JSON Schema), not to serde: retry
     // with such numbers written as integers.
     let tasks = backup::parse_backup(&body)
-        .or_else(|reason| super::schema::backup_with_integers(&body).map_or(Err(reason), |fixed| backup::parse_backup(&fixed)))
-        .map_err(|reason| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_backup", format!("not a valid backup: {reason}")))?;
+        .or_else(|reason| {
+            super::schema::backup_with_integers(&body)
+                .map_or(Err(reason), |fixed| backup::parse_backup(&fixed))
+        })
+        .map_err(|reason| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_backup",
+                format!("not a valid backup: {reason}"),
+            )
+        })?;
     Ok(Json(state.service.restore(tasks).await?))
 }

@@ -25,7 +25,9 @@ pub struct PluginList {
     security(("api_token" = []), ("admin_token" = []))
 )]
 pub async fn list(State(state): State<AppState>) -> Json<PluginList> {
-    Json(PluginList { plugins: state.service.registry().list() })
+    Json(PluginList {
+        plugins: state.service.registry().list(),
+    })
 }
 
 /// Upload a plugin (a `wasm32-wasip2` component) under `name`.
@@ -51,12 +53,18 @@ pub async fn upload(
 ) -> Result<(StatusCode, Json<PluginInfo>), ApiError> {
     crate::runtime::plugin::validate_name(&name)?;
     let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the plugin is larger than {MAX_PLUGIN_BYTES} bytes"))
-        }
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the plugin is larger than {MAX_PLUGIN_BYTES} bytes"),
+        ),
         _ => ApiError::bad_request("the plugin upload could not be read"),
     })?;
-    let loaded = state.service.registry().install(&name, body.to_vec()).await?;
+    let loaded = state
+        .service
+        .registry()
+        .install(&name, body.to_vec())
+        .await?;
     Ok((StatusCode::CREATED, Json(loaded.info())))
 }
 
@@ -71,7 +79,10 @@ pub async fn upload(
     ),
     security(("admin_token" = []))
 )]
-pub async fn remove(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn remove(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     state.service.registry().remove(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

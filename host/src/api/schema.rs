@@ -1,7 +1,9 @@
 //! Schemas of the OpenAPI description that the derive macros cannot state,
 //! and the one place where the host meets JSON Schema's idea of an integer.
 
-use utoipa::openapi::schema::{AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::schema::{
+    AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type,
+};
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 
@@ -27,7 +29,11 @@ impl PartialSchema for BackupDocument {
                 .schema_type(SchemaType::AnyValue)
                 .property("max_attempts", integer().enum_values(Some([max])))
                 .property("attempts", integer().maximum(Some(max)));
-            any.item(AllOfBuilder::new().item(Ref::from_schema_name(Task::name())).item(within))
+            any.item(
+                AllOfBuilder::new()
+                    .item(Ref::from_schema_name(Task::name()))
+                    .item(within),
+            )
         });
         ObjectBuilder::new()
             .description(Some("A backup document: every task of a host."))
@@ -55,7 +61,13 @@ impl ToSchema for BackupDocument {
 }
 
 /// Fields of a backup document's tasks that hold integers.
-const TASK_INTEGER_FIELDS: [&str; 5] = ["priority", "attempts", "max_attempts", "timeout_ms", "sequence"];
+const TASK_INTEGER_FIELDS: [&str; 5] = [
+    "priority",
+    "attempts",
+    "max_attempts",
+    "timeout_ms",
+    "sequence",
+];
 
 /// Rewrites whole numbers written as floats (`16.0`, `1.6e1`) in the integer
 /// fields of a backup document (`version`, and each task's
@@ -69,12 +81,23 @@ const TASK_INTEGER_FIELDS: [&str; 5] = ["priority", "attempts", "max_attempts", 
 /// when nothing needs rewriting or the bytes are not a JSON object (the
 /// parser that follows reports what is wrong).
 pub fn backup_with_integers(bytes: &[u8]) -> Option<Vec<u8>> {
-    let mut scan = Scan { bytes, at: 0, out: Vec::new(), changed: false };
+    let mut scan = Scan {
+        bytes,
+        at: 0,
+        out: Vec::new(),
+        changed: false,
+    };
     scan.object(|scan, key| match key.as_str() {
         "version" => scan.number_or_value(),
-        "tasks" => scan.array(|scan| scan.object(|scan, key| {
-            if TASK_INTEGER_FIELDS.contains(&key.as_str()) { scan.number_or_value() } else { scan.value() }
-        })),
+        "tasks" => scan.array(|scan| {
+            scan.object(|scan, key| {
+                if TASK_INTEGER_FIELDS.contains(&key.as_str()) {
+                    scan.number_or_value()
+                } else {
+                    scan.value()
+                }
+            })
+        }),
         _ => scan.value(),
     })?;
     scan.whitespace();
@@ -96,7 +119,10 @@ impl Scan<'_> {
     }
 
     fn copy(&mut self, n: usize) -> Option<()> {
-        let end = self.at.checked_add(n).filter(|&end| end <= self.bytes.len())?;
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&end| end <= self.bytes.len())?;
         self.out.extend_from_slice(&self.bytes[self.at..end]);
         self.at = end;
         Some(())
@@ -189,7 +215,9 @@ impl Scan<'_> {
                 b',' | b':' | b' ' | b'\t' | b'\n' | b'\r' if depth > 0 => self.copy(1)?,
                 _ => {
                     let start = self.at;
-                    while self.peek().is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.')) {
+                    while self.peek().is_some_and(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.')
+                    }) {
                         self.copy(1)?;
                     }
                     (self.at > start).then_some(())?;
@@ -206,7 +234,10 @@ impl Scan<'_> {
     fn number_or_value(&mut self) -> Option<()> {
         self.whitespace();
         let start = self.at;
-        let length = self.bytes[start..].iter().take_while(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E')).count();
+        let length = self.bytes[start..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
+            .count();
         let token = std::str::from_utf8(&self.bytes[start..start + length]).ok()?;
         match whole_number(token) {
             Some(integer) if integer != token => {
@@ -224,13 +255,23 @@ impl Scan<'_> {
 /// number from 0 to `u64::MAX` (`-0.0` included); `None` otherwise.
 fn whole_number(token: &str) -> Option<String> {
     // JSON's grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
-    let digits_only = |digits: &str| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
-    let (negative, unsigned) = token.strip_prefix('-').map_or((false, token), |rest| (true, rest));
+    let digits_only =
+        |digits: &str| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+    let (negative, unsigned) = token
+        .strip_prefix('-')
+        .map_or((false, token), |rest| (true, rest));
     let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
         Some((mantissa, exponent)) => {
             let digits = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
             let value: i64 = digits_only(digits).then(|| digits.parse().ok()).flatten()?;
-            (mantissa, if exponent.starts_with('-') { -value } else { value })
+            (
+                mantissa,
+                if exponent.starts_with('-') {
+                    -value
+                } else {
+                    value
+                },
+            )
         }
         None => (unsigned, 0),
     };
@@ -254,7 +295,9 @@ fn whole_number(token: &str) -> Option<String> {
     let significant = digits.trim_end_matches('0');
     let exponent = exponent.checked_add(i64::try_from(digits.len() - significant.len()).ok()?)?;
     // At most 20 digits: past that no `u64` holds it.
-    let zeros = usize::try_from(exponent).ok().filter(|zeros| significant.len() + zeros <= 20)?;
+    let zeros = usize::try_from(exponent)
+        .ok()
+        .filter(|zeros| significant.len() + zeros <= 20)?;
     let integer = format!("{significant}{}", "0".repeat(zeros));
     integer.parse::<u64>().ok().map(|n| n.to_string())
 }
@@ -314,14 +357,23 @@ mod tests {
                        "result": {"encoding": "json", "value": 5.0}, "last_error": null}, {}]}"#
         );
         // An escaped key is the same key.
-        assert_eq!(backup_with_integers(br#"{"vers\u0069on": 1.0}"#).as_deref(), Some(&br#"{"vers\u0069on": 1}"#[..]));
+        assert_eq!(
+            backup_with_integers(br#"{"vers\u0069on": 1.0}"#).as_deref(),
+            Some(&br#"{"vers\u0069on": 1}"#[..])
+        );
         // Nothing to do, or not a document: no copy.
-        assert_eq!(backup_with_integers(br#"{"version": 1, "tasks": [{"priority": 2}]}"#), None);
+        assert_eq!(
+            backup_with_integers(br#"{"version": 1, "tasks": [{"priority": 2}]}"#),
+            None
+        );
         assert_eq!(backup_with_integers(b"[1.0]"), None);
         assert_eq!(backup_with_integers(b"not json"), None);
         assert_eq!(backup_with_integers(br#"{"version": 1.0"#), None);
         assert_eq!(backup_with_integers(br#"{"version": 1.0} trailing"#), None);
         // Past u64::MAX stays as written (and is then refused as a sequence).
-        assert_eq!(backup_with_integers(br#"{"version": 1, "tasks": [{"sequence": 1e20}]}"#), None);
+        assert_eq!(
+            backup_with_integers(br#"{"version": 1, "tasks": [{"sequence": 1e20}]}"#),
+            None
+        );
     }
 }

@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
-use crate::service::{TaskView, ServiceError};
+use crate::service::{ServiceError, TaskView};
 use crate::storage::{Cursor, ListQuery, StorageError, TaskPage};
 use crate::task::{NewTask, Task, TaskId, TaskStatus};
 
@@ -36,9 +36,16 @@ const MAX_PAGE: usize = 200;
     ),
     security(("api_token" = []), ("admin_token" = []))
 )]
-pub async fn submit(State(state): State<AppState>, ApiJson(new): ApiJson<NewTask>) -> Result<Response, ApiError> {
+pub async fn submit(
+    State(state): State<AppState>,
+    ApiJson(new): ApiJson<NewTask>,
+) -> Result<Response, ApiError> {
     let submitted = state.service.submit(new).await?;
-    let status = if submitted.created { StatusCode::ACCEPTED } else { StatusCode::OK };
+    let status = if submitted.created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
     Ok(with_location(status, &submitted.task))
 }
 
@@ -88,14 +95,30 @@ pub async fn submit_batch(
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_request",
-            format!("a batch holds 1 to {MAX_BATCH} tasks, got {}", batch.tasks.len()),
+            format!(
+                "a batch holds 1 to {MAX_BATCH} tasks, got {}",
+                batch.tasks.len()
+            ),
         ));
     }
-    let accepted = state.service.submit_batch(batch.tasks).await.map_err(|(index, error)| {
-        let error = ApiError::from(error);
-        ApiError::new(error.status(), error.code(), format!("task {index}: {}", error.message()))
-    })?;
-    Ok((StatusCode::ACCEPTED, Json(BatchResponse { tasks: accepted.into_iter().map(|s| s.task).collect() })))
+    let accepted = state
+        .service
+        .submit_batch(batch.tasks)
+        .await
+        .map_err(|(index, error)| {
+            let error = ApiError::from(error);
+            ApiError::new(
+                error.status(),
+                error.code(),
+                format!("task {index}: {}", error.message()),
+            )
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(BatchResponse {
+            tasks: accepted.into_iter().map(|s| s.task).collect(),
+        }),
+    ))
 }
 
 /// A task id in a path.
@@ -108,7 +131,8 @@ pub struct IdPath {
 }
 
 fn parse_id(id: &str) -> Result<TaskId, ApiError> {
-    id.parse().map_err(|e: crate::task::InvalidTaskId| ApiError::bad_request(e.to_string()))
+    id.parse()
+        .map_err(|e: crate::task::InvalidTaskId| ApiError::bad_request(e.to_string()))
 }
 
 /// Read a task: status, attempts, result or last error.
@@ -120,7 +144,10 @@ fn parse_id(id: &str) -> Result<TaskId, ApiError> {
     ),
     security(("api_token" = []), ("admin_token" = []))
 )]
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
     Ok(Json(state.service.get(parse_id(&id)?).await?))
 }
 
@@ -135,7 +162,10 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Resul
     ),
     security(("api_token" = []), ("admin_token" = []))
 )]
-pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<TaskView>, ApiError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
     Ok(Json(state.service.cancel(parse_id(&id)?).await?))
 }
 
@@ -153,7 +183,9 @@ pub struct ListParams {
     pub limit: Option<usize>,
     /// `next_cursor` from the previous page: `<sequence>_<task id>`, the
     /// sequence a decimal `u64` (the pattern spells 0 to 18446744073709551615).
-    #[param(pattern = r"^(?:0|[1-9][0-9]{0,18}|1(?:[0-7][0-9]{18}|8(?:[0-3][0-9]{17}|4(?:[0-3][0-9]{16}|4(?:[0-5][0-9]{15}|6(?:[0-6][0-9]{14}|7(?:[0-3][0-9]{13}|4(?:[0-3][0-9]{12}|40(?:[0-6][0-9]{10}|7(?:[0-2][0-9]{9}|3(?:[0-6][0-9]{8}|70(?:[0-8][0-9]{6}|9(?:[0-4][0-9]{5}|5(?:[0-4][0-9]{4}|5(?:0[0-9]{3}|1(?:[0-5][0-9]{2}|6(?:0[0-9]{1}|1[0-5])))))))))))))))))_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+    #[param(
+        pattern = r"^(?:0|[1-9][0-9]{0,18}|1(?:[0-7][0-9]{18}|8(?:[0-3][0-9]{17}|4(?:[0-3][0-9]{16}|4(?:[0-5][0-9]{15}|6(?:[0-6][0-9]{14}|7(?:[0-3][0-9]{13}|4(?:[0-3][0-9]{12}|40(?:[0-6][0-9]{10}|7(?:[0-2][0-9]{9}|3(?:[0-6][0-9]{8}|70(?:[0-8][0-9]{6}|9(?:[0-4][0-9]{5}|5(?:[0-4][0-9]{4}|5(?:0[0-9]{3}|1(?:[0-5][0-9]{2}|6(?:0[0-9]{1}|1[0-5])))))))))))))))))_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+    )]
     pub cursor: Option<String>,
 }
 
@@ -165,10 +197,15 @@ pub struct ListParams {
     ),
     security(("api_token" = []), ("admin_token" = []))
 )]
-pub async fn list(State(state): State<AppState>, ApiQuery(params): ApiQuery<ListParams>) -> Result<Json<TaskPage>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<TaskPage>, ApiError> {
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request(format!("limit must be 1 to {MAX_PAGE}, got {limit}")));
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {MAX_PAGE}, got {limit}"
+        )));
     }
     if let Some(plugin) = &params.plugin {
         crate::runtime::plugin::validate_name(plugin)?;
@@ -178,8 +215,21 @@ pub async fn list(State(state): State<AppState>, ApiQuery(params): ApiQuery<List
     if let Some(cursor) = &params.cursor
         && Cursor::decode(cursor).map(|c| c.encode()).ok().as_deref() != Some(cursor.as_str())
     {
-        return Err(ServiceError::from(StorageError::InvalidCursor(cursor.chars().take(100).collect())).into());
+        return Err(ServiceError::from(StorageError::InvalidCursor(
+            cursor.chars().take(100).collect(),
+        ))
+        .into());
     }
-    let query = ListQuery { status: params.status, plugin: params.plugin, limit, cursor: params.cursor };
-    state.service.list(&query).await.map(Json).map_err(|e: ServiceError| e.into())
+    let query = ListQuery {
+        status: params.status,
+        plugin: params.plugin,
+        limit,
+        cursor: params.cursor,
+    };
+    state
+        .service
+        .list(&query)
+        .await
+        .map(Json)
+        .map_err(|e: ServiceError| e.into())
 }

@@ -104,7 +104,11 @@ impl State {
         match due {
             None => self.push_ready(&entry, token),
             Some(due) => {
-                self.delayed.push(Reverse(DelayedItem { due, token, id: entry.id }));
+                self.delayed.push(Reverse(DelayedItem {
+                    due,
+                    token,
+                    id: entry.id,
+                }));
                 self.delayed_count += 1;
             }
         }
@@ -113,7 +117,12 @@ impl State {
     }
 
     fn push_ready(&mut self, entry: &QueueEntry, token: u64) {
-        self.ready.push(Reverse(ReadyItem { priority: entry.priority, sequence: entry.sequence, token, id: entry.id }));
+        self.ready.push(Reverse(ReadyItem {
+            priority: entry.priority,
+            sequence: entry.sequence,
+            token,
+            id: entry.id,
+        }));
         self.ready_counts[usize::from(entry.priority)] += 1;
     }
 
@@ -154,7 +163,10 @@ impl State {
             }
             let slot = self.index.remove(&item.id)?;
             self.ready_counts[usize::from(item.priority)] -= 1;
-            return Some(Delivery { entry: slot.entry, receipt: format!("local:{}", item.token) });
+            return Some(Delivery {
+                entry: slot.entry,
+                receipt: format!("local:{}", item.token),
+            });
         }
         None
     }
@@ -178,19 +190,28 @@ impl State {
         let live_ready = usize::try_from(self.ready_total()).unwrap_or(usize::MAX);
         if self.ready.len() > live_ready.saturating_mul(2) + STALE_SLACK {
             let index = &self.index;
-            self.ready.retain(|Reverse(item)| index.get(&item.id).is_some_and(|slot| slot.token == item.token));
+            self.ready.retain(|Reverse(item)| {
+                index
+                    .get(&item.id)
+                    .is_some_and(|slot| slot.token == item.token)
+            });
         }
         let live_delayed = usize::try_from(self.delayed_count).unwrap_or(usize::MAX);
         if self.delayed.len() > live_delayed.saturating_mul(2) + STALE_SLACK {
             let index = &self.index;
-            self.delayed.retain(|Reverse(item)| index.get(&item.id).is_some_and(|slot| slot.token == item.token));
+            self.delayed.retain(|Reverse(item)| {
+                index
+                    .get(&item.id)
+                    .is_some_and(|slot| slot.token == item.token)
+            });
         }
     }
 }
 
 fn instant_after(duration: Duration) -> Instant {
     let now = Instant::now();
-    now.checked_add(duration).unwrap_or_else(|| now + FAR_FUTURE)
+    now.checked_add(duration)
+        .unwrap_or_else(|| now + FAR_FUTURE)
 }
 
 #[async_trait::async_trait]
@@ -275,9 +296,15 @@ impl Queue for LocalQueue {
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
         let mut state = self.lock();
         state.promote_due(Instant::now());
-        let ready = (PRIORITY_HIGHEST..=PRIORITY_LOWEST).map(|priority| (priority, state.ready_counts[usize::from(priority)])).collect();
+        let ready = (PRIORITY_HIGHEST..=PRIORITY_LOWEST)
+            .map(|priority| (priority, state.ready_counts[usize::from(priority)]))
+            .collect();
         let total = state.ready_total() + state.delayed_count;
-        Ok(QueueDepth { ready, delayed: state.delayed_count, total })
+        Ok(QueueDepth {
+            ready,
+            delayed: state.delayed_count,
+            total,
+        })
     }
 }
 
@@ -297,7 +324,11 @@ mod tests {
     use super::*;
 
     fn entry(priority: u8, sequence: u64) -> QueueEntry {
-        QueueEntry { id: TaskId::new(), priority, sequence }
+        QueueEntry {
+            id: TaskId::new(),
+            priority,
+            sequence,
+        }
     }
 
     /// Pops with a wait far longer than the test's 10 s limit: a pop that
@@ -305,11 +336,18 @@ mod tests {
     /// final look at the deadline would otherwise hide) fails the test.
     async fn pop_woken(queue: &LocalQueue) -> Option<Delivery> {
         let pop = queue.pop(Duration::from_secs(3600));
-        tokio::time::timeout(Duration::from_secs(10), pop).await.expect("pop was woken").expect("pop")
+        tokio::time::timeout(Duration::from_secs(10), pop)
+            .await
+            .expect("pop was woken")
+            .expect("pop")
     }
 
     async fn pop_now(queue: &LocalQueue) -> Option<QueueEntry> {
-        queue.pop(Duration::ZERO).await.expect("pop").map(|delivery| delivery.entry)
+        queue
+            .pop(Duration::ZERO)
+            .await
+            .expect("pop")
+            .map(|delivery| delivery.entry)
     }
 
     #[tokio::test]
@@ -364,7 +402,10 @@ mod tests {
     #[tokio::test]
     async fn pop_times_out_with_none() {
         let queue = LocalQueue::new();
-        assert_eq!(queue.pop(Duration::from_millis(50)).await.expect("pop"), None);
+        assert_eq!(
+            queue.pop(Duration::from_millis(50)).await.expect("pop"),
+            None
+        );
     }
 
     #[tokio::test]
@@ -372,8 +413,14 @@ mod tests {
         let queue = LocalQueue::new();
         let delayed = entry(1, 1);
         let ready = entry(9, 2);
-        queue.push(delayed.clone(), Duration::from_secs(1)).await.expect("push");
-        queue.push(ready.clone(), Duration::ZERO).await.expect("push");
+        queue
+            .push(delayed.clone(), Duration::from_secs(1))
+            .await
+            .expect("push");
+        queue
+            .push(ready.clone(), Duration::ZERO)
+            .await
+            .expect("push");
         // The lower-priority ready entry goes first: the delayed one is not visible yet.
         assert_eq!(pop_now(&queue).await, Some(ready));
         assert_eq!(pop_now(&queue).await, None);
@@ -390,13 +437,19 @@ mod tests {
         let queue = Arc::new(LocalQueue::new());
         let late = entry(1, 1);
         let soon = entry(1, 2);
-        queue.push(late.clone(), Duration::from_secs(3600)).await.expect("push");
+        queue
+            .push(late.clone(), Duration::from_secs(3600))
+            .await
+            .expect("push");
         let waiter = {
             let queue = queue.clone();
             tokio::spawn(async move { pop_woken(&queue).await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
-        queue.push(soon.clone(), Duration::from_millis(100)).await.expect("push");
+        queue
+            .push(soon.clone(), Duration::from_millis(100))
+            .await
+            .expect("push");
         assert_eq!(waiter.await.expect("waiter").map(|d| d.entry), Some(soon));
     }
 
@@ -411,12 +464,18 @@ mod tests {
             .collect();
         let entries: Vec<_> = (0..3).map(|sequence| entry(4, sequence)).collect();
         for e in &entries {
-            queue.push(e.clone(), Duration::from_millis(200)).await.expect("push");
+            queue
+                .push(e.clone(), Duration::from_millis(200))
+                .await
+                .expect("push");
         }
         let pushed: HashSet<_> = entries.iter().map(|e| e.id).collect();
         let mut popped = HashSet::new();
         for waiter in waiters {
-            let delivery = waiter.await.expect("waiter").expect("each waiter gets an entry");
+            let delivery = waiter
+                .await
+                .expect("waiter")
+                .expect("each waiter gets an entry");
             popped.insert(delivery.entry.id);
         }
         assert_eq!(popped, pushed);
@@ -428,9 +487,18 @@ mod tests {
         let cancelled = entry(1, 1);
         let kept = entry(1, 2);
         let delayed = entry(1, 3);
-        queue.push(cancelled.clone(), Duration::ZERO).await.expect("push");
-        queue.push(kept.clone(), Duration::ZERO).await.expect("push");
-        queue.push(delayed.clone(), Duration::from_secs(60)).await.expect("push");
+        queue
+            .push(cancelled.clone(), Duration::ZERO)
+            .await
+            .expect("push");
+        queue
+            .push(kept.clone(), Duration::ZERO)
+            .await
+            .expect("push");
+        queue
+            .push(delayed.clone(), Duration::from_secs(60))
+            .await
+            .expect("push");
 
         assert!(queue.remove(cancelled.id).await.expect("remove"));
         assert!(!queue.remove(cancelled.id).await.expect("remove again"));
@@ -445,8 +513,20 @@ mod tests {
     async fn pushing_a_queued_id_again_keeps_one_entry() {
         let queue = LocalQueue::new();
         let first = entry(3, 1);
-        queue.push(first.clone(), Duration::ZERO).await.expect("push");
-        queue.push(QueueEntry { priority: 1, ..first.clone() }, Duration::ZERO).await.expect("push again");
+        queue
+            .push(first.clone(), Duration::ZERO)
+            .await
+            .expect("push");
+        queue
+            .push(
+                QueueEntry {
+                    priority: 1,
+                    ..first.clone()
+                },
+                Duration::ZERO,
+            )
+            .await
+            .expect("push again");
         assert_eq!(queue.depth().await.expect("depth").total, 1);
         assert_eq!(pop_now(&queue).await, Some(first));
         assert_eq!(pop_now(&queue).await, None);
@@ -456,7 +536,10 @@ mod tests {
     async fn out_of_range_priority_is_rejected() {
         let queue = LocalQueue::new();
         for priority in [0, 11] {
-            let err = queue.push(entry(priority, 1), Duration::ZERO).await.expect_err("invalid priority");
+            let err = queue
+                .push(entry(priority, 1), Duration::ZERO)
+                .await
+                .expect_err("invalid priority");
             assert!(matches!(err, QueueError::InvalidPriority(p) if p == priority));
         }
     }
@@ -465,9 +548,15 @@ mod tests {
     async fn depth_counts_ready_by_priority_and_delayed() {
         let queue = LocalQueue::new();
         for (priority, sequence) in [(1, 1), (1, 2), (7, 3)] {
-            queue.push(entry(priority, sequence), Duration::ZERO).await.expect("push");
+            queue
+                .push(entry(priority, sequence), Duration::ZERO)
+                .await
+                .expect("push");
         }
-        queue.push(entry(2, 4), Duration::from_secs(60)).await.expect("push");
+        queue
+            .push(entry(2, 4), Duration::from_secs(60))
+            .await
+            .expect("push");
 
         let depth = queue.depth().await.expect("depth");
         assert_eq!(depth.ready.len(), 10, "every priority is listed");
@@ -513,7 +602,9 @@ mod tests {
                                 queue.ack(&delivery).await.expect("ack");
                                 received.push(delivery.entry.id);
                             }
-                            None if producers_done.load(Ordering::SeqCst) && queue.depth().await.expect("depth").total == 0 => {
+                            None if producers_done.load(Ordering::SeqCst)
+                                && queue.depth().await.expect("depth").total == 0 =>
+                            {
                                 return received;
                             }
                             None => {}
@@ -529,10 +620,18 @@ mod tests {
                 tokio::spawn(async move {
                     let mut ids = Vec::new();
                     for n in 0..PER_PRODUCER {
-                        let e = QueueEntry { id: TaskId::new(), priority: (n % 10) as u8 + 1, sequence: producer * PER_PRODUCER + n };
+                        let e = QueueEntry {
+                            id: TaskId::new(),
+                            priority: (n % 10) as u8 + 1,
+                            sequence: producer * PER_PRODUCER + n,
+                        };
                         ids.push(e.id);
                         // A few short delays exercise the timer path too.
-                        let delay = if n % 100 == 0 { Duration::from_millis(5) } else { Duration::ZERO };
+                        let delay = if n % 100 == 0 {
+                            Duration::from_millis(5)
+                        } else {
+                            Duration::ZERO
+                        };
                         queue.push(e, delay).await.expect("push");
                     }
                     ids
@@ -550,7 +649,11 @@ mod tests {
             delivered.extend(consumer.await.expect("consumer"));
         }
 
-        assert_eq!(delivered.len(), pushed.len(), "no id delivered twice or lost");
+        assert_eq!(
+            delivered.len(),
+            pushed.len(),
+            "no id delivered twice or lost"
+        );
         let delivered: HashSet<_> = delivered.into_iter().collect();
         let pushed: HashSet<_> = pushed.into_iter().collect();
         assert_eq!(delivered, pushed);

@@ -31,7 +31,11 @@ pub struct QueueEntry {
 
 impl From<&Task> for QueueEntry {
     fn from(task: &Task) -> Self {
-        Self { id: task.id, priority: task.priority, sequence: task.sequence }
+        Self {
+            id: task.id,
+            priority: task.priority,
+            sequence: task.sequence,
+        }
     }
 }
 
@@ -61,7 +65,9 @@ pub struct QueueDepth {
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     /// The backend cannot be reached or refused the request.
-    #[error("queue unavailable: {0}; check the queue backend settings and that the service is reachable")]
+    #[error(
+        "queue unavailable: {0}; check the queue backend settings and that the service is reachable"
+    )]
     Unavailable(String),
     /// An entry names a priority outside 1..=10.
     #[error("priority {0} is out of range: use 1 (highest) to 10 (lowest)")]

@@ -38,8 +38,14 @@ pub enum ChildError {
 /// from `config`, and waits until the artifact is at `output`, for at most
 /// `config.compile_timeout`: a child still compiling then is killed, so a
 /// hung compiler cannot hold up every later plugin change.
-pub fn compile_in_child(exe: &Path, config: &RuntimeConfig, bytes: &[u8], output: &Path) -> Result<(), ChildError> {
-    let engine = serde_json::to_string(config).map_err(|e| ChildError::Unavailable(std::io::Error::other(e)))?;
+pub fn compile_in_child(
+    exe: &Path,
+    config: &RuntimeConfig,
+    bytes: &[u8],
+    output: &Path,
+) -> Result<(), ChildError> {
+    let engine = serde_json::to_string(config)
+        .map_err(|e| ChildError::Unavailable(std::io::Error::other(e)))?;
     let mut child = Command::new(exe)
         .arg(SUBCOMMAND)
         .arg("--engine")
@@ -87,7 +93,9 @@ pub fn compile_in_child(exe: &Path, config: &RuntimeConfig, bytes: &[u8], output
     if status.success() {
         return Ok(());
     }
-    let said = said_rx.recv_timeout(POLL.saturating_mul(50)).unwrap_or_default();
+    let said = said_rx
+        .recv_timeout(POLL.saturating_mul(50))
+        .unwrap_or_default();
     let said = said.trim().trim_start_matches("error: ");
     Err(ChildError::Failed(if said.is_empty() {
         format!("the compiler process ended with {status}")
@@ -100,11 +108,17 @@ pub fn compile_in_child(exe: &Path, config: &RuntimeConfig, bytes: &[u8], output
 /// from `engine` (the host's [`RuntimeConfig`] as JSON) and writes the
 /// artifact to `output` atomically.
 pub fn run_child(engine: &str, output: &Path) -> Result<(), String> {
-    let config: RuntimeConfig = serde_json::from_str(engine).map_err(|e| format!("invalid engine settings: {e}"))?;
+    let config: RuntimeConfig =
+        serde_json::from_str(engine).map_err(|e| format!("invalid engine settings: {e}"))?;
     let mut bytes = Vec::new();
-    std::io::stdin().read_to_end(&mut bytes).map_err(|e| format!("cannot read the component from stdin: {e}"))?;
+    std::io::stdin()
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the component from stdin: {e}"))?;
     let (engine, _) = build_engine(&config).map_err(|e| e.to_string())?;
     let component = Component::new(&engine, &bytes).map_err(|e| format!("{e:#}"))?;
-    let artifact = component.serialize().map_err(|e| format!("cannot serialize the compiled component: {e:#}"))?;
-    fsutil::write_atomic(output, &artifact, false).map_err(|e| format!("cannot write {}: {e}", output.display()))
+    let artifact = component
+        .serialize()
+        .map_err(|e| format!("cannot serialize the compiled component: {e:#}"))?;
+    fsutil::write_atomic(output, &artifact, false)
+        .map_err(|e| format!("cannot write {}: {e}", output.display()))
 }

@@ -42,10 +42,15 @@ pub fn compatible(plugin: &str, host: &str) -> bool {
 /// `types` and `host` interfaces), if it imports any of them.
 pub fn built_for(component: &Component, engine: &Engine) -> Option<String> {
     let prefix = format!("{PACKAGE}/");
-    component.component_type().imports(engine).find_map(|(name, _)| {
-        let versioned = name.strip_prefix(prefix.as_str())?;
-        versioned.split_once('@').map(|(_, version)| version.to_owned())
-    })
+    component
+        .component_type()
+        .imports(engine)
+        .find_map(|(name, _)| {
+            let versioned = name.strip_prefix(prefix.as_str())?;
+            versioned
+                .split_once('@')
+                .map(|(_, version)| version.to_owned())
+        })
 }
 
 /// `major.minor.patch`, ignoring pre-release and build suffixes.
@@ -67,10 +72,24 @@ mod tests {
 
     #[test]
     fn compatibility_follows_semantic_versioning() {
-        for (plugin, host) in [("0.1.0", "0.1.0"), ("0.1.3", "0.1.0"), ("0.1.0", "0.1.7"), ("1.2.0", "1.2.0"), ("1.0.0", "1.3.1")] {
+        for (plugin, host) in [
+            ("0.1.0", "0.1.0"),
+            ("0.1.3", "0.1.0"),
+            ("0.1.0", "0.1.7"),
+            ("1.2.0", "1.2.0"),
+            ("1.0.0", "1.3.1"),
+        ] {
             assert!(compatible(plugin, host), "{plugin} on {host}");
         }
-        for (plugin, host) in [("0.2.0", "0.1.0"), ("0.1.0", "0.2.0"), ("1.3.0", "1.2.0"), ("2.0.0", "1.9.0"), ("1.0.0", "2.0.0"), ("x", "0.1.0"), ("0.1", "0.1.0")] {
+        for (plugin, host) in [
+            ("0.2.0", "0.1.0"),
+            ("0.1.0", "0.2.0"),
+            ("1.3.0", "1.2.0"),
+            ("2.0.0", "1.9.0"),
+            ("1.0.0", "2.0.0"),
+            ("x", "0.1.0"),
+            ("0.1", "0.1.0"),
+        ] {
             assert!(!compatible(plugin, host), "{plugin} on {host}");
         }
     }

@@ -69,7 +69,8 @@ pub enum AllocatorKind {
 /// imports of the `processor` world.
 pub fn build_linker(engine: &Engine) -> Result<Linker<Sandbox>, RuntimeError> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
     Processor::add_to_linker::<_, HasSelf<Sandbox>>(&mut linker, |sandbox| sandbox)
         .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
     Ok(linker)

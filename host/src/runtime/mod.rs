@@ -99,7 +99,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(30), memory_bytes: 64 * 1024 * 1024, output_bytes: 64 * 1024 }
+        Self {
+            timeout: Duration::from_secs(30),
+            memory_bytes: 64 * 1024 * 1024,
+            output_bytes: 64 * 1024,
+        }
     }
 }
 
@@ -189,14 +193,19 @@ impl FailureKind {
 
 impl std::fmt::Display for FailureKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let text = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned));
+        let text = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned));
         f.write_str(text.as_deref().unwrap_or("unknown"))
     }
 }
 
 impl Failure {
     fn new(kind: FailureKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -230,7 +239,14 @@ impl Runtime {
         let linker = engine::build_linker(&engine)?;
         engine::spawn_epoch_ticker(&engine)?;
         tracing::info!(allocator = ?allocator, "WebAssembly engine ready");
-        Ok(Self { inner: Arc::new(RuntimeInner { engine, linker, allocator, config }) })
+        Ok(Self {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                allocator,
+                config,
+            }),
+        })
     }
 
     /// The engine.
@@ -268,8 +284,14 @@ impl Runtime {
         let stdout = CapturedOutput::new(limits.output_bytes);
         let stderr = CapturedOutput::new(limits.output_bytes);
         let task_id = task.id.clone();
-        let sandbox =
-            Sandbox::new(task.id.clone(), plugin.name.clone(), limits.memory_bytes, stdout.clone(), stderr.clone(), progress);
+        let sandbox = Sandbox::new(
+            task.id.clone(),
+            plugin.name.clone(),
+            limits.memory_bytes,
+            stdout.clone(),
+            stderr.clone(),
+            progress,
+        );
 
         let mut store = Store::new(&self.inner.engine, sandbox);
         store.limiter(|sandbox| &mut sandbox.limiter);
@@ -291,7 +313,11 @@ impl Runtime {
         });
 
         let call = async {
-            let processor = plugin.pre.instantiate_async(&mut store).await.map_err(Outcome::Instantiate)?;
+            let processor = plugin
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(Outcome::Instantiate)?;
             let wit_task = WitTask {
                 id: task.id,
                 plugin: task.plugin,
@@ -299,7 +325,10 @@ impl Runtime {
                 attempt: task.attempt,
                 payload: task.payload,
             };
-            processor.call_process(&mut store, &wit_task).await.map_err(Outcome::Trapped)
+            processor
+                .call_process(&mut store, &wit_task)
+                .await
+                .map_err(Outcome::Trapped)
         };
         let outcome = tokio::time::timeout(limits.timeout + OUTER_TIMEOUT_GRACE, call).await;
         let memory_hit = store.data().limiter.hit;
@@ -309,10 +338,20 @@ impl Runtime {
         let result = match outcome {
             Err(_elapsed) => Err(Failure::new(
                 FailureKind::Timeout,
-                format!("task exceeded its timeout of {} ms (blocked in a host call)", limits.timeout.as_millis()),
+                format!(
+                    "task exceeded its timeout of {} ms (blocked in a host call)",
+                    limits.timeout.as_millis()
+                ),
             )),
-            Ok(Err(Outcome::Instantiate(e))) => Err(classify_trap(&e, memory_hit, &limits, FailureKind::Instantiation)),
-            Ok(Err(Outcome::Trapped(e))) => Err(classify_trap(&e, memory_hit, &limits, FailureKind::Trap)),
+            Ok(Err(Outcome::Instantiate(e))) => Err(classify_trap(
+                &e,
+                memory_hit,
+                &limits,
+                FailureKind::Instantiation,
+            )),
+            Ok(Err(Outcome::Trapped(e))) => {
+                Err(classify_trap(&e, memory_hit, &limits, FailureKind::Trap))
+            }
             Ok(Ok(Err(plugin_error))) => {
                 let (kind, mut message) = match plugin_error {
                     WitTaskError::Retryable(m) => (FailureKind::Retryable, m),
@@ -324,11 +363,17 @@ impl Runtime {
             }
             Ok(Ok(Ok(output))) if output.len() > MAX_RESULT_BYTES => Err(Failure::new(
                 FailureKind::OutputTooLarge,
-                format!("the plugin returned {} bytes; results are limited to {MAX_RESULT_BYTES}", output.len()),
+                format!(
+                    "the plugin returned {} bytes; results are limited to {MAX_RESULT_BYTES}",
+                    output.len()
+                ),
             )),
-            Ok(Ok(Ok(output))) => {
-                Ok(Success { output, plugin_digest: plugin.digest.clone(), duration: started.elapsed(), stdio })
-            }
+            Ok(Ok(Ok(output))) => Ok(Success {
+                output,
+                plugin_digest: plugin.digest.clone(),
+                duration: started.elapsed(),
+                stdio,
+            }),
         };
         if let Err(failure) = &result {
             tracing::debug!(task_id, plugin = %plugin.name, kind = %failure.kind, message = %failure.message, "task failed in plugin");
@@ -343,16 +388,27 @@ enum Outcome {
 }
 
 /// Turns a wasmtime error into a failure a submitter can act on.
-fn classify_trap(error: &wasmtime::Error, memory_hit: bool, limits: &Limits, otherwise: FailureKind) -> Failure {
+fn classify_trap(
+    error: &wasmtime::Error,
+    memory_hit: bool,
+    limits: &Limits,
+    otherwise: FailureKind,
+) -> Failure {
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Failure::new(
             FailureKind::Timeout,
-            format!("task exceeded its timeout of {} ms", limits.timeout.as_millis()),
+            format!(
+                "task exceeded its timeout of {} ms",
+                limits.timeout.as_millis()
+            ),
         ),
         Some(Trap::OutOfFuel) => Failure::new(FailureKind::FuelExhausted, "task used up its fuel"),
         _ if memory_hit => Failure::new(
             FailureKind::MemoryLimit,
-            format!("task tried to use more than its memory limit of {} bytes", limits.memory_bytes),
+            format!(
+                "task tried to use more than its memory limit of {} bytes",
+                limits.memory_bytes
+            ),
         ),
         Some(Trap::StackOverflow) => Failure::new(FailureKind::Trap, "plugin overflowed its stack"),
         Some(trap) => Failure::new(otherwise, format!("plugin trapped: {trap}")),
@@ -367,17 +423,36 @@ fn root_message(error: &wasmtime::Error) -> String {
 }
 
 /// Takes what the guest wrote and logs it with the task id.
-fn collect_stdio(task_id: &str, plugin: &str, stdout: &CapturedOutput, stderr: &CapturedOutput) -> Stdio {
+fn collect_stdio(
+    task_id: &str,
+    plugin: &str,
+    stdout: &CapturedOutput,
+    stderr: &CapturedOutput,
+) -> Stdio {
     let (stdout, stdout_dropped) = stdout.take();
     let (stderr, stderr_dropped) = stderr.take();
-    for (stream, kept, dropped) in [("stdout", &stdout, stdout_dropped), ("stderr", &stderr, stderr_dropped)] {
+    for (stream, kept, dropped) in [
+        ("stdout", &stdout, stdout_dropped),
+        ("stderr", &stderr, stderr_dropped),
+    ] {
         if !kept.is_empty() {
             let text = String::from_utf8_lossy(kept);
             let shown: String = text.chars().take(LOGGED_OUTPUT_CHARS).collect();
-            tracing::info!(task_id, plugin, stream, bytes = kept.len(), dropped_bytes = dropped, "plugin output: {shown}");
+            tracing::info!(
+                task_id,
+                plugin,
+                stream,
+                bytes = kept.len(),
+                dropped_bytes = dropped,
+                "plugin output: {shown}"
+            );
         }
     }
-    Stdio { stdout, stderr, dropped_bytes: stdout_dropped + stderr_dropped }
+    Stdio {
+        stdout,
+        stderr,
+        dropped_bytes: stdout_dropped + stderr_dropped,
+    }
 }
 
 /// How much of a plugin's stdout or stderr goes into one log line.

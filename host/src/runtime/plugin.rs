@@ -10,9 +10,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use super::{Runtime, compiler, contract};
 use super::bindings::ProcessorPre;
 use super::sandbox::Sandbox;
+use super::{Runtime, compiler, contract};
 use crate::fsutil;
 
 /// Largest plugin file accepted, in bytes. Components built from Python or
@@ -23,7 +23,9 @@ pub const MAX_PLUGIN_BYTES: usize = 100 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     /// The name does not match `[a-z0-9][a-z0-9_-]{0,63}`.
-    #[error("invalid plugin name {0:?}: use 1 to 64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit")]
+    #[error(
+        "invalid plugin name {0:?}: use 1 to 64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
+    )]
     InvalidName(String),
     /// No plugin of that name is loaded.
     #[error("no plugin named {0:?} is loaded")]
@@ -32,7 +34,9 @@ pub enum PluginError {
     #[error("not a WebAssembly file (no \\0asm header)")]
     NotWasm,
     /// The bytes are a core module, not a component.
-    #[error("this is a core WebAssembly module, not a component: build the plugin for wasm32-wasip2 (or run `wasm-tools component new`)")]
+    #[error(
+        "this is a core WebAssembly module, not a component: build the plugin for wasm32-wasip2 (or run `wasm-tools component new`)"
+    )]
     CoreModule,
     /// Larger than [`MAX_PLUGIN_BYTES`].
     #[error("plugin is {0} bytes; the limit is {MAX_PLUGIN_BYTES}")]
@@ -65,16 +69,26 @@ pub enum PluginError {
 
 impl PluginError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io { context: context.into(), source }
+        Self::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 
 /// Checks a plugin name: `[a-z0-9][a-z0-9_-]{0,63}`.
 pub fn validate_name(name: &str) -> Result<(), PluginError> {
     let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if first_ok && rest_ok && name.len() <= 64 { Ok(()) } else { Err(PluginError::InvalidName(name.to_owned())) }
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let rest_ok =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if first_ok && rest_ok && name.len() <= 64 {
+        Ok(())
+    } else {
+        Err(PluginError::InvalidName(name.to_owned()))
+    }
 }
 
 /// An immutable, ready-to-run plugin version. Tasks hold an `Arc` of the
@@ -95,7 +109,10 @@ pub struct LoadedPlugin {
 
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedPlugin").field("name", &self.name).field("digest", &self.digest).finish_non_exhaustive()
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
     }
 }
 
@@ -157,11 +174,21 @@ impl ArtifactCache {
     /// A cache in `dir` for artifacts of `runtime`'s engine.
     pub fn new(dir: impl Into<PathBuf>, runtime: &Runtime) -> Result<Self, PluginError> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| PluginError::io(format!("cannot create the compile cache {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            PluginError::io(
+                format!("cannot create the compile cache {}", dir.display()),
+                e,
+            )
+        })?;
         let mut hasher = DefaultHasher::new();
-        runtime.engine().precompile_compatibility_hash().hash(&mut hasher);
-        Ok(Self { dir, engine_key: format!("{:016x}", hasher.finish()) })
+        runtime
+            .engine()
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        Ok(Self {
+            dir,
+            engine_key: format!("{:016x}", hasher.finish()),
+        })
     }
 
     fn path_for(&self, digest: &str) -> PathBuf {
@@ -219,12 +246,17 @@ fn compile_component(
                     counters.compiled_in_child.fetch_add(1, Ordering::Relaxed);
                     return Ok(component);
                 }
-                None => tracing::warn!(digest, "the compiler process's artifact does not load; compiling here"),
+                None => tracing::warn!(
+                    digest,
+                    "the compiler process's artifact does not load; compiling here"
+                ),
             },
             Err(compiler::ChildError::Unavailable(e)) => {
                 tracing::warn!(exe = %exe.display(), error = %e, "cannot start a compiler process; compiling here");
             }
-            Err(compiler::ChildError::Failed(message)) => return Err(PluginError::Compile(message)),
+            Err(compiler::ChildError::Failed(message)) => {
+                return Err(PluginError::Compile(message));
+            }
         }
     }
     Component::new(runtime.engine(), bytes).map_err(|e| PluginError::Compile(format!("{e:#}")))
@@ -285,7 +317,12 @@ pub fn compile(
     // such, before the linker's less helpful "import not found".
     let host = contract::version();
     let linked = match contract::built_for(&component, runtime.engine()) {
-        Some(plugin) if !contract::compatible(&plugin, host) => Err(PluginError::IncompatibleContract { plugin, host: host.to_owned() }),
+        Some(plugin) if !contract::compatible(&plugin, host) => {
+            Err(PluginError::IncompatibleContract {
+                plugin,
+                host: host.to_owned(),
+            })
+        }
         _ => runtime
             .linker()
             .instantiate_pre(&component)
@@ -304,7 +341,14 @@ pub fn compile(
     if let (Some(cache), false) = (cache, from_cache) {
         cache.store(&digest, &component);
     }
-    Ok(LoadedPlugin { name: name.to_owned(), digest, size: bytes.len(), loaded_at: Utc::now(), from_cache, pre })
+    Ok(LoadedPlugin {
+        name: name.to_owned(),
+        digest,
+        size: bytes.len(),
+        loaded_at: Utc::now(),
+        from_cache,
+        pre,
+    })
 }
 
 #[cfg(test)]
@@ -316,15 +360,31 @@ mod tests {
         for good in ["echo", "a", "word-count_2", "0abc", &"x".repeat(64)] {
             assert!(validate_name(good).is_ok(), "{good} should be valid");
         }
-        for bad in ["", "Echo", "-echo", "_x", "a/b", "../etc", "a.b", "é", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "Echo",
+            "-echo",
+            "_x",
+            "a/b",
+            "../etc",
+            "a.b",
+            "é",
+            &"x".repeat(65),
+        ] {
             assert!(validate_name(bad).is_err(), "{bad} should be invalid");
         }
     }
 
     #[test]
     fn header_check_names_the_problem() {
-        assert!(matches!(check_header(b"hello world"), Err(PluginError::NotWasm)));
-        assert!(matches!(check_header(b"\0asm\x01\0\0\0"), Err(PluginError::CoreModule)));
+        assert!(matches!(
+            check_header(b"hello world"),
+            Err(PluginError::NotWasm)
+        ));
+        assert!(matches!(
+            check_header(b"\0asm\x01\0\0\0"),
+            Err(PluginError::CoreModule)
+        ));
         assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
     }
 }

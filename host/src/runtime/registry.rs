@@ -84,7 +84,9 @@ pub struct PluginRegistry {
 
 impl std::fmt::Debug for PluginRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginRegistry").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("PluginRegistry")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -92,20 +94,41 @@ impl PluginRegistry {
     /// Opens the plugin directory (creating it if needed) and loads every
     /// `*.wasm` in it. A file that fails to load is logged and skipped: one
     /// broken plugin does not keep the others from serving.
-    pub async fn open(runtime: Runtime, dir: impl Into<PathBuf>, cache_dir: Option<PathBuf>) -> Result<Arc<Self>, PluginError> {
+    pub async fn open(
+        runtime: Runtime,
+        dir: impl Into<PathBuf>,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Arc<Self>, PluginError> {
         let dir = dir.into();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| PluginError::io(format!("cannot create the plugin directory {}", dir.display()), e))?;
-        let cache = cache_dir.map(|d| ArtifactCache::new(d, &runtime)).transpose()?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            PluginError::io(
+                format!("cannot create the plugin directory {}", dir.display()),
+                e,
+            )
+        })?;
+        let cache = cache_dir
+            .map(|d| ArtifactCache::new(d, &runtime))
+            .transpose()?;
         let registry = Arc::new(Self {
-            compiler: Arc::new(Compiler { runtime, cache, counters: CompileCounters::default() }),
+            compiler: Arc::new(Compiler {
+                runtime,
+                cache,
+                counters: CompileCounters::default(),
+            }),
             dir,
             rejected: AtomicU64::new(0),
             plugins: RwLock::new(HashMap::new()),
             loading: Mutex::new(()),
         });
-        let entries = std::fs::read_dir(&registry.dir)
-            .map_err(|e| PluginError::io(format!("cannot read the plugin directory {}", registry.dir.display()), e))?;
+        let entries = std::fs::read_dir(&registry.dir).map_err(|e| {
+            PluginError::io(
+                format!(
+                    "cannot read the plugin directory {}",
+                    registry.dir.display()
+                ),
+                e,
+            )
+        })?;
         let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
         paths.sort();
         for path in paths {
@@ -115,7 +138,9 @@ impl PluginRegistry {
             }
         }
         // The compiler threads are idle now; what they freed can go back.
-        tokio::task::spawn_blocking(crate::heap::release_freed).await.ok();
+        tokio::task::spawn_blocking(crate::heap::release_freed)
+            .await
+            .ok();
         Ok(registry)
     }
 
@@ -131,7 +156,10 @@ impl PluginRegistry {
 
     /// The version currently serving `name`.
     pub fn get(&self, name: &str) -> Result<PluginEntry, PluginError> {
-        self.read().get(name).cloned().ok_or_else(|| PluginError::NotFound(name.to_owned()))
+        self.read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| PluginError::NotFound(name.to_owned()))
     }
 
     /// Whether a plugin called `name` is loaded.
@@ -151,7 +179,11 @@ impl PluginRegistry {
         RegistryStats {
             loaded: self.read().len(),
             compiled: self.compiler.counters.compiled.load(Ordering::Relaxed),
-            compiled_in_child: self.compiler.counters.compiled_in_child.load(Ordering::Relaxed),
+            compiled_in_child: self
+                .compiler
+                .counters
+                .compiled_in_child
+                .load(Ordering::Relaxed),
             cache_hits: self.compiler.counters.cache_hits.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
         }
@@ -164,13 +196,22 @@ impl PluginRegistry {
         plugin::validate_name(name)?;
         let _guard = self.loading.lock().await;
         let limits = self.read_limits(name)?;
-        let loaded = self.compile(name.to_owned(), bytes.clone()).await.inspect_err(|_| self.reject())?;
+        let loaded = self
+            .compile(name.to_owned(), bytes.clone())
+            .await
+            .inspect_err(|_| self.reject())?;
         let path = self.dir.join(format!("{name}.wasm"));
-        let write = tokio::task::spawn_blocking(move || fsutil::write_atomic(&path, &bytes, true)).await;
+        let write =
+            tokio::task::spawn_blocking(move || fsutil::write_atomic(&path, &bytes, true)).await;
         match write {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(PluginError::io(format!("cannot write plugin {name}"), e)),
-            Err(e) => return Err(PluginError::io(format!("cannot write plugin {name}"), std::io::Error::other(e))),
+            Err(e) => {
+                return Err(PluginError::io(
+                    format!("cannot write plugin {name}"),
+                    std::io::Error::other(e),
+                ));
+            }
         }
         Ok(self.swap(loaded, limits))
     }
@@ -199,7 +240,9 @@ impl PluginRegistry {
     /// loads it if new or changed, unloads it if gone. Returns the version
     /// now serving, if any.
     pub async fn sync_path(&self, path: &Path) -> Result<Option<PluginEntry>, PluginError> {
-        let Some(name) = plugin_name_of(path) else { return Ok(None) };
+        let Some(name) = plugin_name_of(path) else {
+            return Ok(None);
+        };
         let _guard = self.loading.lock().await;
         let wasm = self.dir.join(format!("{name}.wasm"));
         let bytes = match std::fs::read(&wasm) {
@@ -210,9 +253,16 @@ impl PluginRegistry {
                 }
                 return Ok(None);
             }
-            Err(e) => return Err(self.rejected_with(&name, PluginError::io(format!("cannot read {}", wasm.display()), e))),
+            Err(e) => {
+                return Err(self.rejected_with(
+                    &name,
+                    PluginError::io(format!("cannot read {}", wasm.display()), e),
+                ));
+            }
         };
-        let limits = self.read_limits(&name).map_err(|e| self.rejected_with(&name, e))?;
+        let limits = self
+            .read_limits(&name)
+            .map_err(|e| self.rejected_with(&name, e))?;
         // Bound first: a guard in the `if let` would live through the body,
         // and the body takes the write lock.
         let current = self.read().get(&name).cloned();
@@ -222,12 +272,18 @@ impl PluginRegistry {
             if current.limits == limits {
                 return Ok(Some(current));
             }
-            let updated = PluginEntry { plugin: current.plugin, limits };
+            let updated = PluginEntry {
+                plugin: current.plugin,
+                limits,
+            };
             self.write().insert(name.clone(), updated.clone());
             tracing::info!(plugin = %name, ?limits, "plugin limits updated");
             return Ok(Some(updated));
         }
-        let loaded = self.compile(name.clone(), bytes).await.map_err(|e| self.rejected_with(&name, e))?;
+        let loaded = self
+            .compile(name.clone(), bytes)
+            .await
+            .map_err(|e| self.rejected_with(&name, e))?;
         Ok(Some(self.swap(loaded, limits)))
     }
 
@@ -235,18 +291,29 @@ impl PluginRegistry {
     /// returned guard is dropped.
     pub fn watch(self: &Arc<Self>) -> Result<WatchGuard, PluginError> {
         let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(event) => {
-                for path in event.paths {
-                    let _ = tx.send(path);
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+                Ok(event) => {
+                    for path in event.paths {
+                        let _ = tx.send(path);
+                    }
                 }
-            }
-            Err(e) => tracing::warn!(error = %e, "plugin directory watch error"),
-        })
-        .map_err(|e| PluginError::io("cannot watch the plugin directory", std::io::Error::other(e)))?;
+                Err(e) => tracing::warn!(error = %e, "plugin directory watch error"),
+            })
+            .map_err(|e| {
+                PluginError::io(
+                    "cannot watch the plugin directory",
+                    std::io::Error::other(e),
+                )
+            })?;
         watcher
             .watch(&self.dir, RecursiveMode::NonRecursive)
-            .map_err(|e| PluginError::io(format!("cannot watch {}", self.dir.display()), std::io::Error::other(e)))?;
+            .map_err(|e| {
+                PluginError::io(
+                    format!("cannot watch {}", self.dir.display()),
+                    std::io::Error::other(e),
+                )
+            })?;
 
         let registry = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -255,7 +322,9 @@ impl PluginRegistry {
                 while let Ok(Some(path)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {
                     changed.insert(path);
                 }
-                let Some(registry) = registry.upgrade() else { break };
+                let Some(registry) = registry.upgrade() else {
+                    break;
+                };
                 for path in changed {
                     // Errors are logged and counted inside.
                     let _ = registry.sync_path(&path).await;
@@ -271,7 +340,13 @@ impl PluginRegistry {
         // Compilation is CPU-bound and can take a second: keep it off the
         // executor threads that serve requests and run tasks.
         tokio::task::spawn_blocking(move || {
-            let compiled = plugin::compile(&compiler.runtime, compiler.cache.as_ref(), &compiler.counters, &name, &bytes);
+            let compiled = plugin::compile(
+                &compiler.runtime,
+                compiler.cache.as_ref(),
+                &compiler.counters,
+                &name,
+                &bytes,
+            );
             crate::heap::release_freed();
             compiled
         })
@@ -280,10 +355,15 @@ impl PluginRegistry {
     }
 
     fn swap(&self, loaded: LoadedPlugin, limits: PluginLimits) -> PluginEntry {
-        let entry = PluginEntry { plugin: Arc::new(loaded), limits };
+        let entry = PluginEntry {
+            plugin: Arc::new(loaded),
+            limits,
+        };
         let loaded = &entry.plugin;
-        let previous =
-            self.write().insert(loaded.name.clone(), entry.clone()).map(|previous| previous.plugin.digest.clone());
+        let previous = self
+            .write()
+            .insert(loaded.name.clone(), entry.clone())
+            .map(|previous| previous.plugin.digest.clone());
         tracing::info!(
             plugin = %loaded.name,
             digest = %loaded.digest,
@@ -299,12 +379,18 @@ impl PluginRegistry {
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 PluginError::io(
-                    format!("invalid {}: expected {{\"timeout_ms\": N, \"memory_mb\": N}}", path.display()),
+                    format!(
+                        "invalid {}: expected {{\"timeout_ms\": N, \"memory_mb\": N}}",
+                        path.display()
+                    ),
                     std::io::Error::other(e),
                 )
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PluginLimits::default()),
-            Err(e) => Err(PluginError::io(format!("cannot read {}", path.display()), e)),
+            Err(e) => Err(PluginError::io(
+                format!("cannot read {}", path.display()),
+                e,
+            )),
         }
     }
 
@@ -314,17 +400,24 @@ impl PluginRegistry {
 
     fn rejected_with(&self, name: &str, error: PluginError) -> PluginError {
         self.reject();
-        let serving = self.read().get(name).map(|entry| entry.plugin.digest.clone());
+        let serving = self
+            .read()
+            .get(name)
+            .map(|entry| entry.plugin.digest.clone());
         tracing::error!(plugin = name, error = %error, still_serving = serving.as_deref().unwrap_or("none"), "plugin version rejected");
         error
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, PluginEntry>> {
-        self.plugins.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.plugins
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, PluginEntry>> {
-        self.plugins.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.plugins
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -354,7 +447,9 @@ fn plugin_name_of(path: &Path) -> Option<String> {
     if file.starts_with('.') {
         return None;
     }
-    let stem = file.strip_suffix(".wasm").or_else(|| file.strip_suffix(".limits.json"))?;
+    let stem = file
+        .strip_suffix(".wasm")
+        .or_else(|| file.strip_suffix(".limits.json"))?;
     plugin::validate_name(stem).ok()?;
     Some(stem.to_owned())
 }
@@ -365,8 +460,14 @@ mod tests {
 
     #[test]
     fn files_map_to_plugin_names() {
-        assert_eq!(plugin_name_of(Path::new("/p/echo.wasm")).as_deref(), Some("echo"));
-        assert_eq!(plugin_name_of(Path::new("/p/echo.limits.json")).as_deref(), Some("echo"));
+        assert_eq!(
+            plugin_name_of(Path::new("/p/echo.wasm")).as_deref(),
+            Some("echo")
+        );
+        assert_eq!(
+            plugin_name_of(Path::new("/p/echo.limits.json")).as_deref(),
+            Some("echo")
+        );
         assert_eq!(plugin_name_of(Path::new("/p/.echo.wasm.tmp123")), None);
         assert_eq!(plugin_name_of(Path::new("/p/Echo.wasm")), None);
         assert_eq!(plugin_name_of(Path::new("/p/readme.txt")), None);

@@ -62,7 +62,11 @@ impl Sandbox {
         Self {
             wasi,
             table,
-            limiter: MemoryLimiter { limit: memory_limit, total: 0, hit: false },
+            limiter: MemoryLimiter {
+                limit: memory_limit,
+                total: 0,
+                hit: false,
+            },
             task_id,
             plugin,
             log_calls: 0,
@@ -73,7 +77,10 @@ impl Sandbox {
 
 impl WasiView for Sandbox {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -127,7 +134,12 @@ pub(super) struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let total = self.total.saturating_sub(current).saturating_add(desired);
         if total > self.limit {
             self.hit = true;
@@ -141,7 +153,12 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 
@@ -176,11 +193,17 @@ struct Captured {
 impl CapturedOutput {
     /// An empty buffer that keeps at most `capacity` bytes.
     pub fn new(capacity: usize) -> Self {
-        Self { inner: Arc::default(), capacity }
+        Self {
+            inner: Arc::default(),
+            capacity,
+        }
     }
 
     fn append(&self, bytes: &[u8]) {
-        let mut captured = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut captured = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let room = self.capacity.saturating_sub(captured.kept.len());
         let kept = bytes.len().min(room);
         captured.kept.extend_from_slice(&bytes[..kept]);
@@ -189,7 +212,10 @@ impl CapturedOutput {
 
     /// What was kept, and how many bytes beyond the bound were dropped.
     pub fn take(&self) -> (Vec<u8>, u64) {
-        let mut captured = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut captured = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         (std::mem::take(&mut captured.kept), captured.dropped)
     }
 }
@@ -243,7 +269,10 @@ impl tokio::io::AsyncWrite for CapturedOutput {
         std::task::Poll::Ready(Ok(buf.len()))
     }
 
-    fn poll_flush(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -271,11 +300,22 @@ mod tests {
 
     #[test]
     fn the_memory_cap_covers_all_memories_together() {
-        let mut limiter = MemoryLimiter { limit: 100, total: 0, hit: false };
+        let mut limiter = MemoryLimiter {
+            limit: 100,
+            total: 0,
+            hit: false,
+        };
         assert!(limiter.memory_growing(0, 60, None).expect("grow"));
-        assert!(!limiter.memory_growing(0, 60, None).expect("second memory"), "60 + 60 is over 100");
+        assert!(
+            !limiter.memory_growing(0, 60, None).expect("second memory"),
+            "60 + 60 is over 100"
+        );
         assert!(limiter.hit);
-        assert!(limiter.memory_growing(60, 100, None).expect("grow the first to the cap"));
+        assert!(
+            limiter
+                .memory_growing(60, 100, None)
+                .expect("grow the first to the cap")
+        );
     }
 
     #[test]

@@ -86,9 +86,14 @@ impl TaskService {
     /// `None` when it is not to be run. A task stored as `running` that no
     /// worker here runs is an orphan (its outcome could not be saved) and is
     /// run again.
-    async fn start(&self, id: TaskId) -> Result<Option<(Task, Arc<Notify>, Arc<AtomicU8>)>, StorageError> {
+    async fn start(
+        &self,
+        id: TaskId,
+    ) -> Result<Option<(Task, Arc<Notify>, Arc<AtomicU8>)>, StorageError> {
         let _guard = self.lock(id).await;
-        let Some(mut task) = self.store.load(id).await? else { return Ok(None) };
+        let Some(mut task) = self.store.load(id).await? else {
+            return Ok(None);
+        };
         let orphan = task.status == TaskStatus::Running && !self.running_lock().contains_key(&id);
         if task.status != TaskStatus::Pending && !orphan {
             return Ok(None);
@@ -99,7 +104,11 @@ impl TaskService {
         // task restored (or released at shutdown) during its last attempt.
         let exhausted = task.attempts >= task.max_attempts;
         if cancelled || exhausted {
-            task.status = if cancelled { TaskStatus::Cancelled } else { TaskStatus::Failed };
+            task.status = if cancelled {
+                TaskStatus::Cancelled
+            } else {
+                TaskStatus::Failed
+            };
             task.finished_at = Some(Utc::now());
             if !cancelled {
                 let message = if orphan {
@@ -107,7 +116,10 @@ impl TaskService {
                 } else {
                     "its last attempt was interrupted and no attempt is left"
                 };
-                task.last_error = Some(TaskError { kind: FailureKind::Interrupted, message: message.into() });
+                task.last_error = Some(TaskError {
+                    kind: FailureKind::Interrupted,
+                    message: message.into(),
+                });
             }
             self.store.save(&task).await?;
             return Ok(None);
@@ -118,7 +130,13 @@ impl TaskService {
         task.retry_at = None;
         self.store.save(&task).await?;
         let (cancel, progress) = (Arc::new(Notify::new()), Arc::new(AtomicU8::new(0)));
-        self.running_lock().insert(id, Running { cancel: cancel.clone(), progress: progress.clone() });
+        self.running_lock().insert(
+            id,
+            Running {
+                cancel: cancel.clone(),
+                progress: progress.clone(),
+            },
+        );
         Ok(Some((task, cancel, progress)))
     }
 
@@ -126,7 +144,13 @@ impl TaskService {
     async fn execute(&self, task: &Task, progress: Arc<AtomicU8>) -> Attempt {
         let Ok(entry) = self.registry.get(&task.plugin) else {
             let message = format!("plugin {:?} is no longer loaded", task.plugin);
-            return Attempt { digest: None, result: Err(Failure { kind: FailureKind::PluginNotFound, message }) };
+            return Attempt {
+                digest: None,
+                result: Err(Failure {
+                    kind: FailureKind::PluginNotFound,
+                    message,
+                }),
+            };
         };
         let limits = self.limits_for(task, &entry.limits);
         let input = TaskInput {
@@ -136,16 +160,28 @@ impl TaskService {
             attempt: task.attempts,
             payload: task.payload_bytes(),
         };
-        let result = self.registry.runtime().run(&entry.plugin, input, limits, Some(progress)).await;
-        Attempt { digest: Some(entry.plugin.digest.clone()), result }
+        let result = self
+            .registry
+            .runtime()
+            .run(&entry.plugin, input, limits, Some(progress))
+            .await;
+        Attempt {
+            digest: Some(entry.plugin.digest.clone()),
+            result,
+        }
     }
 
     /// Task setting first, then the plugin's sidecar, then the host default.
     fn limits_for(&self, task: &Task, plugin: &crate::runtime::registry::PluginLimits) -> Limits {
         let defaults = self.registry.runtime().config().default_limits;
         Limits {
-            timeout: task.timeout().or(plugin.timeout_ms.map(Duration::from_millis)).unwrap_or(defaults.timeout),
-            memory_bytes: plugin.memory_mb.map_or(defaults.memory_bytes, |mb| mb.saturating_mul(1024 * 1024)),
+            timeout: task
+                .timeout()
+                .or(plugin.timeout_ms.map(Duration::from_millis))
+                .unwrap_or(defaults.timeout),
+            memory_bytes: plugin
+                .memory_mb
+                .map_or(defaults.memory_bytes, |mb| mb.saturating_mul(1024 * 1024)),
             ..defaults
         }
     }
@@ -166,7 +202,10 @@ impl TaskService {
                 task.finished_at = Some(now);
                 "cancelled"
             }
-            Some(Attempt { result: Ok(success), .. }) => {
+            Some(Attempt {
+                result: Ok(success),
+                ..
+            }) => {
                 task.status = TaskStatus::Completed;
                 task.finished_at = Some(now);
                 task.plugin_digest = Some(success.plugin_digest);
@@ -174,13 +213,19 @@ impl TaskService {
                 task.last_error = None;
                 "completed"
             }
-            Some(Attempt { digest, result: Err(failure) }) => {
+            Some(Attempt {
+                digest,
+                result: Err(failure),
+            }) => {
                 // The version that failed, not whichever serves now.
                 if digest.is_some() {
                     task.plugin_digest = digest;
                 }
                 let retry = failure.kind.is_retryable() && task.attempts < task.max_attempts;
-                task.last_error = Some(TaskError { kind: failure.kind, message: failure.message });
+                task.last_error = Some(TaskError {
+                    kind: failure.kind,
+                    message: failure.message,
+                });
                 if retry {
                     let delay = backoff(self.config.retry_base, task.attempts);
                     task.status = TaskStatus::Pending;
@@ -188,7 +233,8 @@ impl TaskService {
                     self.store.save(&task).await?;
                     self.queue.push(QueueEntry::from(&task), delay).await?;
                     self.running_lock().remove(&task.id);
-                    self.metrics.record_attempt(&task.plugin, "retried", elapsed);
+                    self.metrics
+                        .record_attempt(&task.plugin, "retried", elapsed);
                     tracing::info!(task_id = %task.id, plugin = %task.plugin, attempt = task.attempts, delay_ms = delay.as_millis() as u64, "task will be retried");
                     return Ok(());
                 }
@@ -228,7 +274,9 @@ impl TaskService {
 /// Exponential backoff with jitter: `base · 2^(attempt-1)`, capped, then a
 /// random point in its upper half so retries of many tasks spread out.
 pub fn backoff(base: Duration, attempt: u32) -> Duration {
-    let exponential = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(MAX_BACKOFF);
+    let exponential = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(MAX_BACKOFF);
     let half = exponential / 2;
     half + half.mul_f64(rand::rng().random::<f64>())
 }
@@ -253,14 +301,23 @@ mod tests {
         ] {
             for _ in 0..200 {
                 let delay = backoff(base, attempt);
-                assert!(delay >= low && delay <= high, "attempt {attempt}: {delay:?} not in [{low:?}, {high:?}]");
+                assert!(
+                    delay >= low && delay <= high,
+                    "attempt {attempt}: {delay:?} not in [{low:?}, {high:?}]"
+                );
             }
         }
     }
 
     #[test]
     fn backoff_jitter_spreads_retries() {
-        let delays: std::collections::HashSet<Duration> = (0..200).map(|_| backoff(Duration::from_millis(500), 3)).collect();
-        assert!(delays.len() > 150, "only {} distinct delays in 200", delays.len());
+        let delays: std::collections::HashSet<Duration> = (0..200)
+            .map(|_| backoff(Duration::from_millis(500), 3))
+            .collect();
+        assert!(
+            delays.len() > 150,
+            "only {} distinct delays in 200",
+            delays.len()
+        );
     }
 }

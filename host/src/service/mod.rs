@@ -30,9 +30,9 @@ use utoipa::ToSchema;
 use crate::queue::{Queue, QueueDepth, QueueError};
 use crate::runtime::plugin::PluginInfo;
 use crate::runtime::{PluginError, PluginRegistry, RegistryStats};
-use crate::storage::{StatusCounts, StorageError, TaskStore};
 pub use crate::storage::Submitted;
 pub use crate::storage::backup::RestoreSummary;
+use crate::storage::{StatusCounts, StorageError, TaskStore};
 use crate::task::{Task, TaskId, TaskStatus, ValidationError};
 use crate::telemetry::Metrics;
 
@@ -132,7 +132,9 @@ impl<E> DetachedError<E> {
     fn into_inner(self, from_abort: impl FnOnce(ServiceError) -> E) -> E {
         match self {
             Self::Failed(e) => e,
-            Self::Aborted(why) => from_abort(ServiceError::Storage(StorageError::Unavailable(format!("the work was aborted: {why}")))),
+            Self::Aborted(why) => from_abort(ServiceError::Storage(StorageError::Unavailable(
+                format!("the work was aborted: {why}"),
+            ))),
         }
     }
 }
@@ -166,7 +168,9 @@ pub struct TaskService {
 
 impl std::fmt::Debug for TaskService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TaskService").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("TaskService")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 impl TaskService {
@@ -184,7 +188,9 @@ impl TaskService {
             registry,
             metrics,
             config,
-            locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            locks: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             restoring: tokio::sync::Mutex::new(()),
             running: Mutex::new(HashMap::new()),
             unsaved_cancels: Mutex::new(std::collections::HashSet::new()),
@@ -241,14 +247,20 @@ impl TaskService {
     async fn lock(&self, id: TaskId) -> tokio::sync::MutexGuard<'_, ()> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         id.hash(&mut hasher);
-        self.locks[(hasher.finish() as usize) % LOCK_STRIPES].lock().await
+        self.locks[(hasher.finish() as usize) % LOCK_STRIPES]
+            .lock()
+            .await
     }
 
     fn running_lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Running>> {
-        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn unsaved_cancels(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<TaskId>> {
-        self.unsaved_cancels.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.unsaved_cancels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

@@ -12,9 +12,17 @@ use crate::telemetry::Gauges;
 impl TaskService {
     /// The task with `id`, with live progress while it runs.
     pub async fn get(&self, id: TaskId) -> Result<TaskView, ServiceError> {
-        let task = self.store.load(id).await?.ok_or(ServiceError::NotFound(id))?;
+        let task = self
+            .store
+            .load(id)
+            .await?
+            .ok_or(ServiceError::NotFound(id))?;
         let progress = (task.status == TaskStatus::Running)
-            .then(|| self.running_lock().get(&id).map(|r| r.progress.load(Ordering::Relaxed)))
+            .then(|| {
+                self.running_lock()
+                    .get(&id)
+                    .map(|r| r.progress.load(Ordering::Relaxed))
+            })
             .flatten();
         Ok(TaskView { task, progress })
     }
@@ -28,15 +36,25 @@ impl TaskService {
     /// worker records the cancellation when the instance has stopped).
     pub async fn cancel(&self, id: TaskId) -> Result<TaskView, ServiceError> {
         let _guard = self.lock(id).await;
-        let mut task = self.store.load(id).await?.ok_or(ServiceError::NotFound(id))?;
-        let interruptible = self.running_lock().get(&id).map(|running| running.cancel.clone());
+        let mut task = self
+            .store
+            .load(id)
+            .await?
+            .ok_or(ServiceError::NotFound(id))?;
+        let interruptible = self
+            .running_lock()
+            .get(&id)
+            .map(|running| running.cancel.clone());
         match task.status {
             TaskStatus::Running if interruptible.is_some() => {
                 if let Some(cancel) = interruptible {
                     cancel.notify_one();
                 }
                 tracing::info!(task_id = %id, "cancelling running task");
-                Ok(TaskView { task, progress: None })
+                Ok(TaskView {
+                    task,
+                    progress: None,
+                })
             }
             // Pending, or stored as running with no worker here running it.
             TaskStatus::Pending | TaskStatus::Running => {
@@ -46,7 +64,10 @@ impl TaskService {
                 self.store.save(&task).await?;
                 self.queue.remove(id).await?;
                 tracing::info!(task_id = %id, "task cancelled");
-                Ok(TaskView { task, progress: None })
+                Ok(TaskView {
+                    task,
+                    progress: None,
+                })
             }
             status => Err(ServiceError::NotCancellable { id, status }),
         }
@@ -70,7 +91,10 @@ impl TaskService {
         let depth = self.queue.depth().await?;
         let counts = self.store.counts().await?;
         let gauges = Gauges {
-            tasks_by_status: counts.iter().map(|(status, n)| (status.to_string(), *n)).collect(),
+            tasks_by_status: counts
+                .iter()
+                .map(|(status, n)| (status.to_string(), *n))
+                .collect(),
             queue_depth: depth.ready.iter().map(|(p, n)| (*p, *n)).collect(),
             delayed: depth.delayed,
             running: self.running_count(),

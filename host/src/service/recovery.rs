@@ -24,7 +24,11 @@ impl TaskService {
             if task.status == TaskStatus::Running {
                 recovery.interrupted += 1;
                 let attempts_left = task.attempts < task.max_attempts;
-                task.status = if attempts_left { TaskStatus::Pending } else { TaskStatus::Failed };
+                task.status = if attempts_left {
+                    TaskStatus::Pending
+                } else {
+                    TaskStatus::Failed
+                };
                 task.finished_at = (!attempts_left).then(Utc::now);
                 task.last_error = Some(TaskError {
                     kind: FailureKind::Interrupted,
@@ -39,7 +43,10 @@ impl TaskService {
                     continue;
                 }
             }
-            let delay = task.retry_at.and_then(|at| (at - Utc::now()).to_std().ok()).unwrap_or_default();
+            let delay = task
+                .retry_at
+                .and_then(|at| (at - Utc::now()).to_std().ok())
+                .unwrap_or_default();
             self.queue.push(QueueEntry::from(&task), delay).await?;
             recovery.requeued += 1;
         }
@@ -53,17 +60,29 @@ impl TaskService {
     ///
     /// The work runs in its own task, detached from the request, one
     /// restore at a time.
-    pub async fn restore(self: &Arc<Self>, tasks: Vec<Task>) -> Result<RestoreSummary, ServiceError> {
+    pub async fn restore(
+        self: &Arc<Self>,
+        tasks: Vec<Task>,
+    ) -> Result<RestoreSummary, ServiceError> {
         // Check everything before writing anything: a bad backup changes nothing.
         for task in &tasks {
             task.check_restorable()?;
         }
         self.detached(|this| async move {
             let _one_at_a_time = this.restoring.lock().await;
-            let mut summary = RestoreSummary { restored: 0, queued: 0, skipped: 0 };
+            let mut summary = RestoreSummary {
+                restored: 0,
+                queued: 0,
+                skipped: 0,
+            };
             for task in tasks {
                 let _guard = this.lock(task.id).await;
-                if this.store.load(task.id).await?.is_some_and(|live| !live.status.is_terminal()) {
+                if this
+                    .store
+                    .load(task.id)
+                    .await?
+                    .is_some_and(|live| !live.status.is_terminal())
+                {
                     summary.skipped += 1;
                     continue;
                 }
@@ -71,11 +90,18 @@ impl TaskService {
                 this.store.restore(&task).await?;
                 summary.restored += 1;
                 if task.status == TaskStatus::Pending {
-                    this.queue.push(QueueEntry::from(&task), Duration::ZERO).await?;
+                    this.queue
+                        .push(QueueEntry::from(&task), Duration::ZERO)
+                        .await?;
                     summary.queued += 1;
                 }
             }
-            tracing::info!(restored = summary.restored, queued = summary.queued, skipped = summary.skipped, "backup restored");
+            tracing::info!(
+                restored = summary.restored,
+                queued = summary.queued,
+                skipped = summary.skipped,
+                "backup restored"
+            );
             Ok(summary)
         })
         .await

@@ -13,13 +13,18 @@ impl TaskService {
     /// idempotency key that was seen before returns the earlier task.
     pub async fn submit(self: &Arc<Self>, new: NewTask) -> Result<Submitted, ServiceError> {
         let mut submitted = self.submit_all(vec![new]).await.map_err(|(_, e)| e)?;
-        submitted.pop().ok_or_else(|| ServiceError::Storage(StorageError::Unavailable("nothing was accepted".into())))
+        submitted.pop().ok_or_else(|| {
+            ServiceError::Storage(StorageError::Unavailable("nothing was accepted".into()))
+        })
     }
 
     /// Accepts many tasks, all or none: every one is validated before any is
     /// saved, and they are saved together (a failure saves none of them).
     /// On error, the index names the offending task.
-    pub async fn submit_batch(self: &Arc<Self>, batch: Vec<NewTask>) -> Result<Vec<Submitted>, (usize, ServiceError)> {
+    pub async fn submit_batch(
+        self: &Arc<Self>,
+        batch: Vec<NewTask>,
+    ) -> Result<Vec<Submitted>, (usize, ServiceError)> {
         let mut seen_keys = std::collections::HashSet::new();
         for (index, new) in batch.iter().enumerate() {
             if let Some(key) = &new.idempotency_key
@@ -37,7 +42,10 @@ impl TaskService {
         self.submit_all(batch).await
     }
 
-    async fn submit_all(self: &Arc<Self>, batch: Vec<NewTask>) -> Result<Vec<Submitted>, (usize, ServiceError)> {
+    async fn submit_all(
+        self: &Arc<Self>,
+        batch: Vec<NewTask>,
+    ) -> Result<Vec<Submitted>, (usize, ServiceError)> {
         // Validate first: an invalid request is rejected even if its key is known.
         let tasks = batch
             .into_iter()
@@ -59,8 +67,13 @@ impl TaskService {
     /// tasks stored, and recovery queues them again. Errors carry the batch
     /// index.
     async fn enqueue(&self, submitted: &[Submitted]) -> Result<(), (usize, ServiceError)> {
-        for (index, Submitted { task, .. }) in submitted.iter().enumerate().filter(|(_, s)| s.created) {
-            self.queue.push(QueueEntry::from(task), Duration::ZERO).await.map_err(|e| (index, e.into()))?;
+        for (index, Submitted { task, .. }) in
+            submitted.iter().enumerate().filter(|(_, s)| s.created)
+        {
+            self.queue
+                .push(QueueEntry::from(task), Duration::ZERO)
+                .await
+                .map_err(|e| (index, e.into()))?;
             tracing::debug!(task_id = %task.id, plugin = %task.plugin, priority = task.priority, "task accepted");
         }
         Ok(())

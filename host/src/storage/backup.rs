@@ -39,7 +39,6 @@ pub struct RestoreSummary {
     pub skipped: usize,
 }
 
-
 /// Writes every task of `store` into a new file
 /// `<dir>/taskflow-backup-<UTC timestamp>.json` (creating `dir`), atomically
 /// and durably, and returns its path.
@@ -52,7 +51,11 @@ pub async fn backup(store: &dyn TaskStore, dir: &Path) -> Result<PathBuf, Storag
     let dir = dir.to_path_buf();
     blocking(move || {
         let bytes = encode_backup(&tasks, created_at)?;
-        std::fs::create_dir_all(&dir).map_err(|source| StorageError::Io { action: "create", path: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| StorageError::Io {
+            action: "create",
+            path: dir.clone(),
+            source,
+        })?;
         let stamp = created_at.format("%Y%m%dT%H%M%SZ");
         let mut path = dir.join(format!("{BACKUP_FORMAT}-{stamp}.json"));
         // Never overwrite an earlier backup taken within the same second.
@@ -61,7 +64,11 @@ pub async fn backup(store: &dyn TaskStore, dir: &Path) -> Result<PathBuf, Storag
             path = dir.join(format!("{BACKUP_FORMAT}-{stamp}-{n}.json"));
             n += 1;
         }
-        write_atomic(&path, &bytes, true).map_err(|source| StorageError::Io { action: "write", path: path.clone(), source })?;
+        write_atomic(&path, &bytes, true).map_err(|source| StorageError::Io {
+            action: "write",
+            path: path.clone(),
+            source,
+        })?;
         Ok(path)
     })
     .await
@@ -71,7 +78,11 @@ pub async fn backup(store: &dyn TaskStore, dir: &Path) -> Result<PathBuf, Storag
 pub async fn read_backup(path: &Path) -> Result<Vec<Task>, StorageError> {
     let path = path.to_path_buf();
     blocking(move || {
-        let bytes = std::fs::read(&path).map_err(|source| StorageError::Io { action: "read", path: path.clone(), source })?;
+        let bytes = std::fs::read(&path).map_err(|source| StorageError::Io {
+            action: "read",
+            path: path.clone(),
+            source,
+        })?;
         parse_backup(&bytes).map_err(|reason| StorageError::InvalidBackup { path, reason })
     })
     .await
@@ -80,26 +91,45 @@ pub async fn read_backup(path: &Path) -> Result<Vec<Task>, StorageError> {
 /// Serialises `tasks` as a backup document (what a backup file holds, and
 /// what `GET /admin/backup` returns).
 pub fn encode_backup(tasks: &[Task], created_at: DateTime<Utc>) -> Result<Vec<u8>, StorageError> {
-    let file = BackupFile { format: BACKUP_FORMAT, version: BACKUP_VERSION, created_at, tasks };
-    serde_json::to_vec(&file).map_err(|source| StorageError::Encode { what: "the backup".into(), source })
+    let file = BackupFile {
+        format: BACKUP_FORMAT,
+        version: BACKUP_VERSION,
+        created_at,
+        tasks,
+    };
+    serde_json::to_vec(&file).map_err(|source| StorageError::Encode {
+        what: "the backup".into(),
+        source,
+    })
 }
 
 /// Parses a backup document, checking its format and version; the error
 /// says what is wrong with it.
 pub fn parse_backup(bytes: &[u8]) -> Result<Vec<Task>, String> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("it is not valid JSON ({e})"))?;
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("it is not valid JSON ({e})"))?;
     let Value::Object(mut file) = value else {
         return Err("expected a JSON object with \"format\", \"version\" and \"tasks\"".into());
     };
     match file.get("format").and_then(Value::as_str) {
         Some(BACKUP_FORMAT) => {}
-        Some(other) => return Err(format!("its format is {other:?}, expected {BACKUP_FORMAT:?}")),
-        None => return Err(format!("it has no \"format\" field; a backup has \"format\": {BACKUP_FORMAT:?}")),
+        Some(other) => {
+            return Err(format!(
+                "its format is {other:?}, expected {BACKUP_FORMAT:?}"
+            ));
+        }
+        None => {
+            return Err(format!(
+                "it has no \"format\" field; a backup has \"format\": {BACKUP_FORMAT:?}"
+            ));
+        }
     }
     match file.get("version").and_then(Value::as_u64) {
         Some(BACKUP_VERSION) => {}
         Some(other) => {
-            return Err(format!("its version is {other}; this TaskFlow reads version {BACKUP_VERSION}, so use a matching TaskFlow"));
+            return Err(format!(
+                "its version is {other}; this TaskFlow reads version {BACKUP_VERSION}, so use a matching TaskFlow"
+            ));
         }
         None => return Err("it has no numeric \"version\" field".into()),
     }
@@ -109,7 +139,9 @@ pub fn parse_backup(bytes: &[u8]) -> Result<Vec<Task>, String> {
     tasks
         .into_iter()
         .enumerate()
-        .map(|(position, task)| serde_json::from_value(task).map_err(|e| format!("task #{position} is invalid: {e}")))
+        .map(|(position, task)| {
+            serde_json::from_value(task).map_err(|e| format!("task #{position} is invalid: {e}"))
+        })
         .collect()
 }
 
@@ -150,7 +182,10 @@ mod tests {
                 task.finished_at = Some(task.created_at + TimeDelta::nanoseconds(123_456_789));
                 task.retry_at = Some(task.created_at + TimeDelta::seconds(30));
                 task.plugin_digest = Some(format!("sha256:{sequence:064x}"));
-                task.last_error = Some(TaskError { kind: FailureKind::Retryable, message: "busy".into() });
+                task.last_error = Some(TaskError {
+                    kind: FailureKind::Retryable,
+                    message: "busy".into(),
+                });
                 task.result = Some(if sequence % 2 == 0 {
                     TaskOutput::Json(serde_json::json!({ "ok": sequence }))
                 } else {
@@ -166,22 +201,34 @@ mod tests {
         let source_dir = tempfile::tempdir().expect("tempdir");
         let backup_dir = tempfile::tempdir().expect("tempdir");
         let target_dir = tempfile::tempdir().expect("tempdir");
-        let source = FileStore::open(source_dir.path(), false).await.expect("open source");
+        let source = FileStore::open(source_dir.path(), false)
+            .await
+            .expect("open source");
         let tasks = varied_tasks();
         for task in &tasks {
             source.save(task).await.expect("save");
         }
 
         let path = backup(&source, backup_dir.path()).await.expect("backup");
-        let name = path.file_name().and_then(|n| n.to_str()).expect("file name");
-        assert!(name.starts_with("taskflow-backup-") && name.ends_with("Z.json"), "{name}");
-        let second = backup(&source, backup_dir.path()).await.expect("second backup");
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("file name");
+        assert!(
+            name.starts_with("taskflow-backup-") && name.ends_with("Z.json"),
+            "{name}"
+        );
+        let second = backup(&source, backup_dir.path())
+            .await
+            .expect("second backup");
         assert_ne!(second, path, "a second backup never overwrites the first");
 
         let read = read_backup(&path).await.expect("read backup");
         assert_eq!(read, tasks, "the file holds every task, every field");
 
-        let target = FileStore::open(target_dir.path(), false).await.expect("open target");
+        let target = FileStore::open(target_dir.path(), false)
+            .await
+            .expect("open target");
         for task in read {
             target.save(&as_restored(task)).await.expect("restore");
         }
@@ -194,11 +241,23 @@ mod tests {
     async fn files_that_are_not_backups_are_rejected_clearly() {
         let dir = tempfile::tempdir().expect("tempdir");
         for (content, says) in [
-            (r#"{"format":"other-tool","version":1,"tasks":[]}"#, "format is \"other-tool\""),
+            (
+                r#"{"format":"other-tool","version":1,"tasks":[]}"#,
+                "format is \"other-tool\"",
+            ),
             (r#"{"version":1,"tasks":[]}"#, "no \"format\" field"),
-            (r#"{"format":"taskflow-backup","version":2,"tasks":[]}"#, "version is 2"),
-            (r#"{"format":"taskflow-backup","version":1}"#, "no \"tasks\" array"),
-            (r#"{"format":"taskflow-backup","version":1,"tasks":[{"id":"x"}]}"#, "task #0 is invalid"),
+            (
+                r#"{"format":"taskflow-backup","version":2,"tasks":[]}"#,
+                "version is 2",
+            ),
+            (
+                r#"{"format":"taskflow-backup","version":1}"#,
+                "no \"tasks\" array",
+            ),
+            (
+                r#"{"format":"taskflow-backup","version":1,"tasks":[{"id":"x"}]}"#,
+                "task #0 is invalid",
+            ),
             (r#"[1, 2]"#, "expected a JSON object"),
             ("not json", "not valid JSON"),
         ] {
@@ -207,9 +266,14 @@ mod tests {
             let err = read_backup(&path).await.expect_err("not a backup");
             assert!(matches!(err, StorageError::InvalidBackup { .. }), "{err:?}");
             let message = err.to_string();
-            assert!(message.contains(says) && message.contains("input.json"), "{message}");
+            assert!(
+                message.contains(says) && message.contains("input.json"),
+                "{message}"
+            );
         }
-        let missing = read_backup(&dir.path().join("missing.json")).await.expect_err("missing file");
+        let missing = read_backup(&dir.path().join("missing.json"))
+            .await
+            .expect_err("missing file");
         assert!(matches!(missing, StorageError::Io { action: "read", .. }));
     }
 }

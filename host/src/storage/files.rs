@@ -30,7 +30,10 @@ use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::journal::{self, Journal, Record};
-use super::{Cursor, ListQuery, StatusCounts, StorageError, Submitted, TaskPage, TaskStore, blocking, io_error};
+use super::{
+    Cursor, ListQuery, StatusCounts, StorageError, Submitted, TaskPage, TaskStore, blocking,
+    io_error,
+};
 use crate::fsutil::{sync_filesystem, write_atomic};
 use crate::task::{Task, TaskId, TaskStatus};
 
@@ -177,7 +180,12 @@ struct Summary {
 
 impl Summary {
     fn of(task: &Task) -> Self {
-        Self { status: task.status, plugin: task.plugin.clone(), sequence: task.sequence, idempotency_key: task.idempotency_key.clone() }
+        Self {
+            status: task.status,
+            plugin: task.plugin.clone(),
+            sequence: task.sequence,
+            idempotency_key: task.idempotency_key.clone(),
+        }
     }
 
     fn matches(&self, query: &ListQuery) -> bool {
@@ -186,7 +194,11 @@ impl Summary {
 }
 
 fn query_matches(query: &ListQuery, status: TaskStatus, plugin: &str) -> bool {
-    query.status.is_none_or(|wanted| wanted == status) && query.plugin.as_deref().is_none_or(|wanted| wanted == plugin)
+    query.status.is_none_or(|wanted| wanted == status)
+        && query
+            .plugin
+            .as_deref()
+            .is_none_or(|wanted| wanted == plugin)
 }
 
 struct Index {
@@ -203,7 +215,10 @@ impl Index {
             summaries: HashMap::new(),
             order: BTreeSet::new(),
             by_idempotency_key: HashMap::new(),
-            counts: TaskStatus::ALL.into_iter().map(|status| (status, 0)).collect(),
+            counts: TaskStatus::ALL
+                .into_iter()
+                .map(|status| (status, 0))
+                .collect(),
         }
     }
 
@@ -211,7 +226,10 @@ impl Index {
     fn upsert(&mut self, id: TaskId, summary: Summary) -> bool {
         let existed = self.remove(id);
         *self.counts.entry(summary.status).or_default() += 1;
-        self.order.insert(Cursor { sequence: summary.sequence, id });
+        self.order.insert(Cursor {
+            sequence: summary.sequence,
+            id,
+        });
         if let Some(key) = &summary.idempotency_key {
             // Keys are unique in practice; should two tasks share one, the
             // earlier submission answers, whatever order they were read in.
@@ -235,7 +253,10 @@ impl Index {
         if let Some(count) = self.counts.get_mut(&old.status) {
             *count = count.saturating_sub(1);
         }
-        self.order.remove(&Cursor { sequence: old.sequence, id });
+        self.order.remove(&Cursor {
+            sequence: old.sequence,
+            id,
+        });
         if let Some(key) = &old.idempotency_key
             && self.by_idempotency_key.get(key) == Some(&id)
         {
@@ -248,13 +269,27 @@ impl Index {
 impl State {
     /// Applies a change to the index and the dirty set; whether the task
     /// existed before.
-    fn apply(&mut self, id: TaskId, record: Record, summary: Option<Summary>, segment: u64) -> bool {
-        let settled = summary.as_ref().is_none_or(|summary| summary.status.is_terminal());
+    fn apply(
+        &mut self,
+        id: TaskId,
+        record: Record,
+        summary: Option<Summary>,
+        segment: u64,
+    ) -> bool {
+        let settled = summary
+            .as_ref()
+            .is_none_or(|summary| summary.status.is_terminal());
         let existed = match summary {
             Some(summary) => self.index.upsert(id, summary),
             None => self.index.remove(id),
         };
-        let dirty = Dirty { version: self.next_version, record, segment, since: Instant::now(), settled };
+        let dirty = Dirty {
+            version: self.next_version,
+            record,
+            segment,
+            since: Instant::now(),
+            settled,
+        };
         self.next_version += 1;
         self.dirty_bytes += dirty.size();
         if let Some(replaced) = self.dirty.insert(id, dirty) {
@@ -270,7 +305,9 @@ impl State {
                 Ok(task) => {
                     self.apply(task.id, record, Some(Summary::of(&task)), segment);
                 }
-                Err(e) => tracing::warn!(segment = %path.display(), error = %e, "journal record does not hold a valid task; skipped"),
+                Err(e) => {
+                    tracing::warn!(segment = %path.display(), error = %e, "journal record does not hold a valid task; skipped")
+                }
             },
             Record::Delete(id) => {
                 self.apply(*id, record, None, segment);
@@ -308,13 +345,24 @@ impl FileStore {
         blocking(move || {
             std::fs::create_dir_all(&root).map_err(io_error("create", &root))?;
             let lock_file = lock_exclusively(&root)?;
-            let mut state =
-                State { index: scan(&root)?, dirty: HashMap::new(), dirty_bytes: 0, next_version: 0, closed: false };
+            let mut state = State {
+                index: scan(&root)?,
+                dirty: HashMap::new(),
+                dirty_bytes: 0,
+                next_version: 0,
+                closed: false,
+            };
             for (number, path) in journal::sealed_segments(&root)? {
                 journal::read_segment(&path, |record| state.replay(record, number, &path))?;
             }
             let journal = Journal::create(&root, fsync)?;
-            let next_sequence = state.index.summaries.values().map(|s| s.sequence.saturating_add(1)).max().unwrap_or(1);
+            let next_sequence = state
+                .index
+                .summaries
+                .values()
+                .map(|s| s.sequence.saturating_add(1))
+                .max()
+                .unwrap_or(1);
             let shared = Arc::new(Shared {
                 root,
                 fsync,
@@ -328,11 +376,25 @@ impl FileStore {
             });
             let (changes, queued) = mpsc::channel(MAX_BATCH * 4);
             let threads = vec![
-                spawn_thread("taskflow-journal", { let shared = shared.clone(); move || write_changes(&shared, queued) })?,
-                spawn_thread("taskflow-checkpoint", { let shared = shared.clone(); move || checkpoint_periodically(&shared) })?,
+                spawn_thread("taskflow-journal", {
+                    let shared = shared.clone();
+                    move || write_changes(&shared, queued)
+                })?,
+                spawn_thread("taskflow-checkpoint", {
+                    let shared = shared.clone();
+                    move || checkpoint_periodically(&shared)
+                })?,
             ];
             let keyed_inserts = tokio::sync::Mutex::new(());
-            Ok(Self { handle: Arc::new(Handle { shared, changes: Some(changes), threads, _lock_file: lock_file, keyed_inserts }) })
+            Ok(Self {
+                handle: Arc::new(Handle {
+                    shared,
+                    changes: Some(changes),
+                    threads,
+                    _lock_file: lock_file,
+                    keyed_inserts,
+                }),
+            })
         })
         .await
     }
@@ -360,12 +422,22 @@ impl FileStore {
         let records = tasks
             .iter()
             .map(|task| {
-                let json = serde_json::to_vec(task).map_err(|source| StorageError::Encode { what: format!("task {}", task.id), source })?;
-                Ok(ChangedTask { id: task.id, record: Record::Put(json.into()), summary: Some(Summary::of(task)) })
+                let json = serde_json::to_vec(task).map_err(|source| StorageError::Encode {
+                    what: format!("task {}", task.id),
+                    source,
+                })?;
+                Ok(ChangedTask {
+                    id: task.id,
+                    record: Record::Put(json.into()),
+                    summary: Some(Summary::of(task)),
+                })
             })
             .collect::<Result<Vec<_>, StorageError>>()?;
         if let Some(max) = tasks.iter().map(|t| t.sequence).max() {
-            self.handle.shared.next_sequence.fetch_max(max.saturating_add(1), Ordering::Relaxed);
+            self.handle
+                .shared
+                .next_sequence
+                .fetch_max(max.saturating_add(1), Ordering::Relaxed);
         }
         self.persist(records).await.map(|_| ())
     }
@@ -375,13 +447,20 @@ impl FileStore {
         let stopped = || StorageError::Unavailable("the journal writer has stopped".into());
         let changes = self.handle.changes.as_ref().ok_or_else(stopped)?;
         let (done, persisted) = oneshot::channel();
-        changes.send(Change { records, done }).await.map_err(|_| stopped())?;
+        changes
+            .send(Change { records, done })
+            .await
+            .map_err(|_| stopped())?;
         persisted.await.map_err(|_| stopped())?
     }
 
     /// Reads the given tasks in order, skipping any deleted meanwhile and any
     /// that no longer match `keep`.
-    async fn read_tasks(&self, ids: Vec<TaskId>, keep: impl Fn(&Task) -> bool + Send + 'static) -> Result<Vec<Task>, StorageError> {
+    async fn read_tasks(
+        &self,
+        ids: Vec<TaskId>,
+        keep: impl Fn(&Task) -> bool + Send + 'static,
+    ) -> Result<Vec<Task>, StorageError> {
         let shared = self.handle.shared.clone();
         blocking(move || {
             let mut tasks = Vec::with_capacity(ids.len());
@@ -408,7 +487,9 @@ impl Drop for Handle {
         self.shared.room.notify_all();
         for thread in self.threads.drain(..) {
             if thread.join().is_err() {
-                tracing::error!("a storage thread panicked; the journal is replayed at the next open");
+                tracing::error!(
+                    "a storage thread panicked; the journal is replayed at the next open"
+                );
             }
         }
     }
@@ -435,7 +516,9 @@ impl Shared {
         }
         let (state, _) = self
             .room
-            .wait_timeout_while(state, MAX_WAIT_FOR_ROOM, |state| state.is_full() && !state.closed)
+            .wait_timeout_while(state, MAX_WAIT_FOR_ROOM, |state| {
+                state.is_full() && !state.closed
+            })
             .unwrap_or_else(PoisonError::into_inner);
         !state.is_full() || state.closed
     }
@@ -461,7 +544,10 @@ impl Shared {
     /// per state (each rewrite also frees an inode, which file systems take
     /// time to reuse).
     fn checkpoint(&self, everything: bool) -> Result<(), StorageError> {
-        let mut flushes = self.checkpointing.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut flushes = self
+            .checkpointing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         // After the rotation every record in a sealed segment is in the
         // dirty set (the writer updates the state before it lets go of the
         // journal).
@@ -476,7 +562,9 @@ impl Shared {
             state
                 .dirty
                 .iter()
-                .filter(|(_, dirty)| everything || dirty.settled || dirty.since.elapsed() >= SETTLE_TIME)
+                .filter(|(_, dirty)| {
+                    everything || dirty.settled || dirty.since.elapsed() >= SETTLE_TIME
+                })
                 .map(|(id, dirty)| (*id, dirty.version, dirty.record.clone()))
                 .collect()
         };
@@ -519,7 +607,13 @@ impl Shared {
         }
         // A segment is needed while it holds the latest record of a task
         // still dirty.
-        let oldest_needed = self.lock_state().dirty.values().map(|dirty| dirty.segment).min().unwrap_or(current);
+        let oldest_needed = self
+            .lock_state()
+            .dirty
+            .values()
+            .map(|dirty| dirty.segment)
+            .min()
+            .unwrap_or(current);
         journal::drop_segments_before(&self.root, oldest_needed.min(current), self.fsync)?;
         match first_failure {
             None => Ok(()),
@@ -535,7 +629,10 @@ impl Shared {
     fn forget_written(&self, written: &[(TaskId, u64)]) {
         let mut state = self.lock_state();
         for (id, version) in written {
-            if state.dirty.get(id).is_some_and(|dirty| dirty.version == *version)
+            if state
+                .dirty
+                .get(id)
+                .is_some_and(|dirty| dirty.version == *version)
                 && let Some(forgotten) = state.dirty.remove(id)
             {
                 state.dirty_bytes -= forgotten.size();
@@ -580,9 +677,13 @@ fn write_changes(shared: &Shared, mut queued: mpsc::Receiver<Change>) {
             batch.push(change);
         }
         if !shared.wait_for_room() {
-            tracing::error!("the task files have fallen far behind the journal; changes are refused until checkpoints catch up");
+            tracing::error!(
+                "the task files have fallen far behind the journal; changes are refused until checkpoints catch up"
+            );
             for change in batch.drain(..) {
-                let _ = change.done.send(Err(StorageError::Unavailable("the task files are not keeping up; try again shortly".into())));
+                let _ = change.done.send(Err(StorageError::Unavailable(
+                    "the task files are not keeping up; try again shortly".into(),
+                )));
             }
             continue;
         }
@@ -602,7 +703,12 @@ fn write_changes(shared: &Shared, mut queued: mpsc::Receiver<Change>) {
                     .map(|change| {
                         let mut existed = false;
                         for changed in change.records {
-                            existed = state.apply(changed.id, changed.record, changed.summary, journal.current());
+                            existed = state.apply(
+                                changed.id,
+                                changed.record,
+                                changed.summary,
+                                journal.current(),
+                            );
                         }
                         (change.done, Ok(existed))
                     })
@@ -621,7 +727,9 @@ fn write_changes(shared: &Shared, mut queued: mpsc::Receiver<Change>) {
                 drop(journal);
                 tracing::error!(error = %e, "cannot append to the journal; the changes are refused");
                 for change in batch.drain(..) {
-                    let _ = change.done.send(Err(StorageError::Unavailable(format!("cannot persist the change: {e}"))));
+                    let _ = change.done.send(Err(StorageError::Unavailable(format!(
+                        "cannot persist the change: {e}"
+                    ))));
                 }
             }
         }
@@ -641,7 +749,9 @@ fn checkpoint_periodically(shared: &Shared) {
             let state = shared.lock_state();
             let (state, _) = shared
                 .checkpoint_due
-                .wait_timeout_while(state, CHECKPOINT_INTERVAL, |state| !state.closed && !state.wants_checkpoint())
+                .wait_timeout_while(state, CHECKPOINT_INTERVAL, |state| {
+                    !state.closed && !state.wants_checkpoint()
+                })
                 .unwrap_or_else(PoisonError::into_inner);
             if state.closed {
                 return; // the writer makes the last checkpoint
@@ -671,7 +781,10 @@ fn lower_this_threads_priority() {
     }
 }
 
-fn spawn_thread(name: &str, work: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StorageError> {
+fn spawn_thread(
+    name: &str,
+    work: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, StorageError> {
     std::thread::Builder::new()
         .name(name.into())
         .spawn(work)
@@ -681,10 +794,17 @@ fn spawn_thread(name: &str, work: impl FnOnce() + Send + 'static) -> Result<Join
 /// Takes the store's lock file, so that two hosts never share one store.
 fn lock_exclusively(root: &Path) -> Result<File, StorageError> {
     let path = root.join(".lock");
-    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_error("open", &path))?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error("open", &path))?;
     match file.try_lock() {
         Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => return Err(StorageError::InUse(root.display().to_string())),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(StorageError::InUse(root.display().to_string()));
+        }
         Err(std::fs::TryLockError::Error(e)) => return Err(io_error("lock", &path)(e)),
     }
     Ok(file)
@@ -705,11 +825,17 @@ fn read_task(path: &Path) -> Result<Option<Task>, StorageError> {
 }
 
 fn parse_task(json: &[u8], path: &Path) -> Result<Task, StorageError> {
-    serde_json::from_slice(json).map_err(|source| StorageError::Corrupt { path: path.to_path_buf(), source })
+    serde_json::from_slice(json).map_err(|source| StorageError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn is_shard_name(name: &str) -> bool {
-    name.len() == 2 && name.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    name.len() == 2
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 /// Builds the index from every task file under `root`.
@@ -753,9 +879,18 @@ fn scan(root: &Path) -> Result<Index, StorageError> {
 
 /// Reads a task file found at open and checks that it belongs where it lies.
 fn check_task_file(path: &Path, stem: &str) -> Result<Task, String> {
-    let task = read_task(path).map_err(|e| e.to_string())?.ok_or("it vanished while being read")?;
-    if task.id.to_string() != stem || !path.parent().is_some_and(|dir| dir.ends_with(task.id.shard())) {
-        return Err(format!("it holds task {}, which belongs elsewhere", task.id));
+    let task = read_task(path)
+        .map_err(|e| e.to_string())?
+        .ok_or("it vanished while being read")?;
+    if task.id.to_string() != stem
+        || !path
+            .parent()
+            .is_some_and(|dir| dir.ends_with(task.id.shard()))
+    {
+        return Err(format!(
+            "it holds task {}, which belongs elsewhere",
+            task.id
+        ));
     }
     Ok(task)
 }
@@ -764,7 +899,10 @@ fn check_task_file(path: &Path, stem: &str) -> Result<Task, String> {
 fn move_aside(root: &Path, path: &Path, file_name: &str, reason: &str) {
     let corrupt_dir = root.join(CORRUPT_DIR);
     // The timestamp keeps a file that goes bad twice from overwriting its first copy.
-    let target = corrupt_dir.join(format!("{}-{file_name}", Utc::now().format("%Y%m%dT%H%M%S%.6fZ")));
+    let target = corrupt_dir.join(format!(
+        "{}-{file_name}",
+        Utc::now().format("%Y%m%dT%H%M%S%.6fZ")
+    ));
     match std::fs::create_dir_all(&corrupt_dir).and_then(|()| std::fs::rename(path, &target)) {
         Ok(()) => tracing::warn!(
             path = %path.display(), moved_to = %target.display(), reason,
@@ -795,14 +933,28 @@ impl TaskStore for FileStore {
                 None => None,
             };
             submitted.push(match existing {
-                Some(existing) => Submitted { task: existing, created: false },
+                Some(existing) => Submitted {
+                    task: existing,
+                    created: false,
+                },
                 None => {
-                    task.sequence = self.handle.shared.next_sequence.fetch_add(1, Ordering::Relaxed);
-                    Submitted { task, created: true }
+                    task.sequence = self
+                        .handle
+                        .shared
+                        .next_sequence
+                        .fetch_add(1, Ordering::Relaxed);
+                    Submitted {
+                        task,
+                        created: true,
+                    }
                 }
             });
         }
-        let created: Vec<Task> = submitted.iter().filter(|s| s.created).map(|s| s.task.clone()).collect();
+        let created: Vec<Task> = submitted
+            .iter()
+            .filter(|s| s.created)
+            .map(|s| s.task.clone())
+            .collect();
         if !created.is_empty() {
             self.save_all(&created).await?;
         }
@@ -829,7 +981,12 @@ impl TaskStore for FileStore {
     }
 
     async fn delete(&self, id: TaskId) -> Result<bool, StorageError> {
-        self.persist(vec![ChangedTask { id, record: Record::Delete(id), summary: None }]).await
+        self.persist(vec![ChangedTask {
+            id,
+            record: Record::Delete(id),
+            summary: None,
+        }])
+        .await
     }
 
     async fn list(&self, query: &ListQuery) -> Result<TaskPage, StorageError> {
@@ -844,25 +1001,52 @@ impl TaskStore for FileStore {
             let mut matching = index
                 .order
                 .range((start, Bound::Unbounded))
-                .filter(|cursor| index.summaries.get(&cursor.id).is_some_and(|s| s.matches(query)));
+                .filter(|cursor| {
+                    index
+                        .summaries
+                        .get(&cursor.id)
+                        .is_some_and(|s| s.matches(query))
+                });
             let page: Vec<Cursor> = matching.by_ref().take(query.limit).copied().collect();
             let next_cursor = matching.next().and(page.last()).map(Cursor::encode);
-            (page.into_iter().map(|cursor| cursor.id).collect(), next_cursor)
+            (
+                page.into_iter().map(|cursor| cursor.id).collect(),
+                next_cursor,
+            )
         };
         // A task may change between the index snapshot and the read; the
         // filter applies to what is returned.
         let query = query.clone();
-        let tasks = self.read_tasks(ids, move |task| query_matches(&query, task.status, &task.plugin)).await?;
+        let tasks = self
+            .read_tasks(ids, move |task| {
+                query_matches(&query, task.status, &task.plugin)
+            })
+            .await?;
         Ok(TaskPage { tasks, next_cursor })
     }
 
     async fn all(&self) -> Result<Vec<Task>, StorageError> {
-        let ids = self.handle.shared.lock_state().index.order.iter().map(|cursor| cursor.id).collect();
+        let ids = self
+            .handle
+            .shared
+            .lock_state()
+            .index
+            .order
+            .iter()
+            .map(|cursor| cursor.id)
+            .collect();
         self.read_tasks(ids, |_| true).await
     }
 
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<Task>, StorageError> {
-        let id = self.handle.shared.lock_state().index.by_idempotency_key.get(key).copied();
+        let id = self
+            .handle
+            .shared
+            .lock_state()
+            .index
+            .by_idempotency_key
+            .get(key)
+            .copied();
         match id {
             Some(id) => self.load(id).await,
             None => Ok(None),
@@ -874,14 +1058,25 @@ impl TaskStore for FileStore {
     }
 
     async fn check(&self) -> Result<(), StorageError> {
-        if self.handle.changes.as_ref().is_none_or(mpsc::Sender::is_closed) {
-            return Err(StorageError::Unavailable("the journal writer has stopped".into()));
+        if self
+            .handle
+            .changes
+            .as_ref()
+            .is_none_or(mpsc::Sender::is_closed)
+        {
+            return Err(StorageError::Unavailable(
+                "the journal writer has stopped".into(),
+            ));
         }
         if self.handle.shared.lock_state().is_full() {
-            return Err(StorageError::Unavailable("the task files are not keeping up with the journal".into()));
+            return Err(StorageError::Unavailable(
+                "the task files are not keeping up with the journal".into(),
+            ));
         }
         if self.handle.shared.flush_failed.load(Ordering::Relaxed) {
-            return Err(StorageError::Unavailable("a flush of the task files failed; restart the host".into()));
+            return Err(StorageError::Unavailable(
+                "a flush of the task files failed; restart the host".into(),
+            ));
         }
         Ok(())
     }
@@ -895,7 +1090,11 @@ mod tests {
     use crate::task::{NewTask, TaskOutput};
 
     fn task(plugin: &str, sequence: u64) -> Task {
-        let new = NewTask { plugin: plugin.into(), payload: serde_json::json!({ "n": sequence }), ..NewTask::default() };
+        let new = NewTask {
+            plugin: plugin.into(),
+            payload: serde_json::json!({ "n": sequence }),
+            ..NewTask::default()
+        };
         new.validate(sequence).expect("valid task")
     }
 
@@ -946,7 +1145,11 @@ mod tests {
                 let read = store.load(saved.id).await.expect("load").expect("present");
                 if read.status == TaskStatus::Completed {
                     let counts = store.counts().await.expect("counts");
-                    assert_eq!(counts[&TaskStatus::Completed], n + 1, "a completed task was read before it was counted");
+                    assert_eq!(
+                        counts[&TaskStatus::Completed],
+                        n + 1,
+                        "a completed task was read before it was counted"
+                    );
                     break;
                 }
             }
@@ -966,8 +1169,16 @@ mod tests {
         assert_eq!(store.path_of(saved.id), expected);
         assert!(!expected.exists(), "files are written by checkpoints");
         store.checkpoint().await.expect("checkpoint");
-        assert_eq!(files_under(&dir.path().join(&id[..2])), vec![expected], "one file, no temporary leftovers");
-        assert!(files_under(&dir.path().join(journal::JOURNAL_DIR)).iter().all(|segment| segment.metadata().expect("stat").len() == 0));
+        assert_eq!(
+            files_under(&dir.path().join(&id[..2])),
+            vec![expected],
+            "one file, no temporary leftovers"
+        );
+        assert!(
+            files_under(&dir.path().join(journal::JOURNAL_DIR))
+                .iter()
+                .all(|segment| segment.metadata().expect("stat").len() == 0)
+        );
     }
 
     #[tokio::test]
@@ -983,7 +1194,10 @@ mod tests {
         assert_eq!(store.load(saved.id).await.expect("load"), None);
         store.checkpoint().await.expect("checkpoint");
         assert!(!store.path_of(saved.id).exists());
-        assert_eq!(store.counts().await.expect("counts")[&TaskStatus::Pending], 0);
+        assert_eq!(
+            store.counts().await.expect("counts")[&TaskStatus::Pending],
+            0
+        );
     }
 
     #[tokio::test]
@@ -994,10 +1208,28 @@ mod tests {
         keyed.idempotency_key = Some("order-42".into());
         store.save(&keyed).await.expect("save");
         store.save(&task("echo", 2)).await.expect("save");
-        assert_eq!(store.find_by_idempotency_key("order-42").await.expect("find"), Some(keyed.clone()));
-        assert_eq!(store.find_by_idempotency_key("order-43").await.expect("find"), None);
+        assert_eq!(
+            store
+                .find_by_idempotency_key("order-42")
+                .await
+                .expect("find"),
+            Some(keyed.clone())
+        );
+        assert_eq!(
+            store
+                .find_by_idempotency_key("order-43")
+                .await
+                .expect("find"),
+            None
+        );
         store.delete(keyed.id).await.expect("delete");
-        assert_eq!(store.find_by_idempotency_key("order-42").await.expect("find"), None);
+        assert_eq!(
+            store
+                .find_by_idempotency_key("order-42")
+                .await
+                .expect("find"),
+            None
+        );
     }
 
     #[tokio::test]
@@ -1020,7 +1252,10 @@ mod tests {
         for status in TaskStatus::ALL {
             assert_eq!(counts[&status], 4, "{status}");
         }
-        assert_eq!(store.find_by_idempotency_key("key-7").await.expect("find"), Some(saved[7].clone()));
+        assert_eq!(
+            store.find_by_idempotency_key("key-7").await.expect("find"),
+            Some(saved[7].clone())
+        );
     }
 
     #[tokio::test]
@@ -1038,7 +1273,11 @@ mod tests {
         // A valid task under another task's name would answer the wrong id.
         let misplaced_path = task_path(dir.path(), TaskId::new());
         std::fs::create_dir_all(misplaced_path.parent().expect("shard dir")).expect("mkdir");
-        std::fs::write(&misplaced_path, serde_json::to_vec(&task("echo", 2)).expect("json")).expect("write");
+        std::fs::write(
+            &misplaced_path,
+            serde_json::to_vec(&task("echo", 2)).expect("json"),
+        )
+        .expect("write");
         let temp = store_temp_file(dir.path(), good.id);
 
         let store = open(dir.path()).await;
@@ -1047,7 +1286,11 @@ mod tests {
         assert!(!corrupt_path.exists() && !misplaced_path.exists() && !temp.exists());
         let quarantined = files_under(&dir.path().join(CORRUPT_DIR));
         assert_eq!(quarantined.len(), 2);
-        assert!(quarantined.iter().any(|p| p.to_string_lossy().ends_with(&format!("{corrupt_id}.json"))));
+        assert!(
+            quarantined
+                .iter()
+                .any(|p| p.to_string_lossy().ends_with(&format!("{corrupt_id}.json")))
+        );
     }
 
     fn store_temp_file(root: &Path, id: TaskId) -> PathBuf {
@@ -1091,21 +1334,40 @@ mod tests {
         for t in &saved {
             assert_eq!(store.load(t.id).await.expect("load").as_ref(), Some(t));
         }
-        let final_shared = store.load(shared.id).await.expect("load shared").expect("shared exists");
+        let final_shared = store
+            .load(shared.id)
+            .await
+            .expect("load shared")
+            .expect("shared exists");
         let all = store.all().await.expect("all");
         assert_eq!(all.len(), saved.len() + 1);
         let ids: HashSet<_> = all.iter().map(|t| t.id).collect();
         assert_eq!(ids.len(), all.len());
 
-        let listed = store.list(&ListQuery { status: Some(final_shared.status), limit: 1, ..ListQuery::default() }).await.expect("list");
-        assert_eq!(listed.tasks.first().map(|t| t.id), Some(shared.id), "shared has the lowest sequence");
+        let listed = store
+            .list(&ListQuery {
+                status: Some(final_shared.status),
+                limit: 1,
+                ..ListQuery::default()
+            })
+            .await
+            .expect("list");
+        assert_eq!(
+            listed.tasks.first().map(|t| t.id),
+            Some(shared.id),
+            "shared has the lowest sequence"
+        );
 
         // The index agrees with what is on disk, before and after a reopen.
         let counts = store.counts().await.expect("counts");
         drop(store);
         let reopened = open(dir.path()).await;
         assert_eq!(reopened.counts().await.expect("counts"), counts);
-        let from_disk = reopened.load(shared.id).await.expect("load").expect("shared");
+        let from_disk = reopened
+            .load(shared.id)
+            .await
+            .expect("load")
+            .expect("shared");
         assert_eq!(from_disk, final_shared);
     }
 
@@ -1124,25 +1386,49 @@ mod tests {
         changed.status = TaskStatus::Completed;
         changed.attempts = 1;
         let mut records = Vec::new();
-        Record::Put(serde_json::to_vec(&Task { status: TaskStatus::Running, ..changed.clone() }).expect("json").into()).encode_into(&mut records);
+        Record::Put(
+            serde_json::to_vec(&Task {
+                status: TaskStatus::Running,
+                ..changed.clone()
+            })
+            .expect("json")
+            .into(),
+        )
+        .encode_into(&mut records);
         Record::Put(serde_json::to_vec(&changed).expect("json").into()).encode_into(&mut records);
         Record::Delete(deleted.id).encode_into(&mut records);
         records.extend_from_slice(b"P {\"id\":");
         let journal_dir = dir.path().join(journal::JOURNAL_DIR);
-        std::fs::write(journal_dir.join("00000000000000000007.log"), &records).expect("write journal");
+        std::fs::write(journal_dir.join("00000000000000000007.log"), &records)
+            .expect("write journal");
 
         let store = open(dir.path()).await;
-        assert_eq!(store.all().await.expect("all"), vec![changed.clone(), untouched.clone()]);
+        assert_eq!(
+            store.all().await.expect("all"),
+            vec![changed.clone(), untouched.clone()]
+        );
         let counts = store.counts().await.expect("counts");
-        assert_eq!((counts[&TaskStatus::Completed], counts[&TaskStatus::Pending]), (1, 1));
-        assert!(store.path_of(deleted.id).exists(), "the files are untouched until a checkpoint");
+        assert_eq!(
+            (counts[&TaskStatus::Completed], counts[&TaskStatus::Pending]),
+            (1, 1)
+        );
+        assert!(
+            store.path_of(deleted.id).exists(),
+            "the files are untouched until a checkpoint"
+        );
 
         store.checkpoint().await.expect("checkpoint");
         assert!(!store.path_of(deleted.id).exists());
-        let on_disk: Task = serde_json::from_slice(&std::fs::read(store.path_of(changed.id)).expect("read")).expect("task");
+        let on_disk: Task =
+            serde_json::from_slice(&std::fs::read(store.path_of(changed.id)).expect("read"))
+                .expect("task");
         assert_eq!(on_disk, changed);
         let segments = files_under(&journal_dir);
-        assert_eq!(segments.len(), 1, "replayed segments are dropped once checkpointed: {segments:?}");
+        assert_eq!(
+            segments.len(),
+            1,
+            "replayed segments are dropped once checkpointed: {segments:?}"
+        );
         assert!(segments[0].ends_with("00000000000000000008.log"));
     }
 
@@ -1164,33 +1450,60 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path()).await;
         let young = task("echo", 1);
-        let finished = Task { status: TaskStatus::Completed, ..task("echo", 2) };
+        let finished = Task {
+            status: TaskStatus::Completed,
+            ..task("echo", 2)
+        };
         store.save(&young).await.expect("save");
         store.save(&finished).await.expect("save");
         let shared = store.handle.shared.clone();
-        blocking(move || shared.checkpoint(false)).await.expect("periodic checkpoint");
-        assert!(store.path_of(finished.id).exists(), "finished tasks are written at once");
-        assert!(!store.path_of(young.id).exists(), "a task that may finish soon is not written yet");
+        blocking(move || shared.checkpoint(false))
+            .await
+            .expect("periodic checkpoint");
+        assert!(
+            store.path_of(finished.id).exists(),
+            "finished tasks are written at once"
+        );
+        assert!(
+            !store.path_of(young.id).exists(),
+            "a task that may finish soon is not written yet"
+        );
 
         // What a crash would leave now: the young task's segment is kept.
         let crashed = tempfile::tempdir().expect("tempdir");
         copy_dir(dir.path(), crashed.path());
         let recovered = open(crashed.path()).await;
-        assert_eq!(recovered.load(young.id).await.expect("load"), Some(young.clone()));
-        assert_eq!(recovered.load(finished.id).await.expect("load"), Some(finished));
+        assert_eq!(
+            recovered.load(young.id).await.expect("load"),
+            Some(young.clone())
+        );
+        assert_eq!(
+            recovered.load(finished.id).await.expect("load"),
+            Some(finished)
+        );
 
         store.checkpoint().await.expect("full checkpoint");
         assert!(store.path_of(young.id).exists());
         let segments = files_under(&dir.path().join(journal::JOURNAL_DIR));
-        assert_eq!(segments.len(), 1, "only the open segment is left: {segments:?}");
+        assert_eq!(
+            segments.len(),
+            1,
+            "only the open segment is left: {segments:?}"
+        );
     }
 
     #[tokio::test]
     async fn a_task_file_that_cannot_be_written_holds_back_only_itself() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path()).await;
-        let blocked = Task { status: TaskStatus::Completed, ..task("echo", 1) };
-        let mut other = Task { status: TaskStatus::Completed, ..task("echo", 2) };
+        let blocked = Task {
+            status: TaskStatus::Completed,
+            ..task("echo", 1)
+        };
+        let mut other = Task {
+            status: TaskStatus::Completed,
+            ..task("echo", 2)
+        };
         while other.id.shard() == blocked.id.shard() {
             other.id = TaskId::new();
         }
@@ -1201,10 +1514,21 @@ mod tests {
         store.save(&other).await.expect("save");
 
         assert!(store.checkpoint().await.is_err(), "the failure is reported");
-        assert!(store.path_of(other.id).exists(), "the other task is written all the same");
-        assert_eq!(store.load(blocked.id).await.expect("load"), Some(blocked.clone()), "still served from memory");
+        assert!(
+            store.path_of(other.id).exists(),
+            "the other task is written all the same"
+        );
+        assert_eq!(
+            store.load(blocked.id).await.expect("load"),
+            Some(blocked.clone()),
+            "still served from memory"
+        );
         let kept = files_under(&dir.path().join(journal::JOURNAL_DIR));
-        assert!(kept.iter().any(|segment| segment.metadata().expect("stat").len() > 0), "its journal segment is kept");
+        assert!(
+            kept.iter()
+                .any(|segment| segment.metadata().expect("stat").len() > 0),
+            "its journal segment is kept"
+        );
 
         std::fs::remove_file(&blocker).expect("remove blocker");
         store.checkpoint().await.expect("checkpoint");
@@ -1215,9 +1539,19 @@ mod tests {
     async fn a_second_process_cannot_open_the_same_store() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path()).await;
-        let second = FileStore::open(dir.path(), false).await.map(|_| ()).expect_err("second open");
-        assert!(matches!(&second, StorageError::InUse(store) if *store == dir.path().display().to_string()), "{second}");
-        assert!(second.to_string().contains("in use by another TaskFlow host"));
+        let second = FileStore::open(dir.path(), false)
+            .await
+            .map(|_| ())
+            .expect_err("second open");
+        assert!(
+            matches!(&second, StorageError::InUse(store) if *store == dir.path().display().to_string()),
+            "{second}"
+        );
+        assert!(
+            second
+                .to_string()
+                .contains("in use by another TaskFlow host")
+        );
         drop(store);
         open(dir.path()).await;
     }

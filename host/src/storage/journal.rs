@@ -77,9 +77,18 @@ impl Journal {
     pub fn create(root: &Path, fsync: bool) -> Result<Self, StorageError> {
         let dir = root.join(JOURNAL_DIR);
         std::fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
-        let next = sealed_segments(root)?.last().map_or(1, |(number, _)| number + 1);
+        let next = sealed_segments(root)?
+            .last()
+            .map_or(1, |(number, _)| number + 1);
         let file = open_segment(&dir, next, fsync)?;
-        Ok(Self { dir, fsync, file, number: next, len: 0, broken: false })
+        Ok(Self {
+            dir,
+            fsync,
+            file,
+            number: next,
+            len: 0,
+            broken: false,
+        })
     }
 
     /// Appends encoded records and, with fsync, waits until they are on disk.
@@ -90,7 +99,13 @@ impl Journal {
         if self.broken {
             self.start_next()?;
         }
-        let written = self.file.write_all(records).and_then(|()| if self.fsync { self.file.sync_data() } else { Ok(()) });
+        let written = self.file.write_all(records).and_then(|()| {
+            if self.fsync {
+                self.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = written {
             if let Err(cut) = self.file.set_len(self.len) {
                 // Appending after the fragment would glue the next record to
@@ -139,7 +154,11 @@ fn segment_path(dir: &Path, number: u64) -> PathBuf {
 
 fn open_segment(dir: &Path, number: u64, fsync: bool) -> Result<File, StorageError> {
     let path = segment_path(dir, number);
-    let file = OpenOptions::new().append(true).create_new(true).open(&path).map_err(io_error("create", &path))?;
+    let file = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(io_error("create", &path))?;
     if fsync && let Err(e) = sync_dir(dir) {
         // Gone again, so that the next attempt can create it.
         let _ = std::fs::remove_file(&path);
@@ -150,7 +169,9 @@ fn open_segment(dir: &Path, number: u64, fsync: bool) -> Result<File, StorageErr
 
 /// Makes the creation or removal of files in `dir` durable.
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error("sync", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error("sync", dir))
 }
 
 /// Every segment under `root`, oldest first, the open one included.
@@ -164,7 +185,11 @@ pub fn sealed_segments(root: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError>
     let mut segments = Vec::new();
     for entry in entries {
         let path = entry.map_err(io_error("list", &dir))?.path();
-        let number = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".log")).and_then(|n| n.parse().ok());
+        let number = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.parse().ok());
         if let Some(number) = number {
             segments.push((number, path));
         }
@@ -201,7 +226,11 @@ pub fn read_segment(path: &Path, mut apply: impl FnMut(Record)) -> Result<(), St
     let mut line = Vec::new();
     for number in 1.. {
         line.clear();
-        if reader.read_until(b'\n', &mut line).map_err(io_error("read", path))? == 0 {
+        if reader
+            .read_until(b'\n', &mut line)
+            .map_err(io_error("read", path))?
+            == 0
+        {
             break;
         }
         let Some(complete) = line.strip_suffix(b"\n") else {
@@ -210,7 +239,9 @@ pub fn read_segment(path: &Path, mut apply: impl FnMut(Record)) -> Result<(), St
         };
         match Record::decode(complete) {
             Some(record) => apply(record),
-            None => tracing::warn!(segment = %path.display(), line = number, "journal line is not a record; skipped"),
+            None => {
+                tracing::warn!(segment = %path.display(), line = number, "journal line is not a record; skipped")
+            }
         }
     }
     Ok(())
@@ -245,7 +276,10 @@ mod tests {
         journal.append(&buf).expect("append");
         let segments = sealed_segments(dir.path()).expect("segments");
         assert_eq!(segments.len(), 1);
-        assert_eq!(records_of(&segments[0].1), vec![r#"{"a":1}"#.to_owned(), format!("delete {id}")]);
+        assert_eq!(
+            records_of(&segments[0].1),
+            vec![r#"{"a":1}"#.to_owned(), format!("delete {id}")]
+        );
     }
 
     #[test]
@@ -254,7 +288,9 @@ mod tests {
         let mut journal = Journal::create(dir.path(), true).expect("create");
         journal.rotate().expect("rotating an empty segment");
         assert_eq!(journal.current(), 1, "an empty segment is not sealed");
-        journal.append(b"D 3f2b8c1e-8d4a-4c7e-9f1a-2b3c4d5e6f70\n").expect("append");
+        journal
+            .append(b"D 3f2b8c1e-8d4a-4c7e-9f1a-2b3c4d5e6f70\n")
+            .expect("append");
         journal.rotate().expect("rotate");
         assert_eq!(journal.current(), 2);
         drop(journal);
@@ -262,7 +298,11 @@ mod tests {
         let reopened = Journal::create(dir.path(), false).expect("reopen");
         assert_eq!(reopened.current(), 3);
         drop_segments_before(dir.path(), 3, true).expect("drop");
-        let left: Vec<u64> = sealed_segments(dir.path()).expect("segments").into_iter().map(|(n, _)| n).collect();
+        let left: Vec<u64> = sealed_segments(dir.path())
+            .expect("segments")
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         assert_eq!(left, vec![3]);
     }
 }

@@ -60,7 +60,10 @@ pub struct Cursor {
 impl Cursor {
     /// The cursor just after `task`.
     pub fn after(task: &Task) -> Self {
-        Self { sequence: task.sequence, id: task.id }
+        Self {
+            sequence: task.sequence,
+            id: task.id,
+        }
     }
 
     /// The opaque string form.
@@ -72,7 +75,10 @@ impl Cursor {
     pub fn decode(cursor: &str) -> Result<Self, StorageError> {
         let invalid = || StorageError::InvalidCursor(cursor.chars().take(100).collect());
         let (sequence, id) = cursor.split_once('_').ok_or_else(invalid)?;
-        Ok(Self { sequence: sequence.parse().map_err(|_| invalid())?, id: id.parse().map_err(|_| invalid())? })
+        Ok(Self {
+            sequence: sequence.parse().map_err(|_| invalid())?,
+            id: id.parse().map_err(|_| invalid())?,
+        })
     }
 }
 
@@ -109,7 +115,9 @@ pub enum StorageError {
         source: serde_json::Error,
     },
     /// A list cursor that this store did not hand out.
-    #[error("invalid cursor {0:?}: pass the next_cursor of the previous page unchanged, or no cursor for the first page")]
+    #[error(
+        "invalid cursor {0:?}: pass the next_cursor of the previous page unchanged, or no cursor for the first page"
+    )]
     InvalidCursor(String),
     /// A list limit of zero.
     #[error("limit must be at least 1")]
@@ -123,7 +131,9 @@ pub enum StorageError {
         reason: String,
     },
     /// Another host has the store open (names the store, e.g. its directory).
-    #[error("{0} is in use by another TaskFlow host; stop it, or give this host a store of its own")]
+    #[error(
+        "{0} is in use by another TaskFlow host; stop it, or give this host a store of its own"
+    )]
     InUse(String),
     /// The backend cannot serve requests.
     #[error("storage unavailable: {0}")]
@@ -181,14 +191,23 @@ pub trait TaskStore: Send + Sync {
 }
 
 /// Maps an I/O error to [`StorageError::Io`] naming the action and path.
-pub(crate) fn io_error(action: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> StorageError {
+pub(crate) fn io_error(
+    action: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> StorageError {
     let path = path.to_path_buf();
-    move |source| StorageError::Io { action, path, source }
+    move |source| StorageError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 /// Runs blocking file I/O on tokio's blocking pool, off the async executor.
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, StorageError> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| StorageError::Unavailable(format!("storage I/O thread failed: {e}")))?
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StorageError::Unavailable(format!("storage I/O thread failed: {e}")))?
 }

@@ -43,9 +43,16 @@ impl PgStore {
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
-            .map_err(|e| StorageError::Unavailable(format!("cannot bring the database schema up to date: {e}")))?;
+            .map_err(|e| {
+                StorageError::Unavailable(format!(
+                    "cannot bring the database schema up to date: {e}"
+                ))
+            })?;
         let claim = claim(&pool).await?;
-        Ok(Self { pool, _claim: Arc::new(Mutex::new(claim)) })
+        Ok(Self {
+            pool,
+            _claim: Arc::new(Mutex::new(claim)),
+        })
     }
 }
 
@@ -55,18 +62,23 @@ async fn claim(pool: &PgPool) -> Result<PgConnection, StorageError> {
     let mut connection = pool.acquire().await.map_err(unavailable)?.detach();
     let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
     loop {
-        let claimed: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('taskflow:' || current_schema())::bigint)")
-                .fetch_one(&mut connection)
-                .await
-                .map_err(unavailable)?;
+        let claimed: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock(hashtext('taskflow:' || current_schema())::bigint)",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .map_err(unavailable)?;
         if claimed {
             return Ok(connection);
         }
         if tokio::time::Instant::now() >= deadline {
-            let schema: String =
-                sqlx::query_scalar("SELECT current_schema()").fetch_one(&mut connection).await.map_err(unavailable)?;
-            return Err(StorageError::InUse(format!("the PostgreSQL schema {schema:?}")));
+            let schema: String = sqlx::query_scalar("SELECT current_schema()")
+                .fetch_one(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            return Err(StorageError::InUse(format!(
+                "the PostgreSQL schema {schema:?}"
+            )));
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
@@ -77,7 +89,10 @@ fn unavailable(error: sqlx::Error) -> StorageError {
 }
 
 fn task_of(id: TaskId, doc: &str) -> Result<Task, StorageError> {
-    serde_json::from_str(doc).map_err(|source| StorageError::Corrupt { path: format!("postgres:tasks/{id}").into(), source })
+    serde_json::from_str(doc).map_err(|source| StorageError::Corrupt {
+        path: format!("postgres:tasks/{id}").into(),
+        source,
+    })
 }
 
 fn sequence_of(task: &Task) -> i64 {
@@ -95,29 +110,40 @@ impl TaskStore for PgStore {
     async fn insert(&self, tasks: Vec<Task>) -> Result<Vec<Submitted>, StorageError> {
         let mut transaction = self.pool.begin().await.map_err(unavailable)?;
         let count = i64::try_from(tasks.len()).unwrap_or(i64::MAX);
-        let sequences: Vec<i64> = sqlx::query_scalar("SELECT nextval('tasks_sequence') FROM generate_series(1, $1)")
-            .bind(count)
-            .fetch_all(&mut *transaction)
-            .await
-            .map_err(unavailable)?;
+        let sequences: Vec<i64> =
+            sqlx::query_scalar("SELECT nextval('tasks_sequence') FROM generate_series(1, $1)")
+                .bind(count)
+                .fetch_all(&mut *transaction)
+                .await
+                .map_err(unavailable)?;
         let mut submitted = Vec::with_capacity(tasks.len());
         for (mut task, sequence) in tasks.into_iter().zip(sequences) {
             task.sequence = u64::try_from(sequence).unwrap_or_default();
             // A racing insert of the same key makes this one wait for its
             // commit, then do nothing; the stored task is read instead.
             if insert_new(&mut transaction, &task).await? {
-                submitted.push(Submitted { task, created: true });
+                submitted.push(Submitted {
+                    task,
+                    created: true,
+                });
                 continue;
             }
             let key = task.idempotency_key.as_deref().unwrap_or_default();
-            let doc: String = sqlx::query_scalar("SELECT doc FROM tasks WHERE idempotency_key = $1")
-                .bind(key)
-                .fetch_one(&mut *transaction)
-                .await
-                .map_err(unavailable)?;
-            let existing: Task = serde_json::from_str(&doc)
-                .map_err(|source| StorageError::Corrupt { path: format!("postgres:tasks?idempotency_key={key}").into(), source })?;
-            submitted.push(Submitted { task: existing, created: false });
+            let doc: String =
+                sqlx::query_scalar("SELECT doc FROM tasks WHERE idempotency_key = $1")
+                    .bind(key)
+                    .fetch_one(&mut *transaction)
+                    .await
+                    .map_err(unavailable)?;
+            let existing: Task =
+                serde_json::from_str(&doc).map_err(|source| StorageError::Corrupt {
+                    path: format!("postgres:tasks?idempotency_key={key}").into(),
+                    source,
+                })?;
+            submitted.push(Submitted {
+                task: existing,
+                created: false,
+            });
         }
         transaction.commit().await.map_err(unavailable)?;
         Ok(submitted)
@@ -144,8 +170,11 @@ impl TaskStore for PgStore {
     }
 
     async fn delete(&self, id: TaskId) -> Result<bool, StorageError> {
-        let deleted =
-            sqlx::query("DELETE FROM tasks WHERE id = $1").bind(id.as_uuid()).execute(&self.pool).await.map_err(unavailable)?;
+        let deleted = sqlx::query("DELETE FROM tasks WHERE id = $1")
+            .bind(id.as_uuid())
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
         Ok(deleted.rows_affected() > 0)
     }
 
@@ -154,7 +183,9 @@ impl TaskStore for PgStore {
             return Err(StorageError::InvalidLimit);
         }
         let after = query.cursor.as_deref().map(Cursor::decode).transpose()?;
-        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX).saturating_add(1);
+        let limit = i64::try_from(query.limit)
+            .unwrap_or(i64::MAX)
+            .saturating_add(1);
         let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
             "SELECT id, doc FROM tasks
              WHERE ($1::text IS NULL OR status = $1)
@@ -171,7 +202,10 @@ impl TaskStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        let mut tasks = rows.into_iter().map(|(id, doc)| task_of(TaskId::from(id), &doc)).collect::<Result<Vec<_>, _>>()?;
+        let mut tasks = rows
+            .into_iter()
+            .map(|(id, doc)| task_of(TaskId::from(id), &doc))
+            .collect::<Result<Vec<_>, _>>()?;
         let next_cursor = if tasks.len() > query.limit {
             tasks.truncate(query.limit);
             tasks.last().map(|task| Cursor::after(task).encode())
@@ -183,8 +217,13 @@ impl TaskStore for PgStore {
 
     async fn all(&self) -> Result<Vec<Task>, StorageError> {
         let rows: Vec<(uuid::Uuid, String)> =
-            sqlx::query_as("SELECT id, doc FROM tasks ORDER BY sequence, id").fetch_all(&self.pool).await.map_err(unavailable)?;
-        rows.into_iter().map(|(id, doc)| task_of(TaskId::from(id), &doc)).collect()
+            sqlx::query_as("SELECT id, doc FROM tasks ORDER BY sequence, id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        rows.into_iter()
+            .map(|(id, doc)| task_of(TaskId::from(id), &doc))
+            .collect()
     }
 
     async fn find_by_idempotency_key(&self, key: &str) -> Result<Option<Task>, StorageError> {
@@ -194,43 +233,68 @@ impl TaskStore for PgStore {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(unavailable)?;
-        row.map(|(id, doc)| task_of(TaskId::from(id), &doc)).transpose()
+        row.map(|(id, doc)| task_of(TaskId::from(id), &doc))
+            .transpose()
     }
 
     async fn counts(&self) -> Result<StatusCounts, StorageError> {
-        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT status, count(*) FROM tasks GROUP BY status")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM tasks GROUP BY status")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
         let found: BTreeMap<String, i64> = rows.into_iter().collect();
         Ok(TaskStatus::ALL
             .into_iter()
-            .map(|status| (status, found.get(status.as_str()).map_or(0, |n| u64::try_from(*n).unwrap_or(0))))
+            .map(|status| {
+                (
+                    status,
+                    found
+                        .get(status.as_str())
+                        .map_or(0, |n| u64::try_from(*n).unwrap_or(0)),
+                )
+            })
             .collect())
     }
 
     async fn check(&self) -> Result<(), StorageError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(unavailable)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 }
 
 /// Inserts a new task's row; `false` when its idempotency key is taken.
 async fn insert_new(connection: &mut PgConnection, task: &Task) -> Result<bool, StorageError> {
-    write_row(connection, task, "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING").await
+    write_row(
+        connection,
+        task,
+        "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+    )
+    .await
 }
 
 /// Inserts or replaces one task's row.
 async fn upsert(connection: &mut PgConnection, task: &Task) -> Result<(), StorageError> {
-    let on_conflict = "ON CONFLICT (id) DO UPDATE SET sequence = $2, plugin = $3, priority = $4, status = $5,
+    let on_conflict =
+        "ON CONFLICT (id) DO UPDATE SET sequence = $2, plugin = $3, priority = $4, status = $5,
                            idempotency_key = $6, doc = $7, updated_at = now()";
     write_row(connection, task, on_conflict).await.map(|_| ())
 }
 
 /// Writes one task's row, `on_conflict` deciding what an existing row
 /// means; `false` when nothing was written.
-async fn write_row(connection: &mut PgConnection, task: &Task, on_conflict: &str) -> Result<bool, StorageError> {
-    let doc = serde_json::to_string(task).map_err(|source| StorageError::Encode { what: format!("task {}", task.id), source })?;
+async fn write_row(
+    connection: &mut PgConnection,
+    task: &Task,
+    on_conflict: &str,
+) -> Result<bool, StorageError> {
+    let doc = serde_json::to_string(task).map_err(|source| StorageError::Encode {
+        what: format!("task {}", task.id),
+        source,
+    })?;
     let sql = format!(
         "INSERT INTO tasks (id, sequence, plugin, priority, status, idempotency_key, doc, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, now()) {on_conflict}"

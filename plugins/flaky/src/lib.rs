@@ -31,7 +31,9 @@ impl Plugin for Flaky {
                 task.attempt, input.succeed_on_attempt
             )));
         }
-        taskflow_sdk::json(&Output { succeeded_on_attempt: task.attempt })
+        taskflow_sdk::json(&Output {
+            succeeded_on_attempt: task.attempt,
+        })
     }
 }
 

@@ -38,7 +38,9 @@ impl Plugin for Hash {
             Err(_) => (task.payload, 1),
         };
         if rounds == 0 || rounds > MAX_ROUNDS {
-            return Err(Error::invalid_input(format!("rounds must be 1..={MAX_ROUNDS}, got {rounds}")));
+            return Err(Error::invalid_input(format!(
+                "rounds must be 1..={MAX_ROUNDS}, got {rounds}"
+            )));
         }
         let mut sha256 = Sha256::digest(&data);
         for round in 1..rounds {
