@@ -17,34 +17,17 @@
 //! measured (default: the system temp directory), e.g. `/dev/shm` to see the
 //! host's own ceiling without a disk.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-use tokio::sync::Semaphore;
-
-const CONCURRENCY: usize = 64;
-const BATCH: usize = 100;
+use common::{BATCH, CONCURRENCY, Host, measure, rss_mib, wait_until};
+use serde_json::json;
 
 fn main() {
-    // `cargo bench` passes --bench; a filter argument that excludes us means skip.
-    if std::env::args()
-        .skip(1)
-        .any(|a| !a.starts_with('-') && !"load".contains(a.as_str()))
-    {
-        return;
-    }
-    let tasks: usize = std::env::var("TASKFLOW_LOAD_TASKS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio");
-    runtime.block_on(run(tasks));
+    common::bench("load", run, "TASKFLOW_LOAD_TASKS");
 }
 
 async fn run(tasks: usize) {
@@ -115,26 +98,17 @@ async fn run(tasks: usize) {
         rss[1], rss[0]
     );
 
-    let single = measure(&client, &url, tasks, 1).await;
+    let single = measure(&client, std::slice::from_ref(&url), tasks, 1).await;
     println!(
         "end to end, 1 per request: {single:>8.0} tasks/s = {:.2}x the write rate (target: 0.4x and 5,000 tasks/s)",
         single / write_rate
     );
-    let batched = measure(&client, &url, tasks, BATCH).await;
+    let batched = measure(&client, std::slice::from_ref(&url), tasks, BATCH).await;
     println!(
         "end to end, {BATCH} per request: {batched:>6.0} tasks/s = {:.2}x the write rate",
         batched / write_rate
     );
     drop(host);
-}
-
-struct Host(Child);
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Writes `count` task-sized JSON files the way the file store does.
@@ -158,76 +132,4 @@ fn atomic_write_rate(dir: &Path, count: usize) -> f64 {
         taskflow::fsutil::write_atomic(&path, &body, false).expect("write");
     }
     count as f64 / started.elapsed().as_secs_f64()
-}
-
-/// Submits `tasks` echo tasks, `per_request` per HTTP request, and returns
-/// tasks/s from the first submission to the last completion.
-async fn measure(client: &reqwest::Client, url: &str, tasks: usize, per_request: usize) -> f64 {
-    let completed_before = completed(client, url).await;
-    let started = Instant::now();
-    let permits = Arc::new(Semaphore::new(CONCURRENCY));
-    let mut requests = Vec::new();
-    for first in (0..tasks).step_by(per_request) {
-        let count = per_request.min(tasks - first);
-        let permit = permits.clone().acquire_owned().await.expect("semaphore");
-        let (client, url) = (client.clone(), url.to_owned());
-        requests.push(tokio::spawn(async move {
-            let response = if count == 1 {
-                client
-                    .post(format!("{url}/tasks"))
-                    .json(&json!({"plugin": "echo", "payload": {"n": first}}))
-                    .send()
-                    .await
-            } else {
-                let batch: Vec<Value> = (first..first + count)
-                    .map(|n| json!({"plugin": "echo", "payload": {"n": n}}))
-                    .collect();
-                client
-                    .post(format!("{url}/tasks/batch"))
-                    .json(&json!({"tasks": batch}))
-                    .send()
-                    .await
-            };
-            drop(permit);
-            let status = response.expect("request").status();
-            assert!(status.is_success(), "submit failed: {status}");
-        }));
-    }
-    for request in requests {
-        request.await.expect("request task");
-    }
-    let target = completed_before + tasks as u64;
-    wait_until(|| async { completed(client, url).await >= target }).await;
-    tasks as f64 / started.elapsed().as_secs_f64()
-}
-
-async fn completed(client: &reqwest::Client, url: &str) -> u64 {
-    let stats: Value = client
-        .get(format!("{url}/stats"))
-        .send()
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("json");
-    stats["tasks"]["completed"].as_u64().unwrap_or(0)
-}
-
-async fn wait_until<F: Future<Output = bool>>(mut check: impl FnMut() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
 }

@@ -42,6 +42,20 @@ pub struct ServeConfig {
     #[arg(long, env = "TASKFLOW_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// Most PostgreSQL connections this host keeps open.
+    #[arg(long, env = "TASKFLOW_DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub database_pool_size: u32,
+
+    /// How long a host holds a running task without renewing its lease, in
+    /// seconds: the task of a host that stopped runs elsewhere after this.
+    #[arg(long, env = "TASKFLOW_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_secs: u64,
+
+    /// This host's name in the leases it holds [default: machine name,
+    /// process id and a random suffix]; unique among hosts sharing a database.
+    #[arg(long, env = "TASKFLOW_HOST_ID")]
+    pub host_id: Option<String>,
+
     /// Acknowledge a change only once its journal write is fsynced, and
     /// flush task files before their journal goes (survives power loss, not
     /// only process crashes; slower).
@@ -106,6 +120,8 @@ pub struct ServeConfig {
 pub enum QueueBackend {
     /// In-process priority heap (embedded default).
     Local,
+    /// The PostgreSQL tasks table, shared by every host (needs `--storage postgres`).
+    Postgres,
 }
 
 /// Where task records live.
@@ -138,6 +154,20 @@ impl ServeConfig {
         {
             return Err(ConfigError(
                 "TASKFLOW_STORAGE=postgres needs TASKFLOW_DATABASE_URL, a postgres:// URL such as postgres://user@127.0.0.1:5432/taskflow".into(),
+            ));
+        }
+        if self.queue == QueueBackend::Postgres && self.storage != StorageBackend::Postgres {
+            return Err(ConfigError(
+                "TASKFLOW_QUEUE=postgres needs TASKFLOW_STORAGE=postgres: the queue is the PostgreSQL tasks table".into(),
+            ));
+        }
+        if self
+            .host_id
+            .as_deref()
+            .is_some_and(|id| id.is_empty() || id.len() > 200)
+        {
+            return Err(ConfigError(
+                "TASKFLOW_HOST_ID must be 1 to 200 characters".into(),
             ));
         }
         if self.workers == Some(0) {

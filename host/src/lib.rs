@@ -14,6 +14,7 @@ pub mod author;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod fleet;
 pub mod fsutil;
 pub mod heap;
 pub mod lb;

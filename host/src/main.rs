@@ -16,7 +16,10 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return refuse(&error),
+    };
     // Servers log; `plugin run` shows the plugin's log on stderr, beside its
     // result on stdout; client commands print their results and log only
     // when asked (RUST_LOG).
@@ -35,4 +38,40 @@ async fn run() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Exits on a command line clap refused. A bad value is one line naming the
+/// flag and its environment variable (servers are mostly configured through
+/// the environment); anything else is clap's own message, usage included.
+fn refuse(error: &clap::Error) -> std::process::ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let bad_value = matches!(
+        error.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    );
+    let flag = match error.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => arg
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        _ => String::new(),
+    };
+    if !bad_value || !flag.starts_with("--") {
+        let _ = error.print();
+        return std::process::ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
+    }
+    let rendered = error.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    let serve =
+        <taskflow::config::ServeConfig as clap::Args>::augment_args(clap::Command::new("serve"));
+    let variable = serve
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(flag.trim_start_matches("--")))
+        .and_then(|arg| arg.get_env().map(|env| env.to_string_lossy().into_owned()));
+    match variable {
+        Some(variable) => eprintln!("{first} (set by {flag} or {variable})"),
+        None => eprintln!("{first}"),
+    }
+    std::process::ExitCode::from(2)
 }

@@ -6,10 +6,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AuthConfig};
 use crate::config::{QueueBackend, ServeConfig, StorageBackend};
-use crate::queue::{LocalQueue, Queue};
+use crate::fleet::PluginCatalog;
+use crate::queue::{LocalQueue, PgQueue, Queue};
 use crate::runtime::{PluginRegistry, Runtime};
 use crate::service::{ServiceConfig, TaskService};
 use crate::storage::{FileStore, PgStore, TaskStore};
@@ -22,6 +25,9 @@ pub struct Server {
     listener: TcpListener,
     router: axum::Router,
     workers: WorkerPool,
+    /// Stops the heartbeat and the reaper, which run until the workers are done.
+    background: CancellationToken,
+    tracker: TaskTracker,
     _watch: crate::runtime::registry::WatchGuard,
     grace: Duration,
 }
@@ -52,42 +58,64 @@ impl Server {
         let watch = registry.watch()?;
         tracing::info!(plugins = registry.list().len(), dir = %config.plugin_dir().display(), "plugins loaded");
 
-        let store: Arc<dyn TaskStore> =
-            match config.storage {
-                StorageBackend::Files => Arc::new(
-                    FileStore::open(config.tasks_dir(), config.fsync)
-                        .await
-                        .with_context(|| {
-                            format!(
-                                "cannot open task storage in {}",
-                                config.tasks_dir().display()
-                            )
-                        })?,
-                ),
-                StorageBackend::Postgres => {
-                    let url = config.database_url.as_deref().unwrap_or_default();
-                    let options: sqlx::postgres::PgConnectOptions = url
-                        .parse()
-                        .context("TASKFLOW_DATABASE_URL is not a valid PostgreSQL URL")?;
-                    Arc::new(PgStore::connect(options).await.context(
-                        "cannot open task storage in PostgreSQL (TASKFLOW_DATABASE_URL)",
-                    )?)
-                }
-            };
-        let queue: Arc<dyn Queue> = match config.queue {
-            QueueBackend::Local => Arc::new(LocalQueue::new()),
+        let postgres = match config.storage {
+            StorageBackend::Postgres => Some(connect_postgres(&config).await?),
+            StorageBackend::Files => None,
+        };
+        let store: Arc<dyn TaskStore> = match &postgres {
+            Some(postgres) => Arc::new(postgres.clone()),
+            None => Arc::new(
+                FileStore::open(config.tasks_dir(), config.fsync)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot open task storage in {}",
+                            config.tasks_dir().display()
+                        )
+                    })?,
+            ),
         };
         let workers = config.worker_count();
-        let service = Arc::new(TaskService::new(
+        let mut settings = ServiceConfig::new(
+            workers,
+            Duration::from_millis(config.retry_base_ms),
+            Duration::from_secs(config.lease_secs),
+        );
+        if let Some(id) = &config.host_id {
+            settings.owner.clone_from(id);
+        }
+        let queue: Arc<dyn Queue> = match config.queue {
+            QueueBackend::Local => Arc::new(LocalQueue::new()),
+            QueueBackend::Postgres => {
+                // `validate` made sure the store is PostgreSQL.
+                let pool = postgres
+                    .as_ref()
+                    .context("TASKFLOW_QUEUE=postgres needs TASKFLOW_STORAGE=postgres")?
+                    .pool()
+                    .clone();
+                Arc::new(
+                    PgQueue::start(pool, settings.owner.clone(), settings.lease)
+                        .await
+                        .context("cannot listen for tasks in PostgreSQL (TASKFLOW_DATABASE_URL)")?,
+                )
+            }
+        };
+        tracing::info!(host = %settings.owner, queue = ?config.queue, storage = ?config.storage, "backends open");
+        let mut service = TaskService::new(
             queue,
             store,
-            registry,
+            registry.clone(),
             Arc::new(Metrics::default()),
-            ServiceConfig {
-                workers,
-                retry_base: Duration::from_millis(config.retry_base_ms),
-            },
-        ));
+            settings,
+        );
+        // On shared backends the fleet shares its plugins too.
+        let catalog = postgres
+            .as_ref()
+            .map(|postgres| PluginCatalog::new(postgres.pool().clone()));
+        if let Some(catalog) = &catalog {
+            service = service.with_catalog(catalog.clone());
+        }
+        let service = Arc::new(service);
         let recovery = service
             .recover()
             .await
@@ -100,6 +128,14 @@ impl Server {
             );
         }
         let pool = WorkerPool::start(service.clone(), workers);
+        let background = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tracker.spawn(service.clone().heartbeat(background.clone()));
+        tracker.spawn(service.clone().reaper(background.clone()));
+        if let Some(catalog) = catalog {
+            tracker.spawn(catalog.sync(registry, background.clone()));
+        }
+        tracker.close();
 
         let auth = AuthConfig {
             api_token: config.api_token.clone(),
@@ -114,6 +150,8 @@ impl Server {
             listener,
             router,
             workers: pool,
+            background,
+            tracker,
             _watch: watch,
             grace: Duration::from_secs(config.shutdown_grace_secs),
         })
@@ -147,8 +185,21 @@ impl Server {
         .context("the HTTP server failed")?;
         tracing::info!("shutting down: finishing running tasks");
         self.workers.shutdown(self.grace).await;
+        self.background.cancel();
+        self.tracker.wait().await;
         Ok(())
     }
+}
+
+/// Opens the PostgreSQL store of `config`.
+async fn connect_postgres(config: &ServeConfig) -> anyhow::Result<PgStore> {
+    let url = config.database_url.as_deref().unwrap_or_default();
+    let options: sqlx::postgres::PgConnectOptions = url
+        .parse()
+        .context("TASKFLOW_DATABASE_URL is not a valid PostgreSQL URL")?;
+    PgStore::connect(options, config.database_pool_size)
+        .await
+        .context("cannot open task storage in PostgreSQL (TASKFLOW_DATABASE_URL)")
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -34,6 +34,8 @@ pub const TIMEOUT_LIMIT: Duration = Duration::from_secs(3600);
 /// Longest idempotency key accepted, in bytes. Keys are printable ASCII, one
 /// byte per character, so this is also their length in characters.
 pub const IDEMPOTENCY_KEY_LIMIT: usize = 256;
+/// Longest host name a task records.
+pub const MAX_HOST_CHARS: usize = 200;
 /// The idempotency key rule as the OpenAPI description states it: 1 to 256
 /// printable ASCII characters (space to `~`). That is the character set of a
 /// string in an HTTP structured field (RFC 8941 §3.3.3), which the IETF
@@ -249,6 +251,10 @@ pub struct Task {
     /// Digest of the plugin version that ran the latest attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin_digest: Option<String>,
+    /// The host that runs or ran the latest attempt (its `TASKFLOW_HOST_ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 200)]
+    pub host: Option<String>,
     /// Why the latest attempt failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<TaskError>,
@@ -363,6 +369,7 @@ impl NewTask {
             finished_at: None,
             retry_at: None,
             plugin_digest: None,
+            host: None,
             last_error: None,
             result: None,
         })
@@ -397,6 +404,16 @@ impl Task {
                 ),
             )));
         }
+        if self
+            .host
+            .as_ref()
+            .is_some_and(|host| host.is_empty() || host.chars().count() > MAX_HOST_CHARS)
+        {
+            return Err(context(invalid(
+                "host",
+                format!("must be 1 to {MAX_HOST_CHARS} characters"),
+            )));
+        }
         Ok(())
     }
 
@@ -410,6 +427,88 @@ impl Task {
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout_ms.map(Duration::from_millis)
     }
+
+    /// Starts the next attempt of a pending task on `host` at `now`. A task with no
+    /// attempt left (restored, or released at shutdown, during its last
+    /// attempt) fails as interrupted instead; one waiting out a retry backoff
+    /// is not touched.
+    pub fn begin_attempt(&mut self, host: &str, now: DateTime<Utc>) -> Begin {
+        if self.status != TaskStatus::Pending {
+            return Begin::NotPending;
+        }
+        if let Some(wait) = self
+            .retry_at
+            .and_then(|at| (at - now).to_std().ok())
+            .filter(|wait| !wait.is_zero())
+        {
+            return Begin::NotDue(wait);
+        }
+        if self.attempts >= self.max_attempts {
+            self.fail_interrupted(
+                "its last attempt was interrupted and no attempt is left",
+                now,
+            );
+            return Begin::Exhausted;
+        }
+        self.status = TaskStatus::Running;
+        self.attempts = self.attempts.saturating_add(1);
+        self.started_at = Some(now);
+        self.retry_at = None;
+        self.host = Some(host.to_string());
+        Begin::Started
+    }
+
+    /// Ends a running task whose host stopped or lost its lease: pending
+    /// again while attempts are left, failed as interrupted otherwise; `true`
+    /// when it is pending again.
+    pub fn interrupt(&mut self, now: DateTime<Utc>) -> bool {
+        if self.attempts < self.max_attempts {
+            self.status = TaskStatus::Pending;
+            self.retry_at = None;
+            self.last_error = Some(TaskError {
+                kind: FailureKind::Interrupted,
+                message: "its host stopped or lost contact while it ran; it was queued again"
+                    .into(),
+            });
+            true
+        } else {
+            self.fail_interrupted(
+                "its host stopped or lost contact while it ran its last attempt",
+                now,
+            );
+            false
+        }
+    }
+
+    /// Cancels the task at `now`.
+    pub fn cancel(&mut self, now: DateTime<Utc>) {
+        self.status = TaskStatus::Cancelled;
+        self.finished_at = Some(now);
+        self.retry_at = None;
+    }
+
+    fn fail_interrupted(&mut self, message: &str, now: DateTime<Utc>) {
+        self.status = TaskStatus::Failed;
+        self.finished_at = Some(now);
+        self.retry_at = None;
+        self.last_error = Some(TaskError {
+            kind: FailureKind::Interrupted,
+            message: message.into(),
+        });
+    }
+}
+
+/// What [`Task::begin_attempt`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Begin {
+    /// The task is running its next attempt.
+    Started,
+    /// No attempt was left: the task failed.
+    Exhausted,
+    /// The task waits out a retry backoff for this much longer.
+    NotDue(Duration),
+    /// The task is not pending (running elsewhere, finished or cancelled).
+    NotPending,
 }
 
 /// An optional timestamp: `null` or an RFC 3339 date-time.

@@ -1,8 +1,10 @@
 //! What every [`TaskStore`] must do, run against each backend by its suite.
 
+use std::time::Duration;
+
 use serde_json::json;
-use taskflow::storage::{ListQuery, StorageError, TaskStore};
-use taskflow::task::{NewTask, Task, TaskStatus};
+use taskflow::storage::{Change, Held, LeaseState, ListQuery, Renewed, StorageError, TaskStore};
+use taskflow::task::{Begin, NewTask, Task, TaskId, TaskStatus};
 
 /// A valid pending task of `plugin` with submission number `sequence`.
 pub fn task(plugin: &str, sequence: u64) -> Task {
@@ -192,6 +194,230 @@ pub async fn racing_inserts_with_one_key_create_one_task(store: std::sync::Arc<d
     assert!(outcomes.iter().all(|s| s.task.id == created[0].task.id));
     assert_eq!(
         store.counts().await.expect("counts")[&TaskStatus::Pending],
+        1
+    );
+}
+
+/// Claims `id` for `owner` through `update`, as a worker does; the token,
+/// or `None` when the task was not claimable.
+pub async fn claim(store: &dyn TaskStore, id: TaskId, owner: &str, ttl: Duration) -> Option<u64> {
+    let owner = owner.to_string();
+    let change = Box::new(move |task: &mut Task, _: &LeaseState| {
+        match task.begin_attempt(&owner, chrono::Utc::now()) {
+            Begin::Started => Change::Claim { owner, ttl },
+            _ => Change::Keep,
+        }
+    });
+    let updated = store
+        .update(id, change)
+        .await
+        .expect("update")
+        .expect("task exists");
+    matches!(updated.change, Change::Claim { .. }).then_some(updated.token)
+}
+
+/// A lease fences its holder: one claim at a time, renewals and writes only
+/// with the current token, cancel requests and progress travel through the
+/// store, and an expired lease is found, taken back once, and claimed anew
+/// under a greater token that the old holder's writes cannot match.
+pub async fn leases_fence_their_holders(store: &dyn TaskStore) {
+    let id = store.insert(vec![task("echo", 0)]).await.expect("insert")[0]
+        .task
+        .id;
+    let long = Duration::from_secs(60);
+    let first = claim(store, id, "host-a", long)
+        .await
+        .expect("a pending task is claimable");
+    assert_eq!(
+        claim(store, id, "host-b", long).await,
+        None,
+        "a running task is not claimable twice"
+    );
+    let running = store.load(id).await.expect("load").expect("stored");
+    assert_eq!((running.status, running.attempts), (TaskStatus::Running, 1));
+    assert_eq!(
+        running.host.as_deref(),
+        Some("host-a"),
+        "the task names the host running it"
+    );
+    assert!(
+        store.expired(100).await.expect("expired").is_empty(),
+        "a fresh lease is not expired"
+    );
+
+    // Renewal by the holder only, carrying progress; a cancel request reaches it.
+    let held = [Held {
+        id,
+        token: first,
+        progress: 40,
+    }];
+    assert!(
+        store
+            .renew("host-b", &held, long)
+            .await
+            .expect("renew")
+            .is_empty(),
+        "only the owner renews"
+    );
+    let renewed = store.renew("host-a", &held, long).await.expect("renew");
+    assert_eq!(
+        renewed,
+        vec![Renewed {
+            id,
+            cancel_requested: false
+        }]
+    );
+    assert_eq!(store.progress(id).await.expect("progress"), Some(40));
+    let stale = [Held {
+        id,
+        token: first + 1000,
+        progress: 0,
+    }];
+    assert!(
+        store
+            .renew("host-a", &stale, long)
+            .await
+            .expect("renew")
+            .is_empty(),
+        "a wrong token renews nothing"
+    );
+    let request = store
+        .update(id, Box::new(|_, _| Change::RequestCancel))
+        .await
+        .expect("update")
+        .expect("task");
+    assert_eq!(request.token, first);
+    assert!(store.renew("host-a", &held, long).await.expect("renew")[0].cancel_requested);
+
+    // The lease runs out: the reaper finds it and takes it back once.
+    let short = [Held {
+        id,
+        token: first,
+        progress: 40,
+    }];
+    store
+        .renew("host-a", &short, Duration::from_millis(1))
+        .await
+        .expect("renew short");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(store.expired(100).await.expect("expired"), vec![id]);
+    let take_back = || {
+        Box::new(|task: &mut Task, lease: &LeaseState| {
+            if task.status == TaskStatus::Running && lease.expired {
+                task.interrupt(chrono::Utc::now());
+                Change::Save
+            } else {
+                Change::Keep
+            }
+        })
+    };
+    let reaped = store
+        .update(id, take_back())
+        .await
+        .expect("reap")
+        .expect("task");
+    assert_eq!(
+        (reaped.change, reaped.task.status),
+        (Change::Save, TaskStatus::Pending)
+    );
+    assert_eq!(
+        store
+            .update(id, take_back())
+            .await
+            .expect("reap again")
+            .expect("task")
+            .change,
+        Change::Keep
+    );
+    assert!(store.expired(100).await.expect("expired").is_empty());
+
+    // The old holder comes back: nothing it writes sticks.
+    let mut late = running.clone();
+    late.status = TaskStatus::Completed;
+    assert!(
+        !store.save_leased(&late, first).await.expect("late write"),
+        "a pending task refuses the old holder"
+    );
+    let second = claim(store, id, "host-b", long)
+        .await
+        .expect("claimable again");
+    assert!(second > first, "tokens grow: {second} after {first}");
+    assert!(
+        !store.save_leased(&late, first).await.expect("late write"),
+        "a new claim refuses the old holder"
+    );
+    assert!(
+        store
+            .renew("host-a", &held, long)
+            .await
+            .expect("renew")
+            .is_empty()
+    );
+    let now = store.load(id).await.expect("load").expect("stored");
+    assert_eq!(
+        (now.status, now.attempts),
+        (TaskStatus::Running, 2),
+        "the old holder changed nothing"
+    );
+
+    // The new holder finishes: the lease ends with it.
+    let mut done = now.clone();
+    done.status = TaskStatus::Completed;
+    assert!(store.save_leased(&done, second).await.expect("write"));
+    assert_eq!(
+        store.load(id).await.expect("load").expect("stored").status,
+        TaskStatus::Completed
+    );
+    assert!(
+        !store.save_leased(&done, second).await.expect("write again"),
+        "a finished task has no lease"
+    );
+    assert_eq!(store.progress(id).await.expect("progress"), None);
+    assert_eq!(
+        claim(store, id, "host-a", long).await,
+        None,
+        "a finished task is not claimable"
+    );
+    assert!(
+        store
+            .update(TaskId::new(), take_back())
+            .await
+            .expect("update unknown")
+            .is_none()
+    );
+}
+
+/// Hosts racing to claim one task: exactly one wins.
+pub async fn racing_claims_have_one_winner(store: std::sync::Arc<dyn TaskStore>) {
+    let id = store.insert(vec![task("echo", 0)]).await.expect("insert")[0]
+        .task
+        .id;
+    let racers: Vec<_> = (0..16)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                claim(
+                    store.as_ref(),
+                    id,
+                    &format!("host-{n}"),
+                    Duration::from_secs(60),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    for racer in racers {
+        winners += usize::from(racer.await.expect("join").is_some());
+    }
+    assert_eq!(winners, 1);
+    assert_eq!(
+        store
+            .load(id)
+            .await
+            .expect("load")
+            .expect("stored")
+            .attempts,
         1
     );
 }

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod contract;
+pub mod pg;
 pub mod process;
 
 /// The workspace root.
@@ -74,6 +75,16 @@ pub struct TestHost {
     pub service: std::sync::Arc<taskflow::service::TaskService>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,
+    schema: Option<String>,
+}
+
+/// The backend combinations a host can run on; the behaviour tests run on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded default: in-process queue, task files.
+    Files,
+    /// PostgreSQL as the store and the queue, in a fresh schema.
+    Postgres,
 }
 
 impl TestHost {
@@ -81,6 +92,36 @@ impl TestHost {
     /// the hostile fixture when `hostile` is set).
     pub async fn start(workers: usize, hostile: bool) -> Self {
         Self::start_with(workers, hostile, |_| {}).await
+    }
+
+    /// Like [`start`](Self::start), on `backend`.
+    pub async fn start_on(backend: Backend, workers: usize, hostile: bool) -> Self {
+        Self::start_on_with(backend, workers, hostile, |_| {}).await
+    }
+
+    /// Like [`start_with`](Self::start_with), on `backend`.
+    pub async fn start_on_with(
+        backend: Backend,
+        workers: usize,
+        hostile: bool,
+        adjust: impl FnOnce(&mut taskflow::config::ServeConfig),
+    ) -> Self {
+        match backend {
+            Backend::Files => Self::start_with(workers, hostile, adjust).await,
+            Backend::Postgres => {
+                // Dropped by `stop`; a failed test's is left to look at.
+                let (schema, _) = pg::fresh_schema().await;
+                let mut host = Self::start_with(workers, hostile, |config| {
+                    config.storage = taskflow::config::StorageBackend::Postgres;
+                    config.queue = taskflow::config::QueueBackend::Postgres;
+                    config.database_url = Some(pg::schema_url(&schema));
+                    adjust(config);
+                })
+                .await;
+                host.schema = Some(schema);
+                host
+            }
+        }
     }
 
     /// Like [`start`](Self::start), with a chance to adjust the configuration.
@@ -118,6 +159,7 @@ impl TestHost {
             service,
             shutdown: Some(shutdown),
             handle: Some(handle),
+            schema: None,
         }
     }
 
@@ -128,6 +170,9 @@ impl TestHost {
         }
         if let Some(handle) = self.handle.take() {
             handle.await.expect("host stops cleanly");
+        }
+        if let Some(schema) = self.schema.take() {
+            pg::drop_schema(&schema).await;
         }
         std::mem::replace(&mut self.data, tempfile::tempdir().expect("tempdir"))
     }

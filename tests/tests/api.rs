@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use taskflow_tests::{TestHost, plugin_wasm, poll_json, wasm_bytes};
+use taskflow_tests::{Backend, TestHost, plugin_wasm, poll_json, wasm_bytes};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -35,9 +35,8 @@ fn id_of(task: &Value) -> String {
     task["id"].as_str().expect("id").to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_submitted_task_completes_with_its_result() {
-    let host = TestHost::start(2, false).await;
+async fn a_submitted_task_completes_with_its_result(backend: Backend) {
+    let host = TestHost::start_on(backend, 2, false).await;
     let client = reqwest::Client::new();
     let response = client
         .post(host.at("/tasks"))
@@ -82,9 +81,8 @@ async fn a_submitted_task_completes_with_its_result() {
     host.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn higher_priorities_run_first_and_equal_ones_in_submission_order() {
-    let host = TestHost::start(1, true).await;
+async fn higher_priorities_run_first_and_equal_ones_in_submission_order(backend: Backend) {
+    let host = TestHost::start_on(backend, 1, true).await;
     let client = reqwest::Client::new();
     // Occupy the only worker so everything below waits in the queue.
     let blocker = submit(
@@ -139,9 +137,8 @@ async fn higher_priorities_run_first_and_equal_ones_in_submission_order() {
     host.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retryable_failures_are_retried_until_attempts_run_out() {
-    let host = TestHost::start(2, false).await;
+async fn retryable_failures_are_retried_until_attempts_run_out(backend: Backend) {
+    let host = TestHost::start_on(backend, 2, false).await;
     let client = reqwest::Client::new();
 
     let eventually_ok = submit(
@@ -258,9 +255,8 @@ async fn a_plugin_sidecar_sets_the_default_timeout_of_its_tasks() {
     host.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pending_and_running_tasks_can_be_cancelled() {
-    let host = TestHost::start(1, true).await;
+async fn pending_and_running_tasks_can_be_cancelled(backend: Backend) {
+    let host = TestHost::start_on(backend, 1, true).await;
     let client = reqwest::Client::new();
     let spinning = submit(
         &client,
@@ -335,9 +331,8 @@ async fn pending_and_running_tasks_can_be_cancelled() {
     host.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_gets_a_clear_4xx_and_writes_nothing() {
-    let host = TestHost::start(1, false).await;
+async fn bad_input_gets_a_clear_4xx_and_writes_nothing(backend: Backend) {
+    let host = TestHost::start_on(backend, 1, false).await;
     let client = reqwest::Client::new();
     let post = |body: &'static str| {
         client
@@ -510,32 +505,33 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing() {
     for status in ["pending", "running", "completed", "failed", "cancelled"] {
         assert_eq!(stats["tasks"][status], 0, "{stats}");
     }
-    let tasks_dir = host.data.path().join("tasks");
-    let shards = std::fs::read_dir(&tasks_dir)
-        .expect("tasks dir")
-        .filter_map(Result::ok);
-    assert_eq!(
-        shards
-            .filter(|e| e.path().is_dir() && e.file_name().len() == 2)
-            .count(),
-        0,
-        "no task files"
-    );
-    let segments = std::fs::read_dir(tasks_dir.join("journal"))
-        .expect("journal dir")
-        .filter_map(Result::ok);
-    assert!(
-        segments
-            .into_iter()
-            .all(|e| e.metadata().is_ok_and(|m| m.len() == 0)),
-        "nothing in the journal"
-    );
+    if backend == Backend::Files {
+        let tasks_dir = host.data.path().join("tasks");
+        let shards = std::fs::read_dir(&tasks_dir)
+            .expect("tasks dir")
+            .filter_map(Result::ok);
+        assert_eq!(
+            shards
+                .filter(|e| e.path().is_dir() && e.file_name().len() == 2)
+                .count(),
+            0,
+            "no task files"
+        );
+        let segments = std::fs::read_dir(tasks_dir.join("journal"))
+            .expect("journal dir")
+            .filter_map(Result::ok);
+        assert!(
+            segments
+                .into_iter()
+                .all(|e| e.metadata().is_ok_and(|m| m.len() == 0)),
+            "nothing in the journal"
+        );
+    }
     host.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotency_keys_and_batches() {
-    let host = TestHost::start(2, false).await;
+async fn idempotency_keys_and_batches(backend: Backend) {
+    let host = TestHost::start_on(backend, 2, false).await;
     let client = reqwest::Client::new();
     let body = json!({"plugin": "echo", "payload": 7, "idempotency_key": "order-42"});
     let first = submit(&client, &host, body.clone()).await;
@@ -826,9 +822,8 @@ async fn tokens_guard_the_api_and_plugin_administration() {
     host.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stats_and_metrics_describe_the_host() {
-    let host = TestHost::start(2, false).await;
+async fn stats_and_metrics_describe_the_host(backend: Backend) {
+    let host = TestHost::start_on(backend, 2, false).await;
     let client = reqwest::Client::new();
     let task = submit(&client, &host, json!({"plugin": "echo", "payload": 1})).await;
     wait_terminal(&client, &host, &id_of(&task)).await;
@@ -897,9 +892,8 @@ async fn stats_and_metrics_describe_the_host() {
     host.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backup_then_restore_into_an_empty_host_round_trips_every_task() {
-    let source = TestHost::start(2, false).await;
+async fn backup_then_restore_into_an_empty_host_round_trips_every_task(backend: Backend) {
+    let source = TestHost::start_on(backend, 2, false).await;
     let client = reqwest::Client::new();
     let mut ids = Vec::new();
     for i in 0..40 {
@@ -932,7 +926,7 @@ async fn backup_then_restore_into_an_empty_host_round_trips_every_task() {
     assert_eq!(original["tasks"].as_array().expect("tasks").len(), 40);
     source.stop().await;
 
-    let target = TestHost::start(2, false).await;
+    let target = TestHost::start_on(backend, 2, false).await;
     let response = client
         .post(target.at("/admin/restore"))
         .body(document.clone())
@@ -1046,10 +1040,9 @@ async fn shutdown_past_the_grace_period_leaves_running_tasks_pending() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restored_task_with_no_attempt_left_fails_instead_of_running_again() {
+async fn a_restored_task_with_no_attempt_left_fails_instead_of_running_again(backend: Backend) {
     use taskflow::task::{NewTask, TaskStatus};
-    let host = TestHost::start(1, false).await;
+    let host = TestHost::start_on(backend, 1, false).await;
     let client = reqwest::Client::new();
     // Backed up while running its last attempt: it comes back pending, with no attempt left.
     let mut task = NewTask {
@@ -1102,9 +1095,8 @@ async fn a_restored_task_with_no_attempt_left_fails_instead_of_running_again() {
     host.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn progress_is_visible_while_a_task_runs() {
-    let host = TestHost::start(1, false).await;
+async fn progress_is_visible_while_a_task_runs(backend: Backend) {
+    let host = TestHost::start_on(backend, 1, false).await;
     let client = reqwest::Client::new();
     let task = submit(
         &client,
@@ -1130,11 +1122,11 @@ async fn progress_is_visible_while_a_task_runs() {
     host.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_waits_for_its_backoff_recorded_as_retry_at() {
+async fn a_retry_waits_for_its_backoff_recorded_as_retry_at(backend: Backend) {
     // Backoff of attempt n: base · 2^(n-1), jittered into its upper half.
     let base = chrono::Duration::milliseconds(1500);
-    let host = TestHost::start_with(1, false, |config| config.retry_base_ms = 1500).await;
+    let host =
+        TestHost::start_on_with(backend, 1, false, |config| config.retry_base_ms = 1500).await;
     let client = reqwest::Client::new();
     let task = submit(
         &client,
@@ -1177,9 +1169,8 @@ async fn a_retry_waits_for_its_backoff_recorded_as_retry_at() {
     host.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fatal_error_fails_at_once_whatever_attempts_are_left() {
-    let host = TestHost::start(1, true).await;
+async fn a_fatal_error_fails_at_once_whatever_attempts_are_left(backend: Backend) {
+    let host = TestHost::start_on(backend, 1, true).await;
     let client = reqwest::Client::new();
     let task = submit(
         &client,
@@ -1200,9 +1191,8 @@ async fn a_fatal_error_fails_at_once_whatever_attempts_are_left() {
     host.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_hold_at_most_1000_tasks_and_are_accepted_all_or_none() {
-    let host = TestHost::start(1, false).await;
+async fn batches_hold_at_most_1000_tasks_and_are_accepted_all_or_none(backend: Backend) {
+    let host = TestHost::start_on(backend, 1, false).await;
     let client = reqwest::Client::new();
     let batch = |tasks: Vec<Value>| {
         client
@@ -1274,9 +1264,8 @@ async fn batches_hold_at_most_1000_tasks_and_are_accepted_all_or_none() {
     host.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restored_pending_tasks_run() {
-    let source = TestHost::start(1, true).await;
+async fn restored_pending_tasks_run(backend: Backend) {
+    let source = TestHost::start_on(backend, 1, true).await;
     let client = reqwest::Client::new();
     // The only worker is busy, so these wait in the queue when the backup is taken.
     let blocker = submit(
@@ -1306,7 +1295,8 @@ async fn restored_pending_tasks_run() {
         .expect("bytes");
     source.stop().await;
 
-    let target = TestHost::start(1, true).await;
+    // Two workers: the blocker may be restored, and taken, first.
+    let target = TestHost::start_on(backend, 2, true).await;
     let summary: Value = client
         .post(target.at("/admin/restore"))
         .body(backup)
@@ -1389,3 +1379,43 @@ async fn a_store_that_cannot_keep_up_refuses_with_503_and_is_not_ready_until_it_
     );
     host.stop().await;
 }
+
+/// Runs each behaviour test once per backend combination: the embedded
+/// default (in-process queue, task files) and PostgreSQL as store and queue.
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {
+        mod on_files {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(taskflow_tests::Backend::Files).await
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(taskflow_tests::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend!(
+    a_submitted_task_completes_with_its_result,
+    higher_priorities_run_first_and_equal_ones_in_submission_order,
+    retryable_failures_are_retried_until_attempts_run_out,
+    pending_and_running_tasks_can_be_cancelled,
+    idempotency_keys_and_batches,
+    stats_and_metrics_describe_the_host,
+    backup_then_restore_into_an_empty_host_round_trips_every_task,
+    a_restored_task_with_no_attempt_left_fails_instead_of_running_again,
+    progress_is_visible_while_a_task_runs,
+    a_retry_waits_for_its_backoff_recorded_as_retry_at,
+    a_fatal_error_fails_at_once_whatever_attempts_are_left,
+    batches_hold_at_most_1000_tasks_and_are_accepted_all_or_none,
+    restored_pending_tasks_run,
+    bad_input_gets_a_clear_4xx_and_writes_nothing
+);

@@ -11,52 +11,17 @@ use taskflow::config::StorageBackend;
 use taskflow::storage::{PgStore, TaskStore};
 use taskflow::task::{TaskId, TaskStatus};
 use taskflow_tests::contract::{self, task};
+use taskflow_tests::pg::{database_url, drop_schema, fresh_schema, schema_url};
 use taskflow_tests::{TestHost, poll_json};
-
-fn database_url() -> String {
-    std::env::var("TASKFLOW_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// A fresh schema; the connection options of a store that lives in it.
-async fn fresh_schema() -> (String, PgConnectOptions) {
-    let url = database_url();
-    let base: PgConnectOptions = url
-        .parse()
-        .expect("TASKFLOW_TEST_DATABASE_URL is a PostgreSQL URL");
-    let schema = format!("taskflow_test_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect_with(base.clone())
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL must be running at {url} for these tests: {e}"));
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
-        .await
-        .expect("create schema");
-    admin.close().await;
-    let options = base.options([("search_path", schema.as_str())]);
-    (schema, options)
-}
 
 async fn store() -> (PgStore, String) {
     let (schema, options) = fresh_schema().await;
     (
-        PgStore::connect(options)
+        PgStore::connect(options, 8)
             .await
             .expect("connect and migrate"),
         schema,
     )
-}
-
-/// Removes a test's schema (a failed test leaves its own, to look at).
-async fn drop_schema(schema: &str) {
-    let admin = sqlx::PgPool::connect(&database_url())
-        .await
-        .expect("connect");
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&admin)
-        .await
-        .expect("drop schema");
-    admin.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,12 +98,23 @@ async fn racing_inserts_with_one_key_create_one_task() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_leases_fence_their_holders() {
+    let (store, schema) = store().await;
+    contract::leases_fence_their_holders(&store).await;
+    drop_schema(&schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_claims_in_postgres_have_one_winner() {
+    let (store, schema) = store().await;
+    contract::racing_claims_have_one_winner(std::sync::Arc::new(store)).await;
+    drop_schema(&schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_on_postgres_runs_tasks_and_finds_them_after_a_restart() {
     let (schema, _) = fresh_schema().await;
-    // The host takes a URL: the schema goes in as a connection option.
-    let base = database_url();
-    let separator = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+    let url = schema_url(&schema);
     let postgres = |config: &mut taskflow::config::ServeConfig| {
         config.storage = StorageBackend::Postgres;
         config.database_url = Some(url.clone());
@@ -167,18 +143,19 @@ async fn a_host_on_postgres_runs_tasks_and_finds_them_after_a_restart() {
     let ready = client.get(host.at("/ready")).send().await.expect("ready");
     assert_eq!(ready.status(), reqwest::StatusCode::OK);
 
-    // A second host on the same database would re-run this one's tasks.
-    let second_data = tempfile::tempdir().expect("tempdir");
-    let mut second = taskflow_tests::serve_config(second_data.path(), 1);
-    postgres(&mut second);
-    let refused = taskflow::server::Server::start(second)
+    // A second host shares the database: it sees the task, and its
+    // startup leaves the first host's work alone.
+    let second = TestHost::start_with(1, false, postgres).await;
+    let seen: Value = client
+        .get(second.at(&format!("/tasks/{id}")))
+        .send()
         .await
-        .map(|_| ())
-        .expect_err("one host per database");
-    assert!(
-        format!("{refused:#}").contains("in use by another TaskFlow host"),
-        "{refused:#}"
-    );
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(seen, done);
+    second.stop().await;
     host.stop().await;
 
     // A new host with an empty data directory: the task lives in the database.
@@ -283,18 +260,19 @@ async fn ready_fails_while_the_database_is_unreachable_and_recovers_with_it() {
     );
     let host = TestHost::start_with(1, false, |config| {
         config.storage = StorageBackend::Postgres;
+        config.queue = taskflow::config::QueueBackend::Postgres;
         config.database_url = Some(url.clone());
     })
     .await;
     let client = reqwest::Client::new();
+    let up = poll_json(&client, &host.at("/ready"), Duration::from_secs(10), |r| {
+        r["status"] == "ok"
+    })
+    .await;
     assert_eq!(
-        client
-            .get(host.at("/ready"))
-            .send()
-            .await
-            .expect("ready")
-            .status(),
-        reqwest::StatusCode::OK
+        up["backends"],
+        json!({"queue": "ok", "storage": "ok"}),
+        "{up}"
     );
 
     cut.abort();
@@ -303,7 +281,12 @@ async fn ready_fails_while_the_database_is_unreachable_and_recovers_with_it() {
         r["status"] == "unavailable"
     })
     .await;
-    assert_eq!(down["reason"], "a backend is unreachable", "{down}");
+    assert_eq!(down["reason"], "unreachable: queue, storage", "{down}");
+    assert_eq!(
+        down["backends"],
+        json!({"queue": "unavailable", "storage": "unavailable"}),
+        "{down}"
+    );
     assert_eq!(
         client
             .get(host.at("/health"))

@@ -32,6 +32,51 @@ async fn racing_inserts_into_the_file_store_with_one_key_create_one_task() {
 }
 
 #[tokio::test]
+async fn file_store_leases_fence_their_holders() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FileStore::open(dir.path(), false)
+        .await
+        .expect("open store");
+    contract::leases_fence_their_holders(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_claims_in_the_file_store_have_one_winner() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FileStore::open(dir.path(), false)
+        .await
+        .expect("open store");
+    contract::racing_claims_have_one_winner(std::sync::Arc::new(store)).await;
+}
+
+/// The file store's leases live in memory: a task it holds as running when
+/// it opens has no lease, its host having stopped.
+#[tokio::test]
+async fn a_reopened_file_store_reports_running_tasks_as_expired() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = {
+        let store = FileStore::open(dir.path(), false)
+            .await
+            .expect("open store");
+        let id = store
+            .insert(vec![contract::task("echo", 0)])
+            .await
+            .expect("insert")[0]
+            .task
+            .id;
+        contract::claim(&store, id, "host-a", std::time::Duration::from_secs(60))
+            .await
+            .expect("claim");
+        assert!(store.expired(10).await.expect("expired").is_empty());
+        id
+    };
+    let store = FileStore::open(dir.path(), false)
+        .await
+        .expect("reopen store");
+    assert_eq!(store.expired(10).await.expect("expired"), vec![id]);
+}
+
+#[tokio::test]
 async fn the_file_store_numbers_inserts_after_what_it_holds_when_reopened() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = FileStore::open(dir.path(), false)

@@ -299,10 +299,11 @@ mod tests {
             Arc::new(store),
             registry,
             Arc::new(Metrics::default()),
-            ServiceConfig {
-                workers: 1,
-                retry_base: std::time::Duration::from_millis(10),
-            },
+            ServiceConfig::new(
+                1,
+                std::time::Duration::from_millis(10),
+                std::time::Duration::from_secs(30),
+            ),
         ));
         (router(service, auth, 1024 * 1024), dir)
     }

@@ -25,6 +25,9 @@ pub struct Health {
     /// Why the host is not ready.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Readiness: each backend, `ok` or `unavailable`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub backends: std::collections::BTreeMap<&'static str, &'static str>,
 }
 
 /// Liveness: the process answers.
@@ -34,6 +37,7 @@ pub async fn health() -> Json<Health> {
     Json(Health {
         status: "ok",
         reason: None,
+        backends: std::collections::BTreeMap::new(),
     })
 }
 
@@ -44,40 +48,43 @@ pub async fn health() -> Json<Health> {
         (status = 503, description = "A backend is unreachable", body = Health),
     ))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
-    let checks = async {
-        state
-            .service
-            .queue()
-            .depth()
-            .await
-            .map_err(|e| e.to_string())?;
-        state
-            .service
-            .store()
-            .check()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(())
-    };
-    match checks.await {
-        Ok(()) => (
+    let service = &state.service;
+    let (queue, storage) = tokio::join!(service.queue().check(), service.store().check());
+    let mut backends = std::collections::BTreeMap::new();
+    let mut down = Vec::new();
+    for (name, outcome) in [
+        ("queue", queue.map_err(|e| e.to_string())),
+        ("storage", storage.map_err(|e| e.to_string())),
+    ] {
+        let status = match outcome {
+            Ok(()) => "ok",
+            Err(reason) => {
+                tracing::warn!(backend = name, %reason, "not ready");
+                down.push(name);
+                "unavailable"
+            }
+        };
+        backends.insert(name, status);
+    }
+    if down.is_empty() {
+        return (
             StatusCode::OK,
             Json(Health {
                 status: "ok",
                 reason: None,
+                backends,
             }),
-        ),
-        Err(reason) => {
-            tracing::warn!(%reason, "not ready");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(Health {
-                    status: "unavailable",
-                    reason: Some("a backend is unreachable".into()),
-                }),
-            )
-        }
+        );
     }
+    let reason = format!("unreachable: {}", down.join(", "));
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(Health {
+            status: "unavailable",
+            reason: Some(reason),
+            backends,
+        }),
+    )
 }
 
 /// Queue depth per priority, running tasks, counts per status, workers,

@@ -60,11 +60,7 @@ pub async fn upload(
         ),
         _ => ApiError::bad_request("the plugin upload could not be read"),
     })?;
-    let loaded = state
-        .service
-        .registry()
-        .install(&name, body.to_vec())
-        .await?;
+    let loaded = state.service.install_plugin(&name, body.to_vec()).await?;
     Ok((StatusCode::CREATED, Json(loaded.info())))
 }
 
@@ -83,6 +79,6 @@ pub async fn remove(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.service.registry().remove(&name).await?;
+    state.service.remove_plugin(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -2,10 +2,11 @@
 //!
 //! The queue holds only what ordering needs ([`QueueEntry`]: id, priority,
 //! submission sequence); the task itself lives in storage. The embedded
-//! default is [`LocalQueue`]; a distributed backend (SQS) implements the same
-//! [`Queue`] trait.
+//! default is [`LocalQueue`]; [`PgQueue`] uses the PostgreSQL tasks table
+//! itself, shared by every host.
 
 pub mod local;
+pub mod postgres;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use utoipa::ToSchema;
 use crate::task::{Task, TaskId};
 
 pub use local::LocalQueue;
+pub use postgres::PgQueue;
 
 /// What the queue orders by: priority 1 first, then lowest sequence
 /// (submission order) first.
@@ -40,13 +42,37 @@ impl From<&Task> for QueueEntry {
 }
 
 /// An entry handed to a worker by [`Queue::pop`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
     /// The entry that was popped.
     pub entry: QueueEntry,
     /// Identifies this delivery to [`Queue::ack`] (an SQS receipt handle in
     /// the distributed backend).
     pub receipt: String,
+    /// The task, already claimed for this host, when the queue claims as it
+    /// delivers (the tasks-table queue); `None`: the worker claims it.
+    pub claimed: Option<Claimed>,
+}
+
+impl Delivery {
+    /// A delivery of `entry` that the worker still has to claim.
+    pub fn unclaimed(entry: QueueEntry, receipt: String) -> Self {
+        Self {
+            entry,
+            receipt,
+            claimed: None,
+        }
+    }
+}
+
+/// A task claimed for this host: its state after the claim, and the claim's
+/// fencing token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    /// The task, running its new attempt.
+    pub task: Task,
+    /// The claim's fencing token.
+    pub token: u64,
 }
 
 /// How many entries a queue holds.
@@ -99,4 +125,15 @@ pub trait Queue: Send + Sync {
 
     /// How many entries are queued, by priority.
     async fn depth(&self) -> Result<QueueDepth, QueueError>;
+
+    /// Whether the queue can serve now (readiness); cheap.
+    async fn check(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+
+    /// Whether the queue lives outside this host, so that what was queued
+    /// survives it; an in-process queue is filled again at startup.
+    fn is_shared(&self) -> bool {
+        false
+    }
 }

@@ -2,23 +2,26 @@
 //! and the backoff of retries.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU8;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rand::Rng;
 use tokio::sync::Notify;
 
+use super::leases::Claim;
 use super::{Running, ServiceError, TaskService};
-use crate::queue::{Delivery, QueueEntry};
+use crate::queue::{Claimed, Delivery, QueueEntry};
 use crate::runtime::{Failure, FailureKind, Limits, TaskInput};
-use crate::storage::StorageError;
 use crate::task::{Task, TaskError, TaskId, TaskOutput, TaskStatus};
 
 /// Longest retry backoff.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Delay before retrying a delivery that hit a storage error.
 const STORAGE_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// How long a task waits for its plugin to reach this host before it is
+/// claimed again.
+const PLUGIN_WAIT: Duration = Duration::from_millis(500);
 /// Tries at saving a task's outcome before giving the task back to the queue.
 const FINISH_SAVE_ATTEMPTS: u32 = 5;
 
@@ -33,111 +36,122 @@ struct Attempt {
 impl TaskService {
     /// Runs the task of one queue delivery to its next state. Called by the
     /// workers; never fails: every problem is recorded on the task or logged.
-    pub async fn process(&self, delivery: Delivery) {
+    pub async fn process(&self, mut delivery: Delivery) {
         let id = delivery.entry.id;
-        let (task, cancel, progress) = match self.start(id).await {
-            Ok(Some(started)) => started,
-            Ok(None) => {
-                // Cancelled, finished or deleted since it was queued.
-                self.ack(&delivery).await;
-                return;
-            }
-            Err(e) => {
-                tracing::error!(task_id = %id, error = %e, "cannot start task; retrying shortly");
-                self.requeue(&delivery, STORAGE_RETRY_DELAY).await;
-                return;
-            }
+        let claimed = match delivery.claimed.take() {
+            Some(claimed) => claimed,
+            None => match self.claim(id).await {
+                Ok(Claim::Run(claimed)) => *claimed,
+                Ok(Claim::NotDue(wait)) => {
+                    self.requeue(&delivery, wait).await;
+                    return;
+                }
+                Ok(Claim::Skip) => {
+                    // Cancelled, finished, running elsewhere or deleted since it was queued.
+                    self.ack(&delivery).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(task_id = %id, error = %e, "cannot start task; retrying shortly");
+                    self.requeue(&delivery, STORAGE_RETRY_DELAY).await;
+                    return;
+                }
+            },
         };
+        let Claimed { task, token } = claimed;
+        if self.plugin_on_its_way(&task.plugin).await {
+            self.wait_for_plugin(task, token, &delivery).await;
+            return;
+        }
+        let (stop, lost, progress) = (
+            Arc::new(Notify::new()),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU8::new(0)),
+        );
+        self.running_lock().insert(
+            id,
+            Running {
+                token,
+                stop: stop.clone(),
+                lost: lost.clone(),
+                progress: progress.clone(),
+            },
+        );
 
         let started = Instant::now();
         let outcome = tokio::select! {
             outcome = self.execute(&task, progress) => Some(outcome),
-            () = cancel.notified() => None,
+            () = stop.notified() => None,
         };
         let elapsed = started.elapsed();
+        if lost.load(Ordering::Acquire) {
+            self.lose(&task, token, elapsed);
+            self.ack(&delivery).await;
+            return;
+        }
 
         // The outcome is kept until it is saved: a storage hiccup must not
-        // leave the task `running` with nobody to finish it.
+        // lose it. Should every try fail, the lease runs out and the reaper
+        // queues the task again.
         let mut delay = STORAGE_RETRY_DELAY;
         for attempt in 1..=FINISH_SAVE_ATTEMPTS {
-            match self.finish(task.clone(), outcome.clone(), elapsed).await {
-                Ok(()) => break,
+            match self
+                .finish(task.clone(), token, outcome.clone(), elapsed)
+                .await
+            {
+                Ok(true) => break,
+                Ok(false) => {
+                    self.lose(&task, token, elapsed);
+                    break;
+                }
                 Err(e) if attempt < FINISH_SAVE_ATTEMPTS => {
                     tracing::warn!(task_id = %id, error = %e, "cannot record the task's outcome; retrying");
                     tokio::time::sleep(delay).await;
                     delay = delay.saturating_mul(2);
                 }
                 Err(e) => {
-                    // Left `running` on disk; the next start picks it up as an orphan.
-                    tracing::error!(task_id = %id, error = %e, "cannot record the task's outcome; it runs again");
-                    if outcome.is_none() {
-                        self.unsaved_cancels().insert(id);
-                    }
-                    self.running_lock().remove(&id);
-                    self.requeue(&delivery, STORAGE_RETRY_DELAY).await;
-                    return;
+                    tracing::error!(task_id = %id, error = %e, "cannot record the task's outcome; it runs again once its lease expires");
+                    self.forget(id, token);
                 }
             }
         }
         self.ack(&delivery).await;
     }
 
-    /// Marks a pending task running and registers it as running here;
-    /// `None` when it is not to be run. A task stored as `running` that no
-    /// worker here runs is an orphan (its outcome could not be saved) and is
-    /// run again.
-    async fn start(
-        &self,
-        id: TaskId,
-    ) -> Result<Option<(Task, Arc<Notify>, Arc<AtomicU8>)>, StorageError> {
-        let _guard = self.lock(id).await;
-        let Some(mut task) = self.store.load(id).await? else {
-            return Ok(None);
-        };
-        let orphan = task.status == TaskStatus::Running && !self.running_lock().contains_key(&id);
-        if task.status != TaskStatus::Pending && !orphan {
-            return Ok(None);
-        }
-        // A cancel whose outcome could not be saved still stands.
-        let cancelled = orphan && self.unsaved_cancels().remove(&id);
-        // No attempt is left: an orphan whose last outcome was lost, or a
-        // task restored (or released at shutdown) during its last attempt.
-        let exhausted = task.attempts >= task.max_attempts;
-        if cancelled || exhausted {
-            task.status = if cancelled {
-                TaskStatus::Cancelled
-            } else {
-                TaskStatus::Failed
-            };
-            task.finished_at = Some(Utc::now());
-            if !cancelled {
-                let message = if orphan {
-                    "the outcome of its last attempt could not be recorded"
-                } else {
-                    "its last attempt was interrupted and no attempt is left"
-                };
-                task.last_error = Some(TaskError {
-                    kind: FailureKind::Interrupted,
-                    message: message.into(),
-                });
+    /// Gives back a claimed task whose plugin the fleet runs but this host
+    /// has not loaded yet: pending again, the attempt not counted, claimable
+    /// again in a moment (here or elsewhere).
+    async fn wait_for_plugin(&self, mut task: Task, token: u64, delivery: &Delivery) {
+        tracing::debug!(task_id = %task.id, plugin = %task.plugin, "the plugin is not loaded here yet; the task waits");
+        task.status = TaskStatus::Pending;
+        task.attempts = task.attempts.saturating_sub(1);
+        task.retry_at = chrono::Duration::from_std(PLUGIN_WAIT)
+            .ok()
+            .map(|wait| Utc::now() + wait);
+        match self.store.save_leased(&task, token).await {
+            Ok(true) => self.requeue(delivery, PLUGIN_WAIT).await,
+            Ok(false) => self.ack(delivery).await,
+            // Still claimed: the reaper gives it back when the lease runs out.
+            Err(e) => {
+                tracing::warn!(task_id = %task.id, error = %e, "cannot give back a task whose plugin is not loaded here")
             }
-            self.store.save(&task).await?;
-            return Ok(None);
         }
-        task.status = TaskStatus::Running;
-        task.attempts = task.attempts.saturating_add(1);
-        task.started_at = Some(Utc::now());
-        task.retry_at = None;
-        self.store.save(&task).await?;
-        let (cancel, progress) = (Arc::new(Notify::new()), Arc::new(AtomicU8::new(0)));
-        self.running_lock().insert(
-            id,
-            Running {
-                cancel: cancel.clone(),
-                progress: progress.clone(),
-            },
-        );
-        Ok(Some((task, cancel, progress)))
+    }
+
+    /// A run whose lease went to another host: its outcome is dropped.
+    fn lose(&self, task: &Task, token: u64, elapsed: Duration) {
+        self.forget(task.id, token);
+        self.metrics
+            .record_attempt(&task.plugin, "lease_lost", elapsed);
+        tracing::warn!(task_id = %task.id, "this host lost the task's lease while it ran; its outcome is dropped");
+    }
+
+    /// Stops tracking the run of `id` under `token`.
+    fn forget(&self, id: TaskId, token: u64) {
+        let mut running = self.running_lock();
+        if running.get(&id).is_some_and(|r| r.token == token) {
+            running.remove(&id);
+        }
     }
 
     /// Runs one attempt on the version of the plugin serving now.
@@ -187,19 +201,20 @@ impl TaskService {
     }
 
     /// Records the outcome of a run: completed, failed, back to pending for a
-    /// retry, or cancelled (`outcome` is `None`).
+    /// retry, or cancelled (`outcome` is `None`); `false` when the lease was
+    /// lost meanwhile and nothing was written.
     async fn finish(
         &self,
         mut task: Task,
+        token: u64,
         outcome: Option<Attempt>,
         elapsed: Duration,
-    ) -> Result<(), ServiceError> {
-        let _guard = self.lock(task.id).await;
+    ) -> Result<bool, ServiceError> {
         let now = Utc::now();
+        let mut retry = None;
         let label = match outcome {
             None => {
-                task.status = TaskStatus::Cancelled;
-                task.finished_at = Some(now);
+                task.cancel(now);
                 "cancelled"
             }
             Some(Attempt {
@@ -221,31 +236,36 @@ impl TaskService {
                 if digest.is_some() {
                     task.plugin_digest = digest;
                 }
-                let retry = failure.kind.is_retryable() && task.attempts < task.max_attempts;
+                let retryable = failure.kind.is_retryable() && task.attempts < task.max_attempts;
                 task.last_error = Some(TaskError {
                     kind: failure.kind,
                     message: failure.message,
                 });
-                if retry {
+                if retryable {
                     let delay = backoff(self.config.retry_base, task.attempts);
                     task.status = TaskStatus::Pending;
                     task.retry_at = chrono::Duration::from_std(delay).ok().map(|d| now + d);
-                    self.store.save(&task).await?;
-                    self.queue.push(QueueEntry::from(&task), delay).await?;
-                    self.running_lock().remove(&task.id);
-                    self.metrics
-                        .record_attempt(&task.plugin, "retried", elapsed);
-                    tracing::info!(task_id = %task.id, plugin = %task.plugin, attempt = task.attempts, delay_ms = delay.as_millis() as u64, "task will be retried");
-                    return Ok(());
+                    retry = Some(delay);
+                    "retried"
+                } else {
+                    task.status = TaskStatus::Failed;
+                    task.finished_at = Some(now);
+                    "failed"
                 }
-                task.status = TaskStatus::Failed;
-                task.finished_at = Some(now);
-                "failed"
             }
         };
-        self.store.save(&task).await?;
-        self.running_lock().remove(&task.id);
+        if !self.store.save_leased(&task, token).await? {
+            return Ok(false);
+        }
+        self.forget(task.id, token);
         self.metrics.record_attempt(&task.plugin, label, elapsed);
+        if let Some(delay) = retry {
+            tracing::info!(task_id = %task.id, plugin = %task.plugin, attempt = task.attempts, delay_ms = delay.as_millis() as u64, "task will be retried");
+            if let Err(e) = self.queue.push(QueueEntry::from(&task), delay).await {
+                tracing::error!(task_id = %task.id, error = %e, "cannot queue the retry; it runs after recovery");
+            }
+            return Ok(true);
+        }
         tracing::info!(
             task_id = %task.id,
             plugin = %task.plugin,
@@ -254,7 +274,7 @@ impl TaskService {
             duration_ms = elapsed.as_millis() as u64,
             "task finished"
         );
-        Ok(())
+        Ok(true)
     }
 
     async fn ack(&self, delivery: &Delivery) {

@@ -6,11 +6,21 @@
 //! - [`submission`]: validation, idempotency keys, all-or-none acceptance;
 //! - [`execution`]: a delivery's run from start to its recorded outcome,
 //!   retries and their backoff;
+//! - [`leases`]: ownership of running tasks: the claim, the heartbeat that
+//!   renews this host's leases, the reaper that takes back expired ones;
 //! - [`recovery`]: startup recovery, restore from a backup, release on shutdown;
 //! - [`reads`]: reading, listing and cancelling tasks, statistics;
-//! - this module: the service's state and the locks every concern shares.
+//! - [`plugins`]: plugin upload and removal, shared with the fleet;
+//! - this module: the service's state.
+//!
+//! Nothing that decides who runs a task lives in this host's memory: a task
+//! runs under a lease in the store, and every write of its outcome is
+//! conditional on still holding it. The map of tasks running here only
+//! serves to renew their leases, interrupt them and show their progress.
 
 mod execution;
+mod leases;
+mod plugins;
 mod reads;
 mod recovery;
 mod submission;
@@ -18,8 +28,7 @@ mod submission;
 pub use execution::backoff;
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-use std::sync::atomic::AtomicU8;
+use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,9 +44,6 @@ pub use crate::storage::backup::RestoreSummary;
 use crate::storage::{StatusCounts, StorageError, TaskStore};
 use crate::task::{Task, TaskId, TaskStatus, ValidationError};
 use crate::telemetry::Metrics;
-
-/// Lock stripes serialising state changes of one task (see [`TaskService::lock`]).
-const LOCK_STRIPES: usize = 256;
 
 /// Why a service call failed. The API turns each into a status code.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +90,8 @@ pub struct TaskView {
 /// `GET /stats`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
 pub struct Stats {
+    /// This host's name, as tasks it runs record it in `host`.
+    pub host: String,
     /// Queued tasks by priority.
     pub queue: QueueDepth,
     /// Tasks running now.
@@ -117,6 +125,36 @@ pub struct ServiceConfig {
     pub workers: usize,
     /// Base of the exponential retry backoff.
     pub retry_base: Duration,
+    /// This host's name in the leases it holds; unique among the hosts
+    /// sharing a store.
+    pub owner: String,
+    /// How long a lease lasts unless renewed: a task whose host stopped
+    /// runs again elsewhere after about this long.
+    pub lease: Duration,
+}
+
+impl ServiceConfig {
+    /// Settings with a lease of `lease` and a fresh host name.
+    pub fn new(workers: usize, retry_base: Duration, lease: Duration) -> Self {
+        Self {
+            workers,
+            retry_base,
+            owner: host_name(),
+            lease,
+        }
+    }
+}
+
+/// A name for this host process, unique among the hosts sharing a store:
+/// the machine's name, the process id and a random suffix.
+pub fn host_name() -> String {
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    format!("{machine}-{}-{suffix}", std::process::id())
 }
 
 /// Why detached work did not produce its result.
@@ -147,7 +185,11 @@ impl From<DetachedError<ServiceError>> for ServiceError {
 
 /// A task a worker is running right now.
 struct Running {
-    cancel: Arc<Notify>,
+    /// The claim's fencing token.
+    token: u64,
+    /// Stops the run: a cancel, or the lease lost (then `lost` is set).
+    stop: Arc<Notify>,
+    lost: Arc<AtomicBool>,
     progress: Arc<AtomicU8>,
 }
 
@@ -158,11 +200,10 @@ pub struct TaskService {
     registry: Arc<PluginRegistry>,
     metrics: Arc<Metrics>,
     config: ServiceConfig,
-    locks: Vec<tokio::sync::Mutex<()>>,
     restoring: tokio::sync::Mutex<()>,
     running: Mutex<HashMap<TaskId, Running>>,
-    /// Cancelled tasks whose cancellation could not be saved yet.
-    unsaved_cancels: Mutex<std::collections::HashSet<TaskId>>,
+    /// The fleet's plugins, on shared backends.
+    catalog: Option<crate::fleet::PluginCatalog>,
     started_at: Instant,
 }
 
@@ -188,12 +229,9 @@ impl TaskService {
             registry,
             metrics,
             config,
-            locks: (0..LOCK_STRIPES)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
             restoring: tokio::sync::Mutex::new(()),
             running: Mutex::new(HashMap::new()),
-            unsaved_cancels: Mutex::new(std::collections::HashSet::new()),
+            catalog: None,
             started_at: Instant::now(),
         }
     }
@@ -241,25 +279,13 @@ impl TaskService {
         self.running_lock().len()
     }
 
-    /// Serialises state changes of one task (worker start/finish, cancel),
-    /// so a cancel cannot be overwritten by a worker that read the task just
-    /// before it.
-    async fn lock(&self, id: TaskId) -> tokio::sync::MutexGuard<'_, ()> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        id.hash(&mut hasher);
-        self.locks[(hasher.finish() as usize) % LOCK_STRIPES]
-            .lock()
-            .await
+    /// This host's settings.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
     }
 
     fn running_lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Running>> {
         self.running
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn unsaved_cancels(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<TaskId>> {
-        self.unsaved_cancels
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }

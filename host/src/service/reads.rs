@@ -5,25 +5,28 @@ use std::sync::atomic::Ordering;
 use chrono::Utc;
 
 use super::{ServiceError, Stats, TaskService, TaskView};
-use crate::storage::{ListQuery, TaskPage};
-use crate::task::{TaskId, TaskStatus};
+use crate::storage::{Change, LeaseState, ListQuery, TaskPage};
+use crate::task::{Task, TaskId, TaskStatus};
 use crate::telemetry::Gauges;
 
 impl TaskService {
-    /// The task with `id`, with live progress while it runs.
+    /// The task with `id`, with its progress while it runs (live when it
+    /// runs here, as last published by its host otherwise).
     pub async fn get(&self, id: TaskId) -> Result<TaskView, ServiceError> {
         let task = self
             .store
             .load(id)
             .await?
             .ok_or(ServiceError::NotFound(id))?;
-        let progress = (task.status == TaskStatus::Running)
-            .then(|| {
-                self.running_lock()
-                    .get(&id)
-                    .map(|r| r.progress.load(Ordering::Relaxed))
-            })
-            .flatten();
+        let here = self
+            .running_lock()
+            .get(&id)
+            .map(|r| r.progress.load(Ordering::Relaxed));
+        let progress = match (task.status, here) {
+            (TaskStatus::Running, Some(here)) => Some(here),
+            (TaskStatus::Running, None) => self.store.progress(id).await?,
+            _ => None,
+        };
         Ok(TaskView { task, progress })
     }
 
@@ -32,50 +35,62 @@ impl TaskService {
         Ok(self.store.list(query).await?)
     }
 
-    /// Cancels a pending task at once, or interrupts a running one (its
-    /// worker records the cancellation when the instance has stopped).
+    /// Cancels a pending task at once, or interrupts a running one on
+    /// whichever host runs it (its worker records the cancellation when the
+    /// instance has stopped). A running task whose host is gone is
+    /// cancelled at once.
     pub async fn cancel(&self, id: TaskId) -> Result<TaskView, ServiceError> {
-        let _guard = self.lock(id).await;
-        let mut task = self
+        let change = Box::new(|task: &mut Task, lease: &LeaseState| match task.status {
+            TaskStatus::Pending => {
+                task.cancel(Utc::now());
+                Change::Save
+            }
+            TaskStatus::Running if lease.expired => {
+                task.cancel(Utc::now());
+                Change::Save
+            }
+            TaskStatus::Running => Change::RequestCancel,
+            _ => Change::Keep,
+        });
+        let updated = self
             .store
-            .load(id)
+            .update(id, change)
             .await?
             .ok_or(ServiceError::NotFound(id))?;
-        let interruptible = self
-            .running_lock()
-            .get(&id)
-            .map(|running| running.cancel.clone());
-        match task.status {
-            TaskStatus::Running if interruptible.is_some() => {
-                if let Some(cancel) = interruptible {
-                    cancel.notify_one();
-                }
-                tracing::info!(task_id = %id, "cancelling running task");
-                Ok(TaskView {
-                    task,
-                    progress: None,
-                })
-            }
-            // Pending, or stored as running with no worker here running it.
-            TaskStatus::Pending | TaskStatus::Running => {
-                task.status = TaskStatus::Cancelled;
-                task.finished_at = Some(Utc::now());
-                task.retry_at = None;
-                self.store.save(&task).await?;
+        let task = updated.task;
+        match updated.change {
+            Change::Save => {
                 self.queue.remove(id).await?;
                 tracing::info!(task_id = %id, "task cancelled");
-                Ok(TaskView {
-                    task,
-                    progress: None,
-                })
             }
-            status => Err(ServiceError::NotCancellable { id, status }),
+            Change::RequestCancel => {
+                // Here at once; on another host at its next heartbeat.
+                if let Some(run) = self
+                    .running_lock()
+                    .get(&id)
+                    .filter(|r| r.token == updated.token)
+                {
+                    run.stop.notify_one();
+                }
+                tracing::info!(task_id = %id, "cancelling running task");
+            }
+            Change::Keep | Change::Claim { .. } => {
+                return Err(ServiceError::NotCancellable {
+                    id,
+                    status: task.status,
+                });
+            }
         }
+        Ok(TaskView {
+            task,
+            progress: None,
+        })
     }
 
     /// Queue, task and plugin statistics.
     pub async fn stats(&self) -> Result<Stats, ServiceError> {
         Ok(Stats {
+            host: self.config.owner.clone(),
             queue: self.queue.depth().await?,
             running: self.running_count(),
             tasks: self.store.counts().await?,

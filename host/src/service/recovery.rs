@@ -11,38 +11,26 @@ use crate::runtime::FailureKind;
 use crate::task::{Task, TaskError, TaskId, TaskStatus};
 
 impl TaskService {
-    /// Startup: queues again every task that was pending, or running when the host
-    /// stopped, in priority order. A task that was running on its last
-    /// allowed attempt fails instead: if it is what brought the host down,
-    /// running it again would bring it down again.
+    /// Startup: takes back the running tasks whose lease expired (with a
+    /// store of this host's own, every task it finds running: its host has
+    /// stopped), and, for an in-process queue, queues every pending task
+    /// again in priority order. A task that was running on its last allowed
+    /// attempt fails instead: if it is what brought its host down, running
+    /// it again would bring this one down too.
     pub async fn recover(&self) -> Result<Recovery, ServiceError> {
+        let (requeued, interrupted) = self.reap().await?;
+        let mut recovery = Recovery {
+            requeued,
+            interrupted,
+        };
+        if self.queue.is_shared() {
+            return Ok(recovery);
+        }
+        recovery.requeued = 0;
         let mut tasks = self.store.all().await?;
-        tasks.retain(|t| matches!(t.status, TaskStatus::Pending | TaskStatus::Running));
+        tasks.retain(|t| t.status == TaskStatus::Pending);
         tasks.sort_by_key(|t| (t.priority, t.sequence));
-        let mut recovery = Recovery::default();
-        for mut task in tasks {
-            if task.status == TaskStatus::Running {
-                recovery.interrupted += 1;
-                let attempts_left = task.attempts < task.max_attempts;
-                task.status = if attempts_left {
-                    TaskStatus::Pending
-                } else {
-                    TaskStatus::Failed
-                };
-                task.finished_at = (!attempts_left).then(Utc::now);
-                task.last_error = Some(TaskError {
-                    kind: FailureKind::Interrupted,
-                    message: if attempts_left {
-                        "the host stopped while this task ran; it was queued again".into()
-                    } else {
-                        "the host stopped while this task ran its last attempt".into()
-                    },
-                });
-                self.store.save(&task).await?;
-                if !attempts_left {
-                    continue;
-                }
-            }
+        for task in tasks {
             let delay = task
                 .retry_at
                 .and_then(|at| (at - Utc::now()).to_std().ok())
@@ -76,7 +64,6 @@ impl TaskService {
                 skipped: 0,
             };
             for task in tasks {
-                let _guard = this.lock(task.id).await;
                 if this
                     .store
                     .load(task.id)
@@ -108,25 +95,47 @@ impl TaskService {
         .map_err(ServiceError::from)
     }
 
-    /// Marks every task still running as pending again (graceful shutdown
-    /// past its grace period), so the next start runs them. The interrupted
-    /// attempt does not count: the host stopped it, not the task's own doing,
-    /// and a task on its last attempt keeps that attempt.
+    /// Marks every task still running here as pending again (graceful
+    /// shutdown past its grace period), so it runs again at once, here after
+    /// a restart or on another host. The interrupted attempt does not count:
+    /// the host stopped it, not the task's own doing, and a task on its last
+    /// attempt keeps that attempt.
     pub async fn release_running(&self) {
-        let ids: Vec<TaskId> = self.running_lock().keys().copied().collect();
-        for id in ids {
-            let _guard = self.lock(id).await;
-            if let Ok(Some(mut task)) = self.store.load(id).await
-                && task.status == TaskStatus::Running
-            {
-                task.status = TaskStatus::Pending;
-                task.attempts = task.attempts.saturating_sub(1);
-                task.last_error = Some(TaskError {
-                    kind: FailureKind::Interrupted,
-                    message: "the host shut down while this task ran; the attempt does not count and it will run again".into(),
-                });
-                if let Err(e) = self.store.save(&task).await {
-                    tracing::error!(task_id = %id, error = %e, "cannot release interrupted task");
+        let held: Vec<(TaskId, u64)> = self
+            .running_lock()
+            .iter()
+            .map(|(id, r)| (*id, r.token))
+            .collect();
+        for (id, token) in held {
+            let released = match self.store.load(id).await {
+                Ok(Some(mut task)) if task.status == TaskStatus::Running => {
+                    task.status = TaskStatus::Pending;
+                    task.attempts = task.attempts.saturating_sub(1);
+                    task.last_error = Some(TaskError {
+                        kind: FailureKind::Interrupted,
+                        message: "the host shut down while this task ran; the attempt does not count and it will run again".into(),
+                    });
+                    self.store
+                        .save_leased(&task, token)
+                        .await
+                        .map(|saved| saved.then_some(task))
+                }
+                Ok(_) => Ok(None),
+                Err(e) => Err(e),
+            };
+            match released {
+                Ok(Some(task)) => {
+                    if let Err(e) = self
+                        .queue
+                        .push(QueueEntry::from(&task), Duration::ZERO)
+                        .await
+                    {
+                        tracing::warn!(task_id = %id, error = %e, "cannot queue released task; it runs after recovery");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(task_id = %id, error = %e, "cannot release interrupted task; it runs again once its lease expires")
                 }
             }
         }

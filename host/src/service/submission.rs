@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::{DetachedError, ServiceError, Submitted, TaskService};
 use crate::queue::QueueEntry;
 use crate::storage::StorageError;
-use crate::task::{NewTask, Task, ValidationError};
+use crate::task::{NewTask, ValidationError};
 
 impl TaskService {
     /// Validates and accepts a task: stored, then queued. A task with an
@@ -47,11 +47,25 @@ impl TaskService {
         batch: Vec<NewTask>,
     ) -> Result<Vec<Submitted>, (usize, ServiceError)> {
         // Validate first: an invalid request is rejected even if its key is known.
-        let tasks = batch
-            .into_iter()
-            .enumerate()
-            .map(|(index, new)| self.validate(new).map_err(|e| (index, e)))
-            .collect::<Result<Vec<Task>, _>>()?;
+        // The store numbers the tasks when it accepts them.
+        let mut tasks = Vec::with_capacity(batch.len());
+        let mut known = std::collections::HashSet::new();
+        for (index, new) in batch.into_iter().enumerate() {
+            let task = new
+                .validate(0)
+                .map_err(|e| (index, ServiceError::from(e)))?;
+            if !known.contains(&task.plugin) {
+                if !self
+                    .plugin_known(&task.plugin)
+                    .await
+                    .map_err(|e| (index, e))?
+                {
+                    return Err((index, ServiceError::UnknownPlugin(task.plugin)));
+                }
+                known.insert(task.plugin.clone());
+            }
+            tasks.push(task);
+        }
         let accepted = self
             .detached(|this| async move {
                 let submitted = this.store.insert(tasks).await.map_err(|e| (0, e.into()))?;
@@ -77,15 +91,5 @@ impl TaskService {
             tracing::debug!(task_id = %task.id, plugin = %task.plugin, priority = task.priority, "task accepted");
         }
         Ok(())
-    }
-
-    fn validate(&self, new: NewTask) -> Result<Task, ServiceError> {
-        let plugin = new.plugin.clone();
-        // The store numbers the task when it accepts it.
-        let task = new.validate(0)?;
-        if !self.registry.contains(&plugin) {
-            return Err(ServiceError::UnknownPlugin(plugin));
-        }
-        Ok(task)
     }
 }

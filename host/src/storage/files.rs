@@ -30,6 +30,7 @@ use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::journal::{self, Journal, Record};
+use super::lease::{self, ChangeFn, Held, LeaseTable, Renewed, Updated};
 use super::{
     Cursor, ListQuery, StatusCounts, StorageError, Submitted, TaskPage, TaskStore, blocking,
     io_error,
@@ -85,7 +86,14 @@ struct Handle {
     /// One insert with idempotency keys at a time: its look-ups and its
     /// append are one step.
     keyed_inserts: tokio::sync::Mutex<()>,
+    /// Stripes serialising the read-change-write of one task ([`TaskStore::update`]).
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Leases of running tasks: in memory, since one process opens the store.
+    leases: LeaseTable,
 }
+
+/// Lock stripes of [`Handle::stripes`].
+const STRIPES: usize = 256;
 
 struct Shared {
     root: PathBuf,
@@ -385,15 +393,17 @@ impl FileStore {
                     move || checkpoint_periodically(&shared)
                 })?,
             ];
-            let keyed_inserts = tokio::sync::Mutex::new(());
+            let handle = Handle {
+                shared,
+                changes: Some(changes),
+                threads,
+                _lock_file: lock_file,
+                keyed_inserts: tokio::sync::Mutex::new(()),
+                stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+                leases: LeaseTable::default(),
+            };
             Ok(Self {
-                handle: Arc::new(Handle {
-                    shared,
-                    changes: Some(changes),
-                    threads,
-                    _lock_file: lock_file,
-                    keyed_inserts,
-                }),
+                handle: Arc::new(handle),
             })
         })
         .await
@@ -452,6 +462,12 @@ impl FileStore {
             .await
             .map_err(|_| stopped())?;
         persisted.await.map_err(|_| stopped())?
+    }
+
+    /// Serialises the read-change-write of the task `id`.
+    async fn lock(&self, id: TaskId) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe = usize::from(id.as_uuid().as_bytes()[15]) % STRIPES;
+        self.handle.stripes[stripe].lock().await
     }
 
     /// Reads the given tasks in order, skipping any deleted meanwhile and any
@@ -1079,6 +1095,70 @@ impl TaskStore for FileStore {
             ));
         }
         Ok(())
+    }
+
+    async fn update(&self, id: TaskId, change: ChangeFn) -> Result<Option<Updated>, StorageError> {
+        let _locked = self.lock(id).await;
+        let Some(mut task) = self.load(id).await? else {
+            return Ok(None);
+        };
+        let leases = &self.handle.leases;
+        let state = leases.state(&task);
+        let change = change(&mut task, &state);
+        if matches!(change, lease::Change::Save | lease::Change::Claim { .. }) {
+            self.save(&task).await?;
+        }
+        let token = leases.apply(&task, &change);
+        Ok(Some(Updated {
+            task,
+            token,
+            change,
+        }))
+    }
+
+    async fn save_leased(&self, task: &Task, token: u64) -> Result<bool, StorageError> {
+        let _locked = self.lock(task.id).await;
+        let running = self
+            .load(task.id)
+            .await?
+            .is_some_and(|stored| stored.status == TaskStatus::Running);
+        if !running || !self.handle.leases.holds(task.id, token) {
+            return Ok(false);
+        }
+        self.save(task).await?;
+        if task.status != TaskStatus::Running {
+            self.handle.leases.release(task.id);
+        }
+        Ok(true)
+    }
+
+    async fn renew(
+        &self,
+        owner: &str,
+        held: &[Held],
+        ttl: Duration,
+    ) -> Result<Vec<Renewed>, StorageError> {
+        Ok(self.handle.leases.renew(owner, held, ttl))
+    }
+
+    async fn expired(&self, limit: usize) -> Result<Vec<TaskId>, StorageError> {
+        let running: Vec<TaskId> = {
+            let state = self.handle.shared.lock_state();
+            state
+                .index
+                .summaries
+                .iter()
+                .filter(|(_, s)| s.status == TaskStatus::Running)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        let mut expired = self.handle.leases.expired(running);
+        expired.truncate(limit);
+        Ok(expired)
+    }
+
+    async fn progress(&self, id: TaskId) -> Result<Option<u8>, StorageError> {
+        Ok(self.handle.leases.progress(id))
     }
 }
 

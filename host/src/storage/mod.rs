@@ -7,6 +7,7 @@
 pub mod backup;
 pub mod files;
 pub mod journal;
+pub mod lease;
 pub mod postgres;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use utoipa::ToSchema;
 use crate::task::{Task, TaskId, TaskStatus};
 
 pub use files::FileStore;
+pub use lease::{Change, ChangeFn, Held, LeaseState, Renewed, Updated};
 pub use postgres::PgStore;
 
 /// Number of tasks in each status; every status is present.
@@ -188,6 +190,33 @@ pub trait TaskStore: Send + Sync {
 
     /// Whether the store can take changes now (readiness).
     async fn check(&self) -> Result<(), StorageError>;
+
+    /// Reads the task with `id` under a lock on it, lets `change` edit it
+    /// and say what to write, and writes that, atomically with respect to
+    /// every other `update` and [`save_leased`](Self::save_leased) from any
+    /// host; `None` when there is no such task.
+    async fn update(&self, id: TaskId, change: ChangeFn) -> Result<Option<Updated>, StorageError>;
+
+    /// The lease holder's write: saves `task` only if it is still running in
+    /// the store under the claim `token`; a status other than running ends
+    /// the lease. `false` (nothing written) when the lease was lost.
+    async fn save_leased(&self, task: &Task, token: u64) -> Result<bool, StorageError>;
+
+    /// Extends, for `ttl` from now, the leases of `owner` that `held` lists
+    /// and that it still holds, publishing their progress; those, with any
+    /// cancel request on them.
+    async fn renew(
+        &self,
+        owner: &str,
+        held: &[Held],
+        ttl: std::time::Duration,
+    ) -> Result<Vec<Renewed>, StorageError>;
+
+    /// Up to `limit` running tasks whose lease has expired (for the reaper).
+    async fn expired(&self, limit: usize) -> Result<Vec<TaskId>, StorageError>;
+
+    /// Progress last published for a running task by its lease holder.
+    async fn progress(&self, id: TaskId) -> Result<Option<u8>, StorageError>;
 }
 
 /// Maps an I/O error to [`StorageError::Io`] naming the action and path.

@@ -7,35 +7,28 @@
 
 use std::collections::BTreeMap;
 
-use std::sync::{Arc, Mutex};
-
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
+use super::lease::{Change, ChangeFn, Held, LeaseState, Renewed, Updated};
 use super::{Cursor, ListQuery, StatusCounts, StorageError, Submitted, TaskPage, TaskStore};
 use crate::task::{Task, TaskId, TaskStatus};
 
-/// Most connections a host keeps open.
-const MAX_CONNECTIONS: u32 = 16;
+/// Connections a host keeps open by default.
+pub const DEFAULT_POOL_SIZE: u32 = 16;
 
-/// Longest a starting host waits for the previous one's claim on the
-/// database to go (a host that just stopped).
-const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// PostgreSQL task store. Cheap to clone (a connection pool).
+/// PostgreSQL task store. Cheap to clone (a connection pool). Any number of
+/// hosts may share one database: who runs a task is decided by its lease.
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
-    /// The connection holding this host's claim on the schema (a session
-    /// advisory lock): one host per database until the queue is shared too,
-    /// since a starting host re-runs every unfinished task it finds.
-    _claim: Arc<Mutex<PgConnection>>,
 }
 
 impl PgStore {
-    /// Connects to `options` and brings the schema up to date.
-    pub async fn connect(options: PgConnectOptions) -> Result<Self, StorageError> {
+    /// Connects to `options` with up to `pool_size` connections and brings
+    /// the schema up to date.
+    pub async fn connect(options: PgConnectOptions, pool_size: u32) -> Result<Self, StorageError> {
         let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
+            .max_connections(pool_size.max(2))
             .acquire_timeout(std::time::Duration::from_secs(10))
             .connect_with(options)
             .await
@@ -48,39 +41,12 @@ impl PgStore {
                     "cannot bring the database schema up to date: {e}"
                 ))
             })?;
-        let claim = claim(&pool).await?;
-        Ok(Self {
-            pool,
-            _claim: Arc::new(Mutex::new(claim)),
-        })
+        Ok(Self { pool })
     }
-}
 
-/// Takes the schema's advisory lock on a connection of its own, held until
-/// the store is dropped.
-async fn claim(pool: &PgPool) -> Result<PgConnection, StorageError> {
-    let mut connection = pool.acquire().await.map_err(unavailable)?.detach();
-    let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
-    loop {
-        let claimed: bool = sqlx::query_scalar(
-            "SELECT pg_try_advisory_lock(hashtext('taskflow:' || current_schema())::bigint)",
-        )
-        .fetch_one(&mut connection)
-        .await
-        .map_err(unavailable)?;
-        if claimed {
-            return Ok(connection);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let schema: String = sqlx::query_scalar("SELECT current_schema()")
-                .fetch_one(&mut connection)
-                .await
-                .map_err(unavailable)?;
-            return Err(StorageError::InUse(format!(
-                "the PostgreSQL schema {schema:?}"
-            )));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    /// The connection pool (the PostgreSQL queue shares it).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
     }
 }
 
@@ -264,6 +230,197 @@ impl TaskStore for PgStore {
             .map_err(unavailable)?;
         Ok(())
     }
+
+    async fn update(&self, id: TaskId, change: ChangeFn) -> Result<Option<Updated>, StorageError> {
+        let mut transaction = self.pool.begin().await.map_err(unavailable)?;
+        let row: Option<(String, Option<String>, i64, bool, bool)> = sqlx::query_as(
+            "SELECT doc, owner, lease_token,
+                    status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at <= now()),
+                    cancel_requested
+             FROM tasks WHERE id = $1 FOR UPDATE",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *transaction)
+        .await
+        .map_err(unavailable)?;
+        let Some((doc, owner, token, expired, cancel_requested)) = row else {
+            return Ok(None);
+        };
+        let mut task = task_of(id, &doc)?;
+        let state = LeaseState {
+            owner,
+            token: token_of(token),
+            expired,
+            cancel_requested,
+        };
+        let change = change(&mut task, &state);
+        let token = match &change {
+            Change::Keep => {
+                return Ok(Some(Updated {
+                    task,
+                    token: state.token,
+                    change,
+                }));
+            }
+            Change::Save => {
+                write_leased(&mut transaction, &task, None).await?;
+                state.token
+            }
+            Change::Claim { owner, ttl } => claim_row(&mut transaction, &task, owner, *ttl).await?,
+            Change::RequestCancel => {
+                sqlx::query("UPDATE tasks SET cancel_requested = true WHERE id = $1")
+                    .bind(id.as_uuid())
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(unavailable)?;
+                state.token
+            }
+        };
+        transaction.commit().await.map_err(unavailable)?;
+        Ok(Some(Updated {
+            task,
+            token,
+            change,
+        }))
+    }
+
+    async fn save_leased(&self, task: &Task, token: u64) -> Result<bool, StorageError> {
+        let mut connection = self.pool.acquire().await.map_err(unavailable)?;
+        write_leased(&mut connection, task, Some(token)).await
+    }
+
+    async fn renew(
+        &self,
+        owner: &str,
+        held: &[Held],
+        ttl: std::time::Duration,
+    ) -> Result<Vec<Renewed>, StorageError> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<uuid::Uuid> = held.iter().map(|h| *h.id.as_uuid()).collect();
+        let tokens: Vec<i64> = held
+            .iter()
+            .map(|h| i64::try_from(h.token).unwrap_or(i64::MAX))
+            .collect();
+        let progress: Vec<i16> = held.iter().map(|h| i16::from(h.progress)).collect();
+        let rows: Vec<(uuid::Uuid, bool)> = sqlx::query_as(
+            "UPDATE tasks t SET lease_expires_at = now() + $2 * interval '1 millisecond', progress = u.progress
+             FROM unnest($3::uuid[], $4::bigint[], $5::smallint[]) AS u(id, token, progress)
+             WHERE t.id = u.id AND t.lease_token = u.token AND t.status = 'running' AND t.owner = $1
+             RETURNING t.id, t.cancel_requested",
+        )
+        .bind(owner)
+        .bind(millis(ttl))
+        .bind(ids)
+        .bind(tokens)
+        .bind(progress)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, cancel_requested)| Renewed {
+                id: TaskId::from(id),
+                cancel_requested,
+            })
+            .collect())
+    }
+
+    async fn expired(&self, limit: usize) -> Result<Vec<TaskId>, StorageError> {
+        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "SELECT id FROM tasks
+             WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+             ORDER BY lease_expires_at NULLS FIRST LIMIT $1",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(ids.into_iter().map(TaskId::from).collect())
+    }
+
+    async fn progress(&self, id: TaskId) -> Result<Option<u8>, StorageError> {
+        let progress: Option<Option<i16>> =
+            sqlx::query_scalar("SELECT progress FROM tasks WHERE id = $1 AND status = 'running'")
+                .bind(id.as_uuid())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        Ok(progress.flatten().and_then(|p| u8::try_from(p).ok()))
+    }
+}
+
+fn token_of(token: i64) -> u64 {
+    u64::try_from(token).unwrap_or_default()
+}
+
+fn millis(duration: std::time::Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// When a pending task may be claimed from the tasks-table queue.
+fn visible_at(task: &Task) -> Option<chrono::DateTime<chrono::Utc>> {
+    (task.status == TaskStatus::Pending)
+        .then_some(task.retry_at)
+        .flatten()
+}
+
+/// Writes the changed state of an existing task; with `token`, only while
+/// that claim holds it running. A task no longer running drops its lease.
+async fn write_leased(
+    connection: &mut PgConnection,
+    task: &Task,
+    token: Option<u64>,
+) -> Result<bool, StorageError> {
+    let doc = encode(task)?;
+    let written = sqlx::query(
+        "UPDATE tasks SET status = $2, doc = $3, visible_at = $4, updated_at = now(),
+                lease_expires_at = CASE WHEN $2 = 'running' THEN lease_expires_at END,
+                cancel_requested = $2 = 'running' AND cancel_requested,
+                progress = CASE WHEN $2 = 'running' THEN progress END
+         WHERE id = $1 AND ($5::bigint IS NULL OR (lease_token = $5 AND status = 'running'))",
+    )
+    .bind(task.id.as_uuid())
+    .bind(task.status.as_str())
+    .bind(doc)
+    .bind(visible_at(task))
+    .bind(token.map(|t| i64::try_from(t).unwrap_or(i64::MAX)))
+    .execute(connection)
+    .await
+    .map_err(unavailable)?;
+    Ok(written.rows_affected() == 1)
+}
+
+/// Writes a claimed task with its new lease; the new token.
+pub(crate) async fn claim_row(
+    connection: &mut PgConnection,
+    task: &Task,
+    owner: &str,
+    ttl: std::time::Duration,
+) -> Result<u64, StorageError> {
+    let token: i64 = sqlx::query_scalar(
+        "UPDATE tasks SET status = $2, doc = $3, visible_at = NULL, updated_at = now(), owner = $4,
+                lease_token = lease_token + 1, lease_expires_at = now() + $5 * interval '1 millisecond',
+                cancel_requested = false, progress = 0
+         WHERE id = $1 RETURNING lease_token",
+    )
+    .bind(task.id.as_uuid())
+    .bind(task.status.as_str())
+    .bind(encode(task)?)
+    .bind(owner)
+    .bind(millis(ttl))
+    .fetch_one(connection)
+    .await
+    .map_err(unavailable)?;
+    Ok(token_of(token))
+}
+
+fn encode(task: &Task) -> Result<String, StorageError> {
+    serde_json::to_string(task).map_err(|source| StorageError::Encode {
+        what: format!("task {}", task.id),
+        source,
+    })
 }
 
 /// Inserts a new task's row; `false` when its idempotency key is taken.
@@ -280,7 +437,8 @@ async fn insert_new(connection: &mut PgConnection, task: &Task) -> Result<bool, 
 async fn upsert(connection: &mut PgConnection, task: &Task) -> Result<(), StorageError> {
     let on_conflict =
         "ON CONFLICT (id) DO UPDATE SET sequence = $2, plugin = $3, priority = $4, status = $5,
-                           idempotency_key = $6, doc = $7, updated_at = now()";
+                           idempotency_key = $6, doc = $7, visible_at = $8, updated_at = now(),
+                           lease_expires_at = NULL, cancel_requested = false, progress = NULL";
     write_row(connection, task, on_conflict).await.map(|_| ())
 }
 
@@ -291,13 +449,10 @@ async fn write_row(
     task: &Task,
     on_conflict: &str,
 ) -> Result<bool, StorageError> {
-    let doc = serde_json::to_string(task).map_err(|source| StorageError::Encode {
-        what: format!("task {}", task.id),
-        source,
-    })?;
+    let doc = encode(task)?;
     let sql = format!(
-        "INSERT INTO tasks (id, sequence, plugin, priority, status, idempotency_key, doc, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, now()) {on_conflict}"
+        "INSERT INTO tasks (id, sequence, plugin, priority, status, idempotency_key, doc, visible_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now()) {on_conflict}"
     );
     let written = sqlx::query(&sql)
         .bind(task.id.as_uuid())
@@ -307,8 +462,105 @@ async fn write_row(
         .bind(task.status.as_str())
         .bind(&task.idempotency_key)
         .bind(doc)
+        .bind(visible_at(task))
         .execute(connection)
         .await
         .map_err(unavailable)?;
     Ok(written.rows_affected() == 1)
+}
+
+/// Claims up to `limit` pending tasks that are due, highest priority then
+/// oldest submission first, for `owner` (the tasks table as a queue): each
+/// starts its next attempt under a new lease. Rows other hosts are claiming
+/// at the same moment are skipped, not waited for. A task with no attempt
+/// left fails instead and is not returned.
+pub async fn claim_ready(
+    pool: &PgPool,
+    owner: &str,
+    ttl: std::time::Duration,
+    limit: usize,
+) -> Result<Vec<(Task, u64)>, StorageError> {
+    let mut transaction = pool.begin().await.map_err(unavailable)?;
+    let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+        "SELECT id, doc FROM tasks
+         WHERE status = 'pending' AND (visible_at IS NULL OR visible_at <= now())
+         ORDER BY priority, sequence
+         LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(&mut *transaction)
+    .await
+    .map_err(unavailable)?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut started = Vec::with_capacity(rows.len());
+    for (id, doc) in rows {
+        let mut task = task_of(TaskId::from(id), &doc)?;
+        // The database found it due; the clock of this host has no say.
+        let now = task
+            .retry_at
+            .map_or_else(chrono::Utc::now, |at| at.max(chrono::Utc::now()));
+        match task.begin_attempt(owner, now) {
+            crate::task::Begin::Started => started.push(task),
+            crate::task::Begin::Exhausted => {
+                write_leased(&mut transaction, &task, None).await?;
+            }
+            crate::task::Begin::NotDue(_) | crate::task::Begin::NotPending => {}
+        }
+    }
+    let ids: Vec<uuid::Uuid> = started.iter().map(|t| *t.id.as_uuid()).collect();
+    let docs = started
+        .iter()
+        .map(encode)
+        .collect::<Result<Vec<String>, _>>()?;
+    let tokens: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
+        "UPDATE tasks t SET status = 'running', doc = u.doc, visible_at = NULL, updated_at = now(), owner = $1,
+                lease_token = t.lease_token + 1, lease_expires_at = now() + $2 * interval '1 millisecond',
+                cancel_requested = false, progress = 0
+         FROM unnest($3::uuid[], $4::text[]) AS u(id, doc)
+         WHERE t.id = u.id
+         RETURNING t.id, t.lease_token",
+    )
+    .bind(owner)
+    .bind(millis(ttl))
+    .bind(ids)
+    .bind(docs)
+    .fetch_all(&mut *transaction)
+    .await
+    .map_err(unavailable)?;
+    transaction.commit().await.map_err(unavailable)?;
+    let tokens: std::collections::HashMap<uuid::Uuid, i64> = tokens.into_iter().collect();
+    Ok(started
+        .into_iter()
+        .filter_map(|task| {
+            tokens
+                .get(task.id.as_uuid())
+                .map(|token| (task, token_of(*token)))
+        })
+        .collect())
+}
+
+/// Pending tasks of the tasks-table queue: (priority, due now, waiting out a backoff).
+pub async fn pending_depth(pool: &PgPool) -> Result<Vec<(i16, i64, i64)>, StorageError> {
+    sqlx::query_as(
+        "SELECT priority,
+                count(*) FILTER (WHERE visible_at IS NULL OR visible_at <= now()),
+                count(*) FILTER (WHERE visible_at > now())
+         FROM tasks WHERE status = 'pending' GROUP BY priority",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(unavailable)
+}
+
+/// Whether the task `id` is pending.
+pub async fn is_pending(pool: &PgPool, id: TaskId) -> Result<bool, StorageError> {
+    let pending: Option<bool> =
+        sqlx::query_scalar("SELECT status = 'pending' FROM tasks WHERE id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(pool)
+            .await
+            .map_err(unavailable)?;
+    Ok(pending.unwrap_or(false))
 }

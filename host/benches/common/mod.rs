@@ -1,0 +1,187 @@
+//! What the end-to-end benchmarks share: host processes, the load
+//! generator, and waiting for completions.
+
+#![allow(dead_code)]
+
+use std::process::Child;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+/// Requests in flight at once.
+pub const CONCURRENCY: usize = 64;
+/// Tasks per batch request.
+pub const BATCH: usize = 100;
+
+/// Runs benchmark `name` with the task count from the environment variable
+/// `count_variable` (default 20,000) on a one-thread runtime, leaving the
+/// other cores to the hosts; skipped when `cargo bench` was given a filter
+/// that excludes it.
+pub fn bench<F: Future<Output = ()>>(
+    name: &str,
+    run: impl FnOnce(usize) -> F,
+    count_variable: &str,
+) {
+    // `cargo bench` passes --bench; a filter argument that excludes us means skip.
+    if std::env::args()
+        .skip(1)
+        .any(|a| !a.starts_with('-') && !name.contains(a.as_str()))
+    {
+        return;
+    }
+    let tasks = std::env::var(count_variable)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    runtime.block_on(run(tasks));
+}
+
+/// A host process, killed when dropped.
+pub struct Host(pub Child);
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Submits `tasks` echo tasks, `per_request` per HTTP request, spread over
+/// `urls` in turn, and returns tasks/s from the first submission to the last
+/// completion (as the first URL's `/stats` counts them).
+pub async fn measure(
+    client: &reqwest::Client,
+    urls: &[String],
+    tasks: usize,
+    per_request: usize,
+) -> f64 {
+    let completed_before = completed(client, &urls[0]).await;
+    let started = Instant::now();
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut requests = Vec::new();
+    for (request, first) in (0..tasks).step_by(per_request).enumerate() {
+        let count = per_request.min(tasks - first);
+        let permit = permits.clone().acquire_owned().await.expect("semaphore");
+        let (client, url) = (client.clone(), urls[request % urls.len()].clone());
+        requests.push(tokio::spawn(async move {
+            let response = if count == 1 {
+                client
+                    .post(format!("{url}/tasks"))
+                    .json(&json!({"plugin": "echo", "payload": {"n": first}}))
+                    .send()
+                    .await
+            } else {
+                let batch: Vec<Value> = (first..first + count)
+                    .map(|n| json!({"plugin": "echo", "payload": {"n": n}}))
+                    .collect();
+                client
+                    .post(format!("{url}/tasks/batch"))
+                    .json(&json!({"tasks": batch}))
+                    .send()
+                    .await
+            };
+            drop(permit);
+            let status = response.expect("request").status();
+            assert!(status.is_success(), "submit failed: {status}");
+        }));
+    }
+    for request in requests {
+        request.await.expect("request task");
+    }
+    let target = completed_before + tasks as u64;
+    wait_until(|| async { completed(client, &urls[0]).await >= target }).await;
+    tasks as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Completed tasks, as `/stats` of `url` counts them.
+pub async fn completed(client: &reqwest::Client, url: &str) -> u64 {
+    let stats: Value = client
+        .get(format!("{url}/stats"))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
+    stats["tasks"]["completed"].as_u64().unwrap_or(0)
+}
+
+/// Polls `check` every 10 ms until it holds (at most ten minutes).
+pub async fn wait_until<F: Future<Output = bool>>(mut check: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Resident memory of a process, in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+/// Starts `taskflow serve` on `data` and `port` with `extra` arguments, its
+/// plugin directory holding the echo plugin; returns once it answers.
+pub async fn start_host(
+    client: &reqwest::Client,
+    data: &std::path::Path,
+    port: u16,
+    extra: &[&str],
+) -> Host {
+    let plugins = data.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugin dir");
+    let echo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist/echo.wasm");
+    assert!(
+        echo.exists(),
+        "{} is missing: run plugins/build.sh first",
+        echo.display()
+    );
+    std::fs::copy(&echo, plugins.join("echo.wasm")).expect("copy echo");
+    let host = Host(
+        std::process::Command::new(env!("CARGO_BIN_EXE_taskflow"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--log-format",
+                "json",
+            ])
+            .arg("--data-dir")
+            .arg(data)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start taskflow"),
+    );
+    wait_until(|| async {
+        client
+            .get(format!("http://127.0.0.1:{port}/health"))
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
+    host
+}

@@ -1,0 +1,199 @@
+//! The plugins of a fleet: with shared backends, a plugin uploaded through
+//! (or removed from) any host is recorded in PostgreSQL by name and digest,
+//! with its bytes, and every host converges on it: told at once by a
+//! notification, and by a poll every [`POLL_INTERVAL`] in case one is lost.
+//! Each host compiles the new version in its child compiler and swaps it in,
+//! as when a file changes in its plugin directory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::runtime::{PluginError, PluginRegistry};
+use crate::storage::StorageError;
+
+/// How often a host looks for changes it was not told about.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// The channel the `plugins_changed` trigger notifies.
+const CHANNEL: &str = "taskflow_plugins";
+
+/// The fleet's plugin catalog in PostgreSQL. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct PluginCatalog {
+    pool: PgPool,
+}
+
+/// One name's latest change.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct Change {
+    name: String,
+    digest: Option<String>,
+    version: i64,
+}
+
+fn unavailable(error: sqlx::Error) -> StorageError {
+    StorageError::Unavailable(format!("PostgreSQL plugin catalog: {error}"))
+}
+
+impl PluginCatalog {
+    /// The catalog in the database of `pool` (its tables come with the
+    /// store's migrations).
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Records `bytes` (digest `digest`) as the version of `name` every host
+    /// should run.
+    pub async fn publish(
+        &self,
+        name: &str,
+        digest: &str,
+        bytes: &[u8],
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO plugins (name, digest, wasm, version) VALUES ($1, $2, $3, nextval('plugin_changes'))
+             ON CONFLICT (name) DO UPDATE SET digest = $2, wasm = $3, version = nextval('plugin_changes'), updated_at = now()",
+        )
+        .bind(name)
+        .bind(digest)
+        .bind(bytes)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Records that no host should run `name` any more.
+    pub async fn retract(&self, name: &str) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO plugins (name, digest, wasm, version) VALUES ($1, NULL, NULL, nextval('plugin_changes'))
+             ON CONFLICT (name) DO UPDATE SET digest = NULL, wasm = NULL, version = nextval('plugin_changes'), updated_at = now()",
+        )
+        .bind(name)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Whether the fleet runs a plugin `name` (that this host may not have
+    /// loaded yet).
+    pub async fn has(&self, name: &str) -> Result<bool, StorageError> {
+        let found: Option<bool> =
+            sqlx::query_scalar("SELECT digest IS NOT NULL FROM plugins WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        Ok(found.unwrap_or(false))
+    }
+
+    async fn changes_since(&self, version: i64) -> Result<Vec<Change>, StorageError> {
+        sqlx::query_as(
+            "SELECT name, digest, version FROM plugins WHERE version > $1 ORDER BY version",
+        )
+        .bind(version)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)
+    }
+
+    async fn bytes(&self, name: &str, digest: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        sqlx::query_scalar("SELECT wasm FROM plugins WHERE name = $1 AND digest = $2")
+            .bind(name)
+            .bind(digest)
+            .fetch_optional(&self.pool)
+            .await
+            .map(Option::flatten)
+            .map_err(unavailable)
+    }
+
+    /// Applies every change to `registry` once, then keeps applying them
+    /// as they come until `stop`.
+    pub async fn sync(self, registry: Arc<PluginRegistry>, stop: CancellationToken) {
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(mut listener) => match listener.listen(CHANNEL).await {
+                Ok(()) => Some(listener),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for plugin changes; polling for them");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for plugin changes; polling for them");
+                None
+            }
+        };
+        let mut applied = 0;
+        let mut failing = false;
+        loop {
+            match self.apply(&registry, applied).await {
+                Ok(version) => {
+                    applied = version;
+                    failing = false;
+                }
+                Err(e) if !failing => {
+                    tracing::warn!(error = %e, "cannot read the fleet's plugins; retrying");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+            let notified = async {
+                match listener.as_mut() {
+                    Some(listener) => {
+                        let _ = listener.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(POLL_INTERVAL) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Applies the changes after `applied`; the last version applied. A
+    /// version this host cannot load is logged and skipped (the one serving
+    /// stays), as a bad file in the plugin directory is.
+    async fn apply(
+        &self,
+        registry: &PluginRegistry,
+        mut applied: i64,
+    ) -> Result<i64, StorageError> {
+        for change in self.changes_since(applied).await? {
+            let name = change.name.as_str();
+            match change.digest.as_deref() {
+                None => match registry.remove(name).await {
+                    Ok(()) => tracing::info!(plugin = name, "plugin removed by the fleet"),
+                    Err(PluginError::NotFound(_)) => {}
+                    Err(e) => {
+                        tracing::error!(plugin = name, error = %e, "cannot remove the plugin the fleet removed")
+                    }
+                },
+                Some(digest)
+                    if registry
+                        .get(name)
+                        .is_ok_and(|entry| entry.plugin.digest == digest) => {}
+                Some(digest) => match self.bytes(name, digest).await? {
+                    // Changed again since: a later change brings it.
+                    None => {}
+                    Some(bytes) => match registry.install(name, bytes).await {
+                        Ok(_) => {
+                            tracing::info!(plugin = name, digest, "plugin loaded from the fleet")
+                        }
+                        Err(e) => {
+                            tracing::error!(plugin = name, digest, error = %e, "cannot load the fleet's version of a plugin")
+                        }
+                    },
+                },
+            }
+            applied = change.version;
+        }
+        Ok(applied)
+    }
+}

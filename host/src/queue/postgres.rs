@@ -1,0 +1,239 @@
+//! The tasks table as the queue (`TASKFLOW_QUEUE=postgres`), for fleets that
+//! have PostgreSQL and nothing else.
+//!
+//! A pending row is a queued task: there is nothing to push. A worker claims
+//! due rows with `FOR UPDATE SKIP LOCKED` in priority then submission order,
+//! so the order is exact across every host, several at a time for the
+//! workers waiting here; a claim is the lease of the task (see
+//! [`crate::storage::lease`]). Hosts wake on `LISTEN/NOTIFY` (a trigger
+//! notifies when a row becomes pending) and poll as well, since
+//! notifications are best effort; delayed retries wait in `visible_at`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{Claimed, Delivery, Queue, QueueDepth, QueueEntry, QueueError};
+use crate::storage::StorageError;
+use crate::storage::postgres::{claim_ready, is_pending, pending_depth};
+use crate::task::{PRIORITY_HIGHEST, PRIORITY_LOWEST, TaskId};
+
+/// The channel the `tasks_pending` trigger notifies.
+const CHANNEL: &str = "taskflow_pending";
+/// Most tasks claimed in one round trip.
+const MAX_CLAIM: usize = 32;
+
+/// The PostgreSQL queue. Dropping it stops its listener.
+pub struct PgQueue {
+    pool: PgPool,
+    owner: String,
+    ttl: Duration,
+    /// Claimed for this host, not yet handed to a worker.
+    claimed: Mutex<VecDeque<Claimed>>,
+    /// One claim query at a time; it claims for every waiting worker.
+    claiming: tokio::sync::Mutex<()>,
+    /// Workers inside `pop`.
+    waiting: AtomicUsize,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+}
+
+impl PgQueue {
+    /// A queue over the tasks table of `pool`, claiming for `owner` with
+    /// leases of `ttl`; starts listening for new tasks.
+    pub async fn start(pool: PgPool, owner: String, ttl: Duration) -> Result<Self, QueueError> {
+        let mut listener = PgListener::connect_with(&pool).await.map_err(unavailable)?;
+        listener.listen(CHANNEL).await.map_err(unavailable)?;
+        let wake = Arc::new(Notify::new());
+        let stop = CancellationToken::new();
+        tokio::spawn(listen(listener, wake.clone(), stop.clone()));
+        Ok(Self {
+            pool,
+            owner,
+            ttl,
+            claimed: Mutex::new(VecDeque::new()),
+            claiming: tokio::sync::Mutex::new(()),
+            waiting: AtomicUsize::new(0),
+            wake,
+            stop,
+        })
+    }
+
+    fn take(&self) -> Option<Delivery> {
+        let claimed = self
+            .claimed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop_front()?;
+        let entry = QueueEntry::from(&claimed.task);
+        Some(Delivery {
+            receipt: format!("postgres:{}", claimed.token),
+            entry,
+            claimed: Some(claimed),
+        })
+    }
+}
+
+impl Drop for PgQueue {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Wakes waiting workers on every notification, until `stop`. The listener
+/// reconnects by itself after a lost connection; workers poll meanwhile.
+async fn listen(mut listener: PgListener, wake: Arc<Notify>, stop: CancellationToken) {
+    let mut failing = false;
+    loop {
+        let received = tokio::select! {
+            received = listener.recv() => received,
+            () = stop.cancelled() => return,
+        };
+        match received {
+            Ok(_) => {
+                failing = false;
+                wake.notify_waiters();
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "lost the PostgreSQL notification channel; polling until it is back");
+                    failing = true;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+fn unavailable(error: impl std::fmt::Display) -> QueueError {
+    QueueError::Unavailable(format!("PostgreSQL: {error}"))
+}
+
+fn from_storage(error: StorageError) -> QueueError {
+    QueueError::Unavailable(error.to_string())
+}
+
+/// Counts this worker as waiting while alive.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait::async_trait]
+impl Queue for PgQueue {
+    /// Nothing to do: the pending row is the queue entry (a trigger wakes the hosts).
+    async fn push(&self, entry: QueueEntry, _delay: Duration) -> Result<(), QueueError> {
+        if !(PRIORITY_HIGHEST..=PRIORITY_LOWEST).contains(&entry.priority) {
+            return Err(QueueError::InvalidPriority(entry.priority));
+        }
+        Ok(())
+    }
+
+    async fn pop(&self, wait: Duration) -> Result<Option<Delivery>, QueueError> {
+        let _waiting = Waiting::new(&self.waiting);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(delivery) = self.take() {
+                return Ok(Some(delivery));
+            }
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let _one = self.claiming.lock().await;
+                if let Some(delivery) = self.take() {
+                    return Ok(Some(delivery));
+                }
+                let want = self.waiting.load(Ordering::Relaxed).clamp(1, MAX_CLAIM);
+                let claimed = claim_ready(&self.pool, &self.owner, self.ttl, want)
+                    .await
+                    .map_err(from_storage)?;
+                if !claimed.is_empty() {
+                    let mut buffer = self
+                        .claimed
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    buffer.extend(
+                        claimed
+                            .into_iter()
+                            .map(|(task, token)| Claimed { task, token }),
+                    );
+                    continue;
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Nothing to do: the task's own row records that it finished.
+    async fn ack(&self, _delivery: &Delivery) -> Result<(), QueueError> {
+        Ok(())
+    }
+
+    /// Nothing to do: a cancelled row is no longer pending.
+    async fn remove(&self, id: TaskId) -> Result<bool, QueueError> {
+        is_pending(&self.pool, id).await.map_err(from_storage)
+    }
+
+    async fn contains(&self, id: TaskId) -> Result<bool, QueueError> {
+        is_pending(&self.pool, id).await.map_err(from_storage)
+    }
+
+    async fn depth(&self) -> Result<QueueDepth, QueueError> {
+        let rows = pending_depth(&self.pool).await.map_err(from_storage)?;
+        let mut depth = QueueDepth {
+            ready: (PRIORITY_HIGHEST..=PRIORITY_LOWEST)
+                .map(|priority| (priority, 0))
+                .collect(),
+            ..QueueDepth::default()
+        };
+        for (priority, ready, delayed) in rows {
+            let (ready, delayed) = (
+                u64::try_from(ready).unwrap_or(0),
+                u64::try_from(delayed).unwrap_or(0),
+            );
+            if let Some(slot) = u8::try_from(priority)
+                .ok()
+                .and_then(|p| depth.ready.get_mut(&p))
+            {
+                *slot += ready;
+            }
+            depth.delayed += delayed;
+            depth.total += ready + delayed;
+        }
+        Ok(depth)
+    }
+
+    async fn check(&self) -> Result<(), QueueError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,219 @@
+//! Ownership of running tasks: the claim that starts an attempt under a
+//! lease, the heartbeat that renews this host's leases (and hears cancel
+//! requests), and the reaper that takes back the tasks of hosts that stopped
+//! renewing theirs.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use super::{ServiceError, TaskService};
+use crate::queue::{Claimed, QueueEntry};
+use crate::storage::{Change, Held, LeaseState, StorageError};
+use crate::task::{Begin, Task, TaskId, TaskStatus};
+
+/// Expired leases taken back per reaper round.
+const REAP_BATCH: usize = 256;
+
+/// What a claim found.
+pub(super) enum Claim {
+    /// Claimed for this host: run it.
+    Run(Box<Claimed>),
+    /// Waiting out a retry backoff for this much longer.
+    NotDue(Duration),
+    /// Not to be run here: cancelled, finished, running elsewhere, gone, or
+    /// failed now for want of attempts.
+    Skip,
+}
+
+/// The change that claims a pending task for `owner`.
+pub fn claim_change(task: &mut Task, owner: &str, ttl: Duration) -> (Begin, Change) {
+    match task.begin_attempt(owner, Utc::now()) {
+        Begin::Started => (
+            Begin::Started,
+            Change::Claim {
+                owner: owner.to_string(),
+                ttl,
+            },
+        ),
+        Begin::Exhausted => (Begin::Exhausted, Change::Save),
+        other => (other, Change::Keep),
+    }
+}
+
+impl TaskService {
+    /// Claims the task `id` for this host, starting its next attempt.
+    pub(super) async fn claim(&self, id: TaskId) -> Result<Claim, StorageError> {
+        let (owner, ttl) = (self.config.owner.clone(), self.config.lease);
+        let begun = Arc::new(std::sync::Mutex::new(Begin::NotPending));
+        let seen = begun.clone();
+        let change = Box::new(move |task: &mut Task, _: &LeaseState| {
+            let (begin, change) = claim_change(task, &owner, ttl);
+            *seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = begin;
+            change
+        });
+        let Some(updated) = self.store.update(id, change).await? else {
+            return Ok(Claim::Skip);
+        };
+        let begin = *begun
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(match begin {
+            Begin::Started => Claim::Run(Box::new(Claimed {
+                task: updated.task,
+                token: updated.token,
+            })),
+            Begin::NotDue(wait) => Claim::NotDue(wait),
+            Begin::Exhausted | Begin::NotPending => Claim::Skip,
+        })
+    }
+
+    /// Interval of the heartbeat: a third of the lease, at most 2 s (it also
+    /// carries progress and cancel requests between hosts).
+    pub fn heartbeat_interval(&self) -> Duration {
+        (self.config.lease / 3).clamp(Duration::from_millis(100), Duration::from_secs(2))
+    }
+
+    /// Renews the leases of the tasks running here, until `stop`. A task
+    /// whose lease is gone is stopped (its outcome would be refused anyway);
+    /// a task someone asked to cancel is interrupted.
+    pub async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
+        let mut ticks = ticks(self.heartbeat_interval());
+        let mut failing = false;
+        while next_tick(&mut ticks, &stop).await {
+            let held: Vec<Held> = self
+                .running_lock()
+                .iter()
+                .map(|(id, r)| Held {
+                    id: *id,
+                    token: r.token,
+                    progress: r.progress.load(Ordering::Relaxed),
+                })
+                .collect();
+            if held.is_empty() {
+                continue;
+            }
+            let renewed = match self
+                .store
+                .renew(&self.config.owner, &held, self.config.lease)
+                .await
+            {
+                Ok(renewed) => renewed,
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot renew the leases of running tasks; retrying");
+                        failing = true;
+                    }
+                    continue;
+                }
+            };
+            if failing {
+                tracing::info!("leases renewed again");
+                failing = false;
+            }
+            let running = self.running_lock();
+            for h in &held {
+                let Some(run) = running.get(&h.id).filter(|r| r.token == h.token) else {
+                    continue;
+                };
+                match renewed.iter().find(|r| r.id == h.id) {
+                    Some(r) if r.cancel_requested => run.stop.notify_one(),
+                    Some(_) => {}
+                    None => {
+                        run.lost.store(true, Ordering::Release);
+                        run.stop.notify_one();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Interval of the reaper: half a lease, at least 200 ms.
+    pub fn reaper_interval(&self) -> Duration {
+        (self.config.lease / 2).max(Duration::from_millis(200))
+    }
+
+    /// Takes back expired leases every reaper interval, until `stop`.
+    pub async fn reaper(self: Arc<Self>, stop: CancellationToken) {
+        let mut ticks = ticks(self.reaper_interval());
+        let mut failing = false;
+        while next_tick(&mut ticks, &stop).await {
+            match self.reap().await {
+                Ok(_) if failing => {
+                    tracing::info!("the reaper works again");
+                    failing = false;
+                }
+                Ok(_) => {}
+                Err(e) if !failing => {
+                    tracing::warn!(error = %e, "cannot take back expired leases; retrying");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Takes back every running task whose lease expired: pending again
+    /// (and queued) while attempts are left, failed as interrupted otherwise,
+    /// cancelled when a cancel was requested. Each is re-checked under its
+    /// lock, so hosts reaping at once take a task back once. Returns how
+    /// many went back to pending, and how many were reaped in all.
+    pub async fn reap(&self) -> Result<(usize, usize), ServiceError> {
+        let (mut requeued, mut reaped) = (0, 0);
+        loop {
+            let expired = self.store.expired(REAP_BATCH).await?;
+            let round = expired.len();
+            for id in expired {
+                let change = Box::new(|task: &mut Task, lease: &LeaseState| {
+                    if task.status != TaskStatus::Running || !lease.expired {
+                        return Change::Keep;
+                    }
+                    if lease.cancel_requested {
+                        task.cancel(Utc::now());
+                    } else {
+                        task.interrupt(Utc::now());
+                    }
+                    Change::Save
+                });
+                let Some(updated) = self.store.update(id, change).await? else {
+                    continue;
+                };
+                if updated.change != Change::Save {
+                    continue;
+                }
+                reaped += 1;
+                let task = updated.task;
+                tracing::warn!(task_id = %id, status = %task.status, "took back a task whose lease expired");
+                if task.status == TaskStatus::Pending {
+                    self.queue
+                        .push(QueueEntry::from(&task), Duration::ZERO)
+                        .await?;
+                    requeued += 1;
+                }
+            }
+            if round < REAP_BATCH {
+                return Ok((requeued, reaped));
+            }
+        }
+    }
+}
+
+/// An interval that lets a late tick go rather than catching up.
+fn ticks(period: Duration) -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
+}
+
+/// Waits for the next tick; `false` once `stop` is cancelled.
+async fn next_tick(ticks: &mut tokio::time::Interval, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = ticks.tick() => true,
+        () = stop.cancelled() => false,
+    }
+}

@@ -1,0 +1,586 @@
+//! Several `taskflow serve` processes sharing PostgreSQL as store and queue
+//! behave as one system: every task runs to completion exactly once, every
+//! host works, priority order holds across hosts, and a host that dies or
+//! stalls past its lease loses its tasks to the others without being able to
+//! overwrite what they did. Real processes, a real PostgreSQL.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use taskflow_tests::pg::{drop_schema, fresh_schema, schema_url};
+use taskflow_tests::process::{HostProcess, free_port};
+use taskflow_tests::{fixture_wasm, install_plugins, list_all, poll_json};
+
+/// Hosts on one fresh schema, each with its own data directory.
+struct Fleet {
+    hosts: Vec<Option<HostProcess>>,
+    schema: String,
+    _data: Vec<tempfile::TempDir>,
+}
+
+impl Fleet {
+    /// `count` hosts with `workers` workers each and leases of `lease_secs`,
+    /// on the PostgreSQL store and queue.
+    async fn start(count: usize, workers: usize, lease_secs: u64) -> Self {
+        let (schema, _) = fresh_schema().await;
+        let url = schema_url(&schema);
+        let mut hosts = Vec::new();
+        let mut data = Vec::new();
+        for _ in 0..count {
+            let dir = tempfile::tempdir().expect("tempdir");
+            prepare(dir.path());
+            let workers = workers.to_string();
+            let lease = lease_secs.to_string();
+            let args = [
+                "--storage",
+                "postgres",
+                "--queue",
+                "postgres",
+                "--database-url",
+                &url,
+                "--workers",
+                &workers,
+                "--lease-secs",
+                &lease,
+            ];
+            hosts.push(Some(
+                HostProcess::start_with(dir.path(), free_port(), &args).await,
+            ));
+            data.push(dir);
+        }
+        Self {
+            hosts,
+            schema,
+            _data: data,
+        }
+    }
+
+    fn host(&self, index: usize) -> &HostProcess {
+        self.hosts[index].as_ref().expect("host is running")
+    }
+
+    fn url(&self, index: usize) -> &str {
+        &self.host(index).url
+    }
+
+    async fn stop(mut self) {
+        for host in self.hosts.iter_mut().filter_map(Option::take) {
+            host.terminate();
+        }
+        drop_schema(&self.schema).await;
+    }
+}
+
+fn prepare(data: &Path) {
+    let plugins = data.join("plugins");
+    install_plugins(&plugins, &["echo", "hash"]);
+    std::fs::copy(fixture_wasm("hostile"), plugins.join("hostile.wasm"))
+        .expect("copy the hostile fixture");
+}
+
+/// `taskflow_task_attempts_total` of one host, by (plugin, outcome).
+async fn attempts(client: &reqwest::Client, url: &str) -> HashMap<(String, String), u64> {
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .filter_map(|line| line.strip_prefix("taskflow_task_attempts_total{plugin=\""))
+        .filter_map(|rest| {
+            let (plugin, rest) = rest.split_once("\",outcome=\"")?;
+            let (outcome, count) = rest.split_once("\"} ")?;
+            Some((
+                (plugin.to_string(), outcome.to_string()),
+                count.trim().parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+async fn submit_batch(client: &reqwest::Client, url: &str, tasks: Vec<Value>) -> Vec<Value> {
+    let response = client
+        .post(format!("{url}/tasks/batch"))
+        .json(&json!({ "tasks": tasks }))
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    response.json::<Value>().await.expect("json")["tasks"]
+        .as_array()
+        .expect("tasks")
+        .clone()
+}
+
+async fn submit(client: &reqwest::Client, url: &str, task: Value) -> String {
+    let response = client
+        .post(format!("{url}/tasks"))
+        .json(&task)
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    response.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string()
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    response
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// Whether the host at `url` lists `plugin` as loaded.
+async fn loads(client: &reqwest::Client, url: &str, plugin: &str) -> bool {
+    let plugins = get_json(client, &format!("{url}/plugins")).await;
+    plugins["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .any(|p| p["name"] == plugin)
+}
+
+async fn completed(client: &reqwest::Client, url: &str) -> u64 {
+    get_json(client, &format!("{url}/stats")).await["tasks"]["completed"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+async fn wait_for_completed(client: &reqwest::Client, url: &str, count: u64, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while completed(client, url).await < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fewer than {count} tasks completed within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_on_the_postgres_queue_run_3000_tasks_exactly_once() {
+    let fleet = Fleet::start(3, 4, 5).await;
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for batch in 0..30 {
+        let tasks = (0..100).map(|i| json!({"plugin": "echo", "payload": {"n": batch * 100 + i}, "priority": 1 + i % 10})).collect();
+        let accepted = submit_batch(&client, fleet.url(batch % 3), tasks).await;
+        ids.extend(
+            accepted
+                .iter()
+                .map(|t| t["id"].as_str().expect("id").to_string()),
+        );
+    }
+    wait_for_completed(&client, fleet.url(0), 3000, Duration::from_secs(300)).await;
+
+    let tasks = list_all(&client, fleet.url(1), "").await;
+    assert_eq!(tasks.len(), 3000);
+    for task in &tasks {
+        assert_eq!(task["status"], "completed", "{task}");
+        assert_eq!(task["attempts"], 1, "run once: {task}");
+        assert_eq!(task["result"]["value"], task["payload"], "{task}");
+    }
+    let listed: std::collections::HashSet<&str> =
+        tasks.iter().filter_map(|t| t["id"].as_str()).collect();
+    assert!(
+        ids.iter().all(|id| listed.contains(id.as_str())),
+        "every accepted task is stored"
+    );
+
+    // Each host counts the attempts it finished: together exactly one per
+    // task, none lost to a lease, and every host did its share.
+    let mut total = 0;
+    for index in 0..3 {
+        let counted = attempts(&client, fleet.url(index)).await;
+        let done = counted
+            .get(&("echo".into(), "completed".into()))
+            .copied()
+            .unwrap_or(0);
+        assert!(done > 0, "host {index} completed no task: {counted:?}");
+        assert_eq!(
+            counted.get(&("echo".into(), "lease_lost".into())),
+            None,
+            "host {index}: {counted:?}"
+        );
+        total += done;
+    }
+    assert_eq!(total, 3000, "completions counted by the hosts");
+    fleet.stop().await;
+}
+
+/// Tasks queued before any worker is free start in priority order, then
+/// submission order, whichever host claims them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_order_holds_across_hosts_on_the_postgres_queue() {
+    let fleet = Fleet::start(3, 1, 30).await;
+    let client = reqwest::Client::new();
+    // Occupy the three workers, so that the batch below is all queued first.
+    let blockers: Vec<String> = {
+        let mut ids = Vec::new();
+        for index in 0..3 {
+            ids.push(submit(&client, fleet.url(index), json!({"plugin": "hostile", "payload": {"mode": "sleep", "seconds": 2}, "priority": 1})).await);
+        }
+        ids
+    };
+    for id in &blockers {
+        poll_json(
+            &client,
+            &format!("{}/tasks/{id}", fleet.url(0)),
+            Duration::from_secs(30),
+            |t| t["status"] == "running",
+        )
+        .await;
+    }
+    let tasks: Vec<Value> = (0..90)
+        .map(|i| json!({"plugin": "hash", "payload": {"data": format!("t{i}"), "rounds": 10_000}, "priority": 10 - i % 10}))
+        .collect();
+    submit_batch(&client, fleet.url(1), tasks).await;
+    wait_for_completed(&client, fleet.url(2), 93, Duration::from_secs(120)).await;
+
+    let mut runs: Vec<(i64, u64, chrono::DateTime<chrono::Utc>)> =
+        list_all(&client, fleet.url(0), "plugin=hash")
+            .await
+            .iter()
+            .map(|t| {
+                let started = t["started_at"]
+                    .as_str()
+                    .expect("started_at")
+                    .parse()
+                    .expect("timestamp");
+                (
+                    t["priority"].as_i64().expect("priority"),
+                    t["sequence"].as_u64().expect("sequence"),
+                    started,
+                )
+            })
+            .collect();
+    assert_eq!(runs.len(), 90);
+    runs.sort_by_key(|(priority, sequence, _)| (*priority, *sequence));
+    // Three hosts claim at once, so neighbours may start in either order
+    // within a moment; a task never starts well after one ranked below it.
+    let slack = chrono::Duration::milliseconds(50);
+    for (rank, earlier) in runs.iter().enumerate() {
+        for later in &runs[rank + 1..] {
+            if later.0 > earlier.0 {
+                assert!(
+                    earlier.2 <= later.2 + slack,
+                    "priority {} started at {} after priority {} at {}",
+                    earlier.0,
+                    earlier.2,
+                    later.0,
+                    later.2
+                );
+            }
+        }
+    }
+    fleet.stop().await;
+}
+
+/// A host killed while it runs tasks: once their leases expire the other
+/// hosts take them back and complete them; none is lost, and none but those
+/// runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_host_leaves_its_tasks_to_the_others() {
+    let mut fleet = Fleet::start(3, 2, 2).await;
+    let client = reqwest::Client::new();
+    let victim = fleet.host(0).stats(&client).await["host"]
+        .as_str()
+        .expect("host name")
+        .to_string();
+    let tasks: Vec<Value> = (0..30)
+        .map(|_| json!({"plugin": "hostile", "payload": {"mode": "sleep", "seconds": 1}}))
+        .collect();
+    submit_batch(&client, fleet.url(0), tasks).await;
+    poll_json(
+        &client,
+        &format!("{}/stats", fleet.url(0)),
+        Duration::from_secs(30),
+        |s| s["running"].as_u64().unwrap_or(0) >= 1,
+    )
+    .await;
+
+    // Frozen first, so that what it runs can be read before it dies.
+    fleet.host(0).signal("STOP");
+    let at_kill = list_all(&client, fleet.url(1), "status=running").await;
+    let orphans: std::collections::HashSet<String> = at_kill
+        .iter()
+        .filter(|t| t["host"] == victim.as_str())
+        .map(|t| t["id"].as_str().expect("id").to_string())
+        .collect();
+    assert!(!orphans.is_empty(), "the host ran tasks when it died");
+    fleet.hosts[0].take().expect("host 0").kill();
+
+    wait_for_completed(&client, fleet.url(1), 30, Duration::from_secs(120)).await;
+    let tasks = list_all(&client, fleet.url(2), "").await;
+    assert_eq!(tasks.len(), 30);
+    for task in &tasks {
+        assert_eq!(task["status"], "completed", "{task}");
+        let orphan = orphans.contains(task["id"].as_str().expect("id"));
+        assert_eq!(
+            task["attempts"],
+            if orphan { 2 } else { 1 },
+            "only the dead host's tasks ran again: {task}"
+        );
+        if orphan {
+            assert_ne!(task["host"], victim.as_str(), "{task}");
+        }
+    }
+    for index in 1..3 {
+        let counted = attempts(&client, fleet.url(index)).await;
+        assert_eq!(
+            counted.get(&("hostile".into(), "lease_lost".into())),
+            None,
+            "host {index}: {counted:?}"
+        );
+    }
+    fleet.stop().await;
+}
+
+/// A host paused past its lease: another host runs its task; resumed, the
+/// paused host finishes its stale run but cannot overwrite the outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_paused_past_its_lease_cannot_overwrite_the_others() {
+    let fleet = Fleet::start(2, 1, 1).await;
+    let client = reqwest::Client::new();
+    // Host 1 is busy for a while, so host 0 takes the task below.
+    let blocker = submit(
+        &client,
+        fleet.url(1),
+        json!({"plugin": "hostile", "payload": {"mode": "sleep", "seconds": 3}, "priority": 1}),
+    )
+    .await;
+    poll_json(
+        &client,
+        &format!("{}/tasks/{blocker}", fleet.url(1)),
+        Duration::from_secs(30),
+        |t| t["status"] == "running",
+    )
+    .await;
+    let blocker_host = if fleet.host(0).stats(&client).await["running"] == 1 {
+        0
+    } else {
+        1
+    };
+    let other = 1 - blocker_host;
+    let id = submit(
+        &client,
+        fleet.url(other),
+        json!({"plugin": "hostile", "payload": {"mode": "sleep", "seconds": 2}, "priority": 2}),
+    )
+    .await;
+    poll_json(
+        &client,
+        &format!("{}/tasks/{id}", fleet.url(other)),
+        Duration::from_secs(30),
+        |t| t["status"] == "running",
+    )
+    .await;
+    assert_eq!(
+        fleet.host(other).stats(&client).await["running"],
+        1,
+        "the free host runs the task"
+    );
+
+    fleet.host(other).signal("STOP");
+    // Its lease (1 s) runs out; the other host, free after its blocker,
+    // takes the task back and runs it to completion.
+    let done = poll_json(
+        &client,
+        &format!("{}/tasks/{id}", fleet.url(blocker_host)),
+        Duration::from_secs(60),
+        |t| t["status"] == "completed",
+    )
+    .await;
+    assert_eq!(done["attempts"], 2);
+    fleet.host(other).signal("CONT");
+    // The resumed host's run ends within its 2 s; its outcome is refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let counted = attempts(&client, fleet.url(other)).await;
+        if counted.get(&("hostile".into(), "lease_lost".into())) == Some(&1) {
+            assert_eq!(
+                counted.get(&("hostile".into(), "completed".into())),
+                None,
+                "{counted:?}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the paused host never noticed its lost lease: {counted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = get_json(&client, &format!("{}/tasks/{id}", fleet.url(other))).await;
+    assert_eq!(after, done, "what the other host recorded stands");
+    fleet.stop().await;
+}
+
+/// Progress published by the host running a task is readable from any
+/// host, and a cancel sent to any host stops the run where it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_progress_reach_the_host_running_the_task() {
+    let fleet = Fleet::start(2, 1, 3).await;
+    let client = reqwest::Client::new();
+    let id = submit(
+        &client,
+        fleet.url(0),
+        json!({"plugin": "hostile", "payload": {"mode": "slow", "seconds": 60}}),
+    )
+    .await;
+    let running = poll_json(
+        &client,
+        &format!("{}/tasks/{id}", fleet.url(0)),
+        Duration::from_secs(30),
+        |t| t["status"] == "running",
+    )
+    .await;
+    let mut names = Vec::new();
+    for index in 0..2 {
+        names.push(
+            fleet.host(index).stats(&client).await["host"]
+                .as_str()
+                .expect("host")
+                .to_string(),
+        );
+    }
+    let runner = names
+        .iter()
+        .position(|name| running["host"] == name.as_str())
+        .expect("the task names a host of the fleet");
+    let other = 1 - runner;
+
+    // Progress, read where the task does not run.
+    let seen = poll_json(
+        &client,
+        &format!("{}/tasks/{id}", fleet.url(other)),
+        Duration::from_secs(30),
+        |t| t["progress"].as_u64().is_some_and(|p| p > 0),
+    )
+    .await;
+    assert_eq!(seen["status"], "running");
+
+    // A cancel sent to the other host interrupts the run on its host.
+    let response = client
+        .post(format!("{}/tasks/{id}/cancel", fleet.url(other)))
+        .send()
+        .await
+        .expect("cancel");
+    assert!(response.status().is_success(), "{}", response.status());
+    let cancelled = poll_json(
+        &client,
+        &format!("{}/tasks/{id}", fleet.url(other)),
+        Duration::from_secs(15),
+        |t| t["status"] == "cancelled",
+    )
+    .await;
+    assert_eq!(cancelled["attempts"], 1);
+    let counted = attempts(&client, fleet.url(runner)).await;
+    assert_eq!(
+        counted.get(&("hostile".into(), "cancelled".into())),
+        Some(&1),
+        "the running host stopped it: {counted:?}"
+    );
+    assert_eq!(fleet.host(runner).stats(&client).await["running"], 0);
+    fleet.stop().await;
+}
+
+/// A plugin uploaded through one host runs on every host within seconds,
+/// and a task submitted right after the upload, to any host, completes;
+/// removed through another host, it is gone from all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_uploaded_through_one_host_reaches_every_host() {
+    let fleet = Fleet::start(3, 2, 5).await;
+    let client = reqwest::Client::new();
+    let wasm = taskflow_tests::wasm_bytes(&taskflow_tests::plugin_wasm("wordcount"));
+    let response = client
+        .put(format!("{}/plugins/wordcount", fleet.url(0)))
+        .body(wasm)
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+    let uploaded = std::time::Instant::now();
+    // Right away, to every host, loaded there yet or not.
+    let mut ids = Vec::new();
+    for index in 0..3 {
+        let text = format!("host {index} says hello hello");
+        ids.push(
+            submit(
+                &client,
+                fleet.url(index),
+                json!({"plugin": "wordcount", "payload": {"text": text}, "max_attempts": 1}),
+            )
+            .await,
+        );
+    }
+    for index in 0..3 {
+        let deadline = uploaded + Duration::from_secs(5);
+        loop {
+            if loads(&client, fleet.url(index), "wordcount").await {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "host {index} has not loaded the plugin 5 s after the upload"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for id in &ids {
+        let done = poll_json(
+            &client,
+            &format!("{}/tasks/{id}", fleet.url(1)),
+            Duration::from_secs(30),
+            |t| matches!(t["status"].as_str(), Some("completed" | "failed")),
+        )
+        .await;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(done["result"]["value"]["words"], 5, "{done}");
+        assert_eq!(
+            done["attempts"], 1,
+            "waiting for the plugin costs no attempt: {done}"
+        );
+    }
+
+    let response = client
+        .delete(format!("{}/plugins/wordcount", fleet.url(1)))
+        .send()
+        .await
+        .expect("remove");
+    assert_eq!(response.status(), reqwest::StatusCode::NO_CONTENT);
+    for index in 0..3 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let response = client
+                .post(format!("{}/tasks", fleet.url(index)))
+                .json(&json!({"plugin": "wordcount", "payload": {"text": "gone"}}))
+                .send()
+                .await
+                .expect("submit");
+            let listed = loads(&client, fleet.url(index), "wordcount").await;
+            if response.status() == reqwest::StatusCode::UNPROCESSABLE_ENTITY && !listed {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "host {index} still runs the removed plugin"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    fleet.stop().await;
+}
