@@ -138,6 +138,10 @@ impl Metrics {
     pub fn render(&self, gauges: &Gauges) -> String {
         let inner = self.lock();
         let mut out = String::new();
+        // Series of this host carry its name, so that a sum() across the
+        // hosts of a system is right; the task and queue gauges describe the
+        // whole system, alike on every host (take their max()).
+        let host = escape(&gauges.host);
         let _ = writeln!(
             out,
             "# HELP taskflow_http_requests_total HTTP requests by method, route and status."
@@ -146,7 +150,7 @@ impl Metrics {
         for ((method, route, status), count) in &inner.http_requests {
             let _ = writeln!(
                 out,
-                "taskflow_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {count}",
+                "taskflow_http_requests_total{{host=\"{host}\",method=\"{}\",route=\"{}\",status=\"{status}\"}} {count}",
                 escape(method),
                 escape(route)
             );
@@ -159,7 +163,7 @@ impl Metrics {
         for ((plugin, outcome), count) in &inner.task_outcomes {
             let _ = writeln!(
                 out,
-                "taskflow_task_attempts_total{{plugin=\"{}\",outcome=\"{outcome}\"}} {count}",
+                "taskflow_task_attempts_total{{host=\"{host}\",plugin=\"{}\",outcome=\"{outcome}\"}} {count}",
                 escape(plugin)
             );
         }
@@ -173,33 +177,36 @@ impl Metrics {
             for (count, bound) in histogram.buckets.iter().zip(DURATION_BUCKETS) {
                 let _ = writeln!(
                     out,
-                    "taskflow_task_duration_seconds_bucket{{plugin=\"{plugin}\",le=\"{bound}\"}} {count}"
+                    "taskflow_task_duration_seconds_bucket{{host=\"{host}\",plugin=\"{plugin}\",le=\"{bound}\"}} {count}"
                 );
             }
             let _ = writeln!(
                 out,
-                "taskflow_task_duration_seconds_bucket{{plugin=\"{plugin}\",le=\"+Inf\"}} {}",
+                "taskflow_task_duration_seconds_bucket{{host=\"{host}\",plugin=\"{plugin}\",le=\"+Inf\"}} {}",
                 histogram.count
             );
             let _ = writeln!(
                 out,
-                "taskflow_task_duration_seconds_sum{{plugin=\"{plugin}\"}} {}",
+                "taskflow_task_duration_seconds_sum{{host=\"{host}\",plugin=\"{plugin}\"}} {}",
                 histogram.sum
             );
             let _ = writeln!(
                 out,
-                "taskflow_task_duration_seconds_count{{plugin=\"{plugin}\"}} {}",
+                "taskflow_task_duration_seconds_count{{host=\"{host}\",plugin=\"{plugin}\"}} {}",
                 histogram.count
             );
         }
-        let _ = writeln!(out, "# HELP taskflow_tasks Tasks by status.");
+        let _ = writeln!(
+            out,
+            "# HELP taskflow_tasks Tasks by status, in the whole system."
+        );
         let _ = writeln!(out, "# TYPE taskflow_tasks gauge");
         for (status, count) in &gauges.tasks_by_status {
             let _ = writeln!(out, "taskflow_tasks{{status=\"{status}\"}} {count}");
         }
         let _ = writeln!(
             out,
-            "# HELP taskflow_queue_depth Tasks waiting in the queue by priority."
+            "# HELP taskflow_queue_depth Tasks waiting in the queue by priority, in the whole system."
         );
         let _ = writeln!(out, "# TYPE taskflow_queue_depth gauge");
         for (priority, count) in &gauges.queue_depth {
@@ -210,16 +217,30 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP taskflow_queue_delayed Tasks waiting for their retry backoff."
+            "# HELP taskflow_queue_delayed Tasks waiting for their retry backoff, in the whole system."
         );
         let _ = writeln!(out, "# TYPE taskflow_queue_delayed gauge");
         let _ = writeln!(out, "taskflow_queue_delayed {}", gauges.delayed);
-        let _ = writeln!(out, "# HELP taskflow_tasks_running Tasks running now.");
+        let _ = writeln!(
+            out,
+            "# HELP taskflow_tasks_running Tasks running on this host now."
+        );
         let _ = writeln!(out, "# TYPE taskflow_tasks_running gauge");
-        let _ = writeln!(out, "taskflow_tasks_running {}", gauges.running);
-        let _ = writeln!(out, "# HELP taskflow_plugins_loaded Plugins loaded.");
+        let _ = writeln!(
+            out,
+            "taskflow_tasks_running{{host=\"{host}\"}} {}",
+            gauges.running
+        );
+        let _ = writeln!(
+            out,
+            "# HELP taskflow_plugins_loaded Plugins loaded on this host."
+        );
         let _ = writeln!(out, "# TYPE taskflow_plugins_loaded gauge");
-        let _ = writeln!(out, "taskflow_plugins_loaded {}", gauges.plugins);
+        let _ = writeln!(
+            out,
+            "taskflow_plugins_loaded{{host=\"{host}\"}} {}",
+            gauges.plugins
+        );
         out
     }
 }
@@ -227,6 +248,8 @@ impl Metrics {
 /// Point-in-time values read from the queue, storage and registry at scrape time.
 #[derive(Debug, Default)]
 pub struct Gauges {
+    /// This host's name.
+    pub host: String,
     /// status → count.
     pub tasks_by_status: Vec<(String, u64)>,
     /// priority → ready tasks.
@@ -257,22 +280,26 @@ mod tests {
         metrics.record_attempt("echo", "completed", Duration::from_millis(3));
         metrics.record_attempt("echo", "completed", Duration::from_millis(200));
         let text = metrics.render(&Gauges {
+            host: "h1".into(),
             queue_depth: vec![(1, 4)],
             ..Gauges::default()
         });
         assert!(text.contains(
-            "taskflow_http_requests_total{method=\"GET\",route=\"/tasks/{id}\",status=\"200\"} 1"
+            "taskflow_http_requests_total{host=\"h1\",method=\"GET\",route=\"/tasks/{id}\",status=\"200\"} 1"
+        ));
+        assert!(text.contains(
+            "taskflow_task_attempts_total{host=\"h1\",plugin=\"echo\",outcome=\"completed\"} 2"
+        ));
+        assert!(text.contains(
+            "taskflow_task_duration_seconds_bucket{host=\"h1\",plugin=\"echo\",le=\"0.005\"} 1"
+        ));
+        assert!(text.contains(
+            "taskflow_task_duration_seconds_bucket{host=\"h1\",plugin=\"echo\",le=\"0.25\"} 2"
         ));
         assert!(
-            text.contains("taskflow_task_attempts_total{plugin=\"echo\",outcome=\"completed\"} 2")
+            text.contains("taskflow_task_duration_seconds_count{host=\"h1\",plugin=\"echo\"} 2")
         );
-        assert!(
-            text.contains("taskflow_task_duration_seconds_bucket{plugin=\"echo\",le=\"0.005\"} 1")
-        );
-        assert!(
-            text.contains("taskflow_task_duration_seconds_bucket{plugin=\"echo\",le=\"0.25\"} 2")
-        );
-        assert!(text.contains("taskflow_task_duration_seconds_count{plugin=\"echo\"} 2"));
         assert!(text.contains("taskflow_queue_depth{priority=\"1\"} 4"));
+        assert!(text.contains("taskflow_tasks_running{host=\"h1\"} 0"));
     }
 }

@@ -2,6 +2,7 @@
 //! it through the [`TaskService`], until shutdown.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -32,9 +33,15 @@ impl WorkerPool {
     /// Starts `count` workers.
     pub fn start(service: Arc<TaskService>, count: usize) -> Self {
         let (stop, stopped) = watch::channel(false);
+        let outage = Arc::new(AtomicBool::new(false));
         let mut workers = JoinSet::new();
         for index in 0..count {
-            workers.spawn(work(service.clone(), stopped.clone(), index));
+            workers.spawn(work(
+                service.clone(),
+                stopped.clone(),
+                index,
+                outage.clone(),
+            ));
         }
         tracing::info!(workers = count, "workers started");
         Self {
@@ -65,7 +72,12 @@ impl WorkerPool {
     }
 }
 
-async fn work(service: Arc<TaskService>, mut stopped: watch::Receiver<bool>, index: usize) {
+async fn work(
+    service: Arc<TaskService>,
+    mut stopped: watch::Receiver<bool>,
+    index: usize,
+    outage: Arc<AtomicBool>,
+) {
     loop {
         if *stopped.borrow() {
             break;
@@ -75,10 +87,19 @@ async fn work(service: Arc<TaskService>, mut stopped: watch::Receiver<bool>, ind
             _ = stopped.changed() => break,
         };
         match delivery {
-            Ok(Some(delivery)) => service.process(delivery).await,
-            Ok(None) => {}
+            Ok(delivery) => {
+                // Logged once per outage, by whichever worker sees it end.
+                if outage.swap(false, Ordering::Relaxed) {
+                    tracing::info!(worker = index, "the queue answers again");
+                }
+                if let Some(delivery) = delivery {
+                    service.process(delivery).await;
+                }
+            }
             Err(e) => {
-                tracing::error!(worker = index, error = %e, "cannot read from the queue; retrying");
+                if !outage.swap(true, Ordering::Relaxed) {
+                    tracing::error!(worker = index, error = %e, "cannot read from the queue; retrying until it answers");
+                }
                 tokio::time::sleep(POLL_WAIT).await;
             }
         }

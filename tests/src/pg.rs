@@ -49,3 +49,127 @@ pub async fn drop_schema(schema: &str) {
         .expect("drop schema");
     admin.close().await;
 }
+
+/// A PostgreSQL server of a test's own (initdb in a temporary directory, a
+/// free port), for tests that restart it. Stopped when dropped.
+pub struct OwnServer {
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl OwnServer {
+    /// Creates and starts a server (as the `postgres` user when run as root,
+    /// which PostgreSQL refuses to run as).
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect(
+                "PostgreSQL server binaries must be installed (Debian: apt-get install postgresql)",
+            )
+            .filter_map(Result::ok)
+            .map(|entry| entry.path().join("bin"))
+            .filter(|bin| bin.join("initdb").exists())
+            .max()
+            .expect("no /usr/lib/postgresql/*/bin/initdb");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = Self {
+            bin,
+            dir,
+            port: crate::process::free_port(),
+        };
+        if server.as_root() {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(server.dir.path())
+                .status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "chown the server directory to postgres"
+            );
+        }
+        server.run(
+            "initdb",
+            &["-D", &server.data(), "-U", "postgres", "-A", "trust"],
+        );
+        server.pg_ctl("start");
+        server
+    }
+
+    /// The URL of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Restarts it at once, cutting every connection (`pg_ctl restart -m fast`).
+    pub fn restart(&self) {
+        self.pg_ctl("restart");
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("db").to_string_lossy().into_owned()
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self
+            .dir
+            .path()
+            .join("server.log")
+            .to_string_lossy()
+            .into_owned();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &options,
+                "-l",
+                &log,
+                "-m",
+                "fast",
+                "-w",
+                action,
+            ],
+        );
+    }
+
+    fn as_root(&self) -> bool {
+        std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0"))
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let binary = self.bin.join(tool);
+        let mut command = if self.as_root() {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(&binary);
+            command
+        } else {
+            std::process::Command::new(&binary)
+        };
+        let output = command
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+        assert!(
+            output.status.success(),
+            "{tool} {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "stop"])
+        }));
+    }
+}

@@ -503,7 +503,7 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing(backend: Backend) {
         .await
         .expect("json");
     for status in ["pending", "running", "completed", "failed", "cancelled"] {
-        assert_eq!(stats["tasks"][status], 0, "{stats}");
+        assert_eq!(stats["system"]["tasks"][status], 0, "{stats}");
     }
     if backend == Backend::Files {
         let tasks_dir = host.data.path().join("tasks");
@@ -836,12 +836,15 @@ async fn stats_and_metrics_describe_the_host(backend: Backend) {
         .json()
         .await
         .expect("json");
-    assert_eq!(stats["tasks"]["completed"], 1);
-    assert_eq!(stats["workers"], 2);
-    assert_eq!(stats["queue"]["ready"]["1"], 0);
-    assert_eq!(stats["plugins"].as_array().expect("plugins").len(), 4);
+    assert_eq!(stats["system"]["tasks"]["completed"], 1);
+    assert_eq!(stats["host"]["workers"], 2);
+    assert_eq!(stats["system"]["queue"]["ready"]["1"], 0);
+    assert_eq!(
+        stats["host"]["plugins"].as_array().expect("plugins").len(),
+        4
+    );
     assert!(
-        stats["plugins"][0]["digest"]
+        stats["host"]["plugins"][0]["digest"]
             .as_str()
             .is_some_and(|d| d.len() == 64)
     );
@@ -854,16 +857,22 @@ async fn stats_and_metrics_describe_the_host(backend: Backend) {
         .text()
         .await
         .expect("text");
+    // Series of this host carry its name; the system's do not.
+    let name = stats["host"]["name"].as_str().expect("host name");
     for needle in [
-        "taskflow_http_requests_total{method=\"POST\",route=\"/tasks\",status=\"202\"} 1",
-        "taskflow_task_attempts_total{plugin=\"echo\",outcome=\"completed\"} 1",
-        "taskflow_task_duration_seconds_count{plugin=\"echo\"} 1",
-        "taskflow_tasks{status=\"completed\"} 1",
-        "taskflow_queue_depth{priority=\"1\"} 0",
-        "taskflow_plugins_loaded 4",
+        format!(
+            "taskflow_http_requests_total{{host=\"{name}\",method=\"POST\",route=\"/tasks\",status=\"202\"}} 1"
+        ),
+        format!(
+            "taskflow_task_attempts_total{{host=\"{name}\",plugin=\"echo\",outcome=\"completed\"}} 1"
+        ),
+        format!("taskflow_task_duration_seconds_count{{host=\"{name}\",plugin=\"echo\"}} 1"),
+        "taskflow_tasks{status=\"completed\"} 1".to_string(),
+        "taskflow_queue_depth{priority=\"1\"} 0".to_string(),
+        format!("taskflow_plugins_loaded{{host=\"{name}\"}} 4"),
     ] {
         assert!(
-            metrics.contains(needle),
+            metrics.contains(&needle),
             "metrics lack {needle}:\n{metrics}"
         );
     }
@@ -1241,7 +1250,7 @@ async fn batches_hold_at_most_1000_tasks_and_are_accepted_all_or_none(backend: B
         .json()
         .await
         .expect("json");
-    let total: u64 = stats["tasks"]
+    let total: u64 = stats["system"]["tasks"]
         .as_object()
         .expect("counts")
         .values()
@@ -1258,7 +1267,7 @@ async fn batches_hold_at_most_1000_tasks_and_are_accepted_all_or_none(backend: B
         Some(1000)
     );
     poll_json(&client, &host.at("/stats"), LONG, |s| {
-        s["tasks"]["completed"] == 1000
+        s["system"]["tasks"]["completed"] == 1000
     })
     .await;
     host.stop().await;
@@ -1363,10 +1372,10 @@ async fn a_store_that_cannot_keep_up_refuses_with_503_and_is_not_ready_until_it_
     )
     .await;
     let done = poll_json(&client, &host.at("/stats"), LONG, |s| {
-        s["tasks"]["completed"] == accepted + 1
+        s["system"]["tasks"]["completed"] == accepted + 1
     })
     .await;
-    let total: u64 = done["tasks"]
+    let total: u64 = done["system"]["tasks"]
         .as_object()
         .expect("counts")
         .values()

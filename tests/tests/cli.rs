@@ -53,7 +53,7 @@ async fn the_cli_submits_reads_backs_up_and_restores() {
     );
     let client = reqwest::Client::new();
     poll_json(&client, &format!("{}/stats", host.url), LONG, |s| {
-        s["tasks"]["completed"] == 1201
+        s["system"]["tasks"]["completed"] == 1201
     })
     .await;
 
@@ -162,7 +162,7 @@ async fn cancel_takes_a_pending_task_off_the_queue_and_interrupts_a_running_one(
         .expect("json");
     assert_eq!(stored["status"], "cancelled", "{stored}");
     assert_eq!(stored["attempts"], 0, "it never ran: {stored}");
-    assert_eq!(host.stats(&client).await["tasks"]["cancelled"], 1);
+    assert_eq!(host.stats(&client).await["system"]["tasks"]["cancelled"], 1);
 
     // A finished task cannot be cancelled: a clear refusal.
     let run = cli(url, &["cancel", &pending]);

@@ -16,7 +16,7 @@ use taskflow_tests::{fixture_wasm, install_plugins, list_all, poll_json};
 /// Hosts on one fresh schema, each with its own data directory.
 struct Fleet {
     hosts: Vec<Option<HostProcess>>,
-    schema: String,
+    schema: Option<String>,
     _data: Vec<tempfile::TempDir>,
 }
 
@@ -25,7 +25,25 @@ impl Fleet {
     /// on the PostgreSQL store and queue.
     async fn start(count: usize, workers: usize, lease_secs: u64) -> Self {
         let (schema, _) = fresh_schema().await;
-        let url = schema_url(&schema);
+        Self::start_at(
+            &schema_url(&schema),
+            Some(schema),
+            count,
+            workers,
+            lease_secs,
+        )
+        .await
+    }
+
+    /// Like [`start`](Self::start), on the database at `url`; the fleet
+    /// drops `schema`, if given, when it stops.
+    async fn start_at(
+        url: &str,
+        schema: Option<String>,
+        count: usize,
+        workers: usize,
+        lease_secs: u64,
+    ) -> Self {
         let mut hosts = Vec::new();
         let mut data = Vec::new();
         for _ in 0..count {
@@ -39,7 +57,7 @@ impl Fleet {
                 "--queue",
                 "postgres",
                 "--database-url",
-                &url,
+                url,
                 "--workers",
                 &workers,
                 "--lease-secs",
@@ -69,7 +87,9 @@ impl Fleet {
         for host in self.hosts.iter_mut().filter_map(Option::take) {
             host.terminate();
         }
-        drop_schema(&self.schema).await;
+        if let Some(schema) = &self.schema {
+            drop_schema(schema).await;
+        }
     }
 }
 
@@ -91,7 +111,8 @@ async fn attempts(client: &reqwest::Client, url: &str) -> HashMap<(String, Strin
         .await
         .expect("text");
     text.lines()
-        .filter_map(|line| line.strip_prefix("taskflow_task_attempts_total{plugin=\""))
+        .filter_map(|line| line.strip_prefix("taskflow_task_attempts_total{host=\""))
+        .filter_map(|rest| rest.split_once("\",plugin=\"").map(|(_, rest)| rest))
         .filter_map(|rest| {
             let (plugin, rest) = rest.split_once("\",outcome=\"")?;
             let (outcome, count) = rest.split_once("\"} ")?;
@@ -154,7 +175,7 @@ async fn loads(client: &reqwest::Client, url: &str, plugin: &str) -> bool {
 }
 
 async fn completed(client: &reqwest::Client, url: &str) -> u64 {
-    get_json(client, &format!("{url}/stats")).await["tasks"]["completed"]
+    get_json(client, &format!("{url}/stats")).await["system"]["tasks"]["completed"]
         .as_u64()
         .unwrap_or(0)
 }
@@ -296,7 +317,7 @@ async fn priority_order_holds_across_hosts_on_the_postgres_queue() {
 async fn a_killed_host_leaves_its_tasks_to_the_others() {
     let mut fleet = Fleet::start(3, 2, 2).await;
     let client = reqwest::Client::new();
-    let victim = fleet.host(0).stats(&client).await["host"]
+    let victim = fleet.host(0).stats(&client).await["host"]["name"]
         .as_str()
         .expect("host name")
         .to_string();
@@ -308,7 +329,7 @@ async fn a_killed_host_leaves_its_tasks_to_the_others() {
         &client,
         &format!("{}/stats", fleet.url(0)),
         Duration::from_secs(30),
-        |s| s["running"].as_u64().unwrap_or(0) >= 1,
+        |s| s["host"]["running"].as_u64().unwrap_or(0) >= 1,
     )
     .await;
 
@@ -369,7 +390,7 @@ async fn a_host_paused_past_its_lease_cannot_overwrite_the_others() {
         |t| t["status"] == "running",
     )
     .await;
-    let blocker_host = if fleet.host(0).stats(&client).await["running"] == 1 {
+    let blocker_host = if fleet.host(0).stats(&client).await["host"]["running"] == 1 {
         0
     } else {
         1
@@ -389,7 +410,7 @@ async fn a_host_paused_past_its_lease_cannot_overwrite_the_others() {
     )
     .await;
     assert_eq!(
-        fleet.host(other).stats(&client).await["running"],
+        fleet.host(other).stats(&client).await["host"]["running"],
         1,
         "the free host runs the task"
     );
@@ -451,7 +472,7 @@ async fn cancel_and_progress_reach_the_host_running_the_task() {
     let mut names = Vec::new();
     for index in 0..2 {
         names.push(
-            fleet.host(index).stats(&client).await["host"]
+            fleet.host(index).stats(&client).await["host"]["name"]
                 .as_str()
                 .expect("host")
                 .to_string(),
@@ -494,7 +515,10 @@ async fn cancel_and_progress_reach_the_host_running_the_task() {
         Some(&1),
         "the running host stopped it: {counted:?}"
     );
-    assert_eq!(fleet.host(runner).stats(&client).await["running"], 0);
+    assert_eq!(
+        fleet.host(runner).stats(&client).await["host"]["running"],
+        0
+    );
     fleet.stop().await;
 }
 
@@ -581,6 +605,86 @@ async fn a_plugin_uploaded_through_one_host_reaches_every_host() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+    fleet.stop().await;
+}
+
+/// PostgreSQL restarted while the hosts work: every accepted task completes
+/// (at most once more than needed), and the hosts recover by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_ride_out_a_postgresql_restart() {
+    let server = taskflow_tests::pg::OwnServer::start();
+    let fleet = Fleet::start_at(&server.url(), None, 2, 2, 3).await;
+    let client = reqwest::Client::new();
+    let mut accepted = Vec::new();
+    for round in 0..20 {
+        if round == 5 {
+            server.restart();
+        }
+        // A submission refused while the database is down is not accepted:
+        // the client tries again, as a client would.
+        let tasks: Vec<Value> = (0..50)
+            .map(|i| json!({"plugin": "echo", "payload": {"round": round, "i": i}}))
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let response = client
+                .post(format!("{}/tasks/batch", fleet.url(round % 2)))
+                .json(&json!({ "tasks": tasks }))
+                .send()
+                .await
+                .expect("batch");
+            if response.status() == reqwest::StatusCode::ACCEPTED {
+                let body: Value = response.json().await.expect("json");
+                accepted.extend(
+                    body["tasks"]
+                        .as_array()
+                        .expect("tasks")
+                        .iter()
+                        .map(|t| t["id"].as_str().expect("id").to_string()),
+                );
+                break;
+            }
+            assert!(
+                response.status().is_server_error(),
+                "refused with {}",
+                response.status()
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the hosts did not take tasks again after the restart"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(accepted.len(), 1000);
+    wait_for_completed(&client, fleet.url(0), 1000, Duration::from_secs(120)).await;
+    let tasks = list_all(&client, fleet.url(1), "").await;
+    let listed: std::collections::HashMap<&str, &Value> = tasks
+        .iter()
+        .map(|t| (t["id"].as_str().expect("id"), t))
+        .collect();
+    for id in &accepted {
+        let task = listed
+            .get(id.as_str())
+            .unwrap_or_else(|| panic!("accepted task {id} was lost"));
+        assert_eq!(task["status"], "completed", "{task}");
+        assert!(
+            task["attempts"]
+                .as_u64()
+                .is_some_and(|a| (1..=2).contains(&a)),
+            "{task}"
+        );
+    }
+    for index in 0..2 {
+        let ready = poll_json(
+            &client,
+            &format!("{}/ready", fleet.url(index)),
+            Duration::from_secs(30),
+            |r| r["status"] == "ok",
+        )
+        .await;
+        assert_eq!(ready["backends"], json!({"queue": "ok", "storage": "ok"}));
     }
     fleet.stop().await;
 }

@@ -177,7 +177,7 @@ async fn a_host_on_postgres_runs_tasks_and_finds_them_after_a_restart() {
         .json()
         .await
         .expect("json");
-    assert_eq!(stats["tasks"]["completed"], 1);
+    assert_eq!(stats["system"]["tasks"]["completed"], 1);
     host.stop().await;
     drop_schema(&schema).await;
 }

@@ -119,7 +119,7 @@ async fn no_accepted_task_is_lost_and_none_runs_again_when_the_host_is_killed() 
     let host = HostProcess::start(data.path(), port).await;
     accepted.extend(submit_hash_batch(&client, &host.url, "b", 500).await);
     poll_json(&client, &format!("{}/stats", host.url), LONG, |s| {
-        s["tasks"]["completed"].as_u64() >= Some(100)
+        s["system"]["tasks"]["completed"].as_u64() >= Some(100)
     })
     .await;
     let done_before_kill = completed(&client, &host.url).await;
@@ -147,10 +147,10 @@ async fn no_accepted_task_is_lost_and_none_runs_again_when_the_host_is_killed() 
     let host = HostProcess::start(data.path(), port).await;
     let total = accepted.len() as u64;
     let done = poll_json(&client, &format!("{}/stats", host.url), LONG, |s| {
-        s["tasks"]["completed"] == total
+        s["system"]["tasks"]["completed"] == total
     })
     .await;
-    assert_eq!(done["tasks"]["failed"], 0, "{done}");
+    assert_eq!(done["system"]["tasks"]["failed"], 0, "{done}");
     let after = completed(&client, &host.url).await;
     let mut attempts = 0;
     for id in &accepted {
@@ -242,7 +242,7 @@ async fn plugins_compile_in_a_child_process_once_and_load_from_the_cache_after_a
     let n = names.len() as u64;
 
     let host = HostProcess::start(data.path(), free_port()).await;
-    let registry = host.stats(&client).await["registry"].clone();
+    let registry = host.stats(&client).await["host"]["registry"].clone();
     assert_eq!(
         (
             &registry["compiled"],
@@ -256,7 +256,7 @@ async fn plugins_compile_in_a_child_process_once_and_load_from_the_cache_after_a
 
     let host = HostProcess::start(data.path(), free_port()).await;
     let stats = host.stats(&client).await;
-    let registry = &stats["registry"];
+    let registry = &stats["host"]["registry"];
     assert_eq!(
         (
             &registry["compiled"],

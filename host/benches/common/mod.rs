@@ -109,7 +109,7 @@ pub async fn completed(client: &reqwest::Client, url: &str) -> u64 {
         .json()
         .await
         .expect("json");
-    stats["tasks"]["completed"].as_u64().unwrap_or(0)
+    stats["system"]["tasks"]["completed"].as_u64().unwrap_or(0)
 }
 
 /// Polls `check` every 10 ms until it holds (at most ten minutes).

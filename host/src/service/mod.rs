@@ -87,21 +87,35 @@ pub struct TaskView {
     pub progress: Option<u8>,
 }
 
-/// `GET /stats`.
+/// `GET /stats`: the system as this host sees it, and this host.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
 pub struct Stats {
-    /// This host's name, as tasks it runs record it in `host`.
-    pub host: String,
+    /// Every host sharing this one's backends reports the same.
+    pub system: SystemStats,
+    /// This host alone.
+    pub host: HostStats,
+}
+
+/// What every host of a system sees alike.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
+pub struct SystemStats {
     /// Queued tasks by priority.
     pub queue: QueueDepth,
-    /// Tasks running now.
-    pub running: usize,
     /// Tasks by status.
     #[schema(value_type = HashMap<String, u64>)]
     pub tasks: StatusCounts,
+}
+
+/// One host.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
+pub struct HostStats {
+    /// This host's name, as tasks it runs record it in `host`.
+    pub name: String,
     /// Worker count.
     pub workers: usize,
-    /// Loaded plugins and their versions.
+    /// Tasks running on this host now.
+    pub running: usize,
+    /// Plugins loaded here and their versions.
     pub plugins: Vec<PluginInfo>,
     /// Plugin registry counters.
     pub registry: RegistryStats,

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 
 use chrono::Utc;
 
-use super::{ServiceError, Stats, TaskService, TaskView};
+use super::{HostStats, ServiceError, Stats, SystemStats, TaskService, TaskView};
 use crate::storage::{Change, LeaseState, ListQuery, TaskPage};
 use crate::task::{Task, TaskId, TaskStatus};
 use crate::telemetry::Gauges;
@@ -90,14 +90,18 @@ impl TaskService {
     /// Queue, task and plugin statistics.
     pub async fn stats(&self) -> Result<Stats, ServiceError> {
         Ok(Stats {
-            host: self.config.owner.clone(),
-            queue: self.queue.depth().await?,
-            running: self.running_count(),
-            tasks: self.store.counts().await?,
-            workers: self.config.workers,
-            plugins: self.registry.list(),
-            registry: self.registry.stats(),
-            uptime_seconds: self.started_at.elapsed().as_secs(),
+            system: SystemStats {
+                queue: self.queue.depth().await?,
+                tasks: self.store.counts().await?,
+            },
+            host: HostStats {
+                name: self.config.owner.clone(),
+                workers: self.config.workers,
+                running: self.running_count(),
+                plugins: self.registry.list(),
+                registry: self.registry.stats(),
+                uptime_seconds: self.started_at.elapsed().as_secs(),
+            },
         })
     }
 
@@ -106,6 +110,7 @@ impl TaskService {
         let depth = self.queue.depth().await?;
         let counts = self.store.counts().await?;
         let gauges = Gauges {
+            host: self.config.owner.clone(),
             tasks_by_status: counts
                 .iter()
                 .map(|(status, n)| (status.to_string(), *n))
