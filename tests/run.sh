@@ -20,6 +20,13 @@ if ! command -v schemathesis >/dev/null 2>&1; then
     python3 -m pip install --quiet 'schemathesis==4.32.5'
 fi
 
+# What this script starts is stopped when it ends, however it ends.
+cleanups=()
+cleanup() {
+    for step in "${cleanups[@]}"; do eval "$step" || true; done
+}
+trap cleanup EXIT
+
 echo "==> PostgreSQL for the storage tests"
 # The server at TASKFLOW_TEST_DATABASE_URL (by default the local one), or,
 # where none answers, a throwaway one started here from the installed
@@ -43,11 +50,40 @@ if ! pg_isready -q -d "$TASKFLOW_TEST_DATABASE_URL" 2>/dev/null; then
     "${as_owner[@]}" "$pg_bin/initdb" -D "$pg_data/db" -U postgres -A trust >/dev/null
     "${as_owner[@]}" "$pg_bin/pg_ctl" -D "$pg_data/db" -o "-p $pg_port -k $pg_data -c listen_addresses=127.0.0.1" \
         -l "$pg_data/log" -w start >/dev/null
-    trap '"${as_owner[@]}" "$pg_bin/pg_ctl" -D "$pg_data/db" -m immediate stop >/dev/null; rm -rf "$pg_data"' EXIT
+    cleanups+=('"${as_owner[@]}" "$pg_bin/pg_ctl" -D "$pg_data/db" -m immediate stop >/dev/null; rm -rf "$pg_data"')
     "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres test
     export TASKFLOW_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/test"
     echo "    started one at $TASKFLOW_TEST_DATABASE_URL"
 fi
+
+echo "==> moto, the AWS emulator, for the SQS tests"
+# moto's server from PyPI on a free port; the tests that need it fail
+# loudly without it, they never skip.
+if ! command -v moto_server >/dev/null 2>&1; then
+    python3 -m pip install --quiet 'moto[server]==5.2.1'
+fi
+moto_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+moto_log="$(mktemp)"
+moto_server -H 127.0.0.1 -p "$moto_port" >"$moto_log" 2>&1 &
+moto_pid=$!
+cleanups+=("kill $moto_pid 2>/dev/null; rm -f '$moto_log'")
+python3 - "$moto_port" <<'PY'
+import sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}/moto-api/"
+for _ in range(300):
+    try:
+        urllib.request.urlopen(url, timeout=1)
+        sys.exit(0)
+    except Exception:
+        time.sleep(0.1)
+sys.exit("moto_server did not start")
+PY
+export TASKFLOW_TEST_AWS_ENDPOINT="http://127.0.0.1:$moto_port"
+# Hosts the tests run in their own process find the emulator this way.
+export AWS_ENDPOINT_URL="$TASKFLOW_TEST_AWS_ENDPOINT"
+export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-test}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-test}"
+export AWS_REGION="${AWS_REGION:-us-east-1}"
+echo "    moto at $TASKFLOW_TEST_AWS_ENDPOINT"
 
 echo "==> building plugins and fixtures (wasm32-wasip2)"
 plugins/build.sh

@@ -51,6 +51,16 @@ pub struct ServeConfig {
     #[arg(long, env = "TASKFLOW_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_secs: u64,
 
+    /// Names of the SQS queues for `--queue sqs`: `<prefix>-band-1` … and
+    /// `<prefix>-dead-letters` (their redrive policy). The region, the
+    /// credentials and `AWS_ENDPOINT_URL` come from the usual AWS settings.
+    #[arg(long, env = "TASKFLOW_SQS_QUEUE_PREFIX", default_value = "taskflow")]
+    pub sqs_queue_prefix: String,
+
+    /// Priority bands of the SQS queues, highest first: ranges covering 1 to 10.
+    #[arg(long, env = "TASKFLOW_SQS_BANDS", default_value = "1-3,4-7,8-10")]
+    pub sqs_bands: String,
+
     /// This host's name in the leases it holds [default: machine name,
     /// process id and a random suffix]; unique among hosts sharing a database.
     #[arg(long, env = "TASKFLOW_HOST_ID")]
@@ -122,6 +132,8 @@ pub enum QueueBackend {
     Local,
     /// The PostgreSQL tasks table, shared by every host (needs `--storage postgres`).
     Postgres,
+    /// Amazon SQS, one queue per priority band (needs `--storage postgres`).
+    Sqs,
 }
 
 /// Where task records live.
@@ -160,6 +172,26 @@ impl ServeConfig {
             return Err(ConfigError(
                 "TASKFLOW_QUEUE=postgres needs TASKFLOW_STORAGE=postgres: the queue is the PostgreSQL tasks table".into(),
             ));
+        }
+        if self.queue == QueueBackend::Sqs {
+            if self.storage != StorageBackend::Postgres {
+                return Err(ConfigError(
+                    "TASKFLOW_QUEUE=sqs needs TASKFLOW_STORAGE=postgres: the messages carry task ids, the tasks live in PostgreSQL".into(),
+                ));
+            }
+            crate::queue::sqs::parse_bands(&self.sqs_bands)
+                .map_err(|e| ConfigError(format!("TASKFLOW_SQS_BANDS: {e}")))?;
+            let prefix_ok = !self.sqs_queue_prefix.is_empty()
+                && self.sqs_queue_prefix.len() <= 60
+                && self
+                    .sqs_queue_prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !prefix_ok {
+                return Err(ConfigError(
+                    "TASKFLOW_SQS_QUEUE_PREFIX must be 1 to 60 letters, digits, '-' or '_' (SQS queue names)".into(),
+                ));
+            }
         }
         if self
             .host_id

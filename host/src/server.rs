@@ -12,7 +12,8 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AuthConfig};
 use crate::config::{QueueBackend, ServeConfig, StorageBackend};
 use crate::fleet::PluginCatalog;
-use crate::queue::{LocalQueue, PgQueue, Queue};
+use crate::queue::sqs::SqsSettings;
+use crate::queue::{LocalQueue, PgQueue, Queue, SqsQueue};
 use crate::runtime::{PluginRegistry, Runtime};
 use crate::service::{ServiceConfig, TaskService};
 use crate::storage::{FileStore, PgStore, TaskStore};
@@ -84,6 +85,7 @@ impl Server {
         if let Some(id) = &config.host_id {
             settings.owner.clone_from(id);
         }
+        let mut sweeper = None;
         let queue: Arc<dyn Queue> = match config.queue {
             QueueBackend::Local => Arc::new(LocalQueue::new()),
             QueueBackend::Postgres => {
@@ -98,6 +100,16 @@ impl Server {
                         .await
                         .context("cannot listen for tasks in PostgreSQL (TASKFLOW_DATABASE_URL)")?,
                 )
+            }
+            QueueBackend::Sqs => {
+                let pool = postgres
+                    .as_ref()
+                    .context("TASKFLOW_QUEUE=sqs needs TASKFLOW_STORAGE=postgres")?
+                    .pool()
+                    .clone();
+                let queue = Arc::new(connect_sqs(&config, pool, settings.lease).await?);
+                sweeper = Some(queue.clone());
+                queue
             }
         };
         tracing::info!(host = %settings.owner, queue = ?config.queue, storage = ?config.storage, "backends open");
@@ -132,6 +144,9 @@ impl Server {
         let tracker = TaskTracker::new();
         tracker.spawn(service.clone().heartbeat(background.clone()));
         tracker.spawn(service.clone().reaper(background.clone()));
+        if let Some(sqs) = sweeper {
+            tracker.spawn(sqs.sweep(background.clone()));
+        }
         if let Some(catalog) = catalog {
             tracker.spawn(catalog.sync(registry, background.clone()));
         }
@@ -200,6 +215,36 @@ async fn connect_postgres(config: &ServeConfig) -> anyhow::Result<PgStore> {
     PgStore::connect(options, config.database_pool_size)
         .await
         .context("cannot open task storage in PostgreSQL (TASKFLOW_DATABASE_URL)")
+}
+
+/// Opens the SQS queues of `config`; a missing queue, region or
+/// credentials stop here with the setting to fix.
+async fn connect_sqs(
+    config: &ServeConfig,
+    pool: sqlx::PgPool,
+    lease: Duration,
+) -> anyhow::Result<SqsQueue> {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build(),
+        )
+        .load()
+        .await;
+    if sdk.region().is_none() {
+        anyhow::bail!("TASKFLOW_QUEUE=sqs needs an AWS region: set AWS_REGION (e.g. us-east-1)");
+    }
+    let bands = crate::queue::sqs::parse_bands(&config.sqs_bands)
+        .map_err(|e| anyhow::anyhow!("TASKFLOW_SQS_BANDS: {e}"))?;
+    let settings = SqsSettings {
+        prefix: config.sqs_queue_prefix.clone(),
+        bands,
+        lease,
+    };
+    SqsQueue::start(aws_sdk_sqs::Client::new(&sdk), pool, settings)
+        .await
+        .context("cannot open the SQS queues (TASKFLOW_QUEUE=sqs)")
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

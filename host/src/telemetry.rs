@@ -241,6 +241,17 @@ impl Metrics {
             "taskflow_plugins_loaded{{host=\"{host}\"}} {}",
             gauges.plugins
         );
+        if let Some(requests) = gauges.queue_requests {
+            let _ = writeln!(
+                out,
+                "# HELP taskflow_queue_requests_total Requests this host made to the queue service (SQS)."
+            );
+            let _ = writeln!(out, "# TYPE taskflow_queue_requests_total counter");
+            let _ = writeln!(
+                out,
+                "taskflow_queue_requests_total{{host=\"{host}\"}} {requests}"
+            );
+        }
         out
     }
 }
@@ -260,6 +271,8 @@ pub struct Gauges {
     pub running: usize,
     /// Plugins loaded.
     pub plugins: usize,
+    /// Requests this host made to the queue service, where it counts them.
+    pub queue_requests: Option<u64>,
 }
 
 fn escape(label: &str) -> String {

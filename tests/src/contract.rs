@@ -421,3 +421,151 @@ pub async fn racing_claims_have_one_winner(store: std::sync::Arc<dyn TaskStore>)
         1
     );
 }
+
+/// What every [`Queue`](taskflow::queue::Queue) must do: the tasks it
+/// carries are in `store` (the tasks-table queue reads them there; SQS marks
+/// them sent there), so each check inserts its tasks first.
+pub mod queue {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use taskflow::queue::{Queue, QueueEntry};
+    use taskflow::storage::TaskStore;
+    use taskflow::task::{Task, TaskId};
+
+    use super::task;
+
+    /// Pops until `wait` passes with nothing, acknowledging each delivery.
+    async fn drain(queue: &dyn Queue, wait: Duration) -> Vec<QueueEntry> {
+        let mut popped = Vec::new();
+        while let Some(delivery) = queue.pop(wait).await.expect("pop") {
+            queue.ack(&delivery).await.expect("ack");
+            popped.push(delivery.entry);
+        }
+        popped
+    }
+
+    async fn stored(store: &dyn TaskStore, tasks: Vec<Task>) -> Vec<Task> {
+        store
+            .insert(tasks)
+            .await
+            .expect("insert")
+            .into_iter()
+            .map(|s| s.task)
+            .collect()
+    }
+
+    /// Each pushed entry is delivered, a higher priority before a lower one
+    /// (1 and 10: in different bands on SQS), and an acknowledged one never
+    /// comes back; the queue answers its readiness check.
+    pub async fn delivers_each_entry_highest_priority_first(
+        queue: &dyn Queue,
+        store: &dyn TaskStore,
+    ) {
+        queue.check().await.expect("ready");
+        let tasks = stored(
+            store,
+            vec![
+                Task {
+                    priority: 10,
+                    ..task("echo", 0)
+                },
+                Task {
+                    priority: 10,
+                    ..task("echo", 0)
+                },
+            ],
+        )
+        .await;
+        let urgent = stored(
+            store,
+            vec![Task {
+                priority: 1,
+                ..task("echo", 0)
+            }],
+        )
+        .await;
+        for task in tasks.iter().chain(&urgent) {
+            queue
+                .push(QueueEntry::from(task), Duration::ZERO)
+                .await
+                .expect("push");
+        }
+        let first = queue
+            .pop(Duration::from_secs(2))
+            .await
+            .expect("pop")
+            .expect("a delivery");
+        assert_eq!(first.entry.id, urgent[0].id, "priority 1 first");
+        assert_eq!((first.entry.priority, first.receive_count), (1, 1));
+        queue.ack(&first).await.expect("ack");
+        let rest: HashSet<TaskId> = drain(queue, Duration::from_secs(1))
+            .await
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(rest, tasks.iter().map(|t| t.id).collect::<HashSet<_>>());
+        assert!(
+            queue
+                .pop(Duration::from_secs(1))
+                .await
+                .expect("pop")
+                .is_none(),
+            "nothing comes back"
+        );
+    }
+
+    /// A delayed entry stays out of sight until its delay has passed.
+    pub async fn keeps_a_delayed_entry_until_it_is_due(queue: &dyn Queue, store: &dyn TaskStore) {
+        let delay = Duration::from_secs(2);
+        let mut later = task("echo", 0);
+        later.retry_at =
+            Some(chrono::Utc::now() + chrono::Duration::from_std(delay).expect("delay"));
+        let later = stored(store, vec![later]).await.remove(0);
+        let pushed = std::time::Instant::now();
+        queue
+            .push(QueueEntry::from(&later), delay)
+            .await
+            .expect("push");
+        let early = queue.pop(Duration::from_millis(500)).await.expect("pop");
+        assert!(
+            early.is_none() || pushed.elapsed() >= delay,
+            "delivered before its delay"
+        );
+        let mut delivered = early;
+        while delivered.is_none() {
+            assert!(pushed.elapsed() < delay * 10, "never delivered");
+            delivered = queue.pop(Duration::from_secs(1)).await.expect("pop");
+        }
+        let delivery = delivered.expect("delivered");
+        assert!(
+            pushed.elapsed() >= delay - Duration::from_millis(100),
+            "delivered {:?} after a {delay:?} delay",
+            pushed.elapsed()
+        );
+        assert_eq!(delivery.entry.id, later.id);
+        queue.ack(&delivery).await.expect("ack");
+    }
+
+    /// Entries pushed together are each delivered once they are acknowledged.
+    pub async fn delivers_a_batch_push(queue: &dyn Queue, store: &dyn TaskStore) {
+        let tasks = stored(
+            store,
+            (0..25)
+                .map(|n| Task {
+                    priority: 1 + (n % 10) as u8,
+                    ..task("echo", 0)
+                })
+                .collect(),
+        )
+        .await;
+        queue
+            .push_all(tasks.iter().map(QueueEntry::from).collect())
+            .await
+            .expect("push all");
+        let popped = drain(queue, Duration::from_secs(1)).await;
+        let ids: HashSet<TaskId> = popped.iter().map(|e| e.id).collect();
+        assert_eq!(ids, tasks.iter().map(|t| t.id).collect::<HashSet<_>>());
+        assert_eq!(ids.len(), popped.len(), "each once");
+    }
+}

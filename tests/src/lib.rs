@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod aws;
 pub mod contract;
 pub mod pg;
 pub mod process;
@@ -85,6 +86,8 @@ pub enum Backend {
     Files,
     /// PostgreSQL as the store and the queue, in a fresh schema.
     Postgres,
+    /// SQS (moto, fresh queues) as the queue, PostgreSQL as the store.
+    Sqs,
 }
 
 impl TestHost {
@@ -108,12 +111,20 @@ impl TestHost {
     ) -> Self {
         match backend {
             Backend::Files => Self::start_with(workers, hostile, adjust).await,
-            Backend::Postgres => {
+            Backend::Postgres | Backend::Sqs => {
                 // Dropped by `stop`; a failed test's is left to look at.
                 let (schema, _) = pg::fresh_schema().await;
+                let prefix = aws::fresh_prefix();
+                if backend == Backend::Sqs {
+                    aws::create_queues(&prefix, 3, 10).await;
+                }
                 let mut host = Self::start_with(workers, hostile, |config| {
                     config.storage = taskflow::config::StorageBackend::Postgres;
-                    config.queue = taskflow::config::QueueBackend::Postgres;
+                    config.queue = match backend {
+                        Backend::Sqs => taskflow::config::QueueBackend::Sqs,
+                        _ => taskflow::config::QueueBackend::Postgres,
+                    };
+                    config.sqs_queue_prefix = prefix;
                     config.database_url = Some(pg::schema_url(&schema));
                     adjust(config);
                 })

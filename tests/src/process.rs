@@ -49,6 +49,36 @@ impl HostProcess {
         Self::launch(serve, port).await
     }
 
+    /// `taskflow serve` on shared backends: PostgreSQL at `database_url` as
+    /// the store, `queue` (`postgres`, or `sqs` with the emulator's
+    /// environment) as the queue, plus `extra` arguments.
+    pub async fn start_shared(
+        data: &Path,
+        database_url: &str,
+        queue: &str,
+        extra: &[&str],
+    ) -> Self {
+        let mut serve = Command::new(taskflow_binary());
+        serve
+            .args([
+                "serve",
+                "--log-format",
+                "json",
+                "--storage",
+                "postgres",
+                "--database-url",
+                database_url,
+            ])
+            .args(["--queue", queue])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(data);
+        if queue == "sqs" {
+            serve.envs(crate::aws::host_env());
+        }
+        Self::launch(serve, free_port()).await
+    }
+
     /// Runs `serve` (its settings but the address) on `port`; returns once it answers.
     pub async fn launch(serve: Command, port: u16) -> Self {
         Self::spawn(serve, port, "warn", Stdio::null()).await

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use taskflow_tests::pg::{drop_schema, fresh_schema, schema_url};
-use taskflow_tests::process::{HostProcess, free_port};
+use taskflow_tests::process::HostProcess;
 use taskflow_tests::{fixture_wasm, install_plugins, list_all, poll_json};
 
 /// Hosts on one fresh schema, each with its own data directory.
@@ -20,14 +20,29 @@ struct Fleet {
     _data: Vec<tempfile::TempDir>,
 }
 
+/// Which shared queue a fleet uses.
+#[derive(Debug, Clone)]
+enum SharedQueue {
+    /// The PostgreSQL tasks table.
+    Postgres,
+    /// SQS (moto), queues named with this prefix.
+    Sqs(String),
+}
+
 impl Fleet {
     /// `count` hosts with `workers` workers each and leases of `lease_secs`,
     /// on the PostgreSQL store and queue.
     async fn start(count: usize, workers: usize, lease_secs: u64) -> Self {
+        Self::start_on(SharedQueue::Postgres, count, workers, lease_secs).await
+    }
+
+    /// Like [`start`](Self::start), on `queue` (a fresh schema either way).
+    async fn start_on(queue: SharedQueue, count: usize, workers: usize, lease_secs: u64) -> Self {
         let (schema, _) = fresh_schema().await;
         Self::start_at(
             &schema_url(&schema),
             Some(schema),
+            &queue,
             count,
             workers,
             lease_secs,
@@ -35,11 +50,12 @@ impl Fleet {
         .await
     }
 
-    /// Like [`start`](Self::start), on the database at `url`; the fleet
-    /// drops `schema`, if given, when it stops.
+    /// Like [`start_on`](Self::start_on), on the database at `url`; the
+    /// fleet drops `schema`, if given, when it stops.
     async fn start_at(
         url: &str,
         schema: Option<String>,
+        queue: &SharedQueue,
         count: usize,
         workers: usize,
         lease_secs: u64,
@@ -49,22 +65,17 @@ impl Fleet {
         for _ in 0..count {
             let dir = tempfile::tempdir().expect("tempdir");
             prepare(dir.path());
-            let workers = workers.to_string();
-            let lease = lease_secs.to_string();
-            let args = [
-                "--storage",
-                "postgres",
-                "--queue",
-                "postgres",
-                "--database-url",
-                url,
-                "--workers",
-                &workers,
-                "--lease-secs",
-                &lease,
-            ];
+            let (workers, lease) = (workers.to_string(), lease_secs.to_string());
+            let mut extra = vec!["--workers", &workers, "--lease-secs", &lease];
+            let queue = match queue {
+                SharedQueue::Postgres => "postgres",
+                SharedQueue::Sqs(prefix) => {
+                    extra.extend(["--sqs-queue-prefix", prefix.as_str()]);
+                    "sqs"
+                }
+            };
             hosts.push(Some(
-                HostProcess::start_with(dir.path(), free_port(), &args).await,
+                HostProcess::start_shared(dir.path(), url, queue, &extra).await,
             ));
             data.push(dir);
         }
@@ -193,7 +204,20 @@ async fn wait_for_completed(client: &reqwest::Client, url: &str, count: u64, lim
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hosts_on_the_postgres_queue_run_3000_tasks_exactly_once() {
-    let fleet = Fleet::start(3, 4, 5).await;
+    three_hosts_run_3000_tasks_exactly_once(SharedQueue::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_on_sqs_run_3000_tasks_exactly_once() {
+    let prefix = taskflow_tests::aws::fresh_prefix();
+    taskflow_tests::aws::create_queues(&prefix, 3, 5).await;
+    three_hosts_run_3000_tasks_exactly_once(SharedQueue::Sqs(prefix)).await;
+}
+
+/// 3,000 tasks submitted through three hosts: each completes once, every
+/// host does its share.
+async fn three_hosts_run_3000_tasks_exactly_once(queue: SharedQueue) {
+    let fleet = Fleet::start_on(queue, 3, 4, 5).await;
     let client = reqwest::Client::new();
     let mut ids = Vec::new();
     for batch in 0..30 {
@@ -614,7 +638,7 @@ async fn a_plugin_uploaded_through_one_host_reaches_every_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_ride_out_a_postgresql_restart() {
     let server = taskflow_tests::pg::OwnServer::start();
-    let fleet = Fleet::start_at(&server.url(), None, 2, 2, 3).await;
+    let fleet = Fleet::start_at(&server.url(), None, &SharedQueue::Postgres, 2, 2, 3).await;
     let client = reqwest::Client::new();
     let mut accepted = Vec::new();
     for round in 0..20 {

@@ -141,13 +141,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Starts `taskflow serve` on `data` and `port` with `extra` arguments, its
+/// Starts `taskflow serve` on `data` and `port` with `extra` arguments and
+/// `env` variables, its
 /// plugin directory holding the echo plugin; returns once it answers.
 pub async fn start_host(
     client: &reqwest::Client,
     data: &std::path::Path,
     port: u16,
     extra: &[&str],
+    env: &[(String, String)],
 ) -> Host {
     let plugins = data.join("plugins");
     std::fs::create_dir_all(&plugins).expect("plugin dir");
@@ -170,6 +172,7 @@ pub async fn start_host(
             .arg("--data-dir")
             .arg(data)
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()

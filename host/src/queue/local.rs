@@ -328,6 +328,7 @@ mod tests {
             id: TaskId::new(),
             priority,
             sequence,
+            plugin: String::new(),
         }
     }
 
@@ -624,6 +625,7 @@ mod tests {
                             id: TaskId::new(),
                             priority: (n % 10) as u8 + 1,
                             sequence: producer * PER_PRODUCER + n,
+                            plugin: String::new(),
                         };
                         ids.push(e.id);
                         // A few short delays exercise the timer path too.

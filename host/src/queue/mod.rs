@@ -7,6 +7,7 @@
 
 pub mod local;
 pub mod postgres;
+pub mod sqs;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use crate::task::{Task, TaskId};
 
 pub use local::LocalQueue;
 pub use postgres::PgQueue;
+pub use sqs::SqsQueue;
 
 /// What the queue orders by: priority 1 first, then lowest sequence
 /// (submission order) first.
@@ -29,6 +31,9 @@ pub struct QueueEntry {
     pub priority: u8,
     /// Submission order; keeps equal priorities first-in first-out.
     pub sequence: u64,
+    /// The task's plugin (a message attribute on SQS, for operators).
+    #[serde(default)]
+    pub plugin: String,
 }
 
 impl From<&Task> for QueueEntry {
@@ -37,6 +42,7 @@ impl From<&Task> for QueueEntry {
             id: task.id,
             priority: task.priority,
             sequence: task.sequence,
+            plugin: task.plugin.clone(),
         }
     }
 }
@@ -52,17 +58,33 @@ pub struct Delivery {
     /// The task, already claimed for this host, when the queue claims as it
     /// delivers (the tasks-table queue); `None`: the worker claims it.
     pub claimed: Option<Claimed>,
+    /// How many times this entry was delivered, this time included (more
+    /// than one after a retry or a host that never acknowledged it).
+    pub receive_count: u32,
 }
 
 impl Delivery {
-    /// A delivery of `entry` that the worker still has to claim.
+    /// A first delivery of `entry` that the worker still has to claim.
     pub fn unclaimed(entry: QueueEntry, receipt: String) -> Self {
         Self {
             entry,
             receipt,
             claimed: None,
+            receive_count: 1,
         }
     }
+}
+
+/// A task whose queue entry was delivered too often without being
+/// acknowledged (an SQS dead-letter queue caught it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The task.
+    pub id: TaskId,
+    /// Deliveries before it was given up on.
+    pub receive_count: u32,
+    /// Identifies it to [`Queue::bury`].
+    pub receipt: String,
 }
 
 /// A task claimed for this host: its state after the claim, and the claim's
@@ -109,6 +131,45 @@ pub trait Queue: Send + Sync {
     /// id that is already queued keeps the entry already there.
     async fn push(&self, entry: QueueEntry, delay: Duration) -> Result<(), QueueError>;
 
+    /// Enqueues new entries, ready at once, in as few requests as the
+    /// backend allows.
+    async fn push_all(&self, entries: Vec<QueueEntry>) -> Result<(), QueueError> {
+        for entry in entries {
+            self.push(entry, Duration::ZERO).await?;
+        }
+        Ok(())
+    }
+
+    /// Delivers `delivery` again after `delay` (a retry): on SQS a
+    /// visibility change of the same message, whose receive count grows.
+    async fn retry(&self, delivery: &Delivery, delay: Duration) -> Result<(), QueueError> {
+        self.ack(delivery).await?;
+        self.push(delivery.entry.clone(), delay).await
+    }
+
+    /// Keeps `deliveries`, whose tasks still run, from being delivered
+    /// again for `ttl` (SQS: their visibility timeout).
+    async fn extend(&self, _deliveries: &[Delivery], _ttl: Duration) -> Result<(), QueueError> {
+        Ok(())
+    }
+
+    /// Whether a delivery that is never acknowledged comes back by itself
+    /// (SQS): then a task taken back from a host that stopped needs no
+    /// new entry.
+    fn redelivers(&self) -> bool {
+        false
+    }
+
+    /// Up to ten entries given up on after too many deliveries.
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
+        Ok(Vec::new())
+    }
+
+    /// Drops dead letters once their tasks are recorded as failed.
+    async fn bury(&self, _dead: &[DeadLetter]) -> Result<(), QueueError> {
+        Ok(())
+    }
+
     /// Takes the highest-priority ready entry, waiting up to `wait` for one
     /// to arrive or become due; `None` when none did.
     async fn pop(&self, wait: Duration) -> Result<Option<Delivery>, QueueError>;
@@ -129,6 +190,12 @@ pub trait Queue: Send + Sync {
     /// Whether the queue can serve now (readiness); cheap.
     async fn check(&self) -> Result<(), QueueError> {
         Ok(())
+    }
+
+    /// Requests made to the queue service so far, where it counts them
+    /// (SQS: what it is billed by).
+    fn requests(&self) -> Option<u64> {
+        None
     }
 
     /// Whether the queue lives outside this host, so that what was queued

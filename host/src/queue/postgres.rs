@@ -76,6 +76,7 @@ impl PgQueue {
             receipt: format!("postgres:{}", claimed.token),
             entry,
             claimed: Some(claimed),
+            receive_count: 1,
         })
     }
 }

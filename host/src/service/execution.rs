@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 
 use super::leases::Claim;
 use super::{Running, ServiceError, TaskService};
-use crate::queue::{Claimed, Delivery, QueueEntry};
+use crate::queue::{Claimed, Delivery};
 use crate::runtime::{Failure, FailureKind, Limits, TaskInput};
 use crate::task::{Task, TaskError, TaskId, TaskOutput, TaskStatus};
 
@@ -24,6 +24,16 @@ const STORAGE_RETRY_DELAY: Duration = Duration::from_secs(1);
 const PLUGIN_WAIT: Duration = Duration::from_millis(500);
 /// Tries at saving a task's outcome before giving the task back to the queue.
 const FINISH_SAVE_ATTEMPTS: u32 = 5;
+
+/// What recording an outcome did.
+enum Finished {
+    /// Recorded: the task is done with (completed, failed or cancelled).
+    Done,
+    /// Recorded as pending: run it again after this backoff.
+    Retry(Duration),
+    /// Not recorded: the lease went to another host.
+    Lost,
+}
 
 /// One run of a task's plugin: the version that ran (none when the plugin
 /// was gone) and what it produced.
@@ -47,8 +57,18 @@ impl TaskService {
                     return;
                 }
                 Ok(Claim::Skip) => {
-                    // Cancelled, finished, running elsewhere or deleted since it was queued.
+                    // Cancelled, finished or deleted since it was queued.
                     self.ack(&delivery).await;
+                    return;
+                }
+                Ok(Claim::Busy) => {
+                    // Another host runs it: a queue that redelivers keeps
+                    // this entry, should that host stop before it finishes.
+                    if self.queue.redelivers() {
+                        self.requeue(&delivery, self.config.lease).await;
+                    } else {
+                        self.ack(&delivery).await;
+                    }
                     return;
                 }
                 Err(e) => {
@@ -72,6 +92,7 @@ impl TaskService {
             id,
             Running {
                 token,
+                delivery: delivery.clone(),
                 stop: stop.clone(),
                 lost: lost.clone(),
                 progress: progress.clone(),
@@ -99,8 +120,14 @@ impl TaskService {
                 .finish(task.clone(), token, outcome.clone(), elapsed)
                 .await
             {
-                Ok(true) => break,
-                Ok(false) => {
+                Ok(Finished::Done) => break,
+                Ok(Finished::Retry(after)) => {
+                    // Written: from here a lost entry costs only a wait
+                    // for the reaper, never the task.
+                    self.requeue(&delivery, after).await;
+                    return;
+                }
+                Ok(Finished::Lost) => {
                     self.lose(&task, token, elapsed);
                     break;
                 }
@@ -110,8 +137,11 @@ impl TaskService {
                     delay = delay.saturating_mul(2);
                 }
                 Err(e) => {
+                    // Not acknowledged either: the entry comes back, or
+                    // the reaper queues the task once its lease expires.
                     tracing::error!(task_id = %id, error = %e, "cannot record the task's outcome; it runs again once its lease expires");
                     self.forget(id, token);
+                    return;
                 }
             }
         }
@@ -201,15 +231,15 @@ impl TaskService {
     }
 
     /// Records the outcome of a run: completed, failed, back to pending for a
-    /// retry, or cancelled (`outcome` is `None`); `false` when the lease was
-    /// lost meanwhile and nothing was written.
+    /// retry, or cancelled (`outcome` is `None`); [`Finished::Lost`] when
+    /// the lease was lost meanwhile and nothing was written.
     async fn finish(
         &self,
         mut task: Task,
         token: u64,
         outcome: Option<Attempt>,
         elapsed: Duration,
-    ) -> Result<bool, ServiceError> {
+    ) -> Result<Finished, ServiceError> {
         let now = Utc::now();
         let mut retry = None;
         let label = match outcome {
@@ -255,16 +285,13 @@ impl TaskService {
             }
         };
         if !self.store.save_leased(&task, token).await? {
-            return Ok(false);
+            return Ok(Finished::Lost);
         }
         self.forget(task.id, token);
         self.metrics.record_attempt(&task.plugin, label, elapsed);
         if let Some(delay) = retry {
             tracing::info!(task_id = %task.id, plugin = %task.plugin, attempt = task.attempts, delay_ms = delay.as_millis() as u64, "task will be retried");
-            if let Err(e) = self.queue.push(QueueEntry::from(&task), delay).await {
-                tracing::error!(task_id = %task.id, error = %e, "cannot queue the retry; it runs after recovery");
-            }
-            return Ok(true);
+            return Ok(Finished::Retry(delay));
         }
         tracing::info!(
             task_id = %task.id,
@@ -274,7 +301,7 @@ impl TaskService {
             duration_ms = elapsed.as_millis() as u64,
             "task finished"
         );
-        Ok(true)
+        Ok(Finished::Done)
     }
 
     async fn ack(&self, delivery: &Delivery) {
@@ -283,10 +310,10 @@ impl TaskService {
         }
     }
 
+    /// Delivers `delivery` again after `delay`.
     async fn requeue(&self, delivery: &Delivery, delay: Duration) {
-        self.ack(delivery).await;
-        if let Err(e) = self.queue.push(delivery.entry.clone(), delay).await {
-            tracing::error!(task_id = %delivery.entry.id, error = %e, "cannot requeue task; it runs after the next restart");
+        if let Err(e) = self.queue.retry(delivery, delay).await {
+            tracing::error!(task_id = %delivery.entry.id, error = %e, "cannot queue the task again; the reaper or the sweeper will");
         }
     }
 }

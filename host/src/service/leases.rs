@@ -24,13 +24,31 @@ pub(super) enum Claim {
     Run(Box<Claimed>),
     /// Waiting out a retry backoff for this much longer.
     NotDue(Duration),
-    /// Not to be run here: cancelled, finished, running elsewhere, gone, or
-    /// failed now for want of attempts.
+    /// Not to be run: cancelled, finished, gone, or failed now for want of
+    /// attempts.
     Skip,
+    /// Running on another host, which holds its lease.
+    Busy,
 }
 
-/// The change that claims a pending task for `owner`.
-pub fn claim_change(task: &mut Task, owner: &str, ttl: Duration) -> (Begin, Change) {
+/// The change that claims a pending task for `owner`; a task still marked
+/// running whose lease expired (its host stopped, and its queue entry came
+/// back before the reaper) is taken over.
+pub fn claim_change(
+    task: &mut Task,
+    lease: &LeaseState,
+    owner: &str,
+    ttl: Duration,
+) -> (Begin, Change) {
+    if task.status == TaskStatus::Running && lease.expired {
+        if lease.cancel_requested {
+            task.cancel(Utc::now());
+            return (Begin::NotPending, Change::Save);
+        }
+        if !task.interrupt(Utc::now()) {
+            return (Begin::Exhausted, Change::Save);
+        }
+    }
     match task.begin_attempt(owner, Utc::now()) {
         Begin::Started => (
             Begin::Started,
@@ -48,10 +66,15 @@ impl TaskService {
     /// Claims the task `id` for this host, starting its next attempt.
     pub(super) async fn claim(&self, id: TaskId) -> Result<Claim, StorageError> {
         let (owner, ttl) = (self.config.owner.clone(), self.config.lease);
-        let begun = Arc::new(std::sync::Mutex::new(Begin::NotPending));
+        let begun = Arc::new(std::sync::Mutex::new(Some(Begin::NotPending)));
         let seen = begun.clone();
-        let change = Box::new(move |task: &mut Task, _: &LeaseState| {
-            let (begin, change) = claim_change(task, &owner, ttl);
+        let change = Box::new(move |task: &mut Task, lease: &LeaseState| {
+            let running = task.status == TaskStatus::Running;
+            let (begin, change) = claim_change(task, lease, &owner, ttl);
+            let begin = match begin {
+                Begin::NotPending if running && change == Change::Keep => None,
+                begin => Some(begin),
+            };
             *seen
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = begin;
@@ -64,12 +87,13 @@ impl TaskService {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(match begin {
-            Begin::Started => Claim::Run(Box::new(Claimed {
+            Some(Begin::Started) => Claim::Run(Box::new(Claimed {
                 task: updated.task,
                 token: updated.token,
             })),
-            Begin::NotDue(wait) => Claim::NotDue(wait),
-            Begin::Exhausted | Begin::NotPending => Claim::Skip,
+            Some(Begin::NotDue(wait)) => Claim::NotDue(wait),
+            Some(Begin::Exhausted | Begin::NotPending) => Claim::Skip,
+            None => Claim::Busy,
         })
     }
 
@@ -116,6 +140,16 @@ impl TaskService {
                 tracing::info!("leases renewed again");
                 failing = false;
             }
+            let still_held: Vec<_> = {
+                let running = self.running_lock();
+                renewed
+                    .iter()
+                    .filter_map(|r| running.get(&r.id).map(|run| run.delivery.clone()))
+                    .collect()
+            };
+            if let Err(e) = self.queue.extend(&still_held, self.config.lease).await {
+                tracing::warn!(error = %e, "cannot keep the queue entries of running tasks invisible");
+            }
             let running = self.running_lock();
             for h in &held {
                 let Some(run) = running.get(&h.id).filter(|r| r.token == h.token) else {
@@ -143,12 +177,16 @@ impl TaskService {
         let mut ticks = ticks(self.reaper_interval());
         let mut failing = false;
         while next_tick(&mut ticks, &stop).await {
-            match self.reap().await {
-                Ok(_) if failing => {
+            let reaped = match self.reap().await {
+                Ok(_) => self.fail_dead_letters().await,
+                Err(e) => Err(e),
+            };
+            match reaped {
+                Ok(()) if failing => {
                     tracing::info!("the reaper works again");
                     failing = false;
                 }
-                Ok(_) => {}
+                Ok(()) => {}
                 Err(e) if !failing => {
                     tracing::warn!(error = %e, "cannot take back expired leases; retrying");
                     failing = true;
@@ -190,15 +228,60 @@ impl TaskService {
                 let task = updated.task;
                 tracing::warn!(task_id = %id, status = %task.status, "took back a task whose lease expired");
                 if task.status == TaskStatus::Pending {
-                    self.queue
-                        .push(QueueEntry::from(&task), Duration::ZERO)
-                        .await?;
+                    // A queue that redelivers brings the entry the stopped
+                    // host never acknowledged back by itself.
+                    if !self.queue.redelivers() {
+                        self.queue
+                            .push(QueueEntry::from(&task), Duration::ZERO)
+                            .await?;
+                    }
                     requeued += 1;
                 }
             }
             if round < REAP_BATCH {
                 return Ok((requeued, reaped));
             }
+        }
+    }
+}
+
+impl TaskService {
+    /// Fails the tasks whose queue entries were given up on after too many
+    /// deliveries (a task that kept stopping its hosts), then drops those
+    /// entries.
+    async fn fail_dead_letters(&self) -> Result<(), ServiceError> {
+        loop {
+            let dead = self.queue.dead_letters().await?;
+            if dead.is_empty() {
+                return Ok(());
+            }
+            for letter in &dead {
+                let deliveries = letter.receive_count;
+                let change = Box::new(move |task: &mut Task, lease: &LeaseState| {
+                    // A task still held by a live host finishes on its own.
+                    if task.status.is_terminal()
+                        || (task.status == TaskStatus::Running && !lease.expired)
+                    {
+                        return Change::Keep;
+                    }
+                    task.status = TaskStatus::Failed;
+                    task.finished_at = Some(Utc::now());
+                    task.retry_at = None;
+                    task.last_error = Some(crate::task::TaskError {
+                        kind: crate::runtime::FailureKind::Interrupted,
+                        message: format!(
+                            "delivered {deliveries} times without finishing (it kept stopping its hosts); the dead-letter queue caught it"
+                        ),
+                    });
+                    Change::Save
+                });
+                if let Some(updated) = self.store.update(letter.id, change).await?
+                    && updated.change == Change::Save
+                {
+                    tracing::error!(task_id = %letter.id, deliveries, "task failed: its queue entry went to the dead-letter queue");
+                }
+            }
+            self.queue.bury(&dead).await?;
         }
     }
 }

@@ -201,6 +201,8 @@ impl From<DetachedError<ServiceError>> for ServiceError {
 struct Running {
     /// The claim's fencing token.
     token: u64,
+    /// The queue delivery it came with (kept invisible while it runs).
+    delivery: crate::queue::Delivery,
     /// Stops the run: a cancel, or the lease lost (then `lost` is set).
     stop: Arc<Notify>,
     lost: Arc<AtomicBool>,

@@ -111,6 +111,7 @@ impl TaskService {
         let counts = self.store.counts().await?;
         let gauges = Gauges {
             host: self.config.owner.clone(),
+            queue_requests: self.queue.requests(),
             tasks_by_status: counts
                 .iter()
                 .map(|(status, n)| (status.to_string(), *n))

@@ -124,6 +124,8 @@ impl TaskService {
                 Err(e) => Err(e),
             };
             match released {
+                // A queue that redelivers brings back the unacknowledged entry.
+                Ok(Some(_)) if self.queue.redelivers() => {}
                 Ok(Some(task)) => {
                     if let Err(e) = self
                         .queue

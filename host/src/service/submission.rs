@@ -1,7 +1,6 @@
 //! Submission: validation, idempotency keys, all-or-none acceptance.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::{DetachedError, ServiceError, Submitted, TaskService};
 use crate::queue::QueueEntry;
@@ -78,18 +77,22 @@ impl TaskService {
 
     /// Queues the created tasks among `submitted`, which the store holds
     /// already: once the client hears 2xx, a crash at any instant leaves the
-    /// tasks stored, and recovery queues them again. Errors carry the batch
-    /// index.
+    /// tasks stored, and recovery (or, on SQS, the sweeper) queues them
+    /// again.
     async fn enqueue(&self, submitted: &[Submitted]) -> Result<(), (usize, ServiceError)> {
-        for (index, Submitted { task, .. }) in
-            submitted.iter().enumerate().filter(|(_, s)| s.created)
-        {
-            self.queue
-                .push(QueueEntry::from(task), Duration::ZERO)
-                .await
-                .map_err(|e| (index, e.into()))?;
-            tracing::debug!(task_id = %task.id, plugin = %task.plugin, priority = task.priority, "task accepted");
+        let created: Vec<QueueEntry> = submitted
+            .iter()
+            .filter(|s| s.created)
+            .map(|s| QueueEntry::from(&s.task))
+            .collect();
+        if created.is_empty() {
+            return Ok(());
         }
+        self.queue
+            .push_all(created)
+            .await
+            .map_err(|e| (0, e.into()))?;
+        tracing::debug!(tasks = submitted.len(), "tasks accepted");
         Ok(())
     }
 }

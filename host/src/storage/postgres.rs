@@ -438,7 +438,7 @@ async fn upsert(connection: &mut PgConnection, task: &Task) -> Result<(), Storag
     let on_conflict =
         "ON CONFLICT (id) DO UPDATE SET sequence = $2, plugin = $3, priority = $4, status = $5,
                            idempotency_key = $6, doc = $7, visible_at = $8, updated_at = now(),
-                           lease_expires_at = NULL, cancel_requested = false, progress = NULL";
+                           lease_expires_at = NULL, cancel_requested = false, progress = NULL, enqueued = false";
     write_row(connection, task, on_conflict).await.map(|_| ())
 }
 
@@ -563,4 +563,37 @@ pub async fn is_pending(pool: &PgPool, id: TaskId) -> Result<bool, StorageError>
             .await
             .map_err(unavailable)?;
     Ok(pending.unwrap_or(false))
+}
+
+/// Records that the queue holds an entry for each of `ids` (the SQS outbox).
+pub async fn mark_enqueued(pool: &PgPool, ids: &[TaskId]) -> Result<(), StorageError> {
+    let ids: Vec<uuid::Uuid> = ids.iter().map(|id| *id.as_uuid()).collect();
+    sqlx::query("UPDATE tasks SET enqueued = true WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(pool)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Up to `limit` pending tasks never handed to the queue, unchanged for
+/// `age` (the SQS outbox's sweeper).
+pub async fn unsent(
+    pool: &PgPool,
+    age: std::time::Duration,
+    limit: usize,
+) -> Result<Vec<Task>, StorageError> {
+    let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+        "SELECT id, doc FROM tasks
+         WHERE status = 'pending' AND NOT enqueued AND updated_at < now() - $1 * interval '1 millisecond'
+         ORDER BY updated_at LIMIT $2",
+    )
+    .bind(millis(age))
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await
+    .map_err(unavailable)?;
+    rows.into_iter()
+        .map(|(id, doc)| task_of(TaskId::from(id), &doc))
+        .collect()
 }
