@@ -228,6 +228,9 @@ async fn connect_sqs(
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(5))
+                // Above the longest long poll (20 s): a service that stopped
+                // answering fails the call rather than holding it forever.
+                .operation_attempt_timeout(Duration::from_secs(30))
                 .build(),
         )
         .load()

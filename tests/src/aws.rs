@@ -12,8 +12,13 @@ pub fn endpoint() -> String {
 
 /// The environment a host needs to reach the emulator.
 pub fn host_env() -> Vec<(String, String)> {
+    host_env_at(&endpoint())
+}
+
+/// The environment a host needs to reach the emulator at `endpoint`.
+pub fn host_env_at(endpoint: &str) -> Vec<(String, String)> {
     vec![
-        ("AWS_ENDPOINT_URL".into(), endpoint()),
+        ("AWS_ENDPOINT_URL".into(), endpoint.to_string()),
         ("AWS_REGION".into(), "us-east-1".into()),
         ("AWS_ACCESS_KEY_ID".into(), "test".into()),
         ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
@@ -22,8 +27,13 @@ pub fn host_env() -> Vec<(String, String)> {
 
 /// An SQS client of the emulator.
 pub async fn sqs() -> aws_sdk_sqs::Client {
+    sqs_at(&endpoint()).await
+}
+
+/// An SQS client of the emulator at `endpoint`.
+pub async fn sqs_at(endpoint: &str) -> aws_sdk_sqs::Client {
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(endpoint())
+        .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_sqs::config::Credentials::new(
             "test", "test", None, None, "tests",
@@ -42,13 +52,18 @@ pub fn fresh_prefix() -> String {
 /// dead-letter queue, then each band queue with a redrive policy to it
 /// after `max_receives` deliveries.
 pub async fn create_queues(prefix: &str, bands: usize, max_receives: u32) {
-    let client = sqs().await;
+    create_queues_at(&endpoint(), prefix, bands, max_receives).await;
+}
+
+/// Like [`create_queues`], in the emulator at `endpoint`.
+pub async fn create_queues_at(endpoint: &str, prefix: &str, bands: usize, max_receives: u32) {
+    let client = sqs_at(endpoint).await;
     let dead = client
         .create_queue()
         .queue_name(format!("{prefix}-dead-letters"))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("create the dead-letter queue at {}: {e:?}", endpoint()));
+        .unwrap_or_else(|e| panic!("create the dead-letter queue at {endpoint}: {e:?}"));
     let dead_url = dead.queue_url().expect("queue URL");
     let dead_arn = client
         .get_queue_attributes()
@@ -69,5 +84,60 @@ pub async fn create_queues(prefix: &str, bands: usize, max_receives: u32) {
             .send()
             .await
             .unwrap_or_else(|e| panic!("create band queue {band}: {e:?}"));
+    }
+}
+
+/// An emulator of a test's own (`moto_server` on a free port), for tests
+/// that pause it. Killed when dropped.
+pub struct OwnEmulator {
+    child: std::process::Child,
+    /// Its URL.
+    pub endpoint: String,
+}
+
+impl OwnEmulator {
+    /// Starts `moto_server` and waits until it answers.
+    pub async fn start() -> Self {
+        let port = crate::process::free_port();
+        let child = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server must be installed: tests/run.sh installs it (pip install 'moto[server]')");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while client
+            .get(format!("{endpoint}/moto-api/"))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto_server did not start"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Self { child, endpoint }
+    }
+
+    /// Sends it a signal (`STOP`, `CONT`).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "kill -{name} moto_server"
+        );
+    }
+}
+
+impl Drop for OwnEmulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

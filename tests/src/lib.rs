@@ -279,3 +279,22 @@ pub async fn list_all(client: &reqwest::Client, base: &str, query: &str) -> Vec<
         }
     }
 }
+
+/// `POST {url}/tasks/batch` of `tasks`, which must be accepted; the tasks.
+pub async fn submit_batch(
+    client: &reqwest::Client,
+    url: &str,
+    tasks: Vec<serde_json::Value>,
+) -> Vec<serde_json::Value> {
+    let response = client
+        .post(format!("{url}/tasks/batch"))
+        .json(&serde_json::json!({ "tasks": tasks }))
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    response.json::<serde_json::Value>().await.expect("json")["tasks"]
+        .as_array()
+        .expect("tasks")
+        .clone()
+}

@@ -58,6 +58,23 @@ impl HostProcess {
         queue: &str,
         extra: &[&str],
     ) -> Self {
+        let env = if queue == "sqs" {
+            crate::aws::host_env()
+        } else {
+            Vec::new()
+        };
+        Self::start_shared_with(data, database_url, queue, extra, &env).await
+    }
+
+    /// Like [`start_shared`](Self::start_shared), with `env` (e.g. another
+    /// emulator's) instead of the test emulator's.
+    pub async fn start_shared_with(
+        data: &Path,
+        database_url: &str,
+        queue: &str,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Self {
         let mut serve = Command::new(taskflow_binary());
         serve
             .args([
@@ -72,10 +89,8 @@ impl HostProcess {
             .args(["--queue", queue])
             .args(extra)
             .arg("--data-dir")
-            .arg(data);
-        if queue == "sqs" {
-            serve.envs(crate::aws::host_env());
-        }
+            .arg(data)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         Self::launch(serve, free_port()).await
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use taskflow_tests::pg::{drop_schema, fresh_schema, schema_url};
 use taskflow_tests::process::HostProcess;
-use taskflow_tests::{fixture_wasm, install_plugins, list_all, poll_json};
+use taskflow_tests::{fixture_wasm, install_plugins, list_all, poll_json, submit_batch};
 
 /// Hosts on one fresh schema, each with its own data directory.
 struct Fleet {
@@ -133,20 +133,6 @@ async fn attempts(client: &reqwest::Client, url: &str) -> HashMap<(String, Strin
             ))
         })
         .collect()
-}
-
-async fn submit_batch(client: &reqwest::Client, url: &str, tasks: Vec<Value>) -> Vec<Value> {
-    let response = client
-        .post(format!("{url}/tasks/batch"))
-        .json(&json!({ "tasks": tasks }))
-        .send()
-        .await
-        .expect("batch");
-    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
-    response.json::<Value>().await.expect("json")["tasks"]
-        .as_array()
-        .expect("tasks")
-        .clone()
 }
 
 async fn submit(client: &reqwest::Client, url: &str, task: Value) -> String {

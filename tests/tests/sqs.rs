@@ -82,3 +82,99 @@ async fn a_task_that_keeps_stopping_its_hosts_fails_through_the_dead_letter_queu
     last.terminate();
     drop_schema(&schema).await;
 }
+
+/// The emulator frozen (SIGSTOP) for 10 s while two hosts work and accept
+/// tasks: every accepted task completes, and the hosts carry on by
+/// themselves once it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_ride_out_an_emulator_pause() {
+    let emulator = aws::OwnEmulator::start().await;
+    let (schema, _) = fresh_schema().await;
+    let url = schema_url(&schema);
+    let prefix = aws::fresh_prefix();
+    aws::create_queues_at(&emulator.endpoint, &prefix, 3, 10).await;
+    let env = aws::host_env_at(&emulator.endpoint);
+    let dirs: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let mut hosts = Vec::new();
+    for dir in &dirs {
+        let plugins = dir.path().join("plugins");
+        taskflow_tests::install_plugins(&plugins, &["echo"]);
+        let extra = [
+            "--sqs-queue-prefix",
+            prefix.as_str(),
+            "--workers",
+            "2",
+            "--lease-secs",
+            "5",
+        ];
+        hosts.push(HostProcess::start_shared_with(dir.path(), &url, "sqs", &extra, &env).await);
+    }
+    let client = reqwest::Client::new();
+    let urls: Vec<String> = hosts.iter().map(|h| h.url.clone()).collect();
+    let mut accepted = Vec::new();
+    for round in 0..4 {
+        accepted.extend(submit_twenty(client.clone(), urls[round % 2].clone(), round).await);
+    }
+    emulator.signal("STOP");
+    // Accepted while SQS does not answer: in the database, sent once it does.
+    let during: Vec<_> = (4..8)
+        .map(|round| {
+            tokio::spawn(submit_twenty(
+                client.clone(),
+                urls[round % 2].clone(),
+                round,
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    emulator.signal("CONT");
+    for submission in during {
+        accepted.extend(submission.await.expect("join"));
+    }
+    for round in 8..12 {
+        accepted.extend(submit_twenty(client.clone(), urls[round % 2].clone(), round).await);
+    }
+    assert_eq!(accepted.len(), 240);
+    for id in &accepted {
+        let done = poll_json(
+            &client,
+            &format!("{}/tasks/{id}", hosts[0].url),
+            Duration::from_secs(120),
+            |t| {
+                matches!(
+                    t["status"].as_str(),
+                    Some("completed" | "failed" | "cancelled")
+                )
+            },
+        )
+        .await;
+        assert_eq!(done["status"], "completed", "{done}");
+    }
+    for host in &hosts {
+        let ready = poll_json(
+            &client,
+            &format!("{}/ready", host.url),
+            Duration::from_secs(30),
+            |r| r["status"] == "ok",
+        )
+        .await;
+        assert_eq!(ready["backends"], json!({"queue": "ok", "storage": "ok"}));
+    }
+    drop(hosts);
+    drop_schema(&schema).await;
+}
+
+/// Submits twenty echo tasks to the host at `url` (few: moto slows with the
+/// messages a queue holds); their ids.
+async fn submit_twenty(client: reqwest::Client, url: String, round: usize) -> Vec<String> {
+    let tasks: Vec<Value> = (0..20)
+        .map(|i| json!({"plugin": "echo", "payload": {"round": round, "i": i}}))
+        .collect();
+    let accepted = taskflow_tests::submit_batch(&client, &url, tasks).await;
+    accepted
+        .iter()
+        .map(|t| t["id"].as_str().expect("id").to_string())
+        .collect()
+}

@@ -68,7 +68,7 @@ impl TaskService {
         let accepted = self
             .detached(|this| async move {
                 let submitted = this.store.insert(tasks).await.map_err(|e| (0, e.into()))?;
-                this.enqueue(&submitted).await?;
+                this.enqueue(&submitted).await;
                 Ok(submitted)
             })
             .await;
@@ -76,23 +76,25 @@ impl TaskService {
     }
 
     /// Queues the created tasks among `submitted`, which the store holds
-    /// already: once the client hears 2xx, a crash at any instant leaves the
-    /// tasks stored, and recovery (or, on SQS, the sweeper) queues them
-    /// again.
-    async fn enqueue(&self, submitted: &[Submitted]) -> Result<(), (usize, ServiceError)> {
+    /// already: they are accepted, whatever the queue says. Should it refuse
+    /// now, or the host stop before it is asked, the tasks still run: an
+    /// in-process queue is filled again from the store at startup, and
+    /// SQS's sweeper sends what was never sent.
+    async fn enqueue(&self, submitted: &[Submitted]) {
         let created: Vec<QueueEntry> = submitted
             .iter()
             .filter(|s| s.created)
             .map(|s| QueueEntry::from(&s.task))
             .collect();
         if created.is_empty() {
-            return Ok(());
+            return;
         }
-        self.queue
-            .push_all(created)
-            .await
-            .map_err(|e| (0, e.into()))?;
-        tracing::debug!(tasks = submitted.len(), "tasks accepted");
-        Ok(())
+        let count = created.len();
+        match self.queue.push_all(created).await {
+            Ok(()) => tracing::debug!(tasks = count, "tasks accepted"),
+            Err(e) => {
+                tracing::warn!(tasks = count, error = %e, "tasks accepted but not queued yet; they are queued once the queue answers")
+            }
+        }
     }
 }
