@@ -20,7 +20,7 @@ async fn host(data: &std::path::Path, url: &str, prefix: &str) -> HostProcess {
         "--workers",
         "1",
         "--lease-secs",
-        "1",
+        "2",
     ];
     HostProcess::start_shared(data, url, "sqs", &extra).await
 }
@@ -62,7 +62,7 @@ async fn a_task_that_keeps_stopping_its_hosts_fails_through_the_dead_letter_queu
     };
     running(format!("{}/tasks/{id}", first.url), 1).await;
     first.kill();
-    // The message comes back once its visibility (the 1 s lease) runs out.
+    // The message comes back once its visibility (the 2 s lease) runs out.
     let second = host(dirs[1].path(), &url, &prefix).await;
     running(format!("{}/tasks/{id}", second.url), 2).await;
     second.kill();

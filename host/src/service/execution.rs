@@ -107,7 +107,7 @@ impl TaskService {
         let elapsed = started.elapsed();
         if lost.load(Ordering::Acquire) {
             self.lose(&task, token, elapsed);
-            self.ack(&delivery).await;
+            self.let_go(&delivery).await;
             return;
         }
 
@@ -129,7 +129,8 @@ impl TaskService {
                 }
                 Ok(Finished::Lost) => {
                     self.lose(&task, token, elapsed);
-                    break;
+                    self.let_go(&delivery).await;
+                    return;
                 }
                 Err(e) if attempt < FINISH_SAVE_ATTEMPTS => {
                     tracing::warn!(task_id = %id, error = %e, "cannot record the task's outcome; retrying");
@@ -160,7 +161,7 @@ impl TaskService {
             .map(|wait| Utc::now() + wait);
         match self.store.save_leased(&task, token).await {
             Ok(true) => self.requeue(delivery, PLUGIN_WAIT).await,
-            Ok(false) => self.ack(delivery).await,
+            Ok(false) => self.let_go(delivery).await,
             // Still claimed: the reaper gives it back when the lease runs out.
             Err(e) => {
                 tracing::warn!(task_id = %task.id, error = %e, "cannot give back a task whose plugin is not loaded here")
@@ -307,6 +308,17 @@ impl TaskService {
     async fn ack(&self, delivery: &Delivery) {
         if let Err(e) = self.queue.ack(delivery).await {
             tracing::warn!(task_id = %delivery.entry.id, error = %e, "cannot acknowledge queue delivery");
+        }
+    }
+
+    /// Lets go of the delivery of a task whose lease went elsewhere. The
+    /// reaper that took the task back queued it again, unless the queue
+    /// redelivers: then this entry is the task's only one and must stay.
+    async fn let_go(&self, delivery: &Delivery) {
+        if self.queue.redelivers() {
+            self.requeue(delivery, Duration::ZERO).await;
+        } else {
+            self.ack(delivery).await;
         }
     }
 
