@@ -61,6 +61,21 @@ pub struct ServeConfig {
     #[arg(long, env = "TASKFLOW_SQS_BANDS", default_value = "1-3,4-7,8-10")]
     pub sqs_bands: String,
 
+    /// Where payloads and results above --blob-threshold-bytes are kept
+    /// (the task record keeps their key, size and SHA-256); with PostgreSQL,
+    /// also where the fleet's plugin bytes are.
+    #[arg(long, env = "TASKFLOW_BLOBS", value_enum, default_value_t = BlobBackend::Inline)]
+    pub blobs: BlobBackend,
+
+    /// The S3 bucket of `--blobs s3`. The region, the credentials and
+    /// `AWS_ENDPOINT_URL` come from the usual AWS settings.
+    #[arg(long, env = "TASKFLOW_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+
+    /// Payloads and results larger than this many bytes go to the blob store.
+    #[arg(long, env = "TASKFLOW_BLOB_THRESHOLD_BYTES", default_value_t = crate::blobs::DEFAULT_THRESHOLD as u64, value_parser = clap::value_parser!(u64).range(1..=1_073_741_824))]
+    pub blob_threshold_bytes: u64,
+
     /// This host's name in the leases it holds [default: machine name,
     /// process id and a random suffix]; unique among hosts sharing a database.
     #[arg(long, env = "TASKFLOW_HOST_ID")]
@@ -136,6 +151,15 @@ pub enum QueueBackend {
     Sqs,
 }
 
+/// Where large payloads and results are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BlobBackend {
+    /// In the task record, whatever their size (embedded default).
+    Inline,
+    /// In Amazon S3, bucket `TASKFLOW_S3_BUCKET`.
+    S3,
+}
+
 /// Where task records live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StorageBackend {
@@ -193,6 +217,21 @@ impl ServeConfig {
                 ));
             }
         }
+        if self.blobs == BlobBackend::S3 {
+            let bucket = self.s3_bucket.as_deref().unwrap_or_default();
+            if bucket.is_empty() {
+                return Err(ConfigError(
+                    "TASKFLOW_BLOBS=s3 needs TASKFLOW_S3_BUCKET, the name of an existing bucket"
+                        .into(),
+                ));
+            }
+            if !valid_bucket_name(bucket) {
+                return Err(ConfigError(format!(
+                    "TASKFLOW_S3_BUCKET {:?} is not a bucket name: 3 to 63 lowercase letters, digits, '.' or '-', starting and ending with a letter or digit",
+                    bucket.chars().take(80).collect::<String>()
+                )));
+            }
+        }
         if self
             .host_id
             .as_deref()
@@ -221,6 +260,11 @@ impl ServeConfig {
             }
         }
         Ok(())
+    }
+
+    /// The blob threshold in bytes.
+    pub fn blob_threshold(&self) -> usize {
+        usize::try_from(self.blob_threshold_bytes).unwrap_or(usize::MAX)
     }
 
     /// The plugin directory.
@@ -282,4 +326,16 @@ impl ServeConfig {
             ..RuntimeConfig::default()
         }
     }
+}
+
+/// Whether `name` follows S3's rules for bucket names.
+fn valid_bucket_name(name: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (3..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && edge(name.chars().next())
+        && edge(name.chars().last())
+        && !name.contains("..")
 }

@@ -1,6 +1,7 @@
 //! The plugins of a fleet: with shared backends, a plugin uploaded through
 //! (or removed from) any host is recorded in PostgreSQL by name and digest,
-//! with its bytes, and every host converges on it: told at once by a
+//! its bytes in the blob store by digest (S3, or a PostgreSQL table when
+//! there is no S3), and every host converges on it: told at once by a
 //! notification, and by a poll every [`POLL_INTERVAL`] in case one is lost.
 //! Each host compiles the new version in its child compiler and swaps it in,
 //! as when a file changes in its plugin directory.
@@ -12,6 +13,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::blobs::{BlobStore, plugin_key};
 use crate::runtime::{PluginError, PluginRegistry};
 use crate::storage::StorageError;
 
@@ -21,9 +23,16 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 const CHANNEL: &str = "taskflow_plugins";
 
 /// The fleet's plugin catalog in PostgreSQL. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PluginCatalog {
     pool: PgPool,
+    blobs: Arc<dyn BlobStore>,
+}
+
+impl std::fmt::Debug for PluginCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginCatalog").finish_non_exhaustive()
+    }
 }
 
 /// One name's latest change.
@@ -40,9 +49,9 @@ fn unavailable(error: sqlx::Error) -> StorageError {
 
 impl PluginCatalog {
     /// The catalog in the database of `pool` (its tables come with the
-    /// store's migrations).
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// store's migrations), with the plugins' bytes in `blobs`.
+    pub fn new(pool: PgPool, blobs: Arc<dyn BlobStore>) -> Self {
+        Self { pool, blobs }
     }
 
     /// Records `bytes` (digest `digest`) as the version of `name` every host
@@ -53,13 +62,17 @@ impl PluginCatalog {
         digest: &str,
         bytes: &[u8],
     ) -> Result<(), StorageError> {
+        // The bytes first: a host told of the digest finds them.
+        self.blobs
+            .put(&plugin_key(digest), bytes::Bytes::copy_from_slice(bytes))
+            .await
+            .map_err(|e| StorageError::Unavailable(e.to_string()))?;
         sqlx::query(
-            "INSERT INTO plugins (name, digest, wasm, version) VALUES ($1, $2, $3, nextval('plugin_changes'))
-             ON CONFLICT (name) DO UPDATE SET digest = $2, wasm = $3, version = nextval('plugin_changes'), updated_at = now()",
+            "INSERT INTO plugins (name, digest, version) VALUES ($1, $2, nextval('plugin_changes'))
+             ON CONFLICT (name) DO UPDATE SET digest = $2, version = nextval('plugin_changes'), updated_at = now()",
         )
         .bind(name)
         .bind(digest)
-        .bind(bytes)
         .execute(&self.pool)
         .await
         .map_err(unavailable)?;
@@ -69,8 +82,8 @@ impl PluginCatalog {
     /// Records that no host should run `name` any more.
     pub async fn retract(&self, name: &str) -> Result<(), StorageError> {
         sqlx::query(
-            "INSERT INTO plugins (name, digest, wasm, version) VALUES ($1, NULL, NULL, nextval('plugin_changes'))
-             ON CONFLICT (name) DO UPDATE SET digest = NULL, wasm = NULL, version = nextval('plugin_changes'), updated_at = now()",
+            "INSERT INTO plugins (name, digest, version) VALUES ($1, NULL, nextval('plugin_changes'))
+             ON CONFLICT (name) DO UPDATE SET digest = NULL, version = nextval('plugin_changes'), updated_at = now()",
         )
         .bind(name)
         .execute(&self.pool)
@@ -101,14 +114,27 @@ impl PluginCatalog {
         .map_err(unavailable)
     }
 
+    /// The bytes of version `digest` of `name`; `None` when `name` has
+    /// changed since.
     async fn bytes(&self, name: &str, digest: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        sqlx::query_scalar("SELECT wasm FROM plugins WHERE name = $1 AND digest = $2")
-            .bind(name)
-            .bind(digest)
-            .fetch_optional(&self.pool)
-            .await
-            .map(Option::flatten)
-            .map_err(unavailable)
+        let current: Option<bool> =
+            sqlx::query_scalar("SELECT true FROM plugins WHERE name = $1 AND digest = $2")
+                .bind(name)
+                .bind(digest)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        if current.is_none() {
+            return Ok(None);
+        }
+        let key = plugin_key(digest);
+        match self.blobs.get(&key).await {
+            Ok(Some(bytes)) => Ok(Some(bytes.to_vec())),
+            Ok(None) => Err(StorageError::Unavailable(format!(
+                "the bytes of plugin {name:?} ({key}) are not in the blob store"
+            ))),
+            Err(e) => Err(StorageError::Unavailable(e.to_string())),
+        }
     }
 
     /// Applies every change to `registry` once, then keeps applying them

@@ -4,6 +4,7 @@
 //! - [`task`]: the task model and its validation;
 //! - [`queue`]: where tasks wait ([`queue::Queue`]; local heap);
 //! - [`storage`]: where tasks are recorded ([`storage::TaskStore`]; sharded files), backups;
+//! - [`blobs`]: large payloads and results, plugin bytes ([`blobs::BlobStore`]; S3);
 //! - [`runtime`]: the wasmtime engine, plugin registry, hot reload, limits;
 //! - [`service`]: every state change of a task; [`worker`]: the pool that runs them;
 //! - [`api`]: the HTTP API; [`client`]: its Rust client, used by the CLI;
@@ -11,6 +12,8 @@
 
 pub mod api;
 pub mod author;
+pub mod aws;
+pub mod blobs;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AuthConfig};
-use crate::config::{QueueBackend, ServeConfig, StorageBackend};
+use crate::blobs::{BlobStore, ClaimCheck, PgBlobs, S3Blobs};
+use crate::config::{BlobBackend, QueueBackend, ServeConfig, StorageBackend};
 use crate::fleet::PluginCatalog;
 use crate::queue::sqs::SqsSettings;
 use crate::queue::{LocalQueue, PgQueue, Queue, SqsQueue};
@@ -85,6 +86,20 @@ impl Server {
         if let Some(id) = &config.host_id {
             settings.owner.clone_from(id);
         }
+        let aws = if config.queue == QueueBackend::Sqs || config.blobs == BlobBackend::S3 {
+            Some(aws_config().await?)
+        } else {
+            None
+        };
+        let s3: Option<Arc<dyn BlobStore>> = match (&aws, config.blobs) {
+            (Some(aws), BlobBackend::S3) => {
+                let bucket = config.s3_bucket.as_deref().unwrap_or_default();
+                Some(Arc::new(S3Blobs::open(aws, bucket).await.with_context(
+                    || format!("cannot open the S3 bucket {bucket:?} (TASKFLOW_S3_BUCKET)"),
+                )?))
+            }
+            _ => None,
+        };
         let mut sweeper = None;
         let queue: Arc<dyn Queue> = match config.queue {
             QueueBackend::Local => Arc::new(LocalQueue::new()),
@@ -107,12 +122,15 @@ impl Server {
                     .context("TASKFLOW_QUEUE=sqs needs TASKFLOW_STORAGE=postgres")?
                     .pool()
                     .clone();
-                let queue = Arc::new(connect_sqs(&config, pool, settings.lease).await?);
+                let aws = aws
+                    .as_ref()
+                    .context("TASKFLOW_QUEUE=sqs needs the AWS settings")?;
+                let queue = Arc::new(connect_sqs(&config, aws, pool, settings.lease).await?);
                 sweeper = Some(queue.clone());
                 queue
             }
         };
-        tracing::info!(host = %settings.owner, queue = ?config.queue, storage = ?config.storage, "backends open");
+        tracing::info!(host = %settings.owner, queue = ?config.queue, storage = ?config.storage, blobs = ?config.blobs, "backends open");
         let mut service = TaskService::new(
             queue,
             store,
@@ -120,10 +138,18 @@ impl Server {
             Arc::new(Metrics::default()),
             settings,
         );
-        // On shared backends the fleet shares its plugins too.
-        let catalog = postgres
-            .as_ref()
-            .map(|postgres| PluginCatalog::new(postgres.pool().clone()));
+        if let Some(s3) = &s3 {
+            service =
+                service.with_claim_check(ClaimCheck::new(s3.clone(), config.blob_threshold()));
+        }
+        // On shared backends the fleet shares its plugins too, their bytes
+        // in S3 when there is S3.
+        let catalog = postgres.as_ref().map(|postgres| {
+            let blobs = s3
+                .clone()
+                .unwrap_or_else(|| Arc::new(PgBlobs::new(postgres.pool().clone())));
+            PluginCatalog::new(postgres.pool().clone(), blobs)
+        });
         if let Some(catalog) = &catalog {
             service = service.with_catalog(catalog.clone());
         }
@@ -217,27 +243,25 @@ async fn connect_postgres(config: &ServeConfig) -> anyhow::Result<PgStore> {
         .context("cannot open task storage in PostgreSQL (TASKFLOW_DATABASE_URL)")
 }
 
-/// Opens the SQS queues of `config`; a missing queue, region or
-/// credentials stop here with the setting to fix.
+/// The AWS SDK settings; no region stops here.
+async fn aws_config() -> anyhow::Result<aws_config::SdkConfig> {
+    let sdk = crate::aws::sdk_config().await;
+    if sdk.region().is_none() {
+        anyhow::bail!(
+            "TASKFLOW_QUEUE=sqs and TASKFLOW_BLOBS=s3 need an AWS region: set AWS_REGION (e.g. us-east-1)"
+        );
+    }
+    Ok(sdk)
+}
+
+/// Opens the SQS queues of `config`; a missing queue or credentials stop
+/// here with the setting to fix.
 async fn connect_sqs(
     config: &ServeConfig,
+    sdk: &aws_config::SdkConfig,
     pool: sqlx::PgPool,
     lease: Duration,
 ) -> anyhow::Result<SqsQueue> {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(5))
-                // Above the longest long poll (20 s): a service that stopped
-                // answering fails the call rather than holding it forever.
-                .operation_attempt_timeout(Duration::from_secs(30))
-                .build(),
-        )
-        .load()
-        .await;
-    if sdk.region().is_none() {
-        anyhow::bail!("TASKFLOW_QUEUE=sqs needs an AWS region: set AWS_REGION (e.g. us-east-1)");
-    }
     let bands = crate::queue::sqs::parse_bands(&config.sqs_bands)
         .map_err(|e| anyhow::anyhow!("TASKFLOW_SQS_BANDS: {e}"))?;
     let settings = SqsSettings {
@@ -245,7 +269,7 @@ async fn connect_sqs(
         bands,
         lease,
     };
-    SqsQueue::start(aws_sdk_sqs::Client::new(&sdk), pool, settings)
+    SqsQueue::start(aws_sdk_sqs::Client::new(sdk), pool, settings)
         .await
         .context("cannot open the SQS queues (TASKFLOW_QUEUE=sqs)")
 }

@@ -261,6 +261,27 @@ pub struct Task {
     /// The output, once completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<TaskOutput>,
+    /// Where the payload is when it is too large to keep in the record
+    /// (`payload` is then null). Only list pages show it: a task read alone
+    /// carries its payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_blob: Option<BlobRef>,
+    /// Where the result is when it is too large to keep in the record
+    /// (`result` is then absent); as `payload_blob`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_blob: Option<BlobRef>,
+}
+
+/// A body kept in the blob store instead of the task record (a claim
+/// check): its key there, its size and its SHA-256, checked when it is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BlobRef {
+    /// Key in the blob store.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the bytes, lowercase hex.
+    pub sha256: String,
 }
 
 /// What a client submits.
@@ -372,6 +393,8 @@ impl NewTask {
             host: None,
             last_error: None,
             result: None,
+            payload_blob: None,
+            result_blob: None,
         })
     }
 }

@@ -1,4 +1,4 @@
-//! moto, the AWS emulator, for the SQS tests: the server at
+//! moto, the AWS emulator, for the SQS and S3 tests: the server at
 //! `TASKFLOW_TEST_AWS_ENDPOINT` (tests/run.sh starts one). A missing server
 //! fails the tests that need it; they never skip.
 
@@ -32,15 +32,61 @@ pub async fn sqs() -> aws_sdk_sqs::Client {
 
 /// An SQS client of the emulator at `endpoint`.
 pub async fn sqs_at(endpoint: &str) -> aws_sdk_sqs::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    aws_sdk_sqs::Client::new(&sdk_at(endpoint).await)
+}
+
+/// The SDK settings of the emulator.
+pub async fn sdk() -> aws_config::SdkConfig {
+    sdk_at(&endpoint()).await
+}
+
+/// The SDK settings of the emulator at `endpoint`.
+async fn sdk_at(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_sqs::config::Credentials::new(
             "test", "test", None, None, "tests",
         ))
         .load()
-        .await;
-    aws_sdk_sqs::Client::new(&config)
+        .await
+}
+
+/// An S3 client of the emulator (path-style, as the host addresses it).
+pub async fn s3() -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::from(&sdk().await)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// Creates a bucket with a fresh name in the emulator; its name.
+pub async fn fresh_bucket() -> String {
+    let bucket = format!("tf-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    s3().await
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create bucket {bucket} at {}: {e:?}", endpoint()));
+    bucket
+}
+
+/// The keys in `bucket` under `prefix`.
+pub async fn keys(bucket: &str, prefix: &str) -> Vec<String> {
+    let listed = s3()
+        .await
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .send()
+        .await
+        .expect("list objects");
+    listed
+        .contents()
+        .iter()
+        .filter_map(|object| object.key().map(str::to_owned))
+        .collect()
 }
 
 /// A fresh queue prefix.

@@ -569,3 +569,132 @@ pub mod queue {
         assert_eq!(ids.len(), popped.len(), "each once");
     }
 }
+
+/// What every [`BlobStore`](taskflow::blobs::BlobStore) must do, and the
+/// claim check over it.
+pub mod blobs {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use serde_json::json;
+    use taskflow::blobs::{BlobError, BlobStore, ClaimCheck, payload_key, plugin_key, result_key};
+    use taskflow::task::{TaskId, TaskOutput};
+
+    use super::task;
+
+    /// Bytes that are not text: every byte value, over and over.
+    fn binary(len: usize) -> Bytes {
+        (0..=255u8).cycle().take(len).collect::<Vec<u8>>().into()
+    }
+
+    /// What is put comes back byte for byte, from empty to 5 MiB, under
+    /// every kind of key the host writes; the store answers its check.
+    pub async fn puts_come_back_byte_for_byte(blobs: &dyn BlobStore) {
+        blobs.check().await.expect("ready");
+        let id = TaskId::new();
+        for (key, bytes) in [
+            (payload_key(id), Bytes::new()),
+            (result_key(id, 7), binary(70_000)),
+            (plugin_key(&"ab".repeat(32)), binary(5 * 1024 * 1024)),
+        ] {
+            blobs.put(&key, bytes.clone()).await.expect("put");
+            let back = blobs.get(&key).await.expect("get").expect("stored");
+            assert_eq!(back.len(), bytes.len(), "{key}: size");
+            assert!(back == bytes, "{key}: the bytes differ");
+        }
+    }
+
+    /// A key never written reads as nothing; a put replaces; a delete
+    /// removes only its key, and deleting what is not there is no error.
+    pub async fn keys_are_replaced_and_deleted_one_by_one(blobs: &dyn BlobStore) {
+        let (one, two) = (payload_key(TaskId::new()), payload_key(TaskId::new()));
+        assert_eq!(blobs.get(&one).await.expect("get"), None);
+        blobs
+            .put(&one, Bytes::from_static(b"first"))
+            .await
+            .expect("put");
+        blobs
+            .put(&one, Bytes::from_static(b"second"))
+            .await
+            .expect("put again");
+        blobs
+            .put(&two, Bytes::from_static(b"other"))
+            .await
+            .expect("put");
+        assert_eq!(
+            blobs.get(&one).await.expect("get"),
+            Some(Bytes::from_static(b"second"))
+        );
+        blobs.delete(&one).await.expect("delete");
+        assert_eq!(blobs.get(&one).await.expect("get"), None);
+        blobs.delete(&one).await.expect("delete again");
+        assert_eq!(
+            blobs.get(&two).await.expect("get"),
+            Some(Bytes::from_static(b"other")),
+            "a delete removes only its own key"
+        );
+    }
+
+    /// Over this store, the claim check keeps bodies up to its threshold in
+    /// the record and larger ones in the store, with their size and
+    /// SHA-256; reads give them back, and a body that went missing or was
+    /// altered is reported, never handed on.
+    pub async fn the_claim_check_keeps_large_bodies_and_checks_them(blobs: Arc<dyn BlobStore>) {
+        let check = ClaimCheck::new(blobs.clone(), 1024);
+        let mut small = task("echo", 1);
+        assert_eq!(check.store_payload(&mut small).await.expect("store"), None);
+        assert!(small.payload_blob.is_none() && small.payload == json!({"n": 1}));
+
+        let mut large = task("echo", 2);
+        let text = "ü".repeat(2000);
+        large.payload = json!({ "text": text });
+        let sent = large.payload_bytes();
+        let moved = check.store_payload(&mut large).await.expect("store");
+        assert_eq!(moved, Some(json!({ "text": text })));
+        let blob = large.payload_blob.clone().expect("in the blob store");
+        assert_eq!(blob.key, payload_key(large.id));
+        assert_eq!(blob.size, sent.len() as u64);
+        assert_eq!(blob.sha256.len(), 64);
+        assert_eq!(large.payload, serde_json::Value::Null, "not in the record");
+        assert_eq!(check.payload(&large).await.expect("payload"), sent);
+
+        check
+            .store_result(&mut large, &sent, 3)
+            .await
+            .expect("store result");
+        assert!(large.result.is_none());
+        let result_blob = large.result_blob.clone().expect("result in the store");
+        assert_eq!(result_blob.key, result_key(large.id, 3));
+        let mut read = large.clone();
+        check.resolve(&mut read).await.expect("resolve");
+        assert_eq!(read.payload, json!({ "text": text }));
+        assert_eq!(read.result, Some(TaskOutput::Json(json!({ "text": text }))));
+        assert!(read.payload_blob.is_none() && read.result_blob.is_none());
+
+        let mut short = task("echo", 3);
+        check
+            .store_result(&mut short, b"not json", 1)
+            .await
+            .expect("store small result");
+        assert!(short.result_blob.is_none() && short.result.is_some());
+
+        // Altered: same size, other bytes.
+        let mut altered = sent.clone();
+        altered[10] ^= 1;
+        blobs
+            .put(&blob.key, altered.into())
+            .await
+            .expect("overwrite");
+        let error = check.payload(&large).await.expect_err("altered payload");
+        assert!(
+            matches!(&error, BlobError::Corrupt { reason, .. } if reason.contains("SHA-256")),
+            "{error}"
+        );
+        blobs.delete(&blob.key).await.expect("delete");
+        let error = check
+            .resolve(&mut large.clone())
+            .await
+            .expect_err("missing");
+        assert!(matches!(error, BlobError::Missing(_)), "{error}");
+    }
+}

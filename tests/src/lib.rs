@@ -77,6 +77,8 @@ pub struct TestHost {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,
     schema: Option<String>,
+    /// The S3 bucket of large bodies, on [`Backend::Sqs`].
+    pub bucket: Option<String>,
 }
 
 /// The backend combinations a host can run on; the behaviour tests run on each.
@@ -86,7 +88,8 @@ pub enum Backend {
     Files,
     /// PostgreSQL as the store and the queue, in a fresh schema.
     Postgres,
-    /// SQS (moto, fresh queues) as the queue, PostgreSQL as the store.
+    /// SQS (moto, fresh queues) as the queue, PostgreSQL as the store,
+    /// S3 (moto, a fresh bucket) for large bodies.
     Sqs,
 }
 
@@ -115,10 +118,17 @@ impl TestHost {
                 // Dropped by `stop`; a failed test's is left to look at.
                 let (schema, _) = pg::fresh_schema().await;
                 let prefix = aws::fresh_prefix();
+                let mut bucket = None;
                 if backend == Backend::Sqs {
                     aws::create_queues(&prefix, 3, 10).await;
+                    bucket = Some(aws::fresh_bucket().await);
                 }
+                let s3_bucket = bucket.clone();
                 let mut host = Self::start_with(workers, hostile, |config| {
+                    if let Some(bucket) = s3_bucket {
+                        config.blobs = taskflow::config::BlobBackend::S3;
+                        config.s3_bucket = Some(bucket);
+                    }
                     config.storage = taskflow::config::StorageBackend::Postgres;
                     config.queue = match backend {
                         Backend::Sqs => taskflow::config::QueueBackend::Sqs,
@@ -130,6 +140,7 @@ impl TestHost {
                 })
                 .await;
                 host.schema = Some(schema);
+                host.bucket = bucket;
                 host
             }
         }
@@ -171,6 +182,7 @@ impl TestHost {
             shutdown: Some(shutdown),
             handle: Some(handle),
             schema: None,
+            bucket: None,
         }
     }
 
@@ -226,6 +238,19 @@ pub fn taskflow_binary() -> PathBuf {
         binary.display()
     );
     binary
+}
+
+/// `GET url` as JSON; a failure names the URL.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    response
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }
 
 /// Polls `GET url` until `done` accepts the JSON body (bounded: panics after `limit`).

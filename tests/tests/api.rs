@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use taskflow_tests::{Backend, TestHost, plugin_wasm, poll_json, wasm_bytes};
+use taskflow_tests::{Backend, TestHost, get_json, plugin_wasm, poll_json, wasm_bytes};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -1396,10 +1396,95 @@ async fn a_store_that_cannot_keep_up_refuses_with_503_and_is_not_ready_until_it_
     host.stop().await;
 }
 
+/// A payload and a result above the blob threshold (64 KiB) come back
+/// intact, whatever keeps them. Where that is S3 (the SQS combination),
+/// the record holds their size and SHA-256, the bucket holds the bodies
+/// under the task's keys, list pages carry neither body, and a backup
+/// carries both (it stands on its own).
+async fn large_payloads_and_results_come_back_intact(backend: Backend) {
+    let host = TestHost::start_on_with(backend, 2, false, |config| {
+        config.max_body_bytes = 8 * 1024 * 1024;
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let words: Vec<String> = (0..40_000).map(|i| format!("w{i}")).collect();
+    let payload = json!({"text": words.join(" "), "note": "ünïcødé"});
+    let sent = serde_json::to_vec(&payload).expect("encode");
+    assert!(sent.len() > 200 * 1024);
+    let accepted = submit(
+        &client,
+        &host,
+        json!({"plugin": "echo", "payload": payload}),
+    )
+    .await;
+    assert_eq!(
+        accepted["payload"], payload,
+        "the answer shows the payload sent"
+    );
+    assert!(
+        accepted.get("payload_blob").is_none(),
+        "{}",
+        accepted["payload_blob"]
+    );
+    let id = id_of(&accepted);
+
+    let done = wait_terminal(&client, &host, &id).await;
+    assert_eq!(done["status"], "completed", "{}", done["last_error"]);
+    assert_eq!(done["payload"], payload);
+    assert_eq!(
+        done["result"],
+        json!({"encoding": "json", "value": payload})
+    );
+    assert!(done.get("payload_blob").is_none() && done.get("result_blob").is_none());
+
+    let page = get_json(&client, &host.at("/tasks?plugin=echo")).await;
+    let listed = &page["tasks"][0];
+    assert_eq!(id_of(listed), id);
+    match &host.bucket {
+        None => assert_eq!(listed["payload"], payload, "inline backends list bodies"),
+        Some(bucket) => {
+            let digest = taskflow::runtime::plugin::digest_of(&sent);
+            assert_eq!(listed["payload"], Value::Null);
+            assert_eq!(listed["payload_blob"]["size"], sent.len());
+            assert_eq!(listed["payload_blob"]["sha256"], digest);
+            assert_eq!(
+                listed["result_blob"]["sha256"], digest,
+                "echo returns its input"
+            );
+            assert!(listed.get("result").is_none());
+            assert!(
+                serde_json::to_vec(&page).expect("encode").len() < 4096,
+                "the page stays small"
+            );
+            let shard = &id[..2];
+            assert_eq!(
+                taskflow_tests::aws::keys(bucket, &format!("payloads/{shard}/{id}")).await,
+                vec![format!("payloads/{shard}/{id}")]
+            );
+            let results =
+                taskflow_tests::aws::keys(bucket, &format!("results/{shard}/{id}/")).await;
+            assert_eq!(results.len(), 1, "{results:?}");
+            assert_eq!(listed["result_blob"]["key"], results[0]);
+        }
+    }
+
+    let backup = get_json(&client, &host.at("/admin/backup")).await;
+    let saved = backup["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .find(|task| task["id"] == id.as_str())
+        .expect("the task is in the backup");
+    assert_eq!(saved["payload"], payload);
+    assert_eq!(saved["result"]["value"], payload);
+    host.stop().await;
+}
+
 /// Runs each behaviour test once per backend combination: the embedded
 /// default (in-process queue, task files), PostgreSQL as store and queue,
-/// and SQS (moto) as the queue with PostgreSQL as the store. The in-process
-/// hosts reach moto through `AWS_ENDPOINT_URL` (tests/run.sh sets it).
+/// and SQS (moto) as the queue with PostgreSQL as the store and S3 (moto)
+/// for large bodies. The in-process hosts reach moto through
+/// `AWS_ENDPOINT_URL` (tests/run.sh sets it).
 macro_rules! on_every_backend {
     (everywhere: [$($test:ident),* $(,)?], not_on_sqs: [$($heavy:ident),* $(,)?]) => {
         mod on_files {
@@ -1456,6 +1541,7 @@ on_every_backend!(
         a_fatal_error_fails_at_once_whatever_attempts_are_left,
         restored_pending_tasks_run,
         bad_input_gets_a_clear_4xx_and_writes_nothing,
+        large_payloads_and_results_come_back_intact,
     ],
     // 1,000 tasks in one band queue: moto's receive slows with the
     // messages a queue holds (about a millisecond each), and the batch

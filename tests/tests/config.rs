@@ -161,3 +161,46 @@ async fn sqs_without_a_region_is_refused() {
     assert!(line.contains("AWS_REGION"), "{line}");
     taskflow_tests::pg::drop_schema(&schema).await;
 }
+
+#[test]
+fn s3_blobs_without_a_bucket_are_refused() {
+    let line = refused(&[("TASKFLOW_BLOBS", "s3")]);
+    assert!(
+        line.contains("TASKFLOW_BLOBS=s3 needs TASKFLOW_S3_BUCKET"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_bucket_name_s3_would_refuse_is_refused() {
+    let line = refused(&[
+        ("TASKFLOW_BLOBS", "s3"),
+        ("TASKFLOW_S3_BUCKET", "My_Bucket"),
+    ]);
+    assert!(
+        line.contains("TASKFLOW_S3_BUCKET") && line.contains("\"My_Bucket\" is not a bucket name"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_blob_threshold_of_zero_is_refused() {
+    let line = refused(&[("TASKFLOW_BLOB_THRESHOLD_BYTES", "0")]);
+    assert!(line.contains("TASKFLOW_BLOB_THRESHOLD_BYTES"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_bucket_is_refused() {
+    let aws = taskflow_tests::aws::host_env();
+    let mut env: Vec<(&str, &str)> = aws.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.extend([
+        ("TASKFLOW_BLOBS", "s3"),
+        ("TASKFLOW_S3_BUCKET", "tf-nobody-made-this"),
+    ]);
+    let line = refused(&env);
+    assert!(
+        line.contains("\"tf-nobody-made-this\" does not exist")
+            && line.contains("TASKFLOW_S3_BUCKET"),
+        "{line}"
+    );
+}

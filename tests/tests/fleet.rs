@@ -1,8 +1,10 @@
-//! Several `taskflow serve` processes sharing PostgreSQL as store and queue
-//! behave as one system: every task runs to completion exactly once, every
-//! host works, priority order holds across hosts, and a host that dies or
-//! stalls past its lease loses its tasks to the others without being able to
-//! overwrite what they did. Real processes, a real PostgreSQL.
+//! Several `taskflow serve` processes sharing PostgreSQL (as store and
+//! queue), or PostgreSQL, SQS and S3 (moto), behave as one system: every
+//! task runs to completion exactly once, every host works, priority order
+//! holds across hosts, a host that dies or stalls past its lease loses its
+//! tasks to the others without being able to overwrite what they did, and
+//! large bodies and plugins reach every host. Real processes, a real
+//! PostgreSQL, moto.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,7 +13,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use taskflow_tests::pg::{drop_schema, fresh_schema, schema_url};
 use taskflow_tests::process::HostProcess;
-use taskflow_tests::{fixture_wasm, install_plugins, list_all, poll_json, submit_batch};
+use taskflow_tests::{fixture_wasm, get_json, install_plugins, list_all, poll_json, submit_batch};
 
 /// Hosts on one fresh schema, each with its own data directory.
 struct Fleet {
@@ -25,8 +27,20 @@ struct Fleet {
 enum SharedQueue {
     /// The PostgreSQL tasks table.
     Postgres,
-    /// SQS (moto), queues named with this prefix.
-    Sqs(String),
+    /// SQS (moto), queues named with `prefix`, large bodies and plugin
+    /// bytes in S3 (moto) `bucket`.
+    Sqs { prefix: String, bucket: String },
+}
+
+impl SharedQueue {
+    /// SQS with fresh queues (a task goes to the dead-letter queue after 5
+    /// receives) and a fresh bucket.
+    async fn sqs() -> Self {
+        let prefix = taskflow_tests::aws::fresh_prefix();
+        taskflow_tests::aws::create_queues(&prefix, 3, 5).await;
+        let bucket = taskflow_tests::aws::fresh_bucket().await;
+        Self::Sqs { prefix, bucket }
+    }
 }
 
 impl Fleet {
@@ -69,8 +83,10 @@ impl Fleet {
             let mut extra = vec!["--workers", &workers, "--lease-secs", &lease];
             let queue = match queue {
                 SharedQueue::Postgres => "postgres",
-                SharedQueue::Sqs(prefix) => {
+                SharedQueue::Sqs { prefix, bucket } => {
                     extra.extend(["--sqs-queue-prefix", prefix.as_str()]);
+                    extra.extend(["--blobs", "s3", "--s3-bucket", bucket.as_str()]);
+                    extra.extend(["--max-body-bytes", "8388608"]);
                     "sqs"
                 }
             };
@@ -149,18 +165,6 @@ async fn submit(client: &reqwest::Client, url: &str, task: Value) -> String {
         .to_string()
 }
 
-async fn get_json(client: &reqwest::Client, url: &str) -> Value {
-    let response = client
-        .get(url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    response
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-}
-
 /// Whether the host at `url` lists `plugin` as loaded.
 async fn loads(client: &reqwest::Client, url: &str, plugin: &str) -> bool {
     let plugins = get_json(client, &format!("{url}/plugins")).await;
@@ -195,9 +199,7 @@ async fn three_hosts_on_the_postgres_queue_run_3000_tasks_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hosts_on_sqs_run_3000_tasks_exactly_once() {
-    let prefix = taskflow_tests::aws::fresh_prefix();
-    taskflow_tests::aws::create_queues(&prefix, 3, 5).await;
-    three_hosts_run_3000_tasks_exactly_once(SharedQueue::Sqs(prefix)).await;
+    three_hosts_run_3000_tasks_exactly_once(SharedQueue::sqs().await).await;
 }
 
 /// 3,000 tasks submitted through three hosts: each completes once, every
@@ -324,8 +326,17 @@ async fn priority_order_holds_across_hosts_on_the_postgres_queue() {
 /// hosts take them back and complete them; none is lost, and none but those
 /// runs twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_host_leaves_its_tasks_to_the_others() {
-    let mut fleet = Fleet::start(3, 2, 2).await;
+async fn a_killed_host_leaves_its_tasks_to_the_others_on_postgres() {
+    a_killed_host_leaves_its_tasks_to_the_others(SharedQueue::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_host_leaves_its_tasks_to_the_others_on_sqs() {
+    a_killed_host_leaves_its_tasks_to_the_others(SharedQueue::sqs().await).await;
+}
+
+async fn a_killed_host_leaves_its_tasks_to_the_others(queue: SharedQueue) {
+    let mut fleet = Fleet::start_on(queue, 3, 2, 2).await;
     let client = reqwest::Client::new();
     let victim = fleet.host(0).stats(&client).await["host"]["name"]
         .as_str()
@@ -383,8 +394,17 @@ async fn a_killed_host_leaves_its_tasks_to_the_others() {
 /// A host paused past its lease: another host runs its task; resumed, the
 /// paused host finishes its stale run but cannot overwrite the outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_paused_past_its_lease_cannot_overwrite_the_others() {
-    let fleet = Fleet::start(2, 1, 1).await;
+async fn a_host_paused_past_its_lease_cannot_overwrite_the_others_on_postgres() {
+    a_host_paused_past_its_lease_cannot_overwrite_the_others(SharedQueue::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_paused_past_its_lease_cannot_overwrite_the_others_on_sqs() {
+    a_host_paused_past_its_lease_cannot_overwrite_the_others(SharedQueue::sqs().await).await;
+}
+
+async fn a_host_paused_past_its_lease_cannot_overwrite_the_others(queue: SharedQueue) {
+    let fleet = Fleet::start_on(queue, 2, 1, 1).await;
     let client = reqwest::Client::new();
     // Host 1 is busy for a while, so host 0 takes the task below.
     let blocker = submit(
@@ -534,20 +554,45 @@ async fn cancel_and_progress_reach_the_host_running_the_task() {
 
 /// A plugin uploaded through one host runs on every host within seconds,
 /// and a task submitted right after the upload, to any host, completes;
-/// removed through another host, it is gone from all of them.
+/// removed through another host, it is gone from all of them. Its bytes
+/// are in PostgreSQL, or in S3 where there is S3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plugin_uploaded_through_one_host_reaches_every_host() {
-    let fleet = Fleet::start(3, 2, 5).await;
+async fn a_plugin_uploaded_through_one_host_reaches_every_host_on_postgres() {
+    a_plugin_uploaded_through_one_host_reaches_every_host(SharedQueue::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_uploaded_through_one_host_reaches_every_host_on_sqs_and_s3() {
+    a_plugin_uploaded_through_one_host_reaches_every_host(SharedQueue::sqs().await).await;
+}
+
+async fn a_plugin_uploaded_through_one_host_reaches_every_host(queue: SharedQueue) {
+    let bucket = match &queue {
+        SharedQueue::Sqs { bucket, .. } => Some(bucket.clone()),
+        SharedQueue::Postgres => None,
+    };
+    let fleet = Fleet::start_on(queue, 3, 2, 5).await;
     let client = reqwest::Client::new();
     let wasm = taskflow_tests::wasm_bytes(&taskflow_tests::plugin_wasm("wordcount"));
     let response = client
         .put(format!("{}/plugins/wordcount", fleet.url(0)))
-        .body(wasm)
+        .body(wasm.clone())
         .send()
         .await
         .expect("upload");
     assert_eq!(response.status(), reqwest::StatusCode::CREATED);
     let uploaded = std::time::Instant::now();
+    if let Some(bucket) = &bucket {
+        let key = format!(
+            "plugins/{}.wasm",
+            taskflow::runtime::plugin::digest_of(&wasm)
+        );
+        assert_eq!(
+            taskflow_tests::aws::keys(bucket, "plugins/").await,
+            vec![key],
+            "the plugin's bytes are in S3"
+        );
+    }
     // Right away, to every host, loaded there yet or not.
     let mut ids = Vec::new();
     for index in 0..3 {
@@ -616,6 +661,52 @@ async fn a_plugin_uploaded_through_one_host_reaches_every_host() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    fleet.stop().await;
+}
+
+/// A 5 MiB payload submitted to one host of an SQS + S3 fleet goes to S3,
+/// reaches the plugin intact on whichever host runs it, and comes back
+/// intact through the API of another host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5_mib_payload_goes_through_s3_and_back_through_another_host() {
+    let queue = SharedQueue::sqs().await;
+    let SharedQueue::Sqs { bucket, .. } = &queue else {
+        unreachable!("an SQS fleet")
+    };
+    let bucket = bucket.clone();
+    let fleet = Fleet::start_on(queue, 3, 2, 5).await;
+    let client = reqwest::Client::new();
+    let data: String = (0..5 * 1024 * 1024)
+        .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+        .collect();
+    let payload = json!({"data": data, "rounds": 1});
+    let id = submit(
+        &client,
+        fleet.url(0),
+        json!({"plugin": "hash", "payload": payload, "max_attempts": 1}),
+    )
+    .await;
+    let done = poll_json(
+        &client,
+        &format!("{}/tasks/{id}", fleet.url(2)),
+        Duration::from_secs(60),
+        |t| matches!(t["status"].as_str(), Some("completed" | "failed")),
+    )
+    .await;
+    assert_eq!(done["status"], "completed", "{}", done["last_error"]);
+    assert!(done["payload"] == payload, "the payload comes back intact");
+    assert_eq!(done["result"]["value"]["bytes"], data.len());
+    assert_eq!(
+        done["result"]["value"]["sha256"],
+        taskflow::runtime::plugin::digest_of(data.as_bytes()),
+        "the plugin saw every byte"
+    );
+    let shard = &id[..2];
+    assert_eq!(
+        taskflow_tests::aws::keys(&bucket, &format!("payloads/{shard}/{id}")).await,
+        vec![format!("payloads/{shard}/{id}")],
+        "the payload went through S3"
+    );
     fleet.stop().await;
 }
 

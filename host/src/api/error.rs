@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::blobs::BlobError;
 use crate::runtime::PluginError;
 use crate::service::ServiceError;
 use crate::storage::StorageError;
@@ -122,6 +123,8 @@ impl From<ServiceError> for ApiError {
                 Self::unavailable(&error)
             }
             ServiceError::Storage(_) => Self::internal(&error),
+            ServiceError::Blob(BlobError::Unavailable(_)) => Self::unavailable(&error),
+            ServiceError::Blob(_) => Self::internal(&error),
             ServiceError::Plugin(e) => e.into(),
         }
     }

@@ -41,7 +41,7 @@ pub async fn health() -> Json<Health> {
     })
 }
 
-/// Readiness: the queue and storage backends answer.
+/// Readiness: the queue, storage and blob backends answer.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Health),
@@ -49,13 +49,24 @@ pub async fn health() -> Json<Health> {
     ))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let service = &state.service;
-    let (queue, storage) = tokio::join!(service.queue().check(), service.store().check());
+    let blobs = async {
+        match service.claim_check().blobs() {
+            Some(blobs) => Some(blobs.check().await),
+            None => None,
+        }
+    };
+    let (queue, storage, blobs) =
+        tokio::join!(service.queue().check(), service.store().check(), blobs);
     let mut backends = std::collections::BTreeMap::new();
     let mut down = Vec::new();
+    let blobs = blobs.map(|outcome| ("blobs", outcome.map_err(|e| e.to_string())));
     for (name, outcome) in [
         ("queue", queue.map_err(|e| e.to_string())),
         ("storage", storage.map_err(|e| e.to_string())),
-    ] {
+    ]
+    .into_iter()
+    .chain(blobs)
+    {
         let status = match outcome {
             Ok(()) => "ok",
             Err(reason) => {
@@ -115,12 +126,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     responses((status = 200, description = "Backup document", body = BackupDocument, content_type = "application/json")),
     security(("admin_token" = [])))]
 pub async fn export_backup(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let tasks = state
-        .service
-        .store()
-        .all()
-        .await
-        .map_err(crate::service::ServiceError::from)?;
+    let tasks = state.service.export().await?;
     let bytes = backup::encode_backup(&tasks, Utc::now()).map_err(|e| ApiError::internal(&e))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes))
 }

@@ -119,19 +119,7 @@ fn sdk_error<E: std::error::Error + 'static>(
     what: &str,
     error: aws_sdk_sqs::error::SdkError<E>,
 ) -> QueueError {
-    let detail = match &error {
-        aws_sdk_sqs::error::SdkError::ServiceError(service) => format!("{}", service.err()),
-        other => {
-            let mut text = other.to_string();
-            let mut source = std::error::Error::source(other);
-            while let Some(cause) = source {
-                text = format!("{text}: {cause}");
-                source = cause.source();
-            }
-            text
-        }
-    };
-    unavailable(what, detail)
+    unavailable(what, crate::aws::error_text(&error))
 }
 
 impl SqsQueue {

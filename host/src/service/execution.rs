@@ -11,9 +11,10 @@ use tokio::sync::Notify;
 
 use super::leases::Claim;
 use super::{Running, ServiceError, TaskService};
+use crate::blobs::BlobError;
 use crate::queue::{Claimed, Delivery};
 use crate::runtime::{Failure, FailureKind, Limits, TaskInput};
-use crate::task::{Task, TaskError, TaskId, TaskOutput, TaskStatus};
+use crate::task::{Task, TaskError, TaskId, TaskStatus};
 
 /// Longest retry backoff.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -198,12 +199,30 @@ impl TaskService {
             };
         };
         let limits = self.limits_for(task, &entry.limits);
+        let payload = match self.bodies.payload(task).await {
+            Ok(payload) => payload,
+            Err(e) => {
+                // A store that does not answer may later; a body that is
+                // gone or altered will not come back.
+                let kind = match e {
+                    BlobError::Unavailable(_) | BlobError::NoStore(_) => FailureKind::Retryable,
+                    BlobError::Missing(_) | BlobError::Corrupt { .. } => FailureKind::Fatal,
+                };
+                return Attempt {
+                    digest: None,
+                    result: Err(Failure {
+                        kind,
+                        message: format!("cannot read the payload: {e}"),
+                    }),
+                };
+            }
+        };
         let input = TaskInput {
             id: task.id.to_string(),
             plugin: task.plugin.clone(),
             priority: task.priority,
             attempt: task.attempts,
-            payload: task.payload_bytes(),
+            payload,
         };
         let result = self
             .registry
@@ -255,7 +274,10 @@ impl TaskService {
                 task.status = TaskStatus::Completed;
                 task.finished_at = Some(now);
                 task.plugin_digest = Some(success.plugin_digest);
-                task.result = Some(TaskOutput::from_bytes(&success.output));
+                // In the blob store before the record says completed.
+                self.bodies
+                    .store_result(&mut task, &success.output, token)
+                    .await?;
                 task.last_error = None;
                 "completed"
             }

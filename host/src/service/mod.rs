@@ -36,6 +36,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use utoipa::ToSchema;
 
+use crate::blobs::{BlobError, ClaimCheck};
 use crate::queue::{Queue, QueueDepth, QueueError};
 use crate::runtime::plugin::PluginInfo;
 use crate::runtime::{PluginError, PluginRegistry, RegistryStats};
@@ -74,6 +75,9 @@ pub enum ServiceError {
     /// A plugin operation failed.
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    /// The blob store of large bodies failed.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
 }
 
 /// A task as shown to clients: the record plus live progress while it runs.
@@ -220,6 +224,8 @@ pub struct TaskService {
     running: Mutex<HashMap<TaskId, Running>>,
     /// The fleet's plugins, on shared backends.
     catalog: Option<crate::fleet::PluginCatalog>,
+    /// Where large payloads and results are kept.
+    bodies: ClaimCheck,
     started_at: Instant,
 }
 
@@ -248,8 +254,20 @@ impl TaskService {
             restoring: tokio::sync::Mutex::new(()),
             running: Mutex::new(HashMap::new()),
             catalog: None,
+            bodies: ClaimCheck::inline(),
             started_at: Instant::now(),
         }
+    }
+
+    /// Keeps large payloads and results as `bodies` says.
+    pub fn with_claim_check(mut self, bodies: ClaimCheck) -> Self {
+        self.bodies = bodies;
+        self
+    }
+
+    /// Where large payloads and results are kept.
+    pub fn claim_check(&self) -> &ClaimCheck {
+        &self.bodies
     }
 
     /// The plugin registry.

@@ -10,10 +10,11 @@ use crate::task::{Task, TaskId, TaskStatus};
 use crate::telemetry::Gauges;
 
 impl TaskService {
-    /// The task with `id`, with its progress while it runs (live when it
-    /// runs here, as last published by its host otherwise).
+    /// The task with `id`, with its bodies (from the blob store if need
+    /// be) and its progress while it runs (live when it runs here, as last
+    /// published by its host otherwise).
     pub async fn get(&self, id: TaskId) -> Result<TaskView, ServiceError> {
-        let task = self
+        let mut task = self
             .store
             .load(id)
             .await?
@@ -27,12 +28,24 @@ impl TaskService {
             (TaskStatus::Running, None) => self.store.progress(id).await?,
             _ => None,
         };
+        self.bodies.resolve(&mut task).await?;
         Ok(TaskView { task, progress })
     }
 
-    /// A page of tasks.
+    /// A page of tasks. Bodies kept in the blob store are left there (the
+    /// tasks show `payload_blob` and `result_blob`): pages stay small.
     pub async fn list(&self, query: &ListQuery) -> Result<TaskPage, ServiceError> {
         Ok(self.store.list(query).await?)
+    }
+
+    /// Every task with its bodies (from the blob store if need be), for a
+    /// backup that stands on its own.
+    pub async fn export(&self) -> Result<Vec<Task>, ServiceError> {
+        let mut tasks = self.store.all().await?;
+        for task in &mut tasks {
+            self.bodies.resolve(task).await?;
+        }
+        Ok(tasks)
     }
 
     /// Cancels a pending task at once, or interrupts a running one on
@@ -57,7 +70,7 @@ impl TaskService {
             .update(id, change)
             .await?
             .ok_or(ServiceError::NotFound(id))?;
-        let task = updated.task;
+        let mut task = updated.task;
         match updated.change {
             Change::Save => {
                 self.queue.remove(id).await?;
@@ -81,6 +94,7 @@ impl TaskService {
                 });
             }
         }
+        self.bodies.resolve(&mut task).await?;
         Ok(TaskView {
             task,
             progress: None,

@@ -67,8 +67,45 @@ impl TaskService {
         }
         let accepted = self
             .detached(|this| async move {
-                let submitted = this.store.insert(tasks).await.map_err(|e| (0, e.into()))?;
+                // Large payloads go to the blob store first: the records
+                // that point to them are then never without them.
+                let mut moved = Vec::with_capacity(tasks.len());
+                for (index, task) in tasks.iter_mut().enumerate() {
+                    let payload = this
+                        .bodies
+                        .store_payload(task)
+                        .await
+                        .map_err(|e| (index, e.into()))?;
+                    moved.push(payload.zip(task.payload_blob.clone()));
+                }
+                let mut submitted = match this.store.insert(tasks).await {
+                    Ok(submitted) => submitted,
+                    Err(e) => {
+                        for (_, blob) in moved.iter().flatten() {
+                            this.bodies.discard(blob).await;
+                        }
+                        return Err((0, e.into()));
+                    }
+                };
                 this.enqueue(&submitted).await;
+                // The client sees its payload as it sent it; a key seen
+                // before gives the earlier task, whose payload is its own.
+                for (outcome, moved) in submitted.iter_mut().zip(moved) {
+                    match (outcome.created, moved) {
+                        (true, Some((payload, _))) => {
+                            outcome.task.payload = payload;
+                            outcome.task.payload_blob = None;
+                        }
+                        (false, Some((_, blob))) => this.bodies.discard(&blob).await,
+                        _ => {}
+                    }
+                    if !outcome.created {
+                        this.bodies
+                            .resolve(&mut outcome.task)
+                            .await
+                            .map_err(|e| (0, e.into()))?;
+                    }
+                }
                 Ok(submitted)
             })
             .await;

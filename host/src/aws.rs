@@ -1,0 +1,43 @@
+//! What the AWS backends (SQS, S3) share: the SDK's settings, read from the
+//! usual places (`AWS_REGION`, the credential chain, `AWS_ENDPOINT_URL` for
+//! an emulator), and error messages that say what the service answered.
+
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+
+/// The SDK settings, with timeouts: a service that stops answering fails
+/// the call rather than holding it forever.
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                // Above the longest SQS long poll (20 s).
+                .operation_attempt_timeout(Duration::from_secs(30))
+                .build(),
+        )
+        .load()
+        .await
+}
+
+/// What an SDK call failed with: the service's own message where there is
+/// one, else the chain of causes.
+pub fn error_text<E, R>(error: &aws_sdk_sqs::error::SdkError<E, R>) -> String
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match error {
+        aws_sdk_sqs::error::SdkError::ServiceError(service) => service.err().to_string(),
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(cause) = source {
+                text = format!("{text}: {cause}");
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
