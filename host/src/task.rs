@@ -427,6 +427,17 @@ impl Task {
                 ),
             )));
         }
+        for (field, blob) in [
+            ("payload_blob", &self.payload_blob),
+            ("result_blob", &self.result_blob),
+        ] {
+            if blob.is_some() {
+                return Err(context(invalid(
+                    field,
+                    "a backup carries bodies inline (GET /admin/backup writes them so): remove it and put the body in the task",
+                )));
+            }
+        }
         if self
             .host
             .as_ref()

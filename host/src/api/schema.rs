@@ -14,8 +14,9 @@ use crate::task::{MAX_ATTEMPTS_LIMIT, Task};
 /// it, backup files hold it and `POST /admin/restore` takes it.
 ///
 /// Its schema is what a restore accepts: the tasks obey the rules of a
-/// submission (see [`Task::check_restorable`]), and `attempts` is at most
-/// `max_attempts`.
+/// submission (see [`Task::check_restorable`]), `attempts` is at most
+/// `max_attempts`, and bodies are inline (a backup carries them: no
+/// `payload_blob` or `result_blob`).
 #[derive(Debug)]
 pub struct BackupDocument;
 
@@ -28,7 +29,9 @@ impl PartialSchema for BackupDocument {
             let within = ObjectBuilder::new()
                 .schema_type(SchemaType::AnyValue)
                 .property("max_attempts", integer().enum_values(Some([max])))
-                .property("attempts", integer().maximum(Some(max)));
+                .property("attempts", integer().maximum(Some(max)))
+                .property("payload_blob", ObjectBuilder::new().schema_type(Type::Null))
+                .property("result_blob", ObjectBuilder::new().schema_type(Type::Null));
             any.item(
                 AllOfBuilder::new()
                     .item(Ref::from_schema_name(Task::name()))

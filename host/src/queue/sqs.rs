@@ -6,6 +6,8 @@
 //! - One standard queue per priority band (`TASKFLOW_SQS_BANDS`, default
 //!   `1-3,4-7,8-10`), named `<prefix>-band-<n>`; the highest band is polled
 //!   first, and only the lowest one long-polls, when the others are empty.
+//!   A higher band found empty is skipped for a quarter of a second, unless
+//!   this host sends to it: an empty receive costs a request and brings no task.
 //! - Messages are sent, received and deleted ten at a time; deletes are
 //!   gathered by a batch completer.
 //! - Delivery is at least once: a duplicate is dropped when its claim fails.
@@ -49,6 +51,9 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 const SWEEP_AGE: Duration = Duration::from_secs(10);
 /// How long a queue depth read is reused.
 const DEPTH_CACHE: Duration = Duration::from_secs(2);
+/// How long a higher band found empty is not asked again (unless this host
+/// sends to it meanwhile): an empty receive is a request that carries no task.
+const EMPTY_BAND_PAUSE: Duration = Duration::from_millis(250);
 
 /// Where the queues are and how priorities map onto them.
 #[derive(Debug, Clone)]
@@ -102,6 +107,8 @@ pub struct SqsQueue {
     dead_letters: String,
     received: Mutex<VecDeque<Delivery>>,
     receiving: tokio::sync::Mutex<()>,
+    /// Per band: not worth a receive before this moment (found empty).
+    empty_until: Mutex<Vec<Option<Instant>>>,
     waiting: AtomicUsize,
     deletes: mpsc::UnboundedSender<(usize, String)>,
     depth: Mutex<Option<(Instant, QueueDepth)>>,
@@ -157,6 +164,7 @@ impl SqsQueue {
             requests.clone(),
             stop.clone(),
         ));
+        let bands = settings.bands.len();
         let queue = Self {
             client,
             pool,
@@ -165,6 +173,7 @@ impl SqsQueue {
             dead_letters,
             received: Mutex::new(VecDeque::new()),
             receiving: tokio::sync::Mutex::new(()),
+            empty_until: Mutex::new(vec![None; bands]),
             waiting: AtomicUsize::new(0),
             deletes,
             depth: Mutex::new(None),
@@ -219,6 +228,29 @@ impl SqsQueue {
             .iter()
             .position(|band| band.contains(&priority))
             .ok_or(QueueError::InvalidPriority(priority))
+    }
+
+    /// Marks band `band` as found empty (`Some(until)`) or worth asking again.
+    fn mark_empty(&self, band: usize, until: Option<Instant>) {
+        if let Some(slot) = self
+            .empty_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(band)
+        {
+            *slot = until;
+        }
+    }
+
+    /// Whether band `band` was found empty a moment ago.
+    fn known_empty(&self, band: usize) -> bool {
+        self.empty_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(band)
+            .copied()
+            .flatten()
+            .is_some_and(|until| Instant::now() < until)
     }
 
     fn take(&self) -> Option<Delivery> {
@@ -423,6 +455,7 @@ impl Queue for SqsQueue {
             .send()
             .await
             .map_err(|e| sdk_error("send", e))?;
+        self.mark_empty(band, None);
         mark_enqueued(&self.pool, &[entry.id])
             .await
             .map_err(|e| QueueError::Unavailable(e.to_string()))
@@ -462,6 +495,7 @@ impl Queue for SqsQueue {
                     .await
                 {
                     Ok(output) => {
+                        self.mark_empty(band, None);
                         let failed: Vec<usize> = output
                             .failed()
                             .iter()
@@ -514,9 +548,18 @@ impl Queue for SqsQueue {
             let want = self.waiting.load(Ordering::Relaxed).max(BATCH);
             let last = self.urls.len() - 1;
             for band in 0..=last {
-                // Only the lowest band long-polls, once the others are empty.
+                // A higher band found empty a moment ago waits its turn
+                // (a task sent there by another host starts at most
+                // EMPTY_BAND_PAUSE later); only the lowest band long-polls,
+                // once the others are empty.
+                if band < last && self.known_empty(band) {
+                    continue;
+                }
                 let wait = if band == last { wait } else { Duration::ZERO };
                 let mut deliveries = self.receive(band, want, wait).await?;
+                if deliveries.is_empty() && band < last {
+                    self.mark_empty(band, Some(Instant::now() + EMPTY_BAND_PAUSE));
+                }
                 if !deliveries.is_empty() {
                     let first = deliveries.remove(0);
                     self.received

@@ -5,6 +5,8 @@
 //! filter and sort by. The schema is created and upgraded by the migrations in
 //! `host/migrations/`, run at connect.
 
+mod completer;
+
 use std::collections::BTreeMap;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
@@ -21,6 +23,8 @@ pub const DEFAULT_POOL_SIZE: u32 = 16;
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Writes the outcomes of this host's tasks in batches.
+    completer: completer::Completer,
 }
 
 impl PgStore {
@@ -41,7 +45,8 @@ impl PgStore {
                     "cannot bring the database schema up to date: {e}"
                 ))
             })?;
-        Ok(Self { pool })
+        let completer = completer::Completer::start(pool.clone());
+        Ok(Self { pool, completer })
     }
 
     /// The connection pool (the PostgreSQL queue shares it).
@@ -263,7 +268,7 @@ impl TaskStore for PgStore {
                 }));
             }
             Change::Save => {
-                write_leased(&mut transaction, &task, None).await?;
+                write_changed(&mut transaction, &task).await?;
                 state.token
             }
             Change::Claim { owner, ttl } => claim_row(&mut transaction, &task, owner, *ttl).await?,
@@ -285,8 +290,7 @@ impl TaskStore for PgStore {
     }
 
     async fn save_leased(&self, task: &Task, token: u64) -> Result<bool, StorageError> {
-        let mut connection = self.pool.acquire().await.map_err(unavailable)?;
-        write_leased(&mut connection, task, Some(token)).await
+        self.completer.save(task, token).await
     }
 
     async fn renew(
@@ -305,9 +309,14 @@ impl TaskStore for PgStore {
             .collect();
         let progress: Vec<i16> = held.iter().map(|h| i16::from(h.progress)).collect();
         let rows: Vec<(uuid::Uuid, bool)> = sqlx::query_as(
-            "UPDATE tasks t SET lease_expires_at = now() + $2 * interval '1 millisecond', progress = u.progress
+            // Rows locked in id order, as the batch completer locks them.
+            "WITH locked AS MATERIALIZED (
+                 SELECT id FROM tasks WHERE id = ANY($3) ORDER BY id FOR UPDATE
+             )
+             UPDATE tasks t SET lease_expires_at = now() + $2 * interval '1 millisecond', progress = u.progress
              FROM unnest($3::uuid[], $4::bigint[], $5::smallint[]) AS u(id, token, progress)
-             WHERE t.id = u.id AND t.lease_token = u.token AND t.status = 'running' AND t.owner = $1
+             WHERE t.id = u.id AND t.id IN (SELECT id FROM locked)
+               AND t.lease_token = u.token AND t.status = 'running' AND t.owner = $1
              RETURNING t.id, t.cancel_requested",
         )
         .bind(owner)
@@ -366,30 +375,24 @@ fn visible_at(task: &Task) -> Option<chrono::DateTime<chrono::Utc>> {
         .flatten()
 }
 
-/// Writes the changed state of an existing task; with `token`, only while
-/// that claim holds it running. A task no longer running drops its lease.
-async fn write_leased(
-    connection: &mut PgConnection,
-    task: &Task,
-    token: Option<u64>,
-) -> Result<bool, StorageError> {
-    let doc = encode(task)?;
-    let written = sqlx::query(
+/// Writes the changed state of an existing task (its lease holder's writes
+/// go through the batch completer). A task no longer running drops its lease.
+async fn write_changed(connection: &mut PgConnection, task: &Task) -> Result<(), StorageError> {
+    sqlx::query(
         "UPDATE tasks SET status = $2, doc = $3, visible_at = $4, updated_at = now(),
                 lease_expires_at = CASE WHEN $2 = 'running' THEN lease_expires_at END,
                 cancel_requested = $2 = 'running' AND cancel_requested,
                 progress = CASE WHEN $2 = 'running' THEN progress END
-         WHERE id = $1 AND ($5::bigint IS NULL OR (lease_token = $5 AND status = 'running'))",
+         WHERE id = $1",
     )
     .bind(task.id.as_uuid())
     .bind(task.status.as_str())
-    .bind(doc)
+    .bind(encode(task)?)
     .bind(visible_at(task))
-    .bind(token.map(|t| i64::try_from(t).unwrap_or(i64::MAX)))
     .execute(connection)
     .await
     .map_err(unavailable)?;
-    Ok(written.rows_affected() == 1)
+    Ok(())
 }
 
 /// Writes a claimed task with its new lease; the new token.
@@ -504,7 +507,7 @@ pub async fn claim_ready(
         match task.begin_attempt(owner, now) {
             crate::task::Begin::Started => started.push(task),
             crate::task::Begin::Exhausted => {
-                write_leased(&mut transaction, &task, None).await?;
+                write_changed(&mut transaction, &task).await?;
             }
             crate::task::Begin::NotDue(_) | crate::task::Begin::NotPending => {}
         }
