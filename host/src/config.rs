@@ -26,7 +26,7 @@ pub struct ServeConfig {
     #[arg(long, env = "TASKFLOW_PLUGIN_DIR")]
     pub plugin_dir: Option<PathBuf>,
 
-    /// Tasks run concurrently [default: 4 per CPU].
+    /// Tasks run concurrently [default: 4 per CPU, 16 on PostgreSQL storage].
     #[arg(long, env = "TASKFLOW_WORKERS")]
     pub workers: Option<usize>,
 
@@ -289,15 +289,21 @@ impl ServeConfig {
         self.data_dir.join("cache")
     }
 
-    /// Worker count: by default four per CPU. A worker spends much of a
-    /// short task waiting on storage writes, so more workers than cores keep
-    /// the cores busy; CPU-heavy tasks still share the cores fairly because
-    /// guest code yields at every epoch tick.
+    /// Worker count: by default four per CPU on local storage, sixteen on
+    /// PostgreSQL. A worker spends much of a short task waiting on storage
+    /// writes (on PostgreSQL, on round trips to another process), so more
+    /// workers than cores keep the cores busy; CPU-heavy tasks still share
+    /// the cores fairly because guest code yields at every epoch tick.
     pub fn worker_count(&self) -> usize {
+        let per_cpu = match self.storage {
+            StorageBackend::Files => 4,
+            StorageBackend::Postgres => 16,
+        };
         self.workers.unwrap_or_else(|| {
-            4 * std::thread::available_parallelism()
-                .map(usize::from)
-                .unwrap_or(2)
+            per_cpu
+                * std::thread::available_parallelism()
+                    .map(usize::from)
+                    .unwrap_or(2)
         })
     }
 

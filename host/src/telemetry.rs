@@ -244,13 +244,15 @@ impl Metrics {
         if let Some(requests) = gauges.queue_requests {
             let _ = writeln!(
                 out,
-                "# HELP taskflow_queue_requests_total Requests this host made to the queue service (SQS)."
+                "# HELP taskflow_queue_requests_total Requests this host made to the queue service (SQS), by purpose: moving tasks, or answering stats, metrics and readiness."
             );
             let _ = writeln!(out, "# TYPE taskflow_queue_requests_total counter");
-            let _ = writeln!(
-                out,
-                "taskflow_queue_requests_total{{host=\"{host}\"}} {requests}"
-            );
+            for (purpose, count) in [("tasks", requests.tasks), ("status", requests.status)] {
+                let _ = writeln!(
+                    out,
+                    "taskflow_queue_requests_total{{host=\"{host}\",purpose=\"{purpose}\"}} {count}"
+                );
+            }
         }
         out
     }
@@ -272,7 +274,7 @@ pub struct Gauges {
     /// Plugins loaded.
     pub plugins: usize,
     /// Requests this host made to the queue service, where it counts them.
-    pub queue_requests: Option<u64>,
+    pub queue_requests: Option<crate::queue::QueueRequests>,
 }
 
 fn escape(label: &str) -> String {

@@ -124,6 +124,15 @@ pub enum QueueError {
 
 /// A priority queue of task ids, shared by the API (push, remove) and the
 /// workers (pop, ack). Used as `Arc<dyn Queue>`.
+/// Requests a queue made to its service, by what they were for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueRequests {
+    /// Moving tasks: sends, receives, deletes, visibility changes.
+    pub tasks: u64,
+    /// Answering operators: depth (stats, metrics) and readiness checks.
+    pub status: u64,
+}
+
 #[async_trait::async_trait]
 pub trait Queue: Send + Sync {
     /// Enqueues `entry`. A non-zero `delay` (retry backoff) keeps it
@@ -194,7 +203,7 @@ pub trait Queue: Send + Sync {
 
     /// Requests made to the queue service so far, where it counts them
     /// (SQS: what it is billed by).
-    fn requests(&self) -> Option<u64> {
+    fn requests(&self) -> Option<QueueRequests> {
         None
     }
 

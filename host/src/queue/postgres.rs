@@ -28,6 +28,9 @@ use crate::task::{PRIORITY_HIGHEST, PRIORITY_LOWEST, TaskId};
 const CHANNEL: &str = "taskflow_pending";
 /// Most tasks claimed in one round trip.
 const MAX_CLAIM: usize = 32;
+/// Least time between two claims of a host: workers that come free
+/// meanwhile are claimed for together, one round trip for all.
+const CLAIM_COOLDOWN: Duration = Duration::from_millis(5);
 
 /// The PostgreSQL queue. Dropping it stops its listener.
 pub struct PgQueue {
@@ -36,8 +39,9 @@ pub struct PgQueue {
     ttl: Duration,
     /// Claimed for this host, not yet handed to a worker.
     claimed: Mutex<VecDeque<Claimed>>,
-    /// One claim query at a time; it claims for every waiting worker.
-    claiming: tokio::sync::Mutex<()>,
+    /// One claim query at a time; it claims for every waiting worker. It
+    /// holds when the last claim was made.
+    claiming: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     /// Workers inside `pop`.
     waiting: AtomicUsize,
     wake: Arc<Notify>,
@@ -58,7 +62,7 @@ impl PgQueue {
             owner,
             ttl,
             claimed: Mutex::new(VecDeque::new()),
-            claiming: tokio::sync::Mutex::new(()),
+            claiming: tokio::sync::Mutex::new(None),
             waiting: AtomicUsize::new(0),
             wake,
             stop,
@@ -160,10 +164,16 @@ impl Queue for PgQueue {
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
-                let _one = self.claiming.lock().await;
+                let mut last = self.claiming.lock().await;
                 if let Some(delivery) = self.take() {
                     return Ok(Some(delivery));
                 }
+                // Right after a claim, wait a moment: the workers that come
+                // free meanwhile wait on the lock and are counted in.
+                if let Some(at) = *last {
+                    tokio::time::sleep_until(at + CLAIM_COOLDOWN).await;
+                }
+                *last = Some(tokio::time::Instant::now());
                 let want = self.waiting.load(Ordering::Relaxed).clamp(1, MAX_CLAIM);
                 let claimed = claim_ready(&self.pool, &self.owner, self.ttl, want)
                     .await

@@ -6,8 +6,9 @@
 //! - One standard queue per priority band (`TASKFLOW_SQS_BANDS`, default
 //!   `1-3,4-7,8-10`), named `<prefix>-band-<n>`; the highest band is polled
 //!   first, and only the lowest one long-polls, when the others are empty.
-//!   A higher band found empty is skipped for a quarter of a second, unless
-//!   this host sends to it: an empty receive costs a request and brings no task.
+//!   A higher band found empty is skipped for a quarter of a second, doubling
+//!   up to two seconds while it stays empty, unless this host sends to it: an
+//!   empty receive costs a request and brings no task.
 //! - Messages are sent, received and deleted ten at a time; deletes are
 //!   gathered by a batch completer.
 //! - Delivery is at least once: a duplicate is dropped when its claim fails.
@@ -36,7 +37,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{DeadLetter, Delivery, Queue, QueueDepth, QueueEntry, QueueError};
+use super::{DeadLetter, Delivery, Queue, QueueDepth, QueueEntry, QueueError, QueueRequests};
 use crate::storage::postgres::{mark_enqueued, unsent};
 use crate::task::{PRIORITY_HIGHEST, PRIORITY_LOWEST, TaskId};
 
@@ -44,16 +45,20 @@ use crate::task::{PRIORITY_HIGHEST, PRIORITY_LOWEST, TaskId};
 const BATCH: usize = 10;
 /// The longest SQS delay and visibility change, in seconds.
 const MAX_DELAY_SECS: u64 = 900;
-/// How long the batch completer gathers deletes before sending them.
-const DELETE_LINGER: Duration = Duration::from_millis(50);
+/// Longest the batch completer gathers deletes before sending them; a
+/// band with a full batch goes at once. A message deleted a moment late
+/// stays invisible meanwhile (its visibility is the lease).
+const DELETE_LINGER: Duration = Duration::from_secs(1);
 /// How often the sweeper looks for tasks never sent, and how old they must be.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 const SWEEP_AGE: Duration = Duration::from_secs(10);
 /// How long a queue depth read is reused.
 const DEPTH_CACHE: Duration = Duration::from_secs(2);
 /// How long a higher band found empty is not asked again (unless this host
-/// sends to it meanwhile): an empty receive is a request that carries no task.
+/// sends to it meanwhile): an empty receive is a request that carries no
+/// task. The pause doubles while the band stays empty, up to the longest.
 const EMPTY_BAND_PAUSE: Duration = Duration::from_millis(250);
+const EMPTY_BAND_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 /// Where the queues are and how priorities map onto them.
 #[derive(Debug, Clone)]
@@ -107,13 +112,16 @@ pub struct SqsQueue {
     dead_letters: String,
     received: Mutex<VecDeque<Delivery>>,
     receiving: tokio::sync::Mutex<()>,
-    /// Per band: not worth a receive before this moment (found empty).
-    empty_until: Mutex<Vec<Option<Instant>>>,
+    /// Per band found empty: not worth a receive before this moment, and
+    /// the pause that led there.
+    empty_until: Mutex<Vec<Option<(Instant, Duration)>>>,
     waiting: AtomicUsize,
     deletes: mpsc::UnboundedSender<(usize, String)>,
     depth: Mutex<Option<(Instant, QueueDepth)>>,
-    /// SQS requests made, for the benchmark's requests per task.
+    /// SQS requests made to move tasks, for the benchmark's requests per task.
     requests: Arc<AtomicUsize>,
+    /// SQS requests made for stats, metrics and readiness.
+    status_requests: AtomicUsize,
     stop: CancellationToken,
 }
 
@@ -178,6 +186,7 @@ impl SqsQueue {
             deletes,
             depth: Mutex::new(None),
             requests,
+            status_requests: AtomicUsize::new(0),
             stop,
         };
         Ok(queue)
@@ -230,15 +239,21 @@ impl SqsQueue {
             .ok_or(QueueError::InvalidPriority(priority))
     }
 
-    /// Marks band `band` as found empty (`Some(until)`) or worth asking again.
-    fn mark_empty(&self, band: usize, until: Option<Instant>) {
+    /// Marks band `band` as found empty (its pause doubles) or, when
+    /// `empty` is false, worth asking again.
+    fn mark_empty(&self, band: usize, empty: bool) {
         if let Some(slot) = self
             .empty_until
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get_mut(band)
         {
-            *slot = until;
+            *slot = empty.then(|| {
+                let pause = slot.map_or(EMPTY_BAND_PAUSE, |(_, pause)| {
+                    (pause * 2).min(EMPTY_BAND_PAUSE_MAX)
+                });
+                (Instant::now() + pause, pause)
+            });
         }
     }
 
@@ -250,7 +265,7 @@ impl SqsQueue {
             .get(band)
             .copied()
             .flatten()
-            .is_some_and(|until| Instant::now() < until)
+            .is_some_and(|(until, _)| Instant::now() < until)
     }
 
     fn take(&self) -> Option<Delivery> {
@@ -396,7 +411,7 @@ async fn complete(
         pending.entry(band).or_default().push(handle);
         let linger = tokio::time::sleep(DELETE_LINGER);
         tokio::pin!(linger);
-        loop {
+        while pending.values().all(|handles| handles.len() < BATCH) {
             tokio::select! {
                 () = &mut linger => break,
                 next = gathered.recv() => match next {
@@ -455,7 +470,7 @@ impl Queue for SqsQueue {
             .send()
             .await
             .map_err(|e| sdk_error("send", e))?;
-        self.mark_empty(band, None);
+        self.mark_empty(band, false);
         mark_enqueued(&self.pool, &[entry.id])
             .await
             .map_err(|e| QueueError::Unavailable(e.to_string()))
@@ -495,7 +510,7 @@ impl Queue for SqsQueue {
                     .await
                 {
                     Ok(output) => {
-                        self.mark_empty(band, None);
+                        self.mark_empty(band, false);
                         let failed: Vec<usize> = output
                             .failed()
                             .iter()
@@ -550,15 +565,15 @@ impl Queue for SqsQueue {
             for band in 0..=last {
                 // A higher band found empty a moment ago waits its turn
                 // (a task sent there by another host starts at most
-                // EMPTY_BAND_PAUSE later); only the lowest band long-polls,
+                // EMPTY_BAND_PAUSE_MAX later); only the lowest band long-polls,
                 // once the others are empty.
                 if band < last && self.known_empty(band) {
                     continue;
                 }
                 let wait = if band == last { wait } else { Duration::ZERO };
                 let mut deliveries = self.receive(band, want, wait).await?;
-                if deliveries.is_empty() && band < last {
-                    self.mark_empty(band, Some(Instant::now() + EMPTY_BAND_PAUSE));
+                if band < last {
+                    self.mark_empty(band, deliveries.is_empty());
                 }
                 if !deliveries.is_empty() {
                     let first = deliveries.remove(0);
@@ -723,7 +738,7 @@ impl Queue for SqsQueue {
             ..QueueDepth::default()
         };
         for (band, url) in self.urls.iter().enumerate() {
-            self.count(1);
+            self.status_requests.fetch_add(1, Ordering::Relaxed);
             let output = self
                 .client
                 .get_queue_attributes()
@@ -759,7 +774,7 @@ impl Queue for SqsQueue {
     }
 
     async fn check(&self) -> Result<(), QueueError> {
-        self.count(1);
+        self.status_requests.fetch_add(1, Ordering::Relaxed);
         self.client
             .get_queue_attributes()
             .queue_url(&self.urls[0])
@@ -770,8 +785,12 @@ impl Queue for SqsQueue {
             .map_err(|e| sdk_error("readiness", e))
     }
 
-    fn requests(&self) -> Option<u64> {
-        u64::try_from(self.requests.load(Ordering::Relaxed)).ok()
+    fn requests(&self) -> Option<QueueRequests> {
+        let read = |count: &AtomicUsize| u64::try_from(count.load(Ordering::Relaxed)).unwrap_or(0);
+        Some(QueueRequests {
+            tasks: read(&self.requests),
+            status: read(&self.status_requests),
+        })
     }
 
     fn is_shared(&self) -> bool {

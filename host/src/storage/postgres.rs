@@ -87,29 +87,67 @@ impl TaskStore for PgStore {
                 .fetch_all(&mut *transaction)
                 .await
                 .map_err(unavailable)?;
-        let mut submitted = Vec::with_capacity(tasks.len());
-        for (mut task, sequence) in tasks.into_iter().zip(sequences) {
+        let mut tasks = tasks;
+        for (task, sequence) in tasks.iter_mut().zip(sequences) {
             task.sequence = u64::try_from(sequence).unwrap_or_default();
-            // A racing insert of the same key makes this one wait for its
-            // commit, then do nothing; the stored task is read instead.
-            if insert_new(&mut transaction, &task).await? {
+        }
+        // One statement for the batch. A row whose key a racing insert
+        // holds waits for that commit, then is skipped: the stored task is
+        // read instead.
+        let docs = tasks.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
+        let inserted: Vec<uuid::Uuid> = sqlx::query_scalar(
+            "INSERT INTO tasks (id, sequence, plugin, priority, status, idempotency_key, doc, visible_at, updated_at)
+             SELECT id, sequence, plugin, priority, status, idempotency_key, doc, visible_at, now()
+             FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::smallint[], $5::text[], $6::text[], $7::text[], $8::timestamptz[])
+                 AS n(id, sequence, plugin, priority, status, idempotency_key, doc, visible_at)
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING id",
+        )
+        .bind(tasks.iter().map(|t| *t.id.as_uuid()).collect::<Vec<_>>())
+        .bind(tasks.iter().map(sequence_of).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| t.plugin.as_str()).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| i16::from(t.priority)).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| t.status.as_str()).collect::<Vec<_>>())
+        .bind(tasks.iter().map(|t| t.idempotency_key.as_deref()).collect::<Vec<_>>())
+        .bind(docs)
+        .bind(tasks.iter().map(visible_at).collect::<Vec<_>>())
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(unavailable)?;
+        let inserted: std::collections::HashSet<uuid::Uuid> = inserted.into_iter().collect();
+        let taken: Vec<&str> = tasks
+            .iter()
+            .filter(|t| !inserted.contains(t.id.as_uuid()))
+            .filter_map(|t| t.idempotency_key.as_deref())
+            .collect();
+        let mut earlier = std::collections::HashMap::new();
+        if !taken.is_empty() {
+            let rows: Vec<(uuid::Uuid, String, String)> = sqlx::query_as(
+                "SELECT id, idempotency_key, doc FROM tasks WHERE idempotency_key = ANY($1)",
+            )
+            .bind(&taken)
+            .fetch_all(&mut *transaction)
+            .await
+            .map_err(unavailable)?;
+            for (id, key, doc) in rows {
+                earlier.insert(key, task_of(TaskId::from(id), &doc)?);
+            }
+        }
+        let mut submitted = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            if inserted.contains(task.id.as_uuid()) {
                 submitted.push(Submitted {
                     task,
                     created: true,
                 });
                 continue;
             }
-            let key = task.idempotency_key.as_deref().unwrap_or_default();
-            let doc: String =
-                sqlx::query_scalar("SELECT doc FROM tasks WHERE idempotency_key = $1")
-                    .bind(key)
-                    .fetch_one(&mut *transaction)
-                    .await
-                    .map_err(unavailable)?;
-            let existing: Task =
-                serde_json::from_str(&doc).map_err(|source| StorageError::Corrupt {
-                    path: format!("postgres:tasks?idempotency_key={key}").into(),
-                    source,
+            let existing = task
+                .idempotency_key
+                .as_deref()
+                .and_then(|key| earlier.remove(key))
+                .ok_or_else(|| {
+                    StorageError::Unavailable(format!("task {} was not stored", task.id))
                 })?;
             submitted.push(Submitted {
                 task: existing,
@@ -426,50 +464,27 @@ fn encode(task: &Task) -> Result<String, StorageError> {
     })
 }
 
-/// Inserts a new task's row; `false` when its idempotency key is taken.
-async fn insert_new(connection: &mut PgConnection, task: &Task) -> Result<bool, StorageError> {
-    write_row(
-        connection,
-        task,
-        "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-    )
-    .await
-}
-
 /// Inserts or replaces one task's row.
 async fn upsert(connection: &mut PgConnection, task: &Task) -> Result<(), StorageError> {
-    let on_conflict =
-        "ON CONFLICT (id) DO UPDATE SET sequence = $2, plugin = $3, priority = $4, status = $5,
-                           idempotency_key = $6, doc = $7, visible_at = $8, updated_at = now(),
-                           lease_expires_at = NULL, cancel_requested = false, progress = NULL, enqueued = false";
-    write_row(connection, task, on_conflict).await.map(|_| ())
-}
-
-/// Writes one task's row, `on_conflict` deciding what an existing row
-/// means; `false` when nothing was written.
-async fn write_row(
-    connection: &mut PgConnection,
-    task: &Task,
-    on_conflict: &str,
-) -> Result<bool, StorageError> {
-    let doc = encode(task)?;
-    let sql = format!(
+    sqlx::query(
         "INSERT INTO tasks (id, sequence, plugin, priority, status, idempotency_key, doc, visible_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now()) {on_conflict}"
-    );
-    let written = sqlx::query(&sql)
-        .bind(task.id.as_uuid())
-        .bind(sequence_of(task))
-        .bind(&task.plugin)
-        .bind(i16::from(task.priority))
-        .bind(task.status.as_str())
-        .bind(&task.idempotency_key)
-        .bind(doc)
-        .bind(visible_at(task))
-        .execute(connection)
-        .await
-        .map_err(unavailable)?;
-    Ok(written.rows_affected() == 1)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+         ON CONFLICT (id) DO UPDATE SET sequence = $2, plugin = $3, priority = $4, status = $5,
+                idempotency_key = $6, doc = $7, visible_at = $8, updated_at = now(),
+                lease_expires_at = NULL, cancel_requested = false, progress = NULL, enqueued = false",
+    )
+    .bind(task.id.as_uuid())
+    .bind(sequence_of(task))
+    .bind(&task.plugin)
+    .bind(i16::from(task.priority))
+    .bind(task.status.as_str())
+    .bind(&task.idempotency_key)
+    .bind(encode(task)?)
+    .bind(visible_at(task))
+    .execute(connection)
+    .await
+    .map_err(unavailable)?;
+    Ok(())
 }
 
 /// Claims up to `limit` pending tasks that are due, highest priority then
