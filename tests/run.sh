@@ -19,6 +19,11 @@ export PATH
 if ! command -v schemathesis >/dev/null 2>&1; then
     python3 -m pip install --quiet 'schemathesis==4.32.5'
 fi
+# cfn-lint checks the CloudFormation template (its tests also read the
+# template through cfn-lint's decoder).
+if ! command -v cfn-lint >/dev/null 2>&1; then
+    python3 -m pip install --quiet 'cfn-lint==1.51.0'
+fi
 
 # What this script starts is stopped when it ends, however it ends.
 cleanups=()
