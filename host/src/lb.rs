@@ -4,15 +4,18 @@
 //! Each request goes to the next healthy backend in turn. A backend whose
 //! connection fails leaves the rotation at once and the request is tried on
 //! the next one (the body is held until a backend has taken it, so nothing is
-//! lost); active health checks of each backend's `/health` take failed
-//! backends out and bring them back when they answer again. The client's
-//! request id (or a new one) and address are forwarded (`X-Request-Id`,
-//! `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`).
+//! lost); active readiness checks of each backend's `/ready` take failed
+//! backends out (also a host whose own backends are down) and bring them
+//! back when they answer again. The client's request id (or a new one) and
+//! address are forwarded (`X-Request-Id`, `X-Forwarded-For`,
+//! `X-Forwarded-Proto`, `X-Forwarded-Host`); hop-by-hop headers, and those
+//! the `Connection` header names, are not. `/lb/backends` counts each
+//! backend's requests, failures and latency.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
@@ -65,6 +68,12 @@ pub struct LbConfig {
 struct Backend {
     url: reqwest::Url,
     healthy: AtomicBool,
+    /// Requests sent to it, and of those the ones that failed (no answer,
+    /// or a 5xx answer).
+    requests: AtomicU64,
+    failures: AtomicU64,
+    /// Sum of the times to its answers' headers, in microseconds.
+    latency_micros: AtomicU64,
 }
 
 /// The balancer's shared state.
@@ -82,6 +91,12 @@ pub struct BackendStatus {
     pub url: String,
     /// Whether it is in the rotation.
     pub healthy: bool,
+    /// Requests sent to it.
+    pub requests: u64,
+    /// Of those, the ones it did not answer or answered with a 5xx status.
+    pub failures: u64,
+    /// Mean time to its answers' headers, in milliseconds.
+    pub mean_latency_ms: f64,
 }
 
 /// Headers that describe one connection, not the request: never forwarded.
@@ -124,6 +139,9 @@ impl Balancer {
             .map(|url| Backend {
                 url: url.clone(),
                 healthy: AtomicBool::new(true),
+                requests: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+                latency_micros: AtomicU64::new(0),
             })
             .collect();
         Ok(Arc::new(Self {
@@ -134,18 +152,29 @@ impl Balancer {
         }))
     }
 
-    /// Every backend and whether it is in the rotation.
+    /// Every backend, whether it is in the rotation, and its counts.
     pub fn status(&self) -> Vec<BackendStatus> {
         self.backends
             .iter()
-            .map(|b| BackendStatus {
-                url: b.url.to_string(),
-                healthy: b.healthy.load(Ordering::Relaxed),
+            .map(|b| {
+                let requests = b.requests.load(Ordering::Relaxed);
+                let answered = requests.saturating_sub(b.failures.load(Ordering::Relaxed));
+                BackendStatus {
+                    url: b.url.to_string(),
+                    healthy: b.healthy.load(Ordering::Relaxed),
+                    requests,
+                    failures: b.failures.load(Ordering::Relaxed),
+                    mean_latency_ms: if answered == 0 {
+                        0.0
+                    } else {
+                        b.latency_micros.load(Ordering::Relaxed) as f64 / answered as f64 / 1000.0
+                    },
+                }
             })
             .collect()
     }
 
-    /// Checks every backend's `/health` every `interval`, until the balancer
+    /// Checks every backend's `/ready` every `interval`, until the balancer
     /// is dropped.
     pub fn spawn_health_checks(self: &Arc<Self>, interval: Duration, timeout: Duration) {
         let balancer = Arc::downgrade(self);
@@ -170,7 +199,9 @@ impl Balancer {
     }
 
     async fn check(&self, backend: &Backend, timeout: Duration) {
-        let url = backend.url_for("/health", None);
+        // Readiness, not liveness: a host whose database or queue is down
+        // answers 503 and leaves the rotation.
+        let url = backend.url_for("/ready", None);
         let healthy = self
             .client
             .get(url)
@@ -235,6 +266,8 @@ impl Balancer {
 
         for backend in self.rotation() {
             let url = backend.url_for(parts.uri.path(), parts.uri.query());
+            backend.requests.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
             let sent = self
                 .client
                 .request(parts.method.clone(), url)
@@ -242,6 +275,12 @@ impl Balancer {
                 .body(body.clone())
                 .send()
                 .await;
+            if !sent.as_ref().is_ok_and(|r| !r.status().is_server_error()) {
+                backend.failures.fetch_add(1, Ordering::Relaxed);
+            } else {
+                let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                backend.latency_micros.fetch_add(micros, Ordering::Relaxed);
+            }
             match sent {
                 Ok(response) => return Ok(relay(response, &request_id)),
                 // Nothing reached the backend: it is down, and the next one
@@ -295,12 +334,25 @@ impl Backend {
     }
 }
 
+/// Removes the headers that describe one connection: the hop-by-hop ones,
+/// and every header the `Connection` header names (RFC 9110 §7.6.1).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+}
+
 /// The request's headers as the backend gets them.
 fn forwarded_headers(incoming: &HeaderMap, client: SocketAddr, request_id: &str) -> HeaderMap {
     let mut headers = incoming.clone();
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
+    strip_hop_by_hop(&mut headers);
     let original_host = headers.remove(header::HOST);
     if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID.clone(), value);
@@ -329,9 +381,7 @@ fn forwarded_headers(incoming: &HeaderMap, client: SocketAddr, request_id: &str)
 fn relay(response: reqwest::Response, request_id: &str) -> Response {
     let status = response.status();
     let mut headers = response.headers().clone();
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
+    strip_hop_by_hop(&mut headers);
     if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.entry(REQUEST_ID.clone()).or_insert(value);
     }

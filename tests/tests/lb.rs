@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use taskflow::lb::{Balancer, LbConfig};
 use taskflow_tests::process::{HostProcess, free_port};
-use taskflow_tests::{install_plugins, plugin_wasm, poll_json, taskflow_binary};
+use taskflow_tests::{get_json, install_plugins, plugin_wasm, poll_json, taskflow_binary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -31,6 +31,8 @@ struct TestBackend {
     addr: SocketAddr,
     received: Received,
     health_checks: Arc<AtomicUsize>,
+    /// What its `/ready` says: 200 when set, 503 (its backends down) when not.
+    ready: Arc<AtomicBool>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -39,15 +41,17 @@ struct TestBackend {
 const SLOW: Duration = Duration::from_secs(2);
 
 impl TestBackend {
-    /// Answers `/health`, `418` on `/teapot`, and everything else with what
-    /// it received, naming itself; `/slow` only after [`SLOW`]. Every request
-    /// but health checks is recorded, on arrival.
+    /// Answers `/ready` (200, or 503 once [`ready`](Self::ready) is
+    /// cleared), `418` on `/teapot`, and everything else with what it
+    /// received, naming itself; `/slow` only after [`SLOW`]. Every request
+    /// but readiness checks is recorded, on arrival.
     fn start(name: &'static str, addr: SocketAddr) -> Self {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (bound, bound_at) = std::sync::mpsc::channel();
         let received = Received::default();
         let health_checks = Arc::new(AtomicUsize::new(0));
-        let (log, checks) = (received.clone(), health_checks.clone());
+        let ready = Arc::new(AtomicBool::new(true));
+        let (log, checks, is_ready) = (received.clone(), health_checks.clone(), ready.clone());
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -61,10 +65,14 @@ impl TestBackend {
                 .expect("report address");
             let app = Router::new()
                 .route(
-                    "/health",
+                    "/ready",
                     axum::routing::get(move || async move {
                         checks.fetch_add(1, Ordering::SeqCst);
-                        "ok"
+                        if is_ready.load(Ordering::SeqCst) {
+                            (StatusCode::OK, "ok")
+                        } else {
+                            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable")
+                        }
                     }),
                 )
                 .route(
@@ -90,6 +98,8 @@ impl TestBackend {
                         "forwarded_host": header("x-forwarded-host"),
                         "forwarded_proto": header("x-forwarded-proto"),
                         "connection": header("connection"),
+                        "secret_hop": header("x-secret-hop"),
+                        "kept": header("x-kept"),
                     });
                     let body = axum::body::to_bytes(body, usize::MAX).await.expect("body");
                     let body = String::from_utf8_lossy(&body).into_owned();
@@ -117,6 +127,7 @@ impl TestBackend {
             addr,
             received,
             health_checks,
+            ready,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -280,6 +291,76 @@ async fn requests_go_round_robin_with_their_id_address_and_body() {
     assert_eq!(body["error"], "payload_too_large");
 }
 
+/// A backend that answers but is not ready (its own backends are down)
+/// leaves the rotation and returns once ready; headers that the client's
+/// `Connection` header names stay with that connection; `/lb/backends`
+/// counts each backend's requests, failures and latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_decides_the_rotation_and_backends_are_counted() {
+    let (a, b) = (
+        TestBackend::start("a", any_port()),
+        TestBackend::start("b", any_port()),
+    );
+    let lb = start_balancer(&config(vec![a.url(), b.url()])).await;
+    let client = client();
+
+    let seen: Value = client
+        .get(format!("{lb}/whoami"))
+        .header("connection", "x-secret-hop")
+        .header("x-secret-hop", "for this connection only")
+        .header("x-kept", "for the backend")
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        seen["secret_hop"],
+        Value::Null,
+        "named by Connection: {seen}"
+    );
+    assert_eq!(seen["kept"], "for the backend", "{seen}");
+
+    b.ready.store(false, Ordering::SeqCst);
+    // Out of the rotation within a few checks (100 ms apart).
+    let backends = poll_json(
+        &client,
+        &format!("{lb}/lb/backends"),
+        Duration::from_secs(10),
+        |backends| backends[1]["healthy"] == false,
+    )
+    .await;
+    assert_eq!(backends[0]["healthy"], true, "{backends}");
+    for _ in 0..6 {
+        assert_eq!(who_answers(&client, &lb).await, "a");
+    }
+    b.ready.store(true, Ordering::SeqCst);
+    poll_json(
+        &client,
+        &format!("{lb}/lb/backends"),
+        Duration::from_secs(10),
+        |backends| backends[1]["healthy"] == true,
+    )
+    .await;
+
+    let backends = get_json(&client, &format!("{lb}/lb/backends")).await;
+    let requests = |i: usize| backends[i]["requests"].as_u64().expect("requests");
+    assert_eq!(requests(0) + requests(1), 7, "{backends}");
+    assert!(requests(0) >= 6, "{backends}");
+    for i in 0..2 {
+        assert_eq!(backends[i]["failures"], 0, "{backends}");
+        if requests(i) > 0 {
+            assert!(
+                backends[i]["mean_latency_ms"]
+                    .as_f64()
+                    .is_some_and(|ms| ms > 0.0),
+                "{backends}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_backend_leaves_the_rotation_and_returns_when_healthy() {
     let a = TestBackend::start("a", any_port());
@@ -352,7 +433,7 @@ async fn with_every_backend_down_clients_get_a_clear_502() {
     );
 }
 
-/// A backend that answers `/health` but reads every other request whole
+/// A backend that answers `/ready` but reads every other request whole
 /// and then closes the connection without a word, as a host that crashes
 /// while handling it would.
 struct DroppingBackend {
@@ -376,7 +457,7 @@ impl DroppingBackend {
                     let Some((target, body)) = read_request(&mut socket).await else {
                         return;
                     };
-                    if target == "GET /health" {
+                    if target == "GET /ready" {
                         let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
                         return;
                     }
