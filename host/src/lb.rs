@@ -59,6 +59,11 @@ pub struct LbConfig {
     #[arg(long, env = "TASKFLOW_LB_READ_TIMEOUT_MS", default_value_t = 60_000)]
     pub read_timeout_ms: u64,
 
+    /// Longest a client may take to send its request body: a slower one
+    /// gets 408 and frees the memory and connection it held.
+    #[arg(long, env = "TASKFLOW_LB_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_timeout_ms: u64,
+
     /// Largest request body forwarded (plugin uploads are the largest).
     #[arg(long, env = "TASKFLOW_LB_MAX_BODY_BYTES", default_value_t = 128 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -82,6 +87,7 @@ pub struct Balancer {
     next: AtomicUsize,
     client: reqwest::Client,
     max_body_bytes: usize,
+    body_timeout: Duration,
 }
 
 /// A backend as `GET /lb/backends` shows it.
@@ -149,6 +155,7 @@ impl Balancer {
             next: AtomicUsize::new(0),
             client,
             max_body_bytes: config.max_body_bytes,
+            body_timeout: Duration::from_millis(config.body_timeout_ms),
         }))
     }
 
@@ -248,18 +255,31 @@ impl Balancer {
     /// takes it.
     async fn forward(&self, client: SocketAddr, request: Request) -> Result<Response, ApiError> {
         let (parts, body) = request.into_parts();
-        let body = axum::body::to_bytes(body, self.max_body_bytes)
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!(
-                        "the request body is over the balancer's limit of {} bytes",
-                        self.max_body_bytes
-                    ),
-                )
-            })?;
+        let body = tokio::time::timeout(
+            self.body_timeout,
+            axum::body::to_bytes(body, self.max_body_bytes),
+        )
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} ms",
+                    self.body_timeout.as_millis()
+                ),
+            )
+        })?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the request body is over the balancer's limit of {} bytes",
+                    self.max_body_bytes
+                ),
+            )
+        })?;
         let request_id = request_id_of(&parts.headers);
         let headers = forwarded_headers(&parts.headers, client, &request_id);
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -449,6 +469,7 @@ mod tests {
             health_interval_ms: 1000,
             timeout_ms: 1000,
             read_timeout_ms: 1000,
+            body_timeout_ms: 1000,
             max_body_bytes: 1024,
         }
     }

@@ -182,6 +182,7 @@ fn config(backends: Vec<reqwest::Url>) -> LbConfig {
         health_interval_ms: 100,
         timeout_ms: 1000,
         read_timeout_ms: 5000,
+        body_timeout_ms: 5000,
         max_body_bytes: 1024 * 1024,
     }
 }
@@ -359,6 +360,36 @@ async fn readiness_decides_the_rotation_and_backends_are_counted() {
             );
         }
     }
+}
+
+/// A client that stops sending its body half way gets 408 once the body
+/// timeout passes; nothing reaches the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_too_slow_to_send_its_body_gets_408() {
+    let a = TestBackend::start("a", any_port());
+    let lb = start_balancer(&LbConfig {
+        body_timeout_ms: 300,
+        ..config(vec![a.url()])
+    })
+    .await;
+    let mut socket = TcpStream::connect(lb.trim_start_matches("http://"))
+        .await
+        .expect("connect to the balancer");
+    socket
+        .write_all(b"POST /tasks HTTP/1.1\r\nhost: lb\r\ncontent-length: 100\r\n\r\n{\"plugin\":")
+        .await
+        .expect("send half a request");
+    let started = std::time::Instant::now();
+    let mut answer = vec![0; 512];
+    let read = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut answer))
+        .await
+        .expect("an answer within 10 s")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..read]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert!(a.received().is_empty(), "{:?}", a.received());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
