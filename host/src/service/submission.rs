@@ -71,12 +71,16 @@ impl TaskService {
                 // that point to them are then never without them.
                 let mut moved = Vec::with_capacity(tasks.len());
                 for (index, task) in tasks.iter_mut().enumerate() {
-                    let payload = this
-                        .bodies
-                        .store_payload(task)
-                        .await
-                        .map_err(|e| (index, e.into()))?;
-                    moved.push(payload.zip(task.payload_blob.clone()));
+                    match this.bodies.store_payload(task).await {
+                        Ok(payload) => moved.push(payload.zip(task.payload_blob.clone())),
+                        Err(e) => {
+                            // None of the batch is accepted: nor are its bodies kept.
+                            for (_, blob) in moved.iter().flatten() {
+                                this.bodies.discard(blob).await;
+                            }
+                            return Err((index, e.into()));
+                        }
+                    }
                 }
                 let mut submitted = match this.store.insert(tasks).await {
                     Ok(submitted) => submitted,
