@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use aws_config::SdkConfig;
+use aws_sdk_sqs::error::ProvideErrorMetadata;
 
 /// The SDK settings, with timeouts: a service that stops answering fails
 /// the call rather than holding it forever.
@@ -25,11 +26,19 @@ pub async fn sdk_config() -> SdkConfig {
 /// one, else the chain of causes.
 pub fn error_text<E, R>(error: &aws_sdk_sqs::error::SdkError<E, R>) -> String
 where
-    E: std::error::Error + 'static,
+    E: std::error::Error + ProvideErrorMetadata + 'static,
     R: std::fmt::Debug,
 {
     match error {
-        aws_sdk_sqs::error::SdkError::ServiceError(service) => service.err().to_string(),
+        aws_sdk_sqs::error::SdkError::ServiceError(service) => {
+            let err = service.err();
+            match (err.code(), err.message()) {
+                (Some(code), Some(message)) => format!("{code}: {message}"),
+                (None, Some(message)) => message.to_string(),
+                (Some(code), None) => code.to_string(),
+                (None, None) => format!("{err} ({:?})", service.raw()),
+            }
+        }
         other => {
             let mut text = other.to_string();
             let mut source = std::error::Error::source(other);

@@ -21,6 +21,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "TASKFLOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
 
+    /// Settings file read at start (variables already set win); `deploy`
+    /// writes its stack's settings into it [default: .env, when present].
+    #[arg(long, global = true, env = "TASKFLOW_ENV_FILE")]
+    pub env_file: Option<PathBuf>,
+
     /// Server the client commands talk to; accepted before or after the
     /// subcommand.
     #[command(flatten)]
@@ -38,6 +43,8 @@ pub enum Command {
     Serve(Box<ServeConfig>),
     /// Run a round-robin load balancer in front of several hosts.
     Lb(crate::lb::LbConfig),
+    /// Create or update the AWS stack (CloudFormation) and write its settings into .env.
+    Deploy(crate::deploy::DeployArgs),
     /// Submit one task, or many from a JSON-lines file.
     Submit(SubmitArgs),
     /// Show a task.
@@ -192,7 +199,10 @@ const SUBMIT_BATCH: usize = 500;
 /// Runs a parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let has_token = cli.server.token.is_some();
-    run_command(cli.command, cli.server)
+    let env_file = cli
+        .env_file
+        .unwrap_or_else(|| crate::envfile::DEFAULT.into());
+    run_command(cli.command, cli.server, &env_file)
         .await
         .map_err(|error| explain_unauthorized(error, has_token))
 }
@@ -212,7 +222,11 @@ fn explain_unauthorized(error: anyhow::Error, has_token: bool) -> anyhow::Error 
     }
 }
 
-async fn run_command(command: Command, server: ServerArgs) -> anyhow::Result<()> {
+async fn run_command(
+    command: Command,
+    server: ServerArgs,
+    env_file: &std::path::Path,
+) -> anyhow::Result<()> {
     match command {
         Command::Serve(mut config) => {
             config.compiler = std::env::current_exe().ok();
@@ -220,6 +234,7 @@ async fn run_command(command: Command, server: ServerArgs) -> anyhow::Result<()>
             server.run(crate::server::shutdown_signal()).await
         }
         Command::Lb(config) => crate::lb::run(config, crate::server::shutdown_signal()).await,
+        Command::Deploy(args) => crate::deploy::run(args, env_file).await,
         Command::Submit(args) => submit(args, &server).await,
         Command::Get { id } => print_json(&server.client().get(&task_id(&id)?).await?),
         Command::List(args) => {

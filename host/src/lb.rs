@@ -17,14 +17,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use std::convert::Infallible;
+
 use anyhow::Context;
-use axum::Router;
-use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::body::{Body, HttpBody};
+use axum::extract::Request;
+use axum::http::uri::{Authority, PathAndQuery, Scheme};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use axum::serve::IncomingStream;
+use bytes::{Bytes, BytesMut};
 use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower_http::timeout::TimeoutBody;
 
 use crate::api::error::ApiError;
 use crate::api::middleware::{REQUEST_ID, request_id_of};
@@ -67,11 +77,30 @@ pub struct LbConfig {
     /// Largest request body forwarded (plugin uploads are the largest).
     #[arg(long, env = "TASKFLOW_LB_MAX_BODY_BYTES", default_value_t = 128 * 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Most request-body bytes held at once over all requests (a body is
+    /// held until a backend has taken it, so that a refused request can go to
+    /// the next one); a request that would go over gets 503 and Retry-After.
+    #[arg(long, env = "TASKFLOW_LB_MAX_BUFFERED_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_buffered_bytes: usize,
+
+    /// Threads serving clients, each accepting connections and keeping its
+    /// own connections to the backends [default: one per CPU].
+    #[arg(long, env = "TASKFLOW_LB_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 }
+
+/// The client of the backends: a pool of keep-alive connections per backend.
+type Http = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
 
 /// One backend and what the balancer knows of it.
 struct Backend {
     url: reqwest::Url,
+    /// Its address, for requests under the root path.
+    authority: Authority,
+    /// The URL without a trailing slash, when it has a path of its own:
+    /// the prefix of every forwarded path.
+    prefix: Option<String>,
     healthy: AtomicBool,
     /// Requests sent to it, and of those the ones that failed (no answer,
     /// or a 5xx answer).
@@ -85,9 +114,14 @@ struct Backend {
 pub struct Balancer {
     backends: Vec<Backend>,
     next: AtomicUsize,
-    client: reqwest::Client,
+    /// For health checks; requests go through each thread's own client.
+    client: Http,
+    connect_timeout: Duration,
+    read_timeout: Duration,
     max_body_bytes: usize,
     body_timeout: Duration,
+    /// One permit per request-body byte held.
+    buffered: Arc<Semaphore>,
 }
 
 /// A backend as `GET /lb/backends` shows it.
@@ -121,28 +155,37 @@ impl Balancer {
     /// A balancer over `config.backends`, all taken as healthy until a check
     /// or a request says otherwise.
     pub fn new(config: &LbConfig) -> anyhow::Result<Arc<Self>> {
+        // (`host_str` keeps an IPv6 address in brackets.)
+        let authority_of = |url: &reqwest::Url| {
+            let host = url.host_str().unwrap_or_default();
+            format!("{host}:{}", url.port_or_known_default().unwrap_or(80)).parse::<Authority>()
+        };
         anyhow::ensure!(!config.backends.is_empty(), "give at least one --backend");
         for url in &config.backends {
             anyhow::ensure!(
-                matches!(url.scheme(), "http" | "https") && url.has_host(),
-                "backend {url} is not an http(s) URL with a host"
+                url.scheme() == "http" && url.has_host() && url.query().is_none(),
+                "backend {url} is not an http:// URL with a host and no query (the balancer reaches hosts over plain HTTP, inside your network)"
             );
             // The URL is shown in logs and at /lb/backends.
             anyhow::ensure!(
                 url.username().is_empty() && url.password().is_none(),
                 "backend URLs take no credentials"
             );
+            anyhow::ensure!(
+                authority_of(url).is_ok(),
+                "backend {url} has no usable host and port"
+            );
         }
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(config.timeout_ms))
-            .read_timeout(Duration::from_millis(config.read_timeout_ms))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .context("cannot build the HTTP client")?;
+        let connect_timeout = Duration::from_millis(config.timeout_ms);
+        let read_timeout = Duration::from_millis(config.read_timeout_ms);
+        let client = http_client(connect_timeout);
         let backends = config
             .backends
             .iter()
             .map(|url| Backend {
+                authority: authority_of(url)
+                    .unwrap_or_else(|_| Authority::from_static("invalid:80")),
+                prefix: (url.path() != "/").then(|| url.as_str().trim_end_matches('/').to_string()),
                 url: url.clone(),
                 healthy: AtomicBool::new(true),
                 requests: AtomicU64::new(0),
@@ -154,8 +197,13 @@ impl Balancer {
             backends,
             next: AtomicUsize::new(0),
             client,
+            connect_timeout,
+            read_timeout,
             max_body_bytes: config.max_body_bytes,
             body_timeout: Duration::from_millis(config.body_timeout_ms),
+            buffered: Arc::new(Semaphore::new(
+                config.max_buffered_bytes.min(Semaphore::MAX_PERMITS),
+            )),
         }))
     }
 
@@ -208,14 +256,25 @@ impl Balancer {
     async fn check(&self, backend: &Backend, timeout: Duration) {
         // Readiness, not liveness: a host whose database or queue is down
         // answers 503 and leaves the rotation.
-        let url = backend.url_for("/ready", None);
-        let healthy = self
-            .client
-            .get(url)
-            .timeout(timeout)
-            .send()
+        let healthy = match backend.request(
+            Method::GET,
+            &PathAndQuery::from_static("/ready"),
+            HeaderMap::new(),
+            Bytes::new(),
+        ) {
+            Some(request) => tokio::time::timeout(timeout, async {
+                let response = self.client.request(request).await.ok()?;
+                let ok = response.status().is_success();
+                // Read to the end, so that the connection can be used again.
+                response.into_body().collect().await.ok()?;
+                Some(ok)
+            })
             .await
-            .is_ok_and(|r| r.status().is_success());
+            .ok()
+            .flatten()
+            .unwrap_or(false),
+            None => false,
+        };
         self.mark(backend, healthy);
     }
 
@@ -232,86 +291,95 @@ impl Balancer {
     /// The healthy backends, starting at the next turn among them, so that
     /// each gets an equal share; when none is known healthy, every backend
     /// (one may have just come back).
-    fn rotation(&self) -> Vec<&Backend> {
-        let healthy: Vec<&Backend> = self
-            .backends
-            .iter()
-            .filter(|b| b.healthy.load(Ordering::Relaxed))
-            .collect();
-        let candidates = if healthy.is_empty() {
-            self.backends.iter().collect()
+    fn rotation(&self) -> impl Iterator<Item = &Backend> {
+        let healthy = |b: &&Backend| b.healthy.load(Ordering::Relaxed);
+        let count = self.backends.iter().filter(healthy).count();
+        let only_healthy = count > 0;
+        let turns = if only_healthy {
+            count
         } else {
-            healthy
+            self.backends.len()
         };
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % candidates.len();
-        candidates[start..]
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % turns;
+        self.backends
             .iter()
-            .chain(&candidates[..start])
-            .copied()
-            .collect()
+            .filter(move |b| !only_healthy || healthy(b))
+            .cycle()
+            .skip(start)
+            .take(turns)
     }
 
-    /// Forwards one request to the first backend of the rotation that
-    /// takes it.
-    async fn forward(&self, client: SocketAddr, request: Request) -> Result<Response, ApiError> {
+    /// Forwards one request, through `http`, to the first backend of the
+    /// rotation that takes it.
+    async fn forward(
+        &self,
+        http: &Http,
+        client: &HeaderValue,
+        request: Request,
+    ) -> Result<Response, ApiError> {
         let (parts, body) = request.into_parts();
-        let body = tokio::time::timeout(
-            self.body_timeout,
-            axum::body::to_bytes(body, self.max_body_bytes),
-        )
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                format!(
-                    "the request body did not arrive within {} ms",
-                    self.body_timeout.as_millis()
-                ),
-            )
-        })?
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!(
-                    "the request body is over the balancer's limit of {} bytes",
-                    self.max_body_bytes
-                ),
-            )
-        })?;
+        // Held until the answer's headers are back: released on return.
+        let (body, _held) = if body.is_end_stream() {
+            // No body (a GET): nothing to wait for.
+            (Bytes::new(), None)
+        } else {
+            tokio::time::timeout(self.body_timeout, self.read_body(body))
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        format!(
+                            "the request body did not arrive within {} ms",
+                            self.body_timeout.as_millis()
+                        ),
+                    )
+                })??
+        };
         let request_id = request_id_of(&parts.headers);
-        let headers = forwarded_headers(&parts.headers, client, &request_id);
-        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let request_id_value = HeaderValue::from_str(&request_id).ok();
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let is_idempotent = parts.method.is_idempotent();
+        let headers = forwarded_headers(parts.headers, client, request_id_value.clone());
 
         for backend in self.rotation() {
-            let url = backend.url_for(parts.uri.path(), parts.uri.query());
+            let outgoing = backend
+                .request(
+                    parts.method.clone(),
+                    &path_and_query,
+                    headers.clone(),
+                    body.clone(),
+                )
+                .ok_or_else(|| ApiError::bad_request("the request's path cannot be forwarded"))?;
             backend.requests.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
-            let sent = self
-                .client
-                .request(parts.method.clone(), url)
-                .headers(headers.clone())
-                .body(body.clone())
-                .send()
-                .await;
-            if !sent.as_ref().is_ok_and(|r| !r.status().is_server_error()) {
+            let sent = tokio::time::timeout(self.read_timeout, http.request(outgoing)).await;
+            if !sent
+                .as_ref()
+                .is_ok_and(|r| r.as_ref().is_ok_and(|r| !r.status().is_server_error()))
+            {
                 backend.failures.fetch_add(1, Ordering::Relaxed);
             } else {
                 let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 backend.latency_micros.fetch_add(micros, Ordering::Relaxed);
             }
             match sent {
-                Ok(response) => return Ok(relay(response, &request_id)),
+                Ok(Ok(response)) => {
+                    return Ok(relay(response, request_id_value, self.read_timeout));
+                }
                 // Nothing reached the backend: it is down, and the next one
                 // gets the request.
-                Err(e) if e.is_connect() => {
+                Ok(Err(e)) if e.is_connect() => {
                     tracing::warn!(backend = %backend.url, %request_id, error = %e, "backend refused the connection; trying the next");
                     self.mark(backend, false);
                 }
                 // Slow, not down: sending the work elsewhere would repeat it.
-                Err(e) if e.is_timeout() => {
-                    tracing::warn!(backend = %backend.url, %request_id, path = path_and_query, "backend did not answer in time");
+                Err(_) => {
+                    tracing::warn!(backend = %backend.url, %request_id, path = %path_and_query, "backend did not answer in time");
                     return Err(ApiError::new(
                         StatusCode::GATEWAY_TIMEOUT,
                         "gateway_timeout",
@@ -320,12 +388,12 @@ impl Balancer {
                 }
                 // The connection broke; repeating an idempotent request cannot
                 // do anything twice. The health checks judge the backend.
-                Err(e) if parts.method.is_idempotent() => {
+                Ok(Err(e)) if is_idempotent => {
                     tracing::warn!(backend = %backend.url, %request_id, error = %e, "backend failed mid-request; trying the next");
                 }
                 // A POST the backend may have acted on: repeating could do it twice.
-                Err(e) => {
-                    tracing::error!(backend = %backend.url, %request_id, path = path_and_query, error = %e, "backend failed mid-request");
+                Ok(Err(e)) => {
+                    tracing::error!(backend = %backend.url, %request_id, path = %path_and_query, error = %e, "backend failed mid-request");
                     return Err(ApiError::new(
                         StatusCode::BAD_GATEWAY,
                         "bad_gateway",
@@ -344,19 +412,100 @@ impl Balancer {
     }
 }
 
+impl Balancer {
+    /// Reads a request body whole, taking a permit of the buffered-bytes
+    /// budget for each byte as it arrives.
+    async fn read_body(
+        &self,
+        mut body: Body,
+    ) -> Result<(Bytes, Option<OwnedSemaphorePermit>), ApiError> {
+        let mut bytes = BytesMut::new();
+        let mut held: Option<OwnedSemaphorePermit> = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the request body could not be read",
+                )
+            })?;
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
+            if bytes.len() + chunk.len() > self.max_body_bytes {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!(
+                        "the request body is over the balancer's limit of {} bytes",
+                        self.max_body_bytes
+                    ),
+                ));
+            }
+            let permits = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
+            let permit = self
+                .buffered
+                .clone()
+                .try_acquire_many_owned(permits)
+                .map_err(|_| busy())?;
+            match &mut held {
+                Some(held) => held.merge(permit),
+                None => held = Some(permit),
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok((bytes.freeze(), held))
+    }
+}
+
+/// The answer when the balancer already holds as many body bytes as it may.
+fn busy() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy",
+        "the balancer is holding as many request bodies as it may; retry shortly",
+    )
+    .with_retry_after(1)
+}
+
 impl Backend {
-    /// `path` (and `query`) under the backend's base URL.
-    fn url_for(&self, path: &str, query: Option<&str>) -> reqwest::Url {
-        let mut url = self.url.clone();
-        url.set_path(&format!("{}{path}", self.url.path().trim_end_matches('/')));
-        url.set_query(query);
-        url
+    /// `path_and_query` under the backend's base URL.
+    fn uri_for(&self, path_and_query: &PathAndQuery) -> Option<Uri> {
+        match &self.prefix {
+            None => {
+                let mut parts = axum::http::uri::Parts::default();
+                parts.scheme = Some(Scheme::HTTP);
+                parts.authority = Some(self.authority.clone());
+                parts.path_and_query = Some(path_and_query.clone());
+                Uri::from_parts(parts).ok()
+            }
+            Some(prefix) => format!("{prefix}{path_and_query}").parse().ok(),
+        }
+    }
+
+    /// A request for this backend.
+    fn request(
+        &self,
+        method: Method,
+        path_and_query: &PathAndQuery,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Option<axum::http::Request<Full<Bytes>>> {
+        let mut request = axum::http::Request::new(Full::new(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = self.uri_for(path_and_query)?;
+        *request.headers_mut() = headers;
+        Some(request)
     }
 }
 
 /// Removes the headers that describe one connection: the hop-by-hop ones,
 /// and every header the `Connection` header names (RFC 9110 §7.6.1).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one look at each name, no lookups.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -370,21 +519,25 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The request's headers as the backend gets them.
-fn forwarded_headers(incoming: &HeaderMap, client: SocketAddr, request_id: &str) -> HeaderMap {
-    let mut headers = incoming.clone();
+fn forwarded_headers(
+    mut headers: HeaderMap,
+    client: &HeaderValue,
+    request_id: Option<HeaderValue>,
+) -> HeaderMap {
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(earlier) => HeaderValue::from_str(&format!(
+            "{earlier}, {}",
+            client.to_str().unwrap_or_default()
+        ))
+        .ok(),
+        None => Some(client.clone()),
+    };
     strip_hop_by_hop(&mut headers);
     let original_host = headers.remove(header::HOST);
-    if let Ok(value) = HeaderValue::from_str(request_id) {
+    if let Some(value) = request_id {
         headers.insert(REQUEST_ID.clone(), value);
     }
-    let forwarded_for = match incoming
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(earlier) => format!("{earlier}, {}", client.ip()),
-        None => client.ip().to_string(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(value) = forwarded_for {
         headers.insert(HeaderName::from_static("x-forwarded-for"), value);
     }
     headers.insert(
@@ -397,41 +550,129 @@ fn forwarded_headers(incoming: &HeaderMap, client: SocketAddr, request_id: &str)
     headers
 }
 
-/// The backend's response, streamed back to the client.
-fn relay(response: reqwest::Response, request_id: &str) -> Response {
-    let status = response.status();
-    let mut headers = response.headers().clone();
-    strip_hop_by_hop(&mut headers);
-    if let Ok(value) = HeaderValue::from_str(request_id) {
-        headers.entry(REQUEST_ID.clone()).or_insert(value);
+/// Responses up to this size (with a Content-Length) are relayed without a
+/// read timeout of their own.
+const SMALL_RESPONSE_BYTES: u64 = 64 * 1024;
+
+/// The backend's response, streamed back to the client; a backend silent
+/// for longer than `read_timeout` in the middle of its body ends it.
+fn relay(
+    response: axum::http::Response<Incoming>,
+    request_id: Option<HeaderValue>,
+    read_timeout: Duration,
+) -> Response {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(value) = request_id {
+        parts.headers.entry(REQUEST_ID.clone()).or_insert(value);
     }
-    let mut relayed = Response::new(Body::from_stream(response.bytes_stream()));
-    *relayed.status_mut() = status;
-    *relayed.headers_mut() = headers;
-    relayed
+    // A small body of known length is in hand or about to be: passed on as
+    // it is, its length known to the server (no timer per frame). Others
+    // are watched for a backend falling silent.
+    let small = body
+        .size_hint()
+        .exact()
+        .is_some_and(|length| length <= SMALL_RESPONSE_BYTES);
+    let body = if small {
+        Body::new(body)
+    } else {
+        Body::new(TimeoutBody::new(read_timeout, body))
+    };
+    Response::from_parts(parts, body)
 }
 
-/// The balancer's router: `GET /lb/backends` answers itself; everything else
+/// A client of the backends: keep-alive connections, no redirects
+/// followed.
+fn http_client(connect_timeout: Duration) -> Http {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
+}
+
+/// The balancer as a service making one [`Proxy`] per client connection,
+/// for `axum::serve`; its connections to the backends are its own (one per
+/// serving thread).
+#[derive(Clone)]
+pub struct Balance {
+    balancer: Arc<Balancer>,
+    http: Http,
+}
+
+/// Serves the balancer: `GET /lb/backends` answers itself; everything else
 /// is forwarded.
-pub fn router(balancer: Arc<Balancer>) -> Router {
-    Router::new()
-        .route(
-            "/lb/backends",
-            axum::routing::get(
-                |State(b): State<Arc<Balancer>>| async move { axum::Json(b.status()) },
-            ),
-        )
-        .fallback(
-            |State(b): State<Arc<Balancer>>,
-             ConnectInfo(client): ConnectInfo<SocketAddr>,
-             request: Request| async move {
-                b.forward(client, request).await.into_response()
-            },
-        )
-        .with_state(balancer)
+pub fn service(balancer: Arc<Balancer>) -> Balance {
+    let http = http_client(balancer.connect_timeout);
+    Balance { balancer, http }
 }
 
-/// Runs the balancer until `shutdown` resolves.
+impl<'a> tower::Service<IncomingStream<'a, tokio::net::TcpListener>> for Balance {
+    type Response = Proxy;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Proxy, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, incoming: IncomingStream<'a, tokio::net::TcpListener>) -> Self::Future {
+        let client = incoming.remote_addr().ip().to_string();
+        std::future::ready(Ok(Proxy(Arc::new(Connection {
+            balancer: self.balancer.clone(),
+            http: self.http.clone(),
+            client: HeaderValue::from_str(&client).unwrap_or(HeaderValue::from_static("unknown")),
+        }))))
+    }
+}
+
+/// One client connection's service.
+#[derive(Clone)]
+pub struct Proxy(Arc<Connection>);
+
+struct Connection {
+    balancer: Arc<Balancer>,
+    http: Http,
+    /// The client's address, as `X-Forwarded-For` names it.
+    client: HeaderValue,
+}
+
+impl tower::Service<Request> for Proxy {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let connection = self.0.clone();
+        Box::pin(async move {
+            let balancer = &connection.balancer;
+            if request.uri().path() == "/lb/backends" && request.method() == Method::GET {
+                return Ok(axum::Json(balancer.status()).into_response());
+            }
+            Ok(balancer
+                .forward(&connection.http, &connection.client, request)
+                .await
+                .into_response())
+        })
+    }
+}
+
+/// Runs the balancer until `shutdown` resolves: health checks on the
+/// caller's runtime, clients served by `--threads` threads, each a
+/// single-threaded runtime accepting on the one listening socket, as
+/// nginx's workers do. A connection, and each of its requests from client
+/// to backend and back, stays on the thread that accepted it.
 pub async fn run(
     config: LbConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -441,18 +682,67 @@ pub async fn run(
         Duration::from_millis(config.health_interval_ms.max(1)),
         Duration::from_millis(config.timeout_ms),
     );
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let threads = config.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        usize::from,
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let shared =
+        listener(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
+    let mut serving = Vec::new();
+    for index in 0..threads {
+        let listener = shared
+            .try_clone()
+            .context("cannot share the listening socket")?;
+        let app = service(balancer.clone());
+        let stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("lb-{index}"))
+            .spawn(move || -> anyhow::Result<()> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start a serving thread's runtime")?;
+                runtime
+                    .block_on(async move {
+                        let listener = tokio::net::TcpListener::from_std(listener)?;
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(stop.cancelled_owned())
+                            .await
+                    })
+                    .context("the load balancer's HTTP server failed")
+            })
+            .context("cannot start a serving thread")?;
+        serving.push(thread);
+    }
     let backends: Vec<String> = config.backends.iter().map(ToString::to_string).collect();
-    tracing::info!(addr = %config.listen, ?backends, "TaskFlow load balancer listening");
-    axum::serve(
-        listener,
-        router(balancer).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
+    tracing::info!(addr = %config.listen, ?backends, threads, "TaskFlow load balancer listening");
+    shutdown.await;
+    stop.cancel();
+    tokio::task::spawn_blocking(move || {
+        for thread in serving {
+            match thread.join() {
+                Ok(result) => result?,
+                Err(_) => anyhow::bail!("a serving thread panicked"),
+            }
+        }
+        Ok(())
+    })
     .await
-    .context("the load balancer's HTTP server failed")
+    .context("cannot wait for the serving threads")?
+}
+
+/// The listening socket on `addr`: every serving thread waits on it, and
+/// the one free first accepts (busy threads take fewer connections).
+fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
 }
 
 #[cfg(test)]
@@ -471,6 +761,8 @@ mod tests {
             read_timeout_ms: 1000,
             body_timeout_ms: 1000,
             max_body_bytes: 1024,
+            max_buffered_bytes: 1500,
+            threads: None,
         }
     }
 
@@ -481,7 +773,10 @@ mod tests {
     fn first_choices(balancer: &Balancer, turns: usize) -> Vec<String> {
         (0..turns)
             .map(|_| {
-                balancer.rotation()[0]
+                balancer
+                    .rotation()
+                    .next()
+                    .expect("a backend")
                     .url
                     .host_str()
                     .unwrap_or_default()
@@ -497,12 +792,12 @@ mod tests {
         let chosen = first_choices(&lb, 6);
         assert_eq!(chosen.iter().filter(|h| *h == "b").count(), 3, "{chosen:?}");
         assert_eq!(chosen.iter().filter(|h| *h == "c").count(), 3, "{chosen:?}");
-        assert_eq!(lb.rotation().len(), 2, "a failed backend is not tried");
+        assert_eq!(lb.rotation().count(), 2, "a failed backend is not tried");
 
         lb.mark(&lb.backends[1], false);
         lb.mark(&lb.backends[2], false);
         assert_eq!(
-            lb.rotation().len(),
+            lb.rotation().count(),
             3,
             "with none healthy, every backend is tried"
         );
@@ -510,24 +805,62 @@ mod tests {
 
     #[test]
     fn paths_and_queries_go_under_the_backend_base_url() {
-        let lb = balancer(&["http://a:1/api/"]);
+        let lb = balancer(&["http://a:1/api/", "http://b:2", "http://[::1]:3/"]);
+        let uri = |backend: usize, pq: &'static str| {
+            lb.backends[backend]
+                .uri_for(&PathAndQuery::from_static(pq))
+                .map(|u| u.to_string())
+        };
         assert_eq!(
-            lb.backends[0].url_for("/tasks", Some("limit=5")).as_str(),
-            "http://a:1/api/tasks?limit=5"
+            uri(0, "/tasks?limit=5").as_deref(),
+            Some("http://a:1/api/tasks?limit=5")
         );
+        assert_eq!(uri(0, "/health").as_deref(), Some("http://a:1/api/health"));
         assert_eq!(
-            lb.backends[0].url_for("/health", None).as_str(),
-            "http://a:1/api/health"
+            uri(1, "/tasks?limit=5").as_deref(),
+            Some("http://b:2/tasks?limit=5")
         );
+        assert_eq!(uri(2, "/health").as_deref(), Some("http://[::1]:3/health"));
     }
 
     #[test]
     fn backend_urls_are_checked() {
-        for bad in ["ftp://a:1", "http://user:secret@a:1"] {
+        for bad in [
+            "ftp://a:1",
+            "https://a:1",
+            "http://user:secret@a:1",
+            "http://a:1/?x=1",
+        ] {
             assert!(
                 Balancer::new(&config(&[bad])).is_err(),
                 "{bad} should be refused"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn bodies_held_at_once_stay_within_the_budget() {
+        let lb = balancer(&["http://a:1"]);
+        let (first, held) = lb
+            .read_body(Body::from(vec![1u8; 1000]))
+            .await
+            .expect("within budget");
+        assert_eq!(first.len(), 1000);
+        let refused = lb.read_body(Body::from(vec![2u8; 1000])).await.err();
+        assert_eq!(
+            refused.map(|e| e.into_response().status()),
+            Some(StatusCode::SERVICE_UNAVAILABLE)
+        );
+        drop(held);
+        let (again, _held) = lb
+            .read_body(Body::from(vec![3u8; 1000]))
+            .await
+            .expect("budget freed");
+        assert_eq!(again.len(), 1000);
+        let too_large = lb.read_body(Body::from(vec![4u8; 1025])).await.err();
+        assert_eq!(
+            too_large.map(|e| e.into_response().status()),
+            Some(StatusCode::PAYLOAD_TOO_LARGE)
+        );
     }
 }

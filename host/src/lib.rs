@@ -17,6 +17,8 @@ pub mod blobs;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod deploy;
+pub mod envfile;
 pub mod fleet;
 pub mod fsutil;
 pub mod heap;

@@ -6,8 +6,12 @@ use taskflow::telemetry::{LogTarget, init_logging};
 
 fn main() -> std::process::ExitCode {
     taskflow::heap::limit_arenas();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime.block_on(run()),
+        Ok(runtime) => runtime.block_on(run(cli)),
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
             std::process::ExitCode::FAILURE
@@ -15,11 +19,24 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run() -> std::process::ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(error) => return refuse(&error),
-    };
+/// Parses the command line, then reads the env file it names (or `.env`)
+/// into the environment, and parses again if that set anything: settings
+/// come from flags, then the environment, then the file. Runs before any
+/// other thread exists, as changing the environment requires.
+fn parse() -> Result<(Cli, Vec<String>), std::process::ExitCode> {
+    let cli = Cli::try_parse().map_err(|error| refuse(&error))?;
+    let loaded = taskflow::envfile::load(cli.env_file.as_deref()).map_err(|error| {
+        eprintln!("error: {error}");
+        std::process::ExitCode::FAILURE
+    })?;
+    if loaded.is_empty() {
+        return Ok((cli, loaded));
+    }
+    let cli = Cli::try_parse().map_err(|error| refuse(&error))?;
+    Ok((cli, loaded))
+}
+
+async fn run((cli, from_env_file): (Cli, Vec<String>)) -> std::process::ExitCode {
     // Servers log; `plugin run` shows the plugin's log on stderr, beside its
     // result on stdout; client commands print their results and log only
     // when asked (RUST_LOG).
@@ -30,6 +47,13 @@ async fn run() -> std::process::ExitCode {
             init_logging(cli.log_format, LogTarget::Stdout)
         }
         _ => {}
+    }
+    if !from_env_file.is_empty() {
+        let file = cli
+            .env_file
+            .clone()
+            .unwrap_or_else(|| taskflow::envfile::DEFAULT.into());
+        tracing::info!(file = %file.display(), settings = from_env_file.join(","), "settings from the env file");
     }
     match taskflow::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

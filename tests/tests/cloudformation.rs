@@ -178,3 +178,95 @@ fn the_load_balancer_checks_ready_and_only_it_reaches_the_hosts() {
             "SourceSecurityGroupId": {"Ref": "HostSecurityGroup"}}])
     );
 }
+
+#[test]
+fn hosts_may_use_these_queues_and_this_bucket_and_nothing_else() {
+    let template = template();
+    let policies = resources(&template, "AWS::IAM::ManagedPolicy");
+    assert_eq!(policies.len(), 1);
+    let statements = policies[0].1["PolicyDocument"]["Statement"]
+        .as_array()
+        .expect("statements");
+    for statement in statements {
+        assert_eq!(statement["Effect"], "Allow");
+        let text = statement["Resource"].to_string();
+        assert!(
+            !text.contains('*') || text.contains("BlobBucket.Arn}/*"),
+            "no wildcard resource: {text}"
+        );
+        for action in statement["Action"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(std::iter::once(&statement["Action"]))
+        {
+            if let Some(action) = action.as_str() {
+                assert!(
+                    action.starts_with("sqs:") || action.starts_with("s3:"),
+                    "{action}"
+                );
+                assert!(!action.contains('*'), "no wildcard action: {action}");
+            }
+        }
+    }
+    let role = &template["Resources"]["HostRole"]["Properties"];
+    assert_eq!(
+        role["ManagedPolicyArns"],
+        serde_json::json!([{"Ref": "HostPolicy"}])
+    );
+    assert!(
+        role.get("Policies").is_none(),
+        "the hosts' rights are the policy's, nothing more"
+    );
+}
+
+#[test]
+fn self_managed_hosts_get_only_the_queues_the_bucket_and_the_policy() {
+    let template = template();
+    let mut unconditional: Vec<&str> = template["Resources"]
+        .as_object()
+        .expect("resources")
+        .iter()
+        .filter(|(_, resource)| resource.get("Condition").is_none())
+        .map(|(id, _)| id.as_str())
+        .collect();
+    unconditional.sort_unstable();
+    assert_eq!(
+        unconditional,
+        [
+            "BandQueue1",
+            "BandQueue2",
+            "BandQueue3",
+            "BlobBucket",
+            "DeadLetterQueue",
+            "HostPolicy"
+        ],
+        "with Hosts=SelfManaged nothing else is created"
+    );
+    for (id, resource) in template["Resources"].as_object().expect("resources") {
+        if let Some(condition) = resource.get("Condition") {
+            assert_eq!(condition, "OnFargate", "{id}");
+        }
+    }
+    // Fargate needs the image; the rule says so before anything is created.
+    let rule = &template["Rules"]["FargateNeedsAnImage"];
+    assert!(
+        rule["Assertions"][0]["AssertDescription"]
+            .as_str()
+            .is_some_and(|d| d.contains("ContainerImage"))
+    );
+    // The outputs `taskflow deploy` must find exist whatever the hosts.
+    for output in [
+        "SqsQueuePrefix",
+        "S3Bucket",
+        "Region",
+        "SqsBands",
+        "LeaseSecs",
+        "HostPolicyArn",
+    ] {
+        assert!(
+            template["Outputs"][output].get("Condition").is_none(),
+            "{output} is always there"
+        );
+    }
+}

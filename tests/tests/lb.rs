@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use taskflow::lb::{Balancer, LbConfig};
 use taskflow_tests::process::{HostProcess, free_port};
-use taskflow_tests::{get_json, install_plugins, plugin_wasm, poll_json, taskflow_binary};
+use taskflow_tests::{get_json, install_plugins, list_all, poll_json, taskflow_binary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -184,6 +184,8 @@ fn config(backends: Vec<reqwest::Url>) -> LbConfig {
         read_timeout_ms: 5000,
         body_timeout_ms: 5000,
         max_body_bytes: 1024 * 1024,
+        max_buffered_bytes: 16 * 1024 * 1024,
+        threads: None,
     }
 }
 
@@ -196,13 +198,7 @@ async fn start_balancer(config: &LbConfig) -> String {
     );
     let listener = TcpListener::bind(any_port()).await.expect("bind balancer");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            taskflow::lb::router(balancer).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-    });
+    tokio::spawn(async move { axum::serve(listener, taskflow::lb::service(balancer)).await });
     url
 }
 
@@ -737,48 +733,105 @@ impl Drop for Process {
     }
 }
 
-/// Which host answered `GET /plugins` through the balancer: each host has
-/// a plugin `only-<n>` of its own.
-async fn which_host(client: &reqwest::Client, lb: &str, request_id: &str) -> String {
-    let response = client
-        .get(format!("{lb}/plugins"))
-        .header("x-request-id", request_id)
-        .send()
+/// What the load clients saw: each POST's marker and whether it was
+/// accepted, and every failed request.
+#[derive(Default)]
+struct Load {
+    posts: Vec<(String, bool)>,
+    failures: usize,
+}
+
+/// `clients` loops, each sending `POST /tasks` (payload marked uniquely)
+/// then `GET /health` through the balancer, until `stop`.
+fn start_load(
+    lb: &str,
+    clients: usize,
+    round: &'static str,
+    load: Arc<Mutex<Load>>,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..clients)
+        .map(|c| {
+            let (lb, load, stop) = (lb.to_string(), load.clone(), stop.clone());
+            tokio::spawn(async move {
+                let http = client();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let marker = format!("{round}-{c}-{i}");
+                    i += 1;
+                    let posted = http
+                        .post(format!("{lb}/tasks"))
+                        .json(&json!({"plugin": "echo", "payload": {"marker": marker}}))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
+                    let checked = http
+                        .get(format!("{lb}/health"))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
+                    let mut load = load.lock().expect("load");
+                    load.posts.push((marker, posted));
+                    load.failures += usize::from(!posted) + usize::from(!checked);
+                }
+            })
+        })
+        .collect()
+}
+
+/// Runs the load for `time`; returns the requests each backend got meanwhile.
+async fn load_for(
+    lb: &str,
+    round: &'static str,
+    load: &Arc<Mutex<Load>>,
+    time: Duration,
+) -> Vec<u64> {
+    let http = client();
+    let before = backend_requests(&http, lb).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = start_load(lb, 3, round, load.clone(), stop.clone());
+    tokio::time::sleep(time).await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.expect("load client");
+    }
+    let after = backend_requests(&http, lb).await;
+    after.iter().zip(before).map(|(a, b)| a - b).collect()
+}
+
+async fn backend_requests(http: &reqwest::Client, lb: &str) -> Vec<u64> {
+    get_json(http, &format!("{lb}/lb/backends"))
         .await
-        .expect("through lb");
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()["x-request-id"], request_id);
-    let plugins: Value = response.json().await.expect("json");
-    let names: Vec<&str> = plugins["plugins"]
         .as_array()
-        .expect("plugins")
+        .expect("backends")
         .iter()
-        .filter_map(|p| p["name"].as_str())
-        .collect();
-    assert!(names.contains(&"echo"), "{plugins}");
-    let own: Vec<&str> = names
-        .iter()
-        .copied()
-        .filter(|n| n.starts_with("only-"))
-        .collect();
-    assert_eq!(own.len(), 1, "{plugins}");
-    own[0].to_owned()
+        .map(|b| b["requests"].as_u64().expect("requests"))
+        .collect()
+}
+
+fn assert_even(counts: &[u64], what: &str) {
+    let total: u64 = counts.iter().sum();
+    let mean = total as f64 / counts.len() as f64;
+    assert!(total >= 30, "{what}: too few requests to judge: {counts:?}");
+    for count in counts {
+        assert!(
+            (*count as f64 - mean).abs() <= mean * 0.1 + 2.0,
+            "{what}: requests spread evenly: {counts:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_lb_command_balances_real_hosts_and_survives_one_dying() {
-    let client = client();
+async fn three_hosts_behind_the_lb_share_evenly_lose_one_briefly_and_get_it_back() {
+    let http = client();
     let data = tempfile::tempdir().expect("tempdir");
+    let dirs: Vec<_> = (1..=3)
+        .map(|n| data.path().join(format!("host-{n}")))
+        .collect();
     let mut hosts = Vec::new();
-    for n in 0..2 {
-        let dir = data.path().join(format!("host-{n}"));
+    for (n, dir) in dirs.iter().enumerate() {
         install_plugins(&dir.join("plugins"), &["echo"]);
-        std::fs::copy(
-            plugin_wasm("echo"),
-            dir.join(format!("plugins/only-{n}.wasm")),
-        )
-        .expect("copy echo");
-        hosts.push(HostProcess::start_with(&dir, free_port(), &["--workers", "1"]).await);
+        hosts.push(HostProcess::start_with(dir, 8001 + n as u16, &["--workers", "1"]).await);
     }
     let lb_port = free_port();
     let _lb = Process(
@@ -790,57 +843,115 @@ async fn the_lb_command_balances_real_hosts_and_survives_one_dying() {
                 "--health-interval-ms",
                 "100",
             ])
-            .args(
-                hosts
-                    .iter()
-                    .flat_map(|host| ["--backend", host.url.as_str()]),
-            )
+            .args([
+                "--backend",
+                "http://127.0.0.1:8001",
+                "--backend",
+                "http://127.0.0.1:8002",
+            ])
+            .args(["--backend", "http://127.0.0.1:8003"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn lb"),
     );
     let lb = format!("http://127.0.0.1:{lb_port}");
+    let all_healthy = |b: &Value| {
+        b.as_array()
+            .is_some_and(|a| a.len() == 3 && a.iter().all(|b| b["healthy"] == true))
+    };
     poll_json(
-        &client,
+        &http,
         &format!("{lb}/lb/backends"),
         Duration::from_secs(30),
-        |b| {
-            b.as_array()
-                .is_some_and(|a| a.len() == 2 && a.iter().all(|b| b["healthy"] == true))
-        },
+        all_healthy,
     )
     .await;
+    let load = Arc::new(Mutex::new(Load::default()));
 
-    let mut answered = Vec::new();
-    for i in 0..6 {
-        answered.push(which_host(&client, &lb, &format!("lb-{i}")).await);
-    }
-    assert!(
-        answered.contains(&"only-0".to_owned()) && answered.contains(&"only-1".to_owned()),
-        "{answered:?}"
+    // Even spread.
+    let spread = load_for(&lb, "before", &load, Duration::from_secs(2)).await;
+    assert_even(&spread, "three healthy hosts");
+    assert_eq!(
+        load.lock().expect("load").failures,
+        0,
+        "no failure while all are up"
     );
-    for pair in answered.windows(2) {
-        assert_ne!(
-            pair[0], pair[1],
-            "consecutive requests go to the two hosts in turn: {answered:?}"
-        );
-    }
 
-    hosts.remove(0).kill();
-    for i in 0..6 {
-        assert_eq!(
-            which_host(&client, &lb, &format!("after-{i}")).await,
-            "only-1",
-            "host 0 is dead"
-        );
-    }
-    let backends = poll_json(
-        &client,
+    // Host 3 killed under load: a few requests in flight on it fail, then
+    // it is out of the rotation and nothing fails.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = start_load(&lb, 3, "kill", load.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    hosts.pop().expect("host 3").kill();
+    poll_json(
+        &http,
         &format!("{lb}/lb/backends"),
         Duration::from_secs(10),
-        |b| b[0]["healthy"] == false,
+        |b| b[2]["healthy"] == false,
     )
     .await;
-    assert_eq!(backends[1]["healthy"], true, "{backends}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let failed_at_ejection = load.lock().expect("load").failures;
+    let posts_at_ejection = load.lock().expect("load").posts.len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.expect("load client");
+    }
+    let (failures, posts) = {
+        let load = load.lock().expect("load");
+        (load.failures, load.posts.len())
+    };
+    println!("killed host: {failed_at_ejection} failed requests, {posts} posts so far");
+    assert!(
+        failed_at_ejection <= 6,
+        "at most the requests in flight on the killed host fail: {failed_at_ejection}"
+    );
+    assert!(
+        posts > posts_at_ejection + 30,
+        "the load went on: {posts_at_ejection} → {posts}"
+    );
+    assert_eq!(
+        failures, failed_at_ejection,
+        "nothing fails once the host is out"
+    );
+
+    // Restarted on its data directory: back in the rotation, its share again.
+    hosts.push(HostProcess::start_with(&dirs[2], 8003, &["--workers", "1"]).await);
+    poll_json(
+        &http,
+        &format!("{lb}/lb/backends"),
+        Duration::from_secs(30),
+        all_healthy,
+    )
+    .await;
+    let spread = load_for(&lb, "after", &load, Duration::from_secs(2)).await;
+    assert_even(&spread, "the restarted host rejoined");
+    assert_eq!(
+        load.lock().expect("load").failures,
+        failures,
+        "no failure after the rejoin"
+    );
+
+    // No POST reached two hosts: every marker is in at most one host's
+    // tasks, every accepted one in exactly one.
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for host in &hosts {
+        for task in list_all(&http, &host.url, "").await {
+            let marker = task["payload"]["marker"]
+                .as_str()
+                .expect("marker")
+                .to_string();
+            *seen.entry(marker).or_default() += 1;
+        }
+    }
+    let load = load.lock().expect("load");
+    for (marker, accepted) in &load.posts {
+        let copies = seen.get(marker).copied().unwrap_or(0);
+        assert!(copies <= 1, "{marker} was run by {copies} hosts");
+        if *accepted {
+            assert_eq!(copies, 1, "accepted {marker} is on a host");
+        }
+    }
 }

@@ -130,7 +130,7 @@ fn unavailable(what: &str, error: impl std::fmt::Display) -> QueueError {
 }
 
 /// The error an SDK call ends with, with its service message where there is one.
-fn sdk_error<E: std::error::Error + 'static>(
+fn sdk_error<E: std::error::Error + aws_sdk_sqs::error::ProvideErrorMetadata + 'static>(
     what: &str,
     error: aws_sdk_sqs::error::SdkError<E>,
 ) -> QueueError {

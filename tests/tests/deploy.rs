@@ -1,0 +1,271 @@
+//! `taskflow deploy` against moto's CloudFormation, with the template's
+//! self-managed parameter set (moto has no Fargate, RDS or ALB): the change
+//! set is shown and nothing happens when the answer is no; `--yes` creates
+//! the queues and the bucket and writes `.env` beside the lines it does not
+//! own; a `taskflow serve` started from that `.env` (plus a PostgreSQL URL)
+//! takes a task through SQS and S3 to completed; a second deploy changes
+//! nothing; `--delete` removes the stack and its settings.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+use taskflow_tests::process::{HostProcess, free_port};
+use taskflow_tests::{aws, install_plugins, pg, poll_json, taskflow_binary};
+
+/// Runs `taskflow deploy <args>` in `dir`, answering `answer` when asked.
+fn deploy(dir: &Path, args: &[&str], answer: &str) -> (bool, String) {
+    let mut child = Command::new(taskflow_binary())
+        .current_dir(dir)
+        .arg("deploy")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run taskflow deploy");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(answer.as_bytes())
+        .expect("answer");
+    let output = child.wait_with_output().expect("taskflow deploy ends");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// The variables of an env file, as `taskflow` reads them.
+fn env_of(path: &Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path).expect("read the env file");
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim_matches('\'').to_string()))
+        .collect()
+}
+
+async fn queue_names(prefix: &str) -> Vec<String> {
+    let listed = aws::sqs()
+        .await
+        .list_queues()
+        .queue_name_prefix(prefix)
+        .send()
+        .await
+        .expect("list queues");
+    let mut names: Vec<String> = listed
+        .queue_urls()
+        .iter()
+        .filter_map(|url| url.rsplit('/').next().map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn deploy_creates_the_stack_writes_env_and_a_host_started_from_it_completes_a_task() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env_file = dir.path().join(".env");
+    let stack = aws::fresh_prefix();
+    let (schema, _) = pg::fresh_schema().await;
+    let database_url = pg::schema_url(&schema);
+    let before = format!("# mine\nTASKFLOW_DATABASE_URL={database_url}\nMY_OWN_SETTING=kept\n");
+    std::fs::write(&env_file, &before).expect("write .env");
+    let self_managed = [
+        "--stack-name",
+        stack.as_str(),
+        "--parameter",
+        "Hosts=SelfManaged",
+    ];
+
+    // Asked, and answered no: the change set was shown, nothing exists.
+    let (ok, out) = deploy(dir.path(), &self_managed, "n\n");
+    assert!(ok, "declining is not an error:\n{out}");
+    for shown in [
+        "Change set",
+        "BandQueue1",
+        "AWS::SQS::Queue",
+        "BlobBucket",
+        "Apply these changes",
+    ] {
+        assert!(out.contains(shown), "the change set shows {shown}:\n{out}");
+    }
+    assert!(out.contains("Nothing was changed"), "{out}");
+    assert!(
+        queue_names(&stack).await.is_empty(),
+        "no queue before the answer yes"
+    );
+    let stacks = taskflow::deploy::Stacks::new(&aws::sdk().await);
+    assert!(
+        stacks.describe(&stack).await.expect("describe").is_none(),
+        "the review left no stack behind"
+    );
+    assert_eq!(std::fs::read_to_string(&env_file).expect(".env"), before);
+
+    // --yes: created, and .env written.
+    let (ok, out) = deploy(dir.path(), &[&self_managed[..], &["--yes"]].concat(), "");
+    assert!(ok, "deploy --yes:\n{out}");
+    assert!(
+        out.contains("CREATE_COMPLETE"),
+        "progress shows the stack's events:\n{out}"
+    );
+    assert_eq!(
+        queue_names(&stack).await,
+        [
+            format!("{stack}-band-1"),
+            format!("{stack}-band-2"),
+            format!("{stack}-band-3"),
+            format!("{stack}-dead-letters")
+        ]
+    );
+    let env = env_of(&env_file);
+    assert_eq!(env["TASKFLOW_QUEUE"], "sqs");
+    assert_eq!(env["TASKFLOW_BLOBS"], "s3");
+    assert_eq!(env["TASKFLOW_STORAGE"], "postgres");
+    assert_eq!(env["TASKFLOW_SQS_QUEUE_PREFIX"], stack);
+    assert_eq!(env["AWS_REGION"], "us-east-1");
+    assert_eq!(
+        env["TASKFLOW_DATABASE_URL"], database_url,
+        "a setting deploy does not write stays"
+    );
+    assert_eq!(env["MY_OWN_SETTING"], "kept");
+    let bucket = env["TASKFLOW_S3_BUCKET"].clone();
+    aws::s3()
+        .await
+        .head_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("the stack's bucket {bucket} exists: {e:?}"));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(".env.bak")).expect("backup"),
+        before,
+        "the previous .env is kept"
+    );
+
+    // A host started in that directory with nothing but its data directory
+    // (and credentials): the rest comes from .env.
+    let data = tempfile::tempdir().expect("tempdir");
+    install_plugins(&data.path().join("plugins"), &["echo"]);
+    let mut serve = Command::new(taskflow_binary());
+    serve
+        .current_dir(dir.path())
+        .args([
+            "serve",
+            "--log-format",
+            "json",
+            "--workers",
+            "2",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_REGION");
+    let host = HostProcess::launch(serve, free_port()).await;
+    let client = reqwest::Client::new();
+    let big = "x".repeat(100 * 1024);
+    let submitted: serde_json::Value = client
+        .post(format!("{}/tasks", host.url))
+        .json(&json!({"plugin": "echo", "payload": {"text": big}, "priority": 2}))
+        .send()
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("json");
+    let id = submitted["id"].as_str().expect("task id").to_string();
+    let done = poll_json(
+        &client,
+        &format!("{}/tasks/{id}", host.url),
+        Duration::from_secs(60),
+        |task| task["status"] == "completed",
+    )
+    .await;
+    assert_eq!(
+        done["result"]["value"]["text"].as_str().map(str::len),
+        Some(big.len())
+    );
+    let stored = aws::keys(&bucket, "").await;
+    assert!(
+        stored.iter().any(|k| k.starts_with("payloads/"))
+            && stored.iter().any(|k| k.starts_with("results/")),
+        "the large payload and result went through the stack's bucket: {stored:?}"
+    );
+    drop(host);
+
+    // Again, with nothing changed: up to date, .env as it was.
+    let written = std::fs::read_to_string(&env_file).expect(".env");
+    let (ok, out) = deploy(dir.path(), &["--stack-name", stack.as_str(), "--yes"], "");
+    assert!(ok, "a second deploy:\n{out}");
+    assert!(out.contains("up to date"), "{out}");
+    assert_eq!(std::fs::read_to_string(&env_file).expect(".env"), written);
+
+    // --delete: the queues go, and so do the settings deploy wrote.
+    let (ok, out) = deploy(
+        dir.path(),
+        &["--stack-name", stack.as_str(), "--delete", "--yes"],
+        "",
+    );
+    assert!(ok, "deploy --delete:\n{out}");
+    assert!(out.contains("DELETE_COMPLETE"), "{out}");
+    assert!(
+        queue_names(&stack).await.is_empty(),
+        "the queues are deleted"
+    );
+    let env = env_of(&env_file);
+    assert!(
+        !env.contains_key("TASKFLOW_QUEUE") && !env.contains_key("TASKFLOW_S3_BUCKET"),
+        "{env:?}"
+    );
+    assert_eq!(env["MY_OWN_SETTING"], "kept");
+    assert_eq!(env["TASKFLOW_DATABASE_URL"], database_url);
+    pg::drop_schema(&schema).await;
+}
+
+#[tokio::test]
+async fn deploy_refuses_what_it_cannot_do_and_says_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stack = aws::fresh_prefix();
+    // A template CloudFormation cannot read.
+    std::fs::write(dir.path().join("broken.yaml"), "Resources: [1, 2").expect("write");
+    let (ok, out) = deploy(
+        dir.path(),
+        &["--stack-name", &stack, "--template", "broken.yaml", "--yes"],
+        "",
+    );
+    assert!(!ok && out.contains("the template is not valid"), "{out}");
+    // A template file that is not there.
+    let (ok, out) = deploy(
+        dir.path(),
+        &["--stack-name", &stack, "--template", "missing.yaml"],
+        "",
+    );
+    assert!(
+        !ok && out.contains("cannot read the template missing.yaml"),
+        "{out}"
+    );
+    // Deleting a stack that does not exist changes nothing.
+    let (ok, out) = deploy(
+        dir.path(),
+        &["--stack-name", &stack, "--delete", "--yes"],
+        "",
+    );
+    assert!(ok && out.contains("nothing to delete"), "{out}");
+    // An env file named but missing is refused before anything runs.
+    let (ok, out) = deploy(
+        dir.path(),
+        &["--env-file", "nope.env", "--stack-name", &stack],
+        "",
+    );
+    assert!(
+        !ok && out.contains("the env file nope.env does not exist"),
+        "{out}"
+    );
+}
