@@ -181,7 +181,7 @@ fn mean(runs: &[Measured]) -> Measured {
 
 /// nginx in the foreground on `port`, round robin over `backends` with a
 /// keep-alive pool, forwarding what `taskflow lb` forwards.
-fn start_nginx(dir: &Path, port: u16, backends: &[String]) -> Host {
+fn start_nginx(dir: &Path, port: u16, backends: &[String]) -> Nginx {
     std::fs::create_dir_all(dir).expect("nginx dir");
     let servers: String = backends
         .iter()
@@ -220,7 +220,7 @@ http {{
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, config).expect("write nginx.conf");
-    Host(
+    Nginx(
         Command::new("nginx")
             .arg("-p")
             .arg(dir)
@@ -231,6 +231,19 @@ http {{
             .spawn()
             .expect("start nginx"),
     )
+}
+
+/// nginx's master process, stopped with its workers when dropped (SIGTERM:
+/// a SIGKILL would leave the workers running).
+struct Nginx(std::process::Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
 }
 
 fn wrk_command(

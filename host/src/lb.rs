@@ -98,6 +98,9 @@ struct Backend {
     url: reqwest::Url,
     /// Its address, for requests under the root path.
     authority: Authority,
+    /// The same, as the `Host` header of requests to it (made once: the
+    /// client would otherwise format it for every request).
+    host: HeaderValue,
     /// The URL without a trailing slash, when it has a path of its own:
     /// the prefix of every forwarded path.
     prefix: Option<String>,
@@ -183,6 +186,10 @@ impl Balancer {
             .backends
             .iter()
             .map(|url| Backend {
+                host: authority_of(url)
+                    .ok()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                    .unwrap_or(HeaderValue::from_static("invalid")),
                 authority: authority_of(url)
                     .unwrap_or_else(|_| Authority::from_static("invalid:80")),
                 prefix: (url.path() != "/").then(|| url.as_str().trim_end_matches('/').to_string()),
@@ -495,6 +502,9 @@ impl Backend {
         *request.method_mut() = method;
         *request.uri_mut() = self.uri_for(path_and_query)?;
         *request.headers_mut() = headers;
+        request
+            .headers_mut()
+            .insert(header::HOST, self.host.clone());
         Some(request)
     }
 }
