@@ -207,50 +207,14 @@ pub async fn run(args: DeployArgs, env_file: &Path) -> anyhow::Result<()> {
         Some(stack) if !creating => stacks.newest_event(&stack.id).await?,
         _ => None,
     };
-    let started = if args.yes {
-        if let Some(stack) = existing
-            .as_ref()
-            .filter(|s| s.status == "REVIEW_IN_PROGRESS")
-        {
-            // A review left behind holds the name; it has no resources.
-            stacks.delete(&stack.id).await?;
-            stacks.wait(&stack.id, None, POLL, |_, _| {}).await?;
-        }
-        if creating {
-            stacks.create(name, &body, parameters, capabilities).await?;
-            true
-        } else {
-            stacks.update(name, &body, parameters, capabilities).await?
-        }
-    } else {
-        let change_set = chrono::Utc::now()
-            .format("taskflow-%Y%m%d-%H%M%S")
-            .to_string();
-        let kind = if creating {
-            ChangeSetType::Create
-        } else {
-            ChangeSetType::Update
-        };
-        match stacks
-            .change_set(name, &change_set, kind, &body, parameters, capabilities)
-            .await?
-        {
-            ChangeSetOutcome::NoChanges => false,
-            ChangeSetOutcome::Ready(changes) => {
-                print_changes(&changes);
-                if !confirm(&format!("Apply these changes to stack {name}?"))? {
-                    stacks.delete_change_set(name, &change_set).await?;
-                    if creating {
-                        // The review stack holds the name and nothing else.
-                        stacks.delete(name).await?;
-                    }
-                    println!("Nothing was changed (pass --yes to apply without being asked).");
-                    return Ok(());
-                }
-                stacks.execute_change_set(name, &change_set).await?;
-                true
-            }
-        }
+    let change = Change {
+        body: &body,
+        parameters,
+        capabilities,
+    };
+    let Some(started) = start(&stacks, name, existing.as_ref(), creating, args.yes, change).await?
+    else {
+        return Ok(());
     };
     let state = if started {
         let id = stacks
@@ -264,6 +228,90 @@ pub async fn run(args: DeployArgs, env_file: &Path) -> anyhow::Result<()> {
         stacks.describe(name).await?.context("the stack vanished")?
     };
 
+    write_settings(&state, name, &region, env_file)
+}
+
+/// What a create or an update sends.
+struct Change<'a> {
+    body: &'a str,
+    parameters: Vec<Parameter>,
+    capabilities: Vec<Capability>,
+}
+
+/// Starts creating or updating the stack: directly with `yes`, else
+/// through a change set shown and confirmed first. `Some(false)` when there
+/// is nothing to change, `None` when the answer was no.
+async fn start(
+    stacks: &Stacks,
+    name: &str,
+    existing: Option<&StackState>,
+    creating: bool,
+    yes: bool,
+    change: Change<'_>,
+) -> anyhow::Result<Option<bool>> {
+    let Change {
+        body,
+        parameters,
+        capabilities,
+    } = change;
+    let started = if yes {
+        if let Some(stack) = existing.filter(|s| s.status == "REVIEW_IN_PROGRESS") {
+            // A review left behind holds the name; it has no resources.
+            stacks.delete(&stack.id).await?;
+            while stacks
+                .describe(&stack.id)
+                .await?
+                .is_some_and(|s| s.status != "DELETE_COMPLETE")
+            {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        if creating {
+            stacks.create(name, body, parameters, capabilities).await?;
+            true
+        } else {
+            stacks.update(name, body, parameters, capabilities).await?
+        }
+    } else {
+        let change_set = chrono::Utc::now()
+            .format("taskflow-%Y%m%d-%H%M%S")
+            .to_string();
+        let kind = if creating {
+            ChangeSetType::Create
+        } else {
+            ChangeSetType::Update
+        };
+        match stacks
+            .change_set(name, &change_set, kind, body, parameters, capabilities)
+            .await?
+        {
+            ChangeSetOutcome::NoChanges => false,
+            ChangeSetOutcome::Ready(changes) => {
+                print_changes(&changes);
+                if !confirm(&format!("Apply these changes to stack {name}?"))? {
+                    stacks.delete_change_set(name, &change_set).await?;
+                    if creating {
+                        // The review stack holds the name and nothing else.
+                        stacks.delete(name).await?;
+                    }
+                    println!("Nothing was changed (pass --yes to apply without being asked).");
+                    return Ok(None);
+                }
+                stacks.execute_change_set(name, &change_set).await?;
+                true
+            }
+        }
+    };
+    Ok(Some(started))
+}
+
+/// Writes the stack's settings into the env file and says what it did.
+fn write_settings(
+    state: &StackState,
+    name: &str,
+    region: &str,
+    env_file: &Path,
+) -> anyhow::Result<()> {
     let settings = settings_from_outputs(&state.outputs).map_err(|missing| {
         anyhow::anyhow!(
             "stack {name} has no output {}: was it made from TaskFlow's template?",
