@@ -11,6 +11,13 @@
 //! `X-Forwarded-Proto`, `X-Forwarded-Host`); hop-by-hop headers, and those
 //! the `Connection` header names, are not. `/lb/backends` counts each
 //! backend's requests, failures and latency.
+//!
+//! Like nginx's workers, one single-threaded runtime per CPU accepts on the
+//! one listening socket and keeps its own keep-alive connections to every
+//! backend (hyper's HTTP/1 server and hyper-util's pooled client): a
+//! request stays on one thread from client to backend and back. Request
+//! bodies are held whole (up to `--max-buffered-bytes` over all requests at
+//! once); responses are streamed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,13 +32,12 @@ use axum::extract::Request;
 use axum::http::uri::{Authority, PathAndQuery, Scheme};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::serve::IncomingStream;
 use bytes::{Bytes, BytesMut};
 use clap::Args;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::timeout::TimeoutBody;
@@ -426,6 +432,9 @@ impl Balancer {
         &self,
         mut body: Body,
     ) -> Result<(Bytes, Option<OwnedSemaphorePermit>), ApiError> {
+        // A body that arrives as one frame (most) is kept as it came; only
+        // a second frame starts a buffer.
+        let mut first: Option<Bytes> = None;
         let mut bytes = BytesMut::new();
         let mut held: Option<OwnedSemaphorePermit> = None;
         while let Some(frame) = body.frame().await {
@@ -439,7 +448,8 @@ impl Balancer {
             let Ok(chunk) = frame.into_data() else {
                 continue;
             };
-            if bytes.len() + chunk.len() > self.max_body_bytes {
+            let so_far = first.as_ref().map_or(bytes.len(), Bytes::len);
+            if so_far + chunk.len() > self.max_body_bytes {
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "payload_too_large",
@@ -459,9 +469,16 @@ impl Balancer {
                 Some(held) => held.merge(permit),
                 None => held = Some(permit),
             }
-            bytes.extend_from_slice(&chunk);
+            match first.take() {
+                None if bytes.is_empty() => first = Some(chunk),
+                None => bytes.extend_from_slice(&chunk),
+                Some(earlier) => {
+                    bytes.extend_from_slice(&earlier);
+                    bytes.extend_from_slice(&chunk);
+                }
+            }
         }
-        Ok((bytes.freeze(), held))
+        Ok((first.unwrap_or_else(|| bytes.freeze()), held))
     }
 }
 
@@ -602,48 +619,54 @@ fn http_client(connect_timeout: Duration) -> Http {
         .build(connector)
 }
 
-/// The balancer as a service making one [`Proxy`] per client connection,
-/// for `axum::serve`; its connections to the backends are its own (one per
-/// serving thread).
-#[derive(Clone)]
-pub struct Balance {
+/// Serves the balancer on `listener` until `shutdown` resolves, then lets
+/// the requests in progress finish: `GET /lb/backends` answers itself,
+/// everything else is forwarded through keep-alive connections of this
+/// call's own (one pool per serving thread).
+pub async fn serve(
     balancer: Arc<Balancer>,
-    http: Http,
-}
-
-/// Serves the balancer: `GET /lb/backends` answers itself; everything else
-/// is forwarded.
-pub fn service(balancer: Arc<Balancer>) -> Balance {
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
     let http = http_client(balancer.connect_timeout);
-    Balance { balancer, http }
+    let server = hyper::server::conn::http1::Builder::new();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, address) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, typically: wait rather than spin.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = Arc::new(Connection {
+            balancer: balancer.clone(),
+            http: http.clone(),
+            client: HeaderValue::from_str(&address.ip().to_string())
+                .unwrap_or(HeaderValue::from_static("unknown")),
+        });
+        let service = hyper::service::service_fn(move |request: axum::http::Request<Incoming>| {
+            let connection = connection.clone();
+            async move { Ok::<_, Infallible>(connection.handle(request.map(Body::new)).await) }
+        });
+        let served = graceful.watch(server.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = served.await {
+                tracing::debug!(%error, "client connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
 }
 
-impl<'a> tower::Service<IncomingStream<'a, tokio::net::TcpListener>> for Balance {
-    type Response = Proxy;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Proxy, Infallible>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, incoming: IncomingStream<'a, tokio::net::TcpListener>) -> Self::Future {
-        let client = incoming.remote_addr().ip().to_string();
-        std::future::ready(Ok(Proxy(Arc::new(Connection {
-            balancer: self.balancer.clone(),
-            http: self.http.clone(),
-            client: HeaderValue::from_str(&client).unwrap_or(HeaderValue::from_static("unknown")),
-        }))))
-    }
-}
-
-/// One client connection's service.
-#[derive(Clone)]
-pub struct Proxy(Arc<Connection>);
-
+/// One client connection.
 struct Connection {
     balancer: Arc<Balancer>,
     http: Http,
@@ -651,30 +674,15 @@ struct Connection {
     client: HeaderValue,
 }
 
-impl tower::Service<Request> for Proxy {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let connection = self.0.clone();
-        Box::pin(async move {
-            let balancer = &connection.balancer;
-            if request.uri().path() == "/lb/backends" && request.method() == Method::GET {
-                return Ok(axum::Json(balancer.status()).into_response());
-            }
-            Ok(balancer
-                .forward(&connection.http, &connection.client, request)
-                .await
-                .into_response())
-        })
+impl Connection {
+    async fn handle(&self, request: Request) -> Response {
+        if request.uri().path() == "/lb/backends" && request.method() == Method::GET {
+            return axum::Json(self.balancer.status()).into_response();
+        }
+        self.balancer
+            .forward(&self.http, &self.client, request)
+            .await
+            .into_response()
     }
 }
 
@@ -704,7 +712,7 @@ pub async fn run(
         let listener = shared
             .try_clone()
             .context("cannot share the listening socket")?;
-        let app = service(balancer.clone());
+        let balancer = balancer.clone();
         let stop = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("lb-{index}"))
@@ -716,9 +724,8 @@ pub async fn run(
                 runtime
                     .block_on(async move {
                         let listener = tokio::net::TcpListener::from_std(listener)?;
-                        axum::serve(listener, app)
-                            .with_graceful_shutdown(stop.cancelled_owned())
-                            .await
+                        serve(balancer, listener, stop.cancelled_owned()).await;
+                        Ok::<(), std::io::Error>(())
                     })
                     .context("the load balancer's HTTP server failed")
             })
@@ -846,6 +853,25 @@ mod tests {
                 "{bad} should be refused"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_in_several_frames_is_read_whole() {
+        let lb = balancer(&["http://a:1"]);
+        let (mut sender, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(4);
+        tokio::spawn(async move {
+            for frame in ["ab", "cd", "e"] {
+                if sender
+                    .send_data(Bytes::from_static(frame.as_bytes()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let (body, _held) = lb.read_body(Body::new(body)).await.expect("read");
+        assert_eq!(&body[..], b"abcde");
     }
 
     #[tokio::test]

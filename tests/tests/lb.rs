@@ -198,7 +198,11 @@ async fn start_balancer(config: &LbConfig) -> String {
     );
     let listener = TcpListener::bind(any_port()).await.expect("bind balancer");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, taskflow::lb::service(balancer)).await });
+    tokio::spawn(taskflow::lb::serve(
+        balancer,
+        listener,
+        std::future::pending(),
+    ));
     url
 }
 
