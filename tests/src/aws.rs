@@ -54,7 +54,12 @@ async fn sdk_at(endpoint: &str) -> aws_config::SdkConfig {
 
 /// An S3 client of the emulator (path-style, as the host addresses it).
 pub async fn s3() -> aws_sdk_s3::Client {
-    let config = aws_sdk_s3::config::Builder::from(&sdk().await)
+    s3_at(&endpoint()).await
+}
+
+/// An S3 client of the emulator at `endpoint`.
+pub async fn s3_at(endpoint: &str) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::from(&sdk_at(endpoint).await)
         .force_path_style(true)
         .build();
     aws_sdk_s3::Client::from_conf(config)
@@ -62,13 +67,19 @@ pub async fn s3() -> aws_sdk_s3::Client {
 
 /// Creates a bucket with a fresh name in the emulator; its name.
 pub async fn fresh_bucket() -> String {
+    fresh_bucket_at(&endpoint()).await
+}
+
+/// Like [`fresh_bucket`], in the emulator at `endpoint`.
+pub async fn fresh_bucket_at(endpoint: &str) -> String {
     let bucket = format!("tf-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    s3().await
+    s3_at(endpoint)
+        .await
         .create_bucket()
         .bucket(&bucket)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("create bucket {bucket} at {}: {e:?}", endpoint()));
+        .unwrap_or_else(|e| panic!("create bucket {bucket} at {endpoint}: {e:?}"));
     bucket
 }
 
