@@ -3,7 +3,7 @@
 # (wasm32-wasip2), installing the target first if it is missing.
 #
 #   plugins/dist/<name>.wasm          the example plugins (a host's plugin directory)
-#   tests/fixtures/dist/<name>.wasm   the hostile fixtures the tests use
+#   tests/fixtures/dist/<name>.wasm   the fixtures the tests and benchmarks use
 #
 # The Rust plugins build with cargo; `greeter` is Python, built with
 # componentize-py (installed from PyPI if missing), and `render` JavaScript,
@@ -39,6 +39,8 @@ if ! command -v componentize-py >/dev/null 2>&1; then
     python3 -m pip install --quiet 'componentize-py==0.25.1'
 fi
 componentize-py -d wit -w processor componentize -p plugins/greeter-py app -o plugins/dist/greeter.wasm >/dev/null
+componentize-py -d wit -w processor componentize -p tests/fixtures/wordcount-py app \
+    -o tests/fixtures/dist/wordcount-py.wasm >/dev/null
 
 # `render` is JavaScript, built with componentize-js (from npm, pinned by its
 # package-lock.json) by a small Node script against the same WIT world. Its
@@ -49,5 +51,9 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     exit 1
 fi
 (cd plugins/render-js && { [ -d node_modules/@bytecodealliance/componentize-js ] || npm ci --no-audit --no-fund --loglevel=error; } && node build.mjs ../dist/render.wasm)
+# The JavaScript fixtures of the language benchmark, with the same tools.
+for f in wordcount-js greeter-js; do
+    (cd plugins/render-js && node build.mjs "../../tests/fixtures/dist/$f.wasm" "../../tests/fixtures/$f/app.js")
+done
 
 echo "plugins: $(cd plugins/dist && ls *.wasm | tr '\n' ' ')"

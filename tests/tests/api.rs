@@ -262,6 +262,56 @@ async fn a_plugin_sidecar_sets_the_default_timeout_of_its_tasks() {
     host.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_sidecar_can_opt_into_instance_reuse() {
+    let host = TestHost::start(1, true).await;
+    let client = reqwest::Client::new();
+    let instance_of = |done: &Value| {
+        done["result"]["value"]["instance"]
+            .as_str()
+            .expect("instance")
+            .to_owned()
+    };
+    let run = |client: reqwest::Client| {
+        let host = &host;
+        async move {
+            let task = submit(
+                &client,
+                host,
+                json!({"plugin": "hostile", "payload": {"mode": "instance"}}),
+            )
+            .await;
+            let done = wait_terminal(&client, host, &id_of(&task)).await;
+            assert_eq!(done["status"], "completed", "{done}");
+            done
+        }
+    };
+    // By default every task has an instance of its own.
+    let (a, b) = (run(client.clone()).await, run(client.clone()).await);
+    assert_ne!(instance_of(&a), instance_of(&b));
+
+    let sidecar = host.data.path().join("plugins/hostile.limits.json");
+    std::fs::write(&sidecar, br#"{"reuse_tasks": 2}"#).expect("write sidecar");
+    host.service
+        .registry()
+        .sync_path(&sidecar)
+        .await
+        .expect("sidecar loads");
+    let runs = [
+        run(client.clone()).await,
+        run(client.clone()).await,
+        run(client.clone()).await,
+    ];
+    assert_eq!(instance_of(&runs[0]), instance_of(&runs[1]), "reused once");
+    assert_eq!(runs[1]["result"]["value"]["calls"], 2);
+    assert_ne!(
+        instance_of(&runs[1]),
+        instance_of(&runs[2]),
+        "two tasks each"
+    );
+    host.stop().await;
+}
+
 async fn pending_and_running_tasks_can_be_cancelled(backend: Backend) {
     let host = TestHost::start_on(backend, 1, true).await;
     let client = reqwest::Client::new();

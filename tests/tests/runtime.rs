@@ -688,3 +688,181 @@ async fn a_javascript_plugin_runs_through_the_same_contract() {
     .expect("lenient");
     assert_eq!(json_output(&lenient)["text"], "Hi !");
 }
+
+/// What the hostile fixture's `instance` mode reports.
+#[derive(Debug)]
+struct InstanceReport {
+    instance: String,
+    calls: u32,
+    overlapped: bool,
+}
+
+fn reuse(tasks: u32) -> Limits {
+    Limits {
+        timeout: Duration::from_millis(500),
+        reuse_tasks: tasks,
+        ..Limits::default()
+    }
+}
+
+/// Runs one `instance` task with its own id.
+async fn instance_task(
+    runtime: &Runtime,
+    plugin: &LoadedPlugin,
+    limits: Limits,
+    millis: u64,
+) -> InstanceReport {
+    let mut input = task(
+        &plugin.name,
+        1,
+        &json!({"mode": "instance", "millis": millis}),
+    );
+    input.id = uuid::Uuid::new_v4().to_string();
+    let out = runtime
+        .run(plugin, input, limits, None)
+        .await
+        .expect("instance task");
+    let report = json_output(&out);
+    InstanceReport {
+        instance: report["instance"].as_str().expect("instance").to_owned(),
+        calls: report["calls"]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .expect("calls"),
+        overlapped: report["overlapped"].as_bool().expect("overlapped"),
+    }
+}
+
+/// The same component with a custom section added: another version (another
+/// digest), the same code.
+fn another_version(bytes: &[u8]) -> Vec<u8> {
+    let name = b"taskflow-test-version";
+    let mut section = vec![u8::try_from(name.len()).expect("short name")];
+    section.extend_from_slice(name);
+    section.push(2);
+    let mut bytes = bytes.to_vec();
+    bytes.push(0); // a custom section
+    bytes.push(u8::try_from(section.len()).expect("short section"));
+    bytes.extend_from_slice(&section);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_instance_is_given_up_after_its_tasks_a_trap_a_timeout_or_a_new_version() {
+    let runtime = runtime();
+    let hostile = load(&runtime, "hostile", &fixture_wasm("hostile"));
+
+    // Three tasks per instance: the fourth gets a fresh one.
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(instance_task(&runtime, &hostile, reuse(3), 0).await);
+    }
+    assert_eq!(
+        seen.iter().map(|r| r.calls).collect::<Vec<_>>(),
+        [1, 2, 3, 1],
+        "{seen:?}"
+    );
+    assert!(seen[..3].iter().all(|r| r.instance == seen[0].instance));
+    assert_ne!(seen[3].instance, seen[0].instance);
+    assert_eq!(hostile.idle_instances(), 1);
+
+    // The plugin's own error is a normal return: the instance stays.
+    let before = instance_task(&runtime, &hostile, reuse(100), 0).await;
+    let err = run(&runtime, &hostile, json!({"mode": "fatal"}), reuse(100))
+        .await
+        .expect_err("fatal");
+    assert_eq!(err.kind, FailureKind::Fatal);
+    let after = instance_task(&runtime, &hostile, reuse(100), 0).await;
+    assert_eq!(
+        (after.instance.as_str(), after.calls),
+        (before.instance.as_str(), before.calls + 1)
+    );
+
+    // A trap, a timeout, the memory cap: the instance is not used again.
+    for (payload, kind) in [
+        (json!({"mode": "panic"}), FailureKind::Trap),
+        (json!({"mode": "loop"}), FailureKind::Timeout),
+        (json!({"mode": "memory"}), FailureKind::MemoryLimit),
+    ] {
+        let warm = instance_task(&runtime, &hostile, reuse(100), 0).await;
+        assert_eq!(hostile.idle_instances(), 1);
+        let limits = Limits {
+            memory_bytes: 16 << 20,
+            ..reuse(100)
+        };
+        let err = run(&runtime, &hostile, payload, limits)
+            .await
+            .expect_err("misbehaves");
+        assert_eq!(err.kind, kind, "{err}");
+        assert_eq!(hostile.idle_instances(), 0, "after {kind}");
+        let next = instance_task(&runtime, &hostile, reuse(100), 0).await;
+        assert_eq!(next.calls, 1, "after {kind}: {next:?}");
+        assert_ne!(next.instance, warm.instance, "after {kind}");
+    }
+
+    // A new version of the plugin starts with instances of its own.
+    let warm = instance_task(&runtime, &hostile, reuse(100), 0).await;
+    let bytes = another_version(&wasm_bytes(&fixture_wasm("hostile")));
+    let next_version = compile(
+        &runtime,
+        None,
+        &CompileCounters::default(),
+        "hostile",
+        &bytes,
+    )
+    .expect("the new version loads");
+    assert_ne!(next_version.digest, hostile.digest);
+    let first = instance_task(&runtime, &next_version, reuse(100), 0).await;
+    assert_eq!(first.calls, 1);
+    assert_ne!(first.instance, warm.instance);
+    // Without reuse, every task has a fresh instance.
+    for _ in 0..2 {
+        let fresh = instance_task(&runtime, &hostile, Limits::default(), 0).await;
+        assert_eq!(fresh.calls, 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_instance_never_runs_two_tasks_at_once() {
+    let runtime = runtime();
+    let hostile = std::sync::Arc::new(load(&runtime, "hostile", &fixture_wasm("hostile")));
+    // Three waves of eight tasks that each sleep inside the instance.
+    let mut reports = Vec::new();
+    for _ in 0..3 {
+        let wave: Vec<_> = (0..8)
+            .map(|_| {
+                let (runtime, hostile) = (runtime.clone(), hostile.clone());
+                tokio::spawn(
+                    async move { instance_task(&runtime, &hostile, reuse(1000), 30).await },
+                )
+            })
+            .collect();
+        for task in wave {
+            reports.push(task.await.expect("join"));
+        }
+    }
+    assert!(reports.iter().all(|r| !r.overlapped), "{reports:?}");
+    let mut by_instance: std::collections::HashMap<&str, Vec<u32>> = Default::default();
+    for report in &reports {
+        by_instance
+            .entry(&report.instance)
+            .or_default()
+            .push(report.calls);
+    }
+    for calls in by_instance.values_mut() {
+        calls.sort_unstable();
+        let expected: Vec<u32> = (1..=u32::try_from(calls.len()).expect("few")).collect();
+        assert_eq!(
+            *calls, expected,
+            "each instance counts its own tasks, one at a time"
+        );
+    }
+    assert!(
+        by_instance.len() <= 8,
+        "at most one instance per concurrent task"
+    );
+    assert!(
+        by_instance.values().any(|calls| calls.len() > 1),
+        "instances were reused: {by_instance:?}"
+    );
+}

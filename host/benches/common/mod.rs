@@ -101,6 +101,11 @@ pub async fn measure(
 
 /// Completed tasks, as `/stats` of `url` counts them.
 pub async fn completed(client: &reqwest::Client, url: &str) -> u64 {
+    tasks_with_status(client, url, "completed").await
+}
+
+/// Tasks in `status`, as `/stats` of `url` counts them.
+pub async fn tasks_with_status(client: &reqwest::Client, url: &str, status: &str) -> u64 {
     let stats: Value = client
         .get(format!("{url}/stats"))
         .send()
@@ -109,7 +114,7 @@ pub async fn completed(client: &reqwest::Client, url: &str) -> u64 {
         .json()
         .await
         .expect("json");
-    stats["system"]["tasks"]["completed"].as_u64().unwrap_or(0)
+    stats["system"]["tasks"][status].as_u64().unwrap_or(0)
 }
 
 /// Polls `check` every 10 ms until it holds (at most ten minutes).

@@ -1,8 +1,10 @@
 //! The WebAssembly runtime: one engine for the process, plugins compiled once
-//! and pre-linked once, a fresh sandboxed instance for every task.
+//! and pre-linked once, a fresh sandboxed instance for every task (or, for a
+//! plugin that opts in, one instance for several tasks in sequence).
 //!
 //! - [`engine`]: engine, linker and the epoch ticker behind timeouts;
 //! - [`sandbox`]: per-task store state (WASI granting nothing, limits, stdio);
+//! - `reuse`: instances kept between tasks;
 //! - [`plugin`]: compiling, validating and caching one plugin version;
 //! - [`registry`]: the name → version map with hot reload;
 //! - this module: running one task under its limits.
@@ -14,6 +16,7 @@ pub mod contract;
 pub mod engine;
 pub mod plugin;
 pub mod registry;
+mod reuse;
 pub mod sandbox;
 
 use std::sync::Arc;
@@ -95,6 +98,10 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Bytes of stdout and of stderr kept per task; the rest is dropped.
     pub output_bytes: usize,
+    /// How many tasks, one after another, one instance may run: 1 (the
+    /// default) is a fresh instance for every task. More lets state carry
+    /// over from task to task, for plugins whose authors accept that.
+    pub reuse_tasks: u32,
 }
 
 impl Default for Limits {
@@ -103,6 +110,7 @@ impl Default for Limits {
             timeout: Duration::from_secs(30),
             memory_bytes: 64 * 1024 * 1024,
             output_bytes: 64 * 1024,
+            reuse_tasks: 1,
         }
     }
 }
@@ -230,6 +238,8 @@ struct RuntimeInner {
     linker: Linker<Sandbox>,
     allocator: AllocatorKind,
     config: RuntimeConfig,
+    /// Instances idle between tasks, over every plugin version.
+    idle_held: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Runtime {
@@ -245,6 +255,7 @@ impl Runtime {
                 linker,
                 allocator,
                 config,
+                idle_held: Arc::default(),
             }),
         })
     }
@@ -268,7 +279,14 @@ impl Runtime {
         &self.inner.config
     }
 
-    /// Runs `task` in a fresh instance of `plugin` under `limits`. Never
+    /// The list of idle instances of a new plugin version.
+    pub(in crate::runtime) fn idle_instances(&self) -> reuse::IdleInstances {
+        let most = self.inner.config.max_concurrent_instances as usize / 2;
+        reuse::IdleInstances::new(self.inner.idle_held.clone(), most)
+    }
+
+    /// Runs `task` in a fresh instance of `plugin` under `limits` (or in an
+    /// idle one of this version, when `limits.reuse_tasks` allows). Never
     /// panics and never lets the plugin take the host down: every way the
     /// guest can fail becomes a [`Failure`].
     pub async fn run(
@@ -281,59 +299,77 @@ impl Runtime {
         // The engine's pool bounds every memory; a failure must name the cap that applied.
         limits.memory_bytes = limits.memory_bytes.min(self.inner.config.max_memory_bytes);
         let started = Instant::now();
-        let stdout = CapturedOutput::new(limits.output_bytes);
-        let stderr = CapturedOutput::new(limits.output_bytes);
+        let deadline = started + limits.timeout;
         let task_id = task.id.clone();
-        let sandbox = Sandbox::new(
-            task.id.clone(),
-            plugin.name.clone(),
-            limits.memory_bytes,
-            stdout.clone(),
-            stderr.clone(),
-            progress,
-        );
+        let reuse = limits.reuse_tasks > 1;
 
-        let mut store = Store::new(&self.inner.engine, sandbox);
-        store.limiter(|sandbox| &mut sandbox.limiter);
+        let mut warm = reuse.then(|| plugin.idle.take()).flatten();
+        if let Some(instance) = &mut warm
+            && !instance.store.data_mut().begin_task(
+                task.id.clone(),
+                limits.memory_bytes,
+                progress.clone(),
+                deadline,
+            )
+        {
+            warm = None; // it holds more memory than this task may use
+        }
+        let (mut store, ready, tasks_before) = match warm {
+            Some(warm) => (warm.store, Some(warm.processor), warm.tasks),
+            None => (
+                self.new_store(plugin, &task.id, &limits, progress, deadline),
+                None,
+                0,
+            ),
+        };
         if let Some(fuel) = self.inner.config.fuel {
             // Fuel metering is on for the whole engine; a set_fuel error
             // means it is off, which the config rules out.
             let _ = store.set_fuel(fuel);
         }
-        let deadline = started + limits.timeout;
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                // Hand the thread back to the executor at every tick so one
-                // long task cannot starve the others.
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
 
+        let wit_task = WitTask {
+            id: task.id,
+            plugin: task.plugin,
+            priority: task.priority,
+            attempt: task.attempt,
+            payload: task.payload,
+        };
         let call = async {
-            let processor = plugin
-                .pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(Outcome::Instantiate)?;
-            let wit_task = WitTask {
-                id: task.id,
-                plugin: task.plugin,
-                priority: task.priority,
-                attempt: task.attempt,
-                payload: task.payload,
+            let processor = match ready {
+                Some(processor) => processor,
+                None => plugin
+                    .pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(Outcome::Instantiate)?,
             };
-            processor
+            let output = processor
                 .call_process(&mut store, &wit_task)
                 .await
-                .map_err(Outcome::Trapped)
+                .map_err(Outcome::Trapped)?;
+            Ok((processor, output))
         };
         let outcome = tokio::time::timeout(limits.timeout + OUTER_TIMEOUT_GRACE, call).await;
         let memory_hit = store.data().limiter.hit;
-        drop(store);
-        let stdio = collect_stdio(&task_id, &plugin.name, &stdout, &stderr);
+        let stdio = collect_stdio(&task_id, &plugin.name, store.data());
+        // Only an instance whose call returned (with a result or the
+        // plugin's own error) may serve again: after a trap, a timeout or
+        // the memory cap, its state is not to be trusted.
+        let outcome = outcome.map(|called| {
+            called.map(|(processor, output)| {
+                let tasks = tasks_before + 1;
+                if reuse && !memory_hit && tasks < limits.reuse_tasks {
+                    plugin.idle.put(reuse::Warm {
+                        store,
+                        processor,
+                        tasks,
+                    });
+                }
+                output
+            })
+        });
 
         let result = match outcome {
             Err(_elapsed) => Err(Failure::new(
@@ -382,6 +418,41 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// A store for a new instance of `plugin`: WASI granting nothing,
+    /// the memory cap, the deadline checked at every epoch tick.
+    fn new_store(
+        &self,
+        plugin: &LoadedPlugin,
+        task_id: &str,
+        limits: &Limits,
+        progress: Option<Arc<AtomicU8>>,
+        deadline: Instant,
+    ) -> Store<Sandbox> {
+        let mut sandbox = Sandbox::new(
+            task_id.to_owned(),
+            plugin.name.clone(),
+            limits.memory_bytes,
+            CapturedOutput::new(limits.output_bytes),
+            CapturedOutput::new(limits.output_bytes),
+            progress,
+        );
+        sandbox.deadline = deadline;
+        let mut store = Store::new(&self.inner.engine, sandbox);
+        store.limiter(|sandbox| &mut sandbox.limiter);
+        store.epoch_deadline_callback(|store| {
+            if Instant::now() >= store.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                // Hand the thread back to the executor at every tick so one
+                // long task cannot starve the others.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+}
+
 enum Outcome {
     Instantiate(wasmtime::Error),
     Trapped(wasmtime::Error),
@@ -423,14 +494,9 @@ fn root_message(error: &wasmtime::Error) -> String {
 }
 
 /// Takes what the guest wrote and logs it with the task id.
-fn collect_stdio(
-    task_id: &str,
-    plugin: &str,
-    stdout: &CapturedOutput,
-    stderr: &CapturedOutput,
-) -> Stdio {
-    let (stdout, stdout_dropped) = stdout.take();
-    let (stderr, stderr_dropped) = stderr.take();
+fn collect_stdio(task_id: &str, plugin: &str, sandbox: &Sandbox) -> Stdio {
+    let (stdout, stdout_dropped) = sandbox.stdout.take();
+    let (stderr, stderr_dropped) = sandbox.stderr.take();
     for (stream, kept, dropped) in [
         ("stdout", &stdout, stdout_dropped),
         ("stderr", &stderr, stderr_dropped),

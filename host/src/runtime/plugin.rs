@@ -105,6 +105,8 @@ pub struct LoadedPlugin {
     /// Whether the compiled code came from the on-disk cache.
     pub from_cache: bool,
     pub(super) pre: ProcessorPre<Sandbox>,
+    /// Instances between tasks, when the plugin opts into reuse.
+    pub(super) idle: super::reuse::IdleInstances,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -137,6 +139,12 @@ impl LoadedPlugin {
     #[doc(hidden)]
     pub fn instance_pre(&self) -> &ProcessorPre<Sandbox> {
         &self.pre
+    }
+
+    /// Instances of this version idle between tasks (always 0 for a plugin
+    /// that does not opt into reuse).
+    pub fn idle_instances(&self) -> usize {
+        self.idle.len()
     }
 }
 
@@ -348,6 +356,7 @@ pub fn compile(
         loaded_at: Utc::now(),
         from_cache,
         pre,
+        idle: runtime.idle_instances(),
     })
 }
 

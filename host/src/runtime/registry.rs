@@ -32,6 +32,10 @@ pub struct PluginLimits {
     pub timeout_ms: Option<u64>,
     /// Memory cap of this plugin's tasks, in MiB.
     pub memory_mb: Option<usize>,
+    /// How many tasks one instance may run, one after another (unset or 1:
+    /// a fresh instance for every task). State left in the instance by one
+    /// task is seen by the next: only for plugins written for it.
+    pub reuse_tasks: Option<u32>,
 }
 
 /// A loaded version together with the limits it was loaded with.
@@ -380,7 +384,7 @@ impl PluginRegistry {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 PluginError::io(
                     format!(
-                        "invalid {}: expected {{\"timeout_ms\": N, \"memory_mb\": N}}",
+                        "invalid {}: expected {{\"timeout_ms\": N, \"memory_mb\": N, \"reuse_tasks\": N}}",
                         path.display()
                     ),
                     std::io::Error::other(e),

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wasmtime::ResourceLimiter;
@@ -28,7 +29,9 @@ const MAX_INSTANCES: usize = 64;
 /// Most host-side resources (streams, pollables …) a task may hold at once.
 const MAX_RESOURCES: usize = 10_000;
 
-/// State of one task's store. Built fresh for every task.
+/// State of one instance's store: built fresh for every task, or, for a
+/// plugin that opts into instance reuse, carried from task to task with its
+/// per-task part ([`Sandbox::begin_task`]) reset.
 pub struct Sandbox {
     wasi: WasiCtx,
     table: ResourceTable,
@@ -37,6 +40,11 @@ pub struct Sandbox {
     plugin: String,
     log_calls: u32,
     progress: Option<Arc<AtomicU8>>,
+    pub(super) stdout: CapturedOutput,
+    pub(super) stderr: CapturedOutput,
+    /// When the current task's time is up: the epoch callback interrupts
+    /// the guest from then on.
+    pub(super) deadline: Instant,
 }
 
 impl Sandbox {
@@ -51,8 +59,8 @@ impl Sandbox {
         progress: Option<Arc<AtomicU8>>,
     ) -> Self {
         let wasi = WasiCtx::builder()
-            .stdout(stdout)
-            .stderr(stderr)
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -71,7 +79,33 @@ impl Sandbox {
             plugin,
             log_calls: 0,
             progress,
+            stdout,
+            stderr,
+            // Until a task sets its own: no deadline worth the name.
+            deadline: Instant::now() + Duration::from_secs(365 * 24 * 3600),
         }
+    }
+
+    /// Readies a reused instance's state for the next task: its id, memory
+    /// cap, progress and deadline, a fresh log budget and empty stdio.
+    /// `false` when the instance already holds more memory than the new cap
+    /// allows (it must not run the task).
+    pub(super) fn begin_task(
+        &mut self,
+        task_id: String,
+        memory_limit: usize,
+        progress: Option<Arc<AtomicU8>>,
+        deadline: Instant,
+    ) -> bool {
+        self.task_id = task_id;
+        self.progress = progress;
+        self.deadline = deadline;
+        self.log_calls = 0;
+        self.stdout.take();
+        self.stderr.take();
+        self.limiter.limit = memory_limit;
+        self.limiter.hit = false;
+        self.limiter.total <= memory_limit
     }
 }
 
@@ -210,13 +244,17 @@ impl CapturedOutput {
         captured.dropped += (bytes.len() - kept) as u64;
     }
 
-    /// What was kept, and how many bytes beyond the bound were dropped.
+    /// What was kept, and how many bytes beyond the bound were dropped;
+    /// the buffer is empty again afterwards.
     pub fn take(&self) -> (Vec<u8>, u64) {
         let mut captured = self
             .inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        (std::mem::take(&mut captured.kept), captured.dropped)
+        (
+            std::mem::take(&mut captured.kept),
+            std::mem::take(&mut captured.dropped),
+        )
     }
 }
 
@@ -296,6 +334,8 @@ mod tests {
         let (kept, dropped) = out.take();
         assert_eq!(kept, b"abcd");
         assert_eq!(dropped, 4);
+        out.append(b"ij");
+        assert_eq!(out.take(), (b"ij".to_vec(), 0), "taken: empty again");
     }
 
     #[test]

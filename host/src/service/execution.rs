@@ -246,6 +246,7 @@ impl TaskService {
             memory_bytes: plugin
                 .memory_mb
                 .map_or(defaults.memory_bytes, |mb| mb.saturating_mul(1024 * 1024)),
+            reuse_tasks: plugin.reuse_tasks.unwrap_or(defaults.reuse_tasks),
             ..defaults
         }
     }

@@ -14,10 +14,12 @@
 //!
 //! Like nginx's workers, one single-threaded runtime per CPU accepts on the
 //! one listening socket and keeps its own keep-alive connections to every
-//! backend (hyper's HTTP/1 server and hyper-util's pooled client): a
-//! request stays on one thread from client to backend and back. Request
+//! backend (hyper's HTTP/1 server and client, [`pool`]): a request stays
+//! on one thread from client to backend and back. Request
 //! bodies are held whole (up to `--max-buffered-bytes` over all requests at
 //! once); responses are streamed.
+
+mod pool;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,15 +31,14 @@ use std::convert::Infallible;
 use anyhow::Context;
 use axum::body::{Body, HttpBody};
 use axum::extract::Request;
-use axum::http::uri::{Authority, PathAndQuery, Scheme};
+use axum::http::uri::{Authority, PathAndQuery};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use clap::Args;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::timeout::TimeoutBody;
@@ -96,18 +97,18 @@ pub struct LbConfig {
     pub threads: Option<u16>,
 }
 
-/// The client of the backends: a pool of keep-alive connections per backend.
-type Http = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
+use pool::{Pool, PooledBody, SendError};
 
 /// One backend and what the balancer knows of it.
 struct Backend {
+    /// Its place in the balancer's list (and in each connection pool).
+    index: usize,
     url: reqwest::Url,
-    /// Its address, for requests under the root path.
-    authority: Authority,
-    /// The same, as the `Host` header of requests to it (made once: the
-    /// client would otherwise format it for every request).
+    /// Its `host:port`, to connect to.
+    address: String,
+    /// The same, as the `Host` header of requests to it (made once).
     host: HeaderValue,
-    /// The URL without a trailing slash, when it has a path of its own:
+    /// The URL's path without a trailing slash, when it has one of its own:
     /// the prefix of every forwarded path.
     prefix: Option<String>,
     healthy: AtomicBool,
@@ -123,8 +124,8 @@ struct Backend {
 pub struct Balancer {
     backends: Vec<Backend>,
     next: AtomicUsize,
-    /// For health checks; requests go through each thread's own client.
-    client: Http,
+    /// For health checks; requests go through each serving thread's own.
+    pool: Arc<Pool>,
     connect_timeout: Duration,
     read_timeout: Duration,
     max_body_bytes: usize,
@@ -187,18 +188,18 @@ impl Balancer {
         }
         let connect_timeout = Duration::from_millis(config.timeout_ms);
         let read_timeout = Duration::from_millis(config.read_timeout_ms);
-        let client = http_client(connect_timeout);
-        let backends = config
+        let backends: Vec<Backend> = config
             .backends
             .iter()
-            .map(|url| Backend {
+            .enumerate()
+            .map(|(index, url)| Backend {
+                index,
                 host: authority_of(url)
                     .ok()
                     .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
                     .unwrap_or(HeaderValue::from_static("invalid")),
-                authority: authority_of(url)
-                    .unwrap_or_else(|_| Authority::from_static("invalid:80")),
-                prefix: (url.path() != "/").then(|| url.as_str().trim_end_matches('/').to_string()),
+                address: authority_of(url).map_or_else(|_| "invalid:80".into(), |a| a.to_string()),
+                prefix: (url.path() != "/").then(|| url.path().trim_end_matches('/').to_string()),
                 url: url.clone(),
                 healthy: AtomicBool::new(true),
                 requests: AtomicU64::new(0),
@@ -207,9 +208,9 @@ impl Balancer {
             })
             .collect();
         Ok(Arc::new(Self {
+            pool: Pool::new(backends.len(), connect_timeout),
             backends,
             next: AtomicUsize::new(0),
-            client,
             connect_timeout,
             read_timeout,
             max_body_bytes: config.max_body_bytes,
@@ -276,7 +277,11 @@ impl Balancer {
             Bytes::new(),
         ) {
             Some(request) => tokio::time::timeout(timeout, async {
-                let response = self.client.request(request).await.ok()?;
+                let response = self
+                    .pool
+                    .send(backend.index, &backend.address, request)
+                    .await
+                    .ok()?;
                 let ok = response.status().is_success();
                 // Read to the end, so that the connection can be used again.
                 response.into_body().collect().await.ok()?;
@@ -322,11 +327,11 @@ impl Balancer {
             .take(turns)
     }
 
-    /// Forwards one request, through `http`, to the first backend of the
+    /// Forwards one request, through `pool`, to the first backend of the
     /// rotation that takes it.
     async fn forward(
         &self,
-        http: &Http,
+        pool: &Arc<Pool>,
         client: &HeaderValue,
         request: Request,
     ) -> Result<Response, ApiError> {
@@ -370,7 +375,11 @@ impl Balancer {
                 .ok_or_else(|| ApiError::bad_request("the request's path cannot be forwarded"))?;
             backend.requests.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
-            let sent = tokio::time::timeout(self.read_timeout, http.request(outgoing)).await;
+            let sent = tokio::time::timeout(
+                self.read_timeout,
+                pool.send(backend.index, &backend.address, outgoing),
+            )
+            .await;
             if !sent
                 .as_ref()
                 .is_ok_and(|r| r.as_ref().is_ok_and(|r| !r.status().is_server_error()))
@@ -386,7 +395,7 @@ impl Balancer {
                 }
                 // Nothing reached the backend: it is down, and the next one
                 // gets the request.
-                Ok(Err(e)) if e.is_connect() => {
+                Ok(Err(e @ SendError::NotSent(_))) => {
                     tracing::warn!(backend = %backend.url, %request_id, error = %e, "backend refused the connection; trying the next");
                     self.mark(backend, false);
                 }
@@ -493,16 +502,11 @@ fn busy() -> ApiError {
 }
 
 impl Backend {
-    /// `path_and_query` under the backend's base URL.
+    /// `path_and_query` under the backend's base URL, in origin form (the
+    /// connection is to the backend already).
     fn uri_for(&self, path_and_query: &PathAndQuery) -> Option<Uri> {
         match &self.prefix {
-            None => {
-                let mut parts = axum::http::uri::Parts::default();
-                parts.scheme = Some(Scheme::HTTP);
-                parts.authority = Some(self.authority.clone());
-                parts.path_and_query = Some(path_and_query.clone());
-                Uri::from_parts(parts).ok()
-            }
+            None => Some(Uri::from(path_and_query.clone())),
             Some(prefix) => format!("{prefix}{path_and_query}").parse().ok(),
         }
     }
@@ -584,7 +588,7 @@ const SMALL_RESPONSE_BYTES: u64 = 64 * 1024;
 /// The backend's response, streamed back to the client; a backend silent
 /// for longer than `read_timeout` in the middle of its body ends it.
 fn relay(
-    response: axum::http::Response<Incoming>,
+    response: axum::http::Response<PooledBody>,
     request_id: Option<HeaderValue>,
     read_timeout: Duration,
 ) -> Response {
@@ -608,17 +612,6 @@ fn relay(
     Response::from_parts(parts, body)
 }
 
-/// A client of the backends: keep-alive connections, no redirects
-/// followed.
-fn http_client(connect_timeout: Duration) -> Http {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector)
-}
-
 /// Serves the balancer on `listener` until `shutdown` resolves, then lets
 /// the requests in progress finish: `GET /lb/backends` answers itself,
 /// everything else is forwarded through keep-alive connections of this
@@ -628,8 +621,9 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
-    let http = http_client(balancer.connect_timeout);
-    let server = hyper::server::conn::http1::Builder::new();
+    let pool = Pool::new(balancer.backends.len(), balancer.connect_timeout);
+    let mut server = hyper::server::conn::http1::Builder::new();
+    server.writev(false);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -648,7 +642,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let connection = Arc::new(Connection {
             balancer: balancer.clone(),
-            http: http.clone(),
+            pool: pool.clone(),
             client: HeaderValue::from_str(&address.ip().to_string())
                 .unwrap_or(HeaderValue::from_static("unknown")),
         });
@@ -669,7 +663,7 @@ pub async fn serve(
 /// One client connection.
 struct Connection {
     balancer: Arc<Balancer>,
-    http: Http,
+    pool: Arc<Pool>,
     /// The client's address, as `X-Forwarded-For` names it.
     client: HeaderValue,
 }
@@ -680,7 +674,7 @@ impl Connection {
             return axum::Json(self.balancer.status()).into_response();
         }
         self.balancer
-            .forward(&self.http, &self.client, request)
+            .forward(&self.pool, &self.client, request)
             .await
             .into_response()
     }
@@ -830,14 +824,13 @@ mod tests {
         };
         assert_eq!(
             uri(0, "/tasks?limit=5").as_deref(),
-            Some("http://a:1/api/tasks?limit=5")
+            Some("/api/tasks?limit=5")
         );
-        assert_eq!(uri(0, "/health").as_deref(), Some("http://a:1/api/health"));
-        assert_eq!(
-            uri(1, "/tasks?limit=5").as_deref(),
-            Some("http://b:2/tasks?limit=5")
-        );
-        assert_eq!(uri(2, "/health").as_deref(), Some("http://[::1]:3/health"));
+        assert_eq!(uri(0, "/health").as_deref(), Some("/api/health"));
+        assert_eq!(uri(1, "/tasks?limit=5").as_deref(), Some("/tasks?limit=5"));
+        assert_eq!(uri(2, "/health").as_deref(), Some("/health"));
+        assert_eq!(lb.backends[2].address, "[::1]:3");
+        assert_eq!(lb.backends[0].host, "a:1");
     }
 
     #[test]
