@@ -9,13 +9,15 @@
 //! headers. For `GET /health` and for `POST /tasks` it prints requests/s and
 //! p99 latency of each, and the ratio of `taskflow lb` to nginx (target: at
 //! least 0.9 of nginx's throughput). Every run starts with the hosts idle;
-//! the proxies are measured twice each, in the order lb, nginx, nginx, lb,
-//! and their means compared.
+//! the proxies are measured in rounds of lb, nginx, nginx, lb (single runs
+//! swing by ±10% on shared cores), and their means compared; each round's
+//! ratio is printed too.
 //!
 //! Run with `cargo bench -p taskflow-host --bench lb` (after
 //! `plugins/build.sh`; needs `wrk` and `nginx`: `apt-get install wrk
 //! nginx`). `TASKFLOW_LB_BENCH_SECS` sets each measurement's length
-//! (default 5), `TASKFLOW_LB_BENCH_CONNECTIONS` the connections (default 32).
+//! (default 5), `TASKFLOW_LB_BENCH_CONNECTIONS` the connections (default 32),
+//! `TASKFLOW_LB_BENCH_ROUNDS` the rounds (default 3).
 
 mod common;
 
@@ -56,6 +58,7 @@ async fn run() {
     }
     let secs = setting("TASKFLOW_LB_BENCH_SECS", 5);
     let connections = setting("TASKFLOW_LB_BENCH_CONNECTIONS", 32);
+    let rounds = setting("TASKFLOW_LB_BENCH_ROUNDS", 3);
     let scratch = tempfile::tempdir().expect("tempdir");
     let client = reqwest::Client::new();
 
@@ -111,7 +114,7 @@ async fn run() {
     .expect("write the wrk script");
 
     println!(
-        "taskflow lb vs nginx, 3 hosts, wrk 1 thread {connections} connections {secs} s per run"
+        "taskflow lb vs nginx, 3 hosts, wrk 1 thread {connections} connections {secs} s per run, {rounds} rounds"
     );
     println!(
         "{:<16} {:<24} {:>12} {:>10} {:>8}",
@@ -123,17 +126,27 @@ async fn run() {
     ] {
         // Each run starts with the hosts idle (the tasks an earlier run
         // queued would otherwise take the cores from the next), and the two
-        // proxies run in the order lb, nginx, nginx, lb, averaged, so that
+        // proxies run in rounds of lb, nginx, nginx, lb, averaged, so that
         // neither gains from going first or last.
         drain(&client, &urls).await;
         let direct = wrk_many(&urls, path, script, connections, secs);
-        let mut runs = Vec::new();
-        for target in [&lb, &nginx, &nginx, &lb] {
-            drain(&client, &urls).await;
-            runs.push(wrk(target, path, script, connections, secs));
+        let (mut lb_runs, mut nginx_runs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let mut round = Vec::new();
+            for target in [&lb, &nginx, &nginx, &lb] {
+                drain(&client, &urls).await;
+                round.push(wrk(target, path, script, connections, secs));
+            }
+            lb_runs.extend([round[0], round[3]]);
+            nginx_runs.extend([round[1], round[2]]);
+            ratios.push(format!(
+                "{:.2}",
+                mean(&[round[0], round[3]]).requests_per_sec
+                    / mean(&[round[1], round[2]]).requests_per_sec
+            ));
         }
-        let through_lb = mean(&[runs[0], runs[3]]);
-        let through_nginx = mean(&[runs[1], runs[2]]);
+        let through_lb = mean(&lb_runs);
+        let through_nginx = mean(&nginx_runs);
         for (route, m) in [
             ("straight to hosts", direct),
             ("taskflow lb", through_lb),
@@ -145,10 +158,11 @@ async fn run() {
             );
         }
         println!(
-            "{name:<16} {:<24} {:>12.2} {:>10.2}   (target: throughput ≥ 0.90)",
+            "{name:<16} {:<24} {:>12.2} {:>10.2}   (target: throughput ≥ 0.90; by round: {})",
             "lb / nginx",
             through_lb.requests_per_sec / through_nginx.requests_per_sec,
             through_lb.p99_ms / through_nginx.p99_ms,
+            ratios.join(", "),
         );
     }
     drop(hosts);
