@@ -425,3 +425,61 @@ async fn the_javascript_plugin_serves_over_http_reloads_and_logs_with_the_task_i
         "the plugin's log line, with its task id, is in the host log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiling_an_interpreter_plugin_does_not_stall_tasks_on_other_plugins() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let plugins = data.path().join("plugins");
+    install_plugins(&plugins, &["echo"]);
+    let client = reqwest::Client::new();
+    let host = HostProcess::start(data.path(), free_port()).await;
+    let loaded = |client: reqwest::Client, url: String| async move {
+        let list: Value = client
+            .get(format!("{url}/plugins"))
+            .send()
+            .await
+            .expect("plugins")
+            .json()
+            .await
+            .expect("json");
+        list["plugins"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|p| p["name"] == "python"))
+    };
+
+    // The 18 MB Python component, new to this host: seconds of compiling.
+    std::fs::copy(
+        taskflow_tests::plugin_wasm("greeter"),
+        plugins.join("python.wasm"),
+    )
+    .expect("copy");
+    let (mut during, mut slowest) = (0, std::time::Duration::ZERO);
+    while !loaded(client.clone(), host.url.clone()).await {
+        let started = std::time::Instant::now();
+        let response = client
+            .post(format!("{}/tasks", host.url))
+            .json(&json!({"plugin": "echo", "payload": {"n": during}}))
+            .send()
+            .await
+            .expect("submit");
+        let id = response.json::<Value>().await.expect("json")["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        poll_json(&client, &format!("{}/tasks/{id}", host.url), LONG, |t| {
+            t["status"] == "completed"
+        })
+        .await;
+        slowest = slowest.max(started.elapsed());
+        during += 1;
+    }
+    assert!(
+        during >= 3,
+        "the compile ended after {during} echo tasks: too quick to show anything"
+    );
+    assert!(
+        slowest < std::time::Duration::from_secs(2),
+        "an echo task took {slowest:?} while the Python plugin compiled"
+    );
+    host.kill();
+}
