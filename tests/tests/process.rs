@@ -266,19 +266,11 @@ async fn plugins_compile_in_a_child_process_once_and_load_from_the_cache_after_a
         (&json!(0), &json!(n), &json!(n)),
         "{registry}"
     );
-    let response = client
-        .post(format!("{}/tasks", host.url))
-        .json(&json!({"plugin": "wordcount", "payload": {"text": "a b"}}))
-        .send()
-        .await
-        .expect("submit");
-    let id = response.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    let task = poll_json(&client, &format!("{}/tasks/{id}", host.url), LONG, |t| {
-        t["status"] == "completed"
-    })
+    let task = run_to_completion(
+        &client,
+        &host.url,
+        json!({"plugin": "wordcount", "payload": {"text": "a b"}}),
+    )
     .await;
     assert_eq!(
         task["result"]["value"]["words"], 2,
@@ -295,21 +287,15 @@ async fn plugin_log_lines_and_panic_messages_reach_the_host_log_with_the_task_id
     let log = data.path().join("host.log");
     let host = HostProcess::start_logging(data.path(), free_port(), &log).await;
     let client = reqwest::Client::new();
-    let response = client
-        .post(format!("{}/tasks", host.url))
-        .json(&json!({"plugin": "hostile", "payload": {"mode": "panic"}, "max_attempts": 1}))
-        .send()
-        .await
-        .expect("submit");
-    let id = response.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    let task = poll_json(&client, &format!("{}/tasks/{id}", host.url), LONG, |t| {
-        t["status"] == "failed"
-    })
+    let task = run_until(
+        &client,
+        &host.url,
+        json!({"plugin": "hostile", "payload": {"mode": "panic"}, "max_attempts": 1}),
+        "failed",
+    )
     .await;
     assert_eq!(task["last_error"]["kind"], "trap", "{task}");
+    let id = task["id"].as_str().expect("id").to_owned();
     host.kill();
 
     let lines: Vec<Value> = std::fs::read_to_string(&log)
@@ -456,19 +442,11 @@ async fn compiling_an_interpreter_plugin_does_not_stall_tasks_on_other_plugins()
     let (mut during, mut slowest) = (0, std::time::Duration::ZERO);
     while !loaded(client.clone(), host.url.clone()).await {
         let started = std::time::Instant::now();
-        let response = client
-            .post(format!("{}/tasks", host.url))
-            .json(&json!({"plugin": "echo", "payload": {"n": during}}))
-            .send()
-            .await
-            .expect("submit");
-        let id = response.json::<Value>().await.expect("json")["id"]
-            .as_str()
-            .expect("id")
-            .to_owned();
-        poll_json(&client, &format!("{}/tasks/{id}", host.url), LONG, |t| {
-            t["status"] == "completed"
-        })
+        run_to_completion(
+            &client,
+            &host.url,
+            json!({"plugin": "echo", "payload": {"n": during}}),
+        )
         .await;
         slowest = slowest.max(started.elapsed());
         during += 1;
@@ -482,4 +460,27 @@ async fn compiling_an_interpreter_plugin_does_not_stall_tasks_on_other_plugins()
         "an echo task took {slowest:?} while the Python plugin compiled"
     );
     host.kill();
+}
+
+/// Submits `task` to the host at `url` and waits until it has completed.
+async fn run_to_completion(client: &reqwest::Client, url: &str, task: Value) -> Value {
+    run_until(client, url, task, "completed").await
+}
+
+/// Submits `task` to the host at `url` and waits until it is in `status`.
+async fn run_until(client: &reqwest::Client, url: &str, task: Value, status: &str) -> Value {
+    let response = client
+        .post(format!("{url}/tasks"))
+        .json(&task)
+        .send()
+        .await
+        .expect("submit");
+    let id = response.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    poll_json(client, &format!("{url}/tasks/{id}"), LONG, |t| {
+        t["status"] == status
+    })
+    .await
 }
