@@ -19,7 +19,7 @@ fi
 
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
 plugins=(echo wordcount hash flaky)
-fixtures=(hostile)
+fixtures=(hostile contract-0-1 greeter-rs)
 
 args=()
 for p in "${plugins[@]}"; do args+=(-p "taskflow-plugin-$p"); done
@@ -32,7 +32,7 @@ for p in "${plugins[@]}"; do
     cp "$out/taskflow_plugin_$p.wasm" "plugins/dist/$p.wasm"
 done
 for f in "${fixtures[@]}"; do
-    cp "$out/taskflow_fixture_$f.wasm" "tests/fixtures/dist/$f.wasm"
+    cp "$out/taskflow_fixture_${f//-/_}.wasm" "tests/fixtures/dist/$f.wasm"
 done
 PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 if ! command -v componentize-py >/dev/null 2>&1; then

@@ -2,7 +2,8 @@
 //!
 //! - the same work in each language (`wordcount` of the same text: the Rust
 //!   example plugin, `tests/fixtures/wordcount-py` and `-js`), and a trivial
-//!   task (Rust `echo`, Python `greeter`, `tests/fixtures/greeter-js`);
+//!   task (the greeter `taskflow plugin new` writes: `tests/fixtures/greeter-rs`,
+//!   Python `plugins/greeter-py`, `tests/fixtures/greeter-js`);
 //! - for each: the component's size; its cold load (compiled, then from the
 //!   compile cache); the time of one task in this process through
 //!   [`Runtime::run`], with a fresh instance and with instance reuse; then
@@ -99,8 +100,8 @@ fn subjects() -> Vec<Subject> {
         Subject {
             language: "Rust",
             work: "trivial",
-            name: "echo",
-            path: built("plugins/dist/echo.wasm"),
+            name: "greeter-rs",
+            path: built("tests/fixtures/dist/greeter-rs.wasm"),
             payload: greet.clone(),
         },
         Subject {
@@ -154,6 +155,14 @@ async fn run(tasks: usize) {
             subject.name
         );
     }
+    let greeters = subjects.iter().zip(&outputs).skip(4).take(2);
+    for (subject, output) in greeters.filter(|_| only.is_none()) {
+        assert_eq!(
+            output["greeting"], outputs[3]["greeting"],
+            "{} greets differently from Rust",
+            subject.name
+        );
+    }
     drop(runtime);
 
     let client = reqwest::Client::new();
@@ -204,11 +213,12 @@ async fn run(tasks: usize) {
         let row = rows[index];
         if subject.language != "Rust" {
             println!(
-                "{:<10} {:<10} fresh {:.2}x of Rust fresh, reused {:.2}x of Rust fresh",
+                "{:<10} {:<10} fresh {:.2}x of Rust fresh, reused {:.2}x of Rust fresh ({:.2}x of Rust reused)",
                 subject.work,
                 subject.language,
                 row.fresh_per_s / rust.fresh_per_s,
                 row.reused_per_s / rust.fresh_per_s,
+                row.reused_per_s / rust.reused_per_s,
             );
         }
     }

@@ -94,10 +94,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     match outcome {
         Ok(success) => {
             eprintln!(
-                "completed in {} ms (progress {}%, plugin {})",
+                "completed in {} ms (progress {}%, plugin {}, built for taskflow:plugin@{})",
                 success.duration.as_millis(),
                 progress.load(Ordering::Relaxed),
-                &success.plugin_digest[..12.min(success.plugin_digest.len())]
+                &success.plugin_digest[..12.min(success.plugin_digest.len())],
+                loaded.contract
             );
             let shown = match TaskOutput::from_bytes(&success.output) {
                 TaskOutput::Json(value) => serde_json::to_string_pretty(&value)?,

@@ -6,7 +6,7 @@
 // {{#name}}...{{/name}} (once per item of an array, once for any other truthy
 // value, never for a falsy one; inside, {{.}} is the item), and a missing
 // value is an error unless "strict": false.
-import { log, progress } from 'taskflow:plugin/host@0.1.0';
+import { log, progress } from 'taskflow:plugin/host@0.2.0';
 
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();

@@ -3,7 +3,7 @@
 //! A plugin is one type implementing [`Plugin`] plus one call to
 //! [`export_plugin!`]. The crate hides the component-model bindings: tasks come
 //! in as a plain [`Task`], typed JSON goes in and out through serde in one line
-//! each, and [`log`] and [`progress`] talk to the host.
+//! each, and [`log`], [`progress`] and [`remaining`] talk to the host.
 //!
 //! ```no_run
 //! use serde::{Deserialize, Serialize};
@@ -194,6 +194,13 @@ pub fn warn(message: &str) {
 /// Reports progress of the current task, 0 to 100 percent.
 pub fn progress(percent: u8) {
     wit_host::progress(percent.min(100));
+}
+
+/// How long the current task has left before the host stops it for
+/// exceeding its timeout (zero once it is up). Long work can check it and
+/// return [`Error::Retryable`] in good time rather than be cut off.
+pub fn remaining() -> std::time::Duration {
+    std::time::Duration::from_millis(wit_host::remaining_millis())
 }
 
 /// Makes the component export `process` through the given [`Plugin`] type.

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use taskflow_tests::{Backend, TestHost, get_json, plugin_wasm, poll_json, wasm_bytes};
+use taskflow_tests::{
+    Backend, TestHost, fixture_wasm, get_json, plugin_wasm, poll_json, wasm_bytes,
+};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -309,6 +311,67 @@ async fn a_plugin_sidecar_can_opt_into_instance_reuse() {
         instance_of(&runs[2]),
         "two tasks each"
     );
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_built_for_the_previous_contract_version_still_runs() {
+    let host = TestHost::start(1, true).await;
+    let client = reqwest::Client::new();
+    let uploaded = client
+        .put(host.at("/plugins/legacy"))
+        .body(wasm_bytes(&fixture_wasm("contract-0-1")))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(uploaded.status(), StatusCode::CREATED);
+    let list = get_json(&client, &host.at("/plugins")).await;
+    let contract_of = |name: &str| {
+        list["plugins"]
+            .as_array()
+            .expect("plugins")
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["contract"].clone())
+    };
+    assert_eq!(contract_of("legacy"), Some(json!("0.1.0")), "{list}");
+    assert_eq!(contract_of("hostile"), Some(json!("0.2.0")), "{list}");
+
+    let task = submit(
+        &client,
+        &host,
+        json!({"plugin": "legacy", "payload": {"n": 1}}),
+    )
+    .await;
+    let done = wait_terminal(&client, &host, &id_of(&task)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(
+        done["result"]["value"],
+        json!({"contract": "0.1.0", "task": id_of(&task), "payload": {"n": 1}})
+    );
+    let task = submit(
+        &client,
+        &host,
+        json!({"plugin": "legacy", "payload": "fail"}),
+    )
+    .await;
+    let done = wait_terminal(&client, &host, &id_of(&task)).await;
+    assert_eq!(done["last_error"]["kind"], "invalid_input", "{done}");
+    assert_eq!(done["last_error"]["message"], "asked to fail", "{done}");
+
+    // Beside it, a plugin on the current contract uses what 0.2.0 added.
+    let task = submit(
+        &client,
+        &host,
+        json!({"plugin": "hostile", "payload": {"mode": "remaining", "millis": 300}, "timeout_ms": 5000}),
+    )
+    .await;
+    let done = wait_terminal(&client, &host, &id_of(&task)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let before = done["result"]["value"][0].as_u64().expect("before");
+    let after = done["result"]["value"][1].as_u64().expect("after");
+    assert!(before <= 5000 && before > 300, "{done}");
+    assert!(after + 300 <= before, "{done}");
     host.stop().await;
 }
 

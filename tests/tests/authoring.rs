@@ -115,6 +115,28 @@ fn new_and_build_say_what_is_wrong() {
     );
 }
 
+/// `taskflow plugin run <wasm> --payload <payload>`.
+fn run_with_payload(wasm: &std::path::Path, payload: &str) -> CliRun {
+    let wasm = wasm.to_str().expect("utf-8");
+    cli(None, &["plugin", "run", wasm, "--payload", payload])
+}
+
+#[test]
+fn a_plugin_built_for_the_previous_contract_version_runs_as_it_did() {
+    let wasm = taskflow_tests::fixture_wasm("contract-0-1");
+    let ran = run_with_payload(&wasm, r#"{"n": 1}"#);
+    assert!(ran.ok, "{ran:?}");
+    let result: Value = serde_json::from_str(&ran.stdout).expect("JSON result");
+    assert_eq!(result["contract"], "0.1.0", "{ran:?}");
+    assert_eq!(result["payload"]["n"], 1, "{ran:?}");
+    assert!(
+        ran.stderr.contains("hello from a 0.1.0 plugin")
+            && ran.stderr.contains("progress 50%")
+            && ran.stderr.contains("built for taskflow:plugin@0.1.0"),
+        "its log line, progress and contract: {ran:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_built_for_another_contract_version_is_rejected_naming_both() {
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -132,27 +154,19 @@ async fn a_plugin_built_for_another_contract_version_is_rejected_naming_both() {
     // The same plugin, built against a WIT package one minor version on.
     let wit = dir.join("wit/processor.wit");
     let source = std::fs::read_to_string(&wit).expect("wit");
-    assert!(source.contains("package taskflow:plugin@0.1.0;"));
+    assert!(source.contains("package taskflow:plugin@0.2.0;"));
     std::fs::write(
         &wit,
-        source.replace("taskflow:plugin@0.1.0", "taskflow:plugin@0.2.0"),
+        source.replace("taskflow:plugin@0.2.0", "taskflow:plugin@0.3.0"),
     )
     .expect("write wit");
     let built = cli(None, &["plugin", "build", dir_arg]);
     assert!(built.ok, "{built:?}");
     let wasm = dir.join("future.wasm");
 
-    let expected = "built for taskflow:plugin@0.2.0, but this host serves taskflow:plugin@0.1.0";
-    let ran = cli(
-        None,
-        &[
-            "plugin",
-            "run",
-            wasm.to_str().expect("utf-8"),
-            "--payload",
-            r#"{"name": "Ada"}"#,
-        ],
-    );
+    let expected =
+        "built for taskflow:plugin@0.3.0, but this host serves taskflow:plugin@0.2.0 and 0.1.0";
+    let ran = run_with_payload(&wasm, r#"{"name": "Ada"}"#);
     assert!(!ran.ok && ran.stderr.contains(expected), "{ran:?}");
 
     let host = taskflow_tests::TestHost::start(1, false).await;

@@ -6,19 +6,67 @@
 //! is its own contract (a plugin built for 0.1.* runs on a host serving
 //! 0.1.*, and only there); from 1.0 on, a plugin built for 1.m runs on a
 //! host serving 1.n for any n ≥ m (additions only within a major version).
+//!
+//! A host serves two versions: the current one (`wit/processor.wit`, what
+//! new plugins are built against) and the one before it (`wit/0.1/`, kept
+//! unchanged), so plugins built before a contract change keep running while
+//! their authors rebuild them.
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-/// The WIT package this host serves, `wit/processor.wit`.
+/// The current WIT package, `wit/processor.wit`.
 pub const WIT_SOURCE: &str = include_str!("../../../wit/processor.wit");
+
+/// The previous minor version of the package, `wit/0.1/processor.wit`,
+/// which this host still serves.
+pub const PREVIOUS_WIT_SOURCE: &str = include_str!("../../../wit/0.1/processor.wit");
 
 /// The package's name.
 pub const PACKAGE: &str = "taskflow:plugin";
 
-/// The version of the package this host serves, e.g. `0.1.0`.
+/// A version of the contract this host serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contract {
+    /// The current version: [`WIT_SOURCE`].
+    Current,
+    /// The previous minor version: [`PREVIOUS_WIT_SOURCE`].
+    Previous,
+}
+
+impl Contract {
+    /// The version of the package, e.g. `0.2.0`.
+    pub fn version(self) -> &'static str {
+        package_version(match self {
+            Contract::Current => WIT_SOURCE,
+            Contract::Previous => PREVIOUS_WIT_SOURCE,
+        })
+    }
+}
+
+/// The version of the package new plugins are built against, e.g. `0.2.0`.
 pub fn version() -> &'static str {
-    WIT_SOURCE
+    Contract::Current.version()
+}
+
+/// The versions this host serves, current first, e.g. `0.2.0 and 0.1.0`.
+pub fn served() -> String {
+    format!(
+        "{} and {}",
+        Contract::Current.version(),
+        Contract::Previous.version()
+    )
+}
+
+/// Which served contract runs a plugin built for version `plugin`, if any.
+pub fn serving(plugin: &str) -> Option<Contract> {
+    [Contract::Current, Contract::Previous]
+        .into_iter()
+        .find(|contract| compatible(plugin, contract.version()))
+}
+
+fn package_version(source: &'static str) -> &'static str {
+    source
         .split("package taskflow:plugin@")
         .nth(1)
         .and_then(|rest| rest.split(';').next())
@@ -66,8 +114,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_host_serves_the_version_of_its_wit_package() {
-        assert_eq!(version(), "0.1.0");
+    fn the_host_serves_its_wit_package_and_the_previous_minor_version() {
+        assert_eq!(version(), "0.2.0");
+        assert_eq!(Contract::Previous.version(), "0.1.0");
+        assert_eq!(served(), "0.2.0 and 0.1.0");
+        assert_eq!(serving("0.2.0"), Some(Contract::Current));
+        assert_eq!(serving("0.2.5"), Some(Contract::Current));
+        assert_eq!(serving("0.1.0"), Some(Contract::Previous));
+        assert_eq!(serving("0.1.2"), Some(Contract::Previous));
+        assert_eq!(serving("0.3.0"), None);
+        assert_eq!(serving("0.0.9"), None);
+        assert_eq!(serving("1.0.0"), None);
     }
 
     #[test]

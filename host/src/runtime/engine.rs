@@ -4,10 +4,10 @@
 use std::thread;
 use std::time::Duration;
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings::Processor;
+use super::bindings;
 use super::sandbox::Sandbox;
 use super::{RuntimeConfig, RuntimeError};
 
@@ -98,13 +98,12 @@ pub enum AllocatorKind {
 }
 
 /// The linker with WASI (granting nothing, see [`Sandbox`]) and the host
-/// imports of the `processor` world.
+/// imports of the `processor` world, in every contract version served.
 pub fn build_linker(engine: &Engine) -> Result<Linker<Sandbox>, RuntimeError> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-    Processor::add_to_linker::<_, HasSelf<Sandbox>>(&mut linker, |sandbox| sandbox)
-        .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+    bindings::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
     Ok(linker)
 }
 

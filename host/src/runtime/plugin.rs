@@ -11,7 +11,6 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
 use super::bindings::ProcessorPre;
-use super::sandbox::Sandbox;
 use super::{Runtime, compiler, contract};
 use crate::fsutil;
 
@@ -51,7 +50,7 @@ pub enum PluginError {
     IncompatibleContract {
         /// The version the plugin was built for.
         plugin: String,
-        /// The version this host serves.
+        /// The versions this host serves, e.g. `0.2.0 and 0.1.0`.
         host: String,
     },
     /// The component does not implement the `taskflow:plugin/processor` world.
@@ -104,7 +103,9 @@ pub struct LoadedPlugin {
     pub loaded_at: DateTime<Utc>,
     /// Whether the compiled code came from the on-disk cache.
     pub from_cache: bool,
-    pub(super) pre: ProcessorPre<Sandbox>,
+    /// The version of the contract it was built for, e.g. `0.2.0`.
+    pub contract: String,
+    pub(super) pre: ProcessorPre,
     /// Instances between tasks, when the plugin opts into reuse.
     pub(super) idle: super::reuse::IdleInstances,
 }
@@ -129,6 +130,8 @@ pub struct PluginInfo {
     pub size: usize,
     /// When this version was loaded.
     pub loaded_at: DateTime<Utc>,
+    /// The version of the `taskflow:plugin` contract it was built for.
+    pub contract: String,
     /// Limits from its sidecar file, `<name>.limits.json` (unset: the host's defaults).
     pub limits: super::registry::PluginLimits,
 }
@@ -137,7 +140,7 @@ impl LoadedPlugin {
     /// The pre-linked component, for benchmarks that measure the bare
     /// instantiate-and-call floor beneath [`Runtime::run`].
     #[doc(hidden)]
-    pub fn instance_pre(&self) -> &ProcessorPre<Sandbox> {
+    pub fn instance_pre(&self) -> &ProcessorPre {
         &self.pre
     }
 
@@ -321,20 +324,20 @@ pub fn compile(
         }
     };
 
-    // A component built for another version of the contract is named as
-    // such, before the linker's less helpful "import not found".
-    let host = contract::version();
-    let linked = match contract::built_for(&component, runtime.engine()) {
-        Some(plugin) if !contract::compatible(&plugin, host) => {
-            Err(PluginError::IncompatibleContract {
-                plugin,
-                host: host.to_owned(),
-            })
-        }
-        _ => runtime
+    // A component built for a version of the contract this host does not
+    // serve is named as such, before the linker's less helpful "import not
+    // found". One that imports nothing of the contract is tried as current.
+    let built_for = contract::built_for(&component, runtime.engine())
+        .unwrap_or_else(|| contract::version().to_owned());
+    let linked = match contract::serving(&built_for) {
+        None => Err(PluginError::IncompatibleContract {
+            plugin: built_for.clone(),
+            host: contract::served(),
+        }),
+        Some(served) => runtime
             .linker()
             .instantiate_pre(&component)
-            .and_then(ProcessorPre::new)
+            .and_then(|pre| ProcessorPre::new(pre, served))
             .map_err(|e| PluginError::WrongWorld(format!("{e:#}"))),
     };
     let pre = match (linked, cache) {
@@ -355,6 +358,7 @@ pub fn compile(
         size: bytes.len(),
         loaded_at: Utc::now(),
         from_cache,
+        contract: built_for,
         pre,
         idle: runtime.idle_instances(),
     })

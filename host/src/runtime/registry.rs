@@ -56,6 +56,7 @@ impl PluginEntry {
             digest: plugin.digest.clone(),
             size: plugin.size,
             loaded_at: plugin.loaded_at,
+            contract: plugin.contract.clone(),
             limits: self.limits,
         }
     }

@@ -12,7 +12,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{LogLevel, taskflow::plugin};
+use super::bindings::{Host, LogLevel, TypesHost};
 
 /// How many `log` calls one task may make before further ones are dropped,
 /// so a chatty plugin cannot flood the host log.
@@ -118,9 +118,9 @@ impl WasiView for Sandbox {
     }
 }
 
-impl plugin::types::Host for Sandbox {}
+impl TypesHost for Sandbox {}
 
-impl plugin::host::Host for Sandbox {
+impl Host for Sandbox {
     fn log(&mut self, level: LogLevel, mut message: String) {
         self.log_calls = self.log_calls.saturating_add(1);
         if self.log_calls > MAX_LOG_CALLS {
@@ -144,6 +144,11 @@ impl plugin::host::Host for Sandbox {
         if let Some(progress) = &self.progress {
             progress.store(percent.min(100), Ordering::Relaxed);
         }
+    }
+
+    fn remaining_millis(&mut self) -> u64 {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        u64::try_from(left.as_millis()).unwrap_or(u64::MAX)
     }
 }
 
