@@ -265,10 +265,11 @@ async fn run_command(
         Command::Plugins(PluginsCommand::List) => {
             for plugin in server.client().plugins().await? {
                 out!(
-                    "{:<24} {}  {:>9} bytes  loaded {}",
+                    "{:<24} {}  {:>9} bytes  contract {:<6}  loaded {}",
                     plugin.name,
                     plugin.digest.get(..12).unwrap_or(&plugin.digest),
                     plugin.size,
+                    plugin.contract,
                     plugin.loaded_at
                 );
             }

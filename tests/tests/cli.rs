@@ -213,7 +213,11 @@ async fn plugins_upload_and_remove_idempotency_keys_and_where_server_goes() {
     );
     let run = cli(url, &["plugins", "list"]);
     assert!(
-        run.ok && run.stdout.lines().any(|l| l.starts_with("counter ")),
+        run.ok
+            && run
+                .stdout
+                .lines()
+                .any(|l| l.starts_with("counter ") && l.contains("contract 0.2.0")),
         "{run:?}"
     );
     let task = printed(&cli(

@@ -130,7 +130,9 @@ pub struct PluginInfo {
     pub size: usize,
     /// When this version was loaded.
     pub loaded_at: DateTime<Utc>,
-    /// The version of the `taskflow:plugin` contract it was built for.
+    /// The version of the `taskflow:plugin` contract it was built for
+    /// (empty from a host older than contract 0.2.0).
+    #[serde(default)]
     pub contract: String,
     /// Limits from its sidecar file, `<name>.limits.json` (unset: the host's defaults).
     pub limits: super::registry::PluginLimits,
