@@ -186,3 +186,127 @@ async fn a_plugin_built_for_another_contract_version_is_rejected_naming_both() {
     );
     host.stop().await;
 }
+
+/// A `taskflow plugin run --watch` running in the background, its stdout and
+/// stderr collected as they come; killed when dropped.
+struct Watching {
+    child: std::process::Child,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Watching {
+    fn start(args: &[&str]) -> Self {
+        use std::io::Read;
+        let mut child = std::process::Command::new(taskflow_tests::taskflow_binary())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn taskflow");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let streams: [Box<dyn Read + Send>; 2] = [
+            Box::new(child.stdout.take().expect("stdout")),
+            Box::new(child.stderr.take().expect("stderr")),
+        ];
+        for mut stream in streams {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                while let Ok(read @ 1..) = stream.read(&mut chunk) {
+                    let text = String::from_utf8_lossy(&chunk[..read]).into_owned();
+                    output.lock().expect("output").push_str(&text);
+                }
+            });
+        }
+        Self { child, output }
+    }
+
+    /// Waits until `text` appears `times` times in what it printed.
+    fn wait_for(&self, text: &str, times: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+        loop {
+            let output = self.output.lock().expect("output").clone();
+            if output.matches(text).count() >= times {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{text:?} ×{times} never came: {output}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn plugin_run_watch_runs_the_task_again_when_the_component_is_replaced() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let wasm = scratch.path().join("mine.wasm");
+    std::fs::copy(taskflow_tests::plugin_wasm("echo"), &wasm).expect("copy");
+    let watching = Watching::start(&[
+        "plugin",
+        "run",
+        wasm.to_str().expect("utf-8"),
+        "--watch",
+        "--payload",
+        r#"{"name": "Ada"}"#,
+    ]);
+    watching.wait_for(r#""name": "Ada""#, 1);
+    watching.wait_for("watching", 1);
+    // Written aside and renamed into place, as build tools do: the file
+    // beside it is no change, the rename is.
+    let aside = scratch.path().join("mine.wasm.part");
+    std::fs::copy(taskflow_tests::fixture_wasm("greeter-rs"), &aside).expect("copy");
+    std::fs::rename(&aside, &wasm).expect("rename");
+    watching.wait_for("Hello, Ada!", 1);
+    watching.wait_for("watching", 2);
+}
+
+#[test]
+fn plugin_run_watch_rebuilds_a_project_when_its_source_changes() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path().join("looped");
+    let dir_arg = dir.to_str().expect("utf-8");
+    let created = cli(
+        None,
+        &[
+            "plugin", "new", "looped", "--lang", "python", "--dir", dir_arg,
+        ],
+    );
+    assert!(created.ok, "{created:?}");
+    let wasm = dir.join("looped.wasm");
+    let payload = dir.join("payload.json");
+    // Not built yet: the watch builds it first.
+    let watching = Watching::start(&[
+        "plugin",
+        "run",
+        wasm.to_str().expect("utf-8"),
+        "--watch",
+        "--payload-file",
+        payload.to_str().expect("utf-8"),
+    ]);
+    watching.wait_for("Hello, Ada!", 1);
+    watching.wait_for("watching", 1);
+
+    let app = dir.join("app.py");
+    let source = std::fs::read_to_string(&app).expect("app.py");
+    assert!(source.contains(r#"f"Hello, {name}!""#), "{source}");
+    // A syntax error: the build fails, the watch goes on.
+    std::fs::write(&app, format!("{source}\n)")).expect("write");
+    watching.wait_for("the build failed", 1);
+    watching.wait_for("watching", 2);
+    std::fs::write(
+        &app,
+        source.replace(r#"f"Hello, {name}!""#, r#"f"Hi, {name}!""#),
+    )
+    .expect("write");
+    watching.wait_for("Hi, Ada!", 1);
+}

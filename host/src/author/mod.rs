@@ -17,6 +17,8 @@ use crate::runtime::plugin::{self, CompileCounters};
 use crate::runtime::{Limits, Runtime, RuntimeConfig, TaskInput};
 use crate::task::TaskOutput;
 
+mod watch;
+
 /// `taskflow plugin run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -37,16 +39,29 @@ pub struct RunArgs {
     /// Attempt number the plugin sees (a retry is attempt 2 and up).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub attempt: u32,
+    /// Keep going: run the task again whenever the plugin changes. When the
+    /// `.wasm` is the one `taskflow plugin build` writes into a project, a
+    /// change to the project's sources rebuilds it first.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 /// Compiles the plugin, runs one task on it and prints its result on
 /// stdout; the plugin's log lines, output and progress go to stderr. Fails
 /// (exit status 1) when the task fails, with its error kind and message.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let bytes = std::fs::read(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let payload = payload_of(&args)?;
-    let name = name_of(&args.file);
+    if args.watch {
+        watch::run(&args).await
+    } else {
+        run_once(&args, &args.file).await
+    }
+}
+
+/// Runs one task on the plugin in `file`.
+async fn run_once(args: &RunArgs, file: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let payload = payload_of(args)?;
+    let name = name_of(file);
     let mb = |v: u64| {
         usize::try_from(v)
             .unwrap_or(usize::MAX)
@@ -76,7 +91,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     })
     .await
     .context("the compiler stopped")?
-    .with_context(|| format!("{} is not a TaskFlow plugin", args.file.display()))?;
+    .with_context(|| format!("{} is not a TaskFlow plugin", file.display()))?;
 
     let progress = Arc::new(AtomicU8::new(0));
     let reporter = tokio::spawn(report_progress(progress.clone()));
@@ -150,7 +165,7 @@ async fn report_progress(progress: Arc<AtomicU8>) {
 }
 
 /// The guest SDK, copied into a new Rust plugin so it builds anywhere.
-const SDK_LIB: &str = include_str!("../../sdk/src/lib.rs");
+const SDK_LIB: &str = include_str!("../../../sdk/src/lib.rs");
 
 /// Languages a plugin can be written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -230,27 +245,36 @@ pub fn new(args: &NewArgs) -> anyhow::Result<()> {
         Language::Rust => files.extend([
             (
                 "Cargo.toml",
-                fill(include_str!("../templates/rust/Cargo.toml")),
+                fill(include_str!("../../templates/rust/Cargo.toml")),
             ),
-            ("src/lib.rs", fill(include_str!("../templates/rust/lib.rs"))),
+            (
+                "src/lib.rs",
+                fill(include_str!("../../templates/rust/lib.rs")),
+            ),
             (
                 "taskflow-sdk/Cargo.toml",
-                fill(include_str!("../templates/rust/sdk.toml")),
+                fill(include_str!("../../templates/rust/sdk.toml")),
             ),
             ("taskflow-sdk/src/lib.rs", SDK_LIB.to_owned()),
             (".gitignore", "/target\n*.wasm\n".to_owned()),
         ]),
         Language::Python => files.extend([
-            ("app.py", fill(include_str!("../templates/python/app.py"))),
+            (
+                "app.py",
+                fill(include_str!("../../templates/python/app.py")),
+            ),
             (".gitignore", "__pycache__/\n*.wasm\n".to_owned()),
         ]),
         Language::Js => files.extend([
-            ("app.js", fill(include_str!("../templates/js/app.js"))),
+            ("app.js", fill(include_str!("../../templates/js/app.js"))),
             (
                 "package.json",
-                fill(include_str!("../templates/js/package.json")),
+                fill(include_str!("../../templates/js/package.json")),
             ),
-            ("build.mjs", fill(include_str!("../templates/js/build.mjs"))),
+            (
+                "build.mjs",
+                fill(include_str!("../../templates/js/build.mjs")),
+            ),
             (".gitignore", "node_modules/\n*.wasm\n".to_owned()),
         ]),
     }
@@ -274,28 +298,45 @@ pub fn new(args: &NewArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the plugin in `dir` with its language's toolchain, installing the
-/// toolchain's parts that are missing, and prints where the `.wasm` is.
-pub fn build(args: &BuildArgs) -> anyhow::Result<()> {
-    let dir = &args.dir;
-    let language = if dir.join("Cargo.toml").is_file() {
-        Language::Rust
+/// The language of the plugin project in `dir`, if it holds one.
+fn project_language(dir: &Path) -> Option<Language> {
+    if dir.join("Cargo.toml").is_file() {
+        Some(Language::Rust)
     } else if dir.join("package.json").is_file() {
-        Language::Js
+        Some(Language::Js)
     } else if dir.join("app.py").is_file() {
-        Language::Python
+        Some(Language::Python)
     } else {
-        bail!(
-            "{} holds no plugin project (Cargo.toml, package.json or app.py): create one with `taskflow plugin new`",
-            dir.display()
-        );
-    };
+        None
+    }
+}
+
+/// Where `taskflow plugin build` puts the component of the project in
+/// `dir`: `<dir>/<name>.wasm`, named after the directory.
+fn build_output(dir: &Path) -> PathBuf {
     let name = std::fs::canonicalize(dir)
         .ok()
         .and_then(|d| d.file_name().and_then(|n| n.to_str()).map(str::to_owned))
         .filter(|n| plugin::validate_name(n).is_ok())
         .unwrap_or_else(|| "plugin".to_owned());
-    let output = dir.join(format!("{name}.wasm"));
+    dir.join(format!("{name}.wasm"))
+}
+
+/// Builds the plugin in `dir` with its language's toolchain, installing the
+/// toolchain's parts that are missing, and prints where the `.wasm` is.
+pub fn build(args: &BuildArgs) -> anyhow::Result<()> {
+    build_dir(&args.dir).map(|_| ())
+}
+
+/// Builds the project in `dir`; returns the path of its `.wasm`.
+fn build_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    let Some(language) = project_language(dir) else {
+        bail!(
+            "{} holds no plugin project (Cargo.toml, package.json or app.py): create one with `taskflow plugin new`",
+            dir.display()
+        );
+    };
+    let output = build_output(dir);
     match language {
         Language::Rust => build_rust(dir, &output)?,
         Language::Python => {
@@ -351,7 +392,7 @@ pub fn build(args: &BuildArgs) -> anyhow::Result<()> {
         .with_context(|| format!("the build left no {}", output.display()))?
         .len();
     println!("built {} ({} bytes)", output.display(), size);
-    Ok(())
+    Ok(output)
 }
 
 fn build_rust(dir: &Path, output: &Path) -> anyhow::Result<()> {
