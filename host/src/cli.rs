@@ -181,18 +181,6 @@ pub enum PluginsCommand {
     Build(crate::author::BuildArgs),
 }
 
-/// Prints a line to stdout. A closed pipe (`taskflow list | head`) ends the
-/// output quietly instead of panicking like `println!`.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        match writeln!(std::io::stdout().lock(), $($arg)*) {
-            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
-            _ => {}
-        }
-    }};
-}
-
 /// Tasks per request when submitting a file.
 const SUBMIT_BATCH: usize = 500;
 

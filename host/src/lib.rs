@@ -10,6 +10,19 @@
 //! - [`api`]: the HTTP API; [`client`]: its Rust client, used by the CLI;
 //! - [`config`], [`telemetry`], [`cli`]: settings, logs and metrics, the `taskflow` command.
 
+/// Prints a line to stdout. A closed pipe (`taskflow list | head`) ends the
+/// output quietly instead of panicking like `println!`; the enclosing
+/// function returns any other write error.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        match writeln!(std::io::stdout().lock(), $($arg)*) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+            _ => {}
+        }
+    }};
+}
+
 pub mod api;
 pub mod author;
 pub mod aws;

@@ -310,3 +310,38 @@ fn plugin_run_watch_rebuilds_a_project_when_its_source_changes() {
     .expect("write");
     watching.wait_for("Hi, Ada!", 1);
 }
+
+#[test]
+fn plugin_run_ends_quietly_when_its_reader_goes_away() {
+    use std::io::Read;
+    let scratch = tempfile::tempdir().expect("tempdir");
+    // About 1 MB of pretty-printed result, far more than a pipe holds.
+    let numbers: Vec<u32> = (1..100_000).collect();
+    let payload = scratch.path().join("big.json");
+    std::fs::write(&payload, serde_json::to_vec(&numbers).expect("json")).expect("write");
+    let mut child = std::process::Command::new(taskflow_tests::taskflow_binary())
+        .args(["plugin", "run"])
+        .arg(taskflow_tests::plugin_wasm("echo"))
+        .arg("--payload-file")
+        .arg(&payload)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn taskflow");
+    // Like `| head -c 2`: read a little, then close the pipe.
+    let mut start = [0u8; 2];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut start)
+        .expect("read");
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && !stderr.contains("panicked"),
+        "{:?} {stderr}",
+        output.status
+    );
+}

@@ -119,7 +119,7 @@ async fn run_once(args: &RunArgs, file: &Path) -> anyhow::Result<()> {
                 TaskOutput::Json(value) => serde_json::to_string_pretty(&value)?,
                 other => serde_json::to_string_pretty(&other)?,
             };
-            println!("{shown}");
+            out!("{shown}");
             Ok(())
         }
         Err(failure) => bail!("the task failed: {}: {}", failure.kind, failure.message),
@@ -290,7 +290,7 @@ pub fn new(args: &NewArgs) -> anyhow::Result<()> {
     let lang = clap::ValueEnum::to_possible_value(&args.lang)
         .map(|v| v.get_name().to_owned())
         .unwrap_or_default();
-    println!(
+    out!(
         "created {} ({lang}) in {}\nnext: {build}\nthen: {run}",
         args.name,
         dir.display()
@@ -391,7 +391,7 @@ fn build_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     let size = std::fs::metadata(&output)
         .with_context(|| format!("the build left no {}", output.display()))?
         .len();
-    println!("built {} ({} bytes)", output.display(), size);
+    out!("built {} ({} bytes)", output.display(), size);
     Ok(output)
 }
 

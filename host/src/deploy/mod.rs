@@ -201,7 +201,7 @@ pub async fn run(args: DeployArgs, env_file: &Path) -> anyhow::Result<()> {
         .map(|s| s.parameters.as_slice());
     let parameters = parameters(&args.parameters, previous.unwrap_or_default(), &declared);
     let verb = if creating { "create" } else { "update" };
-    println!("Stack {name} in {region}: {verb}");
+    out!("Stack {name} in {region}: {verb}");
 
     let after = match &existing {
         Some(stack) if !creating => stacks.newest_event(&stack.id).await?,
@@ -224,7 +224,7 @@ pub async fn run(args: DeployArgs, env_file: &Path) -> anyhow::Result<()> {
             .context("the stack vanished while it was being changed")?;
         finish(&stacks, &id, after, verb).await?
     } else {
-        println!("Stack {name} is up to date: nothing to change.");
+        out!("Stack {name} is up to date: nothing to change.");
         stacks.describe(name).await?.context("the stack vanished")?
     };
 
@@ -287,14 +287,14 @@ async fn start(
         {
             ChangeSetOutcome::NoChanges => false,
             ChangeSetOutcome::Ready(changes) => {
-                print_changes(&changes);
+                print_changes(&changes)?;
                 if !confirm(&format!("Apply these changes to stack {name}?"))? {
                     stacks.delete_change_set(name, &change_set).await?;
                     if creating {
                         // The review stack holds the name and nothing else.
                         stacks.delete(name).await?;
                     }
-                    println!("Nothing was changed (pass --yes to apply without being asked).");
+                    out!("Nothing was changed (pass --yes to apply without being asked).");
                     return Ok(None);
                 }
                 stacks.execute_change_set(name, &change_set).await?;
@@ -323,23 +323,23 @@ fn write_settings(
         &settings,
         &format!("{ENV_HEADER} {name} ({region})"),
     )?;
-    println!(
+    out!(
         "Wrote {} settings into {}:",
         settings.len(),
         env_file.display()
     );
     for (key, value) in &settings {
-        println!("  {key}={value}");
+        out!("  {key}={value}");
     }
     if let Some(backup) = merged.backup {
-        println!(
+        out!(
             "The previous {} is in {}.",
             env_file.display(),
             backup.display()
         );
     }
     if !settings.contains_key("TASKFLOW_DATABASE_URL") {
-        println!(
+        out!(
             "Add TASKFLOW_DATABASE_URL (your PostgreSQL) to {} before `taskflow serve`.",
             env_file.display()
         );
@@ -356,7 +356,7 @@ async fn delete(
     env_file: &Path,
 ) -> anyhow::Result<()> {
     let Some(stack) = stacks.describe(name).await? else {
-        println!("There is no stack {name} in {region}: nothing to delete.");
+        out!("There is no stack {name} in {region}: nothing to delete.");
         return Ok(());
     };
     if stack.in_progress() {
@@ -377,14 +377,14 @@ async fn delete(
             "Delete stack {name} in {region} and everything it holds?"
         ))?
     {
-        println!("Nothing was deleted (pass --yes to delete without being asked).");
+        out!("Nothing was deleted (pass --yes to delete without being asked).");
         return Ok(());
     }
     let after = stacks.newest_event(&stack.id).await?;
     stacks.delete(&stack.id).await?;
     finish(stacks, &stack.id, after, "delete").await?;
     if let Some(bucket) = outputs("S3Bucket") {
-        println!(
+        out!(
             "The bucket {bucket} is kept (its payloads and results outlive the stack): \
              empty and delete it yourself when they are no longer needed."
         );
@@ -393,14 +393,14 @@ async fn delete(
         let (removed, backup) =
             crate::envfile::remove(env_file, &settings, &format!("{ENV_HEADER} {name} "))?;
         if !removed.is_empty() {
-            println!(
+            out!(
                 "Removed {} from {}.",
                 removed.join(", "),
                 env_file.display()
             );
         }
         if let Some(backup) = backup {
-            println!(
+            out!(
                 "The previous {} is in {}.",
                 env_file.display(),
                 backup.display()
@@ -427,13 +427,17 @@ async fn finish(
     let waited = stacks
         .wait(id, after, POLL, |event, state| {
             progress.set_message(state.status.clone());
-            progress.suspend(|| println!("{}", event_line(event)));
+            // A line stdout cannot take (a closed pipe) is dropped; the
+            // deployment goes on.
+            progress.suspend(|| {
+                let _ = writeln!(std::io::stdout().lock(), "{}", event_line(event));
+            });
         })
         .await;
     progress.finish_and_clear();
     let (state, events) = waited?;
     if state.succeeded() {
-        println!("Stack {verb}: {}", state.status);
+        out!("Stack {verb}: {}", state.status);
         return Ok(state);
     }
     match first_failure(&events) {
@@ -467,18 +471,20 @@ fn event_line(event: &Event) -> String {
     line
 }
 
-fn print_changes(changes: &[ResourceChange]) {
+fn print_changes(changes: &[ResourceChange]) -> anyhow::Result<()> {
     if changes.is_empty() {
-        println!("Change set: no resource changes (parameters or outputs only).");
-        return;
+        out!("Change set: no resource changes (parameters or outputs only).");
+        return Ok(());
     }
-    println!("Change set ({} resources):", changes.len());
-    println!(
+    out!("Change set ({} resources):", changes.len());
+    out!(
         "  {:<8} {:<28} {:<44} replacement",
-        "action", "resource", "type"
+        "action",
+        "resource",
+        "type"
     );
     for change in changes {
-        println!(
+        out!(
             "  {:<8} {:<28} {:<44} {}",
             change.action,
             change.logical_id,
@@ -486,6 +492,7 @@ fn print_changes(changes: &[ResourceChange]) {
             change.replacement.as_deref().unwrap_or("-")
         );
     }
+    Ok(())
 }
 
 /// Asks on stdout, reads the answer from stdin: yes only for "y" or "yes";
@@ -501,7 +508,7 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
         .read_line(&mut answer)
         .context("cannot read the answer")?;
     if answer.is_empty() {
-        println!();
+        out!();
     }
     Ok(matches!(
         answer.trim().to_ascii_lowercase().as_str(),
