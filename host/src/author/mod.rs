@@ -1,7 +1,7 @@
 //! The plugin author's workflow, with no server: `taskflow plugin new`
 //! writes a project for the current WIT contract, `build` runs the right
 //! toolchain, and `run` runs one task through the same runtime, sandbox and
-//! limits as a host.
+//! limits as a host (again on every change with `--watch`, in `watch.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
