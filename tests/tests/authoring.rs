@@ -251,6 +251,22 @@ fn plugin_run_watch_runs_the_task_again_when_the_component_is_replaced() {
     let scratch = tempfile::tempdir().expect("tempdir");
     let wasm = scratch.path().join("mine.wasm");
     std::fs::copy(taskflow_tests::plugin_wasm("echo"), &wasm).expect("copy");
+    // A payload that is not JSON ends it at once, watching nothing.
+    let bad = cli(
+        None,
+        &[
+            "plugin",
+            "run",
+            wasm.to_str().expect("utf-8"),
+            "--watch",
+            "--payload",
+            "{bad",
+        ],
+    );
+    assert!(
+        !bad.ok && bad.stderr.contains("--payload is not valid JSON"),
+        "{bad:?}"
+    );
     let watching = Watching::start(&[
         "plugin",
         "run",

@@ -15,7 +15,7 @@ use anyhow::Context;
 use notify::event::{EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 
-use super::{RunArgs, build_dir, build_output, project_language, run_once};
+use super::{RunArgs, build_dir, build_output, payload_of, project_language, run_once};
 
 /// How long a burst of file events (an editor's save, a copy) may last
 /// before the plugin is rebuilt or run again.
@@ -77,6 +77,9 @@ impl Watched {
 
 /// Runs the task on `args.file` now and after every change, until Ctrl-C.
 pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
+    // A payload that is not there or not JSON is the author's to fix before
+    // anything is watched (each run reads it again, so edits to it count).
+    payload_of(args)?;
     let file = std::path::absolute(&args.file)
         .with_context(|| format!("cannot resolve {}", args.file.display()))?;
     let watched = Watched::of(&file);
