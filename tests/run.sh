@@ -24,6 +24,18 @@ fi
 if ! command -v cfn-lint >/dev/null 2>&1; then
     python3 -m pip install --quiet 'cfn-lint==1.51.0'
 fi
+# checkov scans the template for insecure settings. Its dependencies clash
+# with those of cfn-lint, moto and schemathesis (it pins boto3 1.35,
+# packaging < 24 and networkx < 2.7), so it lives in a venv of its own; that
+# venv's bin goes last on PATH, so that its python3 and pip never stand in
+# for this Python's.
+checkov_venv="$HOME/.cache/taskflow/checkov-venv"
+PATH="$PATH:$checkov_venv/bin"
+export PATH
+if ! command -v checkov >/dev/null 2>&1; then
+    python3 -m venv "$checkov_venv"
+    "$checkov_venv/bin/python" -m pip install --quiet 'checkov==3.3.30'
+fi
 
 # What this script starts is stopped when it ends, however it ends.
 cleanups=()
@@ -69,7 +81,9 @@ if ! command -v moto_server >/dev/null 2>&1; then
 fi
 moto_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 moto_log="$(mktemp)"
-moto_server -H 127.0.0.1 -p "$moto_port" >"$moto_log" 2>&1 &
+# Through tests/support/moto_server.py: moto's own server with one fix (a
+# stack changed by a change set gets its outputs, as on AWS).
+python3 tests/support/moto_server.py -H 127.0.0.1 -p "$moto_port" >"$moto_log" 2>&1 &
 moto_pid=$!
 cleanups+=("kill $moto_pid 2>/dev/null; rm -f '$moto_log'")
 python3 - "$moto_port" <<'PY'
@@ -89,6 +103,70 @@ export AWS_ENDPOINT_URL="$TASKFLOW_TEST_AWS_ENDPOINT"
 export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-test}" AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-test}"
 export AWS_REGION="${AWS_REGION:-us-east-1}"
 echo "    moto at $TASKFLOW_TEST_AWS_ENDPOINT"
+
+echo "==> podman, mmdebstrap and a local registry for the image test"
+# tests/tests/image.rs builds the host image (host/image/build-local.sh: the
+# runtime stage of host/Dockerfile over a Debian base made with mmdebstrap),
+# runs it with podman and pushes it to a registry; without these tools it
+# fails, it never skips. Debian packages, installed only when missing.
+image_packages=()
+for tool_package in mmdebstrap:mmdebstrap podman:podman runc:runc docker-registry:docker-registry; do
+    command -v "${tool_package%%:*}" >/dev/null 2>&1 || image_packages+=("${tool_package#*:}")
+done
+if [ "${#image_packages[@]}" -gt 0 ]; then
+    echo "    apt-get install ${image_packages[*]}"
+    as_root=()
+    [ "$(id -u)" = 0 ] || as_root=(sudo)
+    "${as_root[@]}" apt-get update -qq
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${image_packages[@]}" >/dev/null
+fi
+# What podman needs on this machine class: no default ulimits (the
+# containers may not raise them), cgroupfs rather than systemd's cgroup
+# manager. The tests also pass --runtime runc and --network host.
+if [ -z "${CONTAINERS_CONF:-}" ]; then
+    containers_conf="$(mktemp)"
+    cat >"$containers_conf" <<'EOF'
+[containers]
+default_ulimits = []
+
+[engine]
+cgroup_manager = "cgroupfs"
+EOF
+    cleanups+=("rm -f '$containers_conf'")
+    export CONTAINERS_CONF="$containers_conf"
+fi
+# Debian's docker-registry (the CNCF distribution registry) on a free
+# loopback port, storing into a scratch directory.
+registry_dir="$(mktemp -d)"
+registry_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+cat >"$registry_dir/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $registry_dir/data
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$registry_port
+EOF
+docker-registry serve "$registry_dir/config.yml" >"$registry_dir/log" 2>&1 &
+registry_pid=$!
+cleanups+=("kill $registry_pid 2>/dev/null; rm -rf '$registry_dir'")
+python3 - "$registry_port" "$registry_dir/log" <<'PY'
+import sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}/v2/"
+for _ in range(300):
+    try:
+        urllib.request.urlopen(url, timeout=1)
+        sys.exit(0)
+    except Exception:
+        time.sleep(0.1)
+sys.exit("docker-registry did not start:\n" + open(sys.argv[2]).read())
+PY
+export TASKFLOW_TEST_REGISTRY="127.0.0.1:$registry_port"
+echo "    registry at $TASKFLOW_TEST_REGISTRY"
 
 echo "==> building plugins and fixtures (wasm32-wasip2)"
 plugins/build.sh

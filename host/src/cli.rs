@@ -26,6 +26,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "TASKFLOW_ENV_FILE")]
     pub env_file: Option<PathBuf>,
 
+    /// The settings that came from the env file rather than the
+    /// environment (filled in after parsing).
+    #[arg(skip)]
+    pub from_env_file: Vec<String>,
+
     /// Server the client commands talk to; accepted before or after the
     /// subcommand.
     #[command(flatten)]
@@ -61,6 +66,9 @@ pub enum Command {
     },
     /// Show queue, task and plugin statistics.
     Stats,
+    /// Check that the host on this machine answers `GET /health` (the
+    /// container image's health check): exit status 0 if it does.
+    Health(HealthArgs),
     /// Manage a server's plugins, or run one locally (`taskflow plugin run`).
     #[command(subcommand, visible_alias = "plugin")]
     Plugins(PluginsCommand),
@@ -103,11 +111,46 @@ pub struct ServerArgs {
     /// Bearer token (client commands; the admin token for plugin and backup commands).
     #[arg(long, global = true, env = "TASKFLOW_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Secrets Manager secret (name or ARN) holding the API token, read
+    /// when no --token is given (`deploy` writes it into .env).
+    #[arg(long, global = true, env = "TASKFLOW_TOKEN_SECRET")]
+    pub token_secret: Option<String>,
+    /// Secrets Manager secret holding the admin token, read for plugin,
+    /// backup and restore commands when no --token is given.
+    #[arg(long, global = true, env = "TASKFLOW_ADMIN_TOKEN_SECRET")]
+    pub admin_token_secret: Option<String>,
 }
 
 impl ServerArgs {
-    fn client(&self) -> Client {
-        Client::new(&self.server, self.token.clone())
+    /// A client with the API token.
+    async fn client(&self) -> anyhow::Result<Client> {
+        self.client_with(self.token_secret.as_deref()).await
+    }
+
+    /// A client with the admin token (plugin, backup and restore commands).
+    async fn admin_client(&self) -> anyhow::Result<Client> {
+        self.client_with(self.admin_token_secret.as_deref()).await
+    }
+
+    /// A client with --token, or else the token in `secret`, or none.
+    async fn client_with(&self, secret: Option<&str>) -> anyhow::Result<Client> {
+        let token = match (&self.token, secret) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(id)) => {
+                let sdk = crate::aws::sdk_config().await;
+                let client = aws_sdk_secretsmanager::Client::new(&sdk);
+                let token = crate::secrets::read(&client, id)
+                    .await
+                    .context("cannot read the API token (pass --token, or fix TASKFLOW_TOKEN_SECRET / TASKFLOW_ADMIN_TOKEN_SECRET)")?;
+                Some(token)
+            }
+            (None, None) => None,
+        };
+        Ok(Client::new(&self.server, token))
+    }
+
+    fn has_token(&self) -> bool {
+        self.token.is_some() || self.token_secret.is_some() || self.admin_token_secret.is_some()
     }
 }
 
@@ -154,6 +197,17 @@ pub struct ListArgs {
     pub limit: usize,
 }
 
+/// `taskflow health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// URL to check [default: /health on TASKFLOW_LISTEN's port, on this machine].
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The address the host listens on.
+    #[arg(long, env = "TASKFLOW_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+}
+
 /// `taskflow plugins …`.
 #[derive(Debug, Subcommand)]
 pub enum PluginsCommand {
@@ -186,11 +240,11 @@ const SUBMIT_BATCH: usize = 500;
 
 /// Runs a parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let has_token = cli.server.token.is_some();
+    let has_token = cli.server.has_token();
     let env_file = cli
         .env_file
         .unwrap_or_else(|| crate::envfile::DEFAULT.into());
-    run_command(cli.command, cli.server, &env_file)
+    run_command(cli.command, cli.server, &env_file, &cli.from_env_file)
         .await
         .map_err(|error| explain_unauthorized(error, has_token))
 }
@@ -203,7 +257,7 @@ fn explain_unauthorized(error: anyhow::Error, has_token: bool) -> anyhow::Error 
     );
     match (unauthorized, has_token) {
         (false, _) => error,
-        (true, false) => error.context("the server needs a token: pass --token or set TASKFLOW_TOKEN"),
+        (true, false) => error.context("the server needs a token: pass --token, or set TASKFLOW_TOKEN (or TASKFLOW_TOKEN_SECRET, the secret holding it)"),
         (true, true) => error.context(
             "the server refused the token (plugin, backup and restore commands need the admin token when the server has one)",
         ),
@@ -214,6 +268,7 @@ async fn run_command(
     command: Command,
     server: ServerArgs,
     env_file: &std::path::Path,
+    from_env_file: &[String],
 ) -> anyhow::Result<()> {
     match command {
         Command::Serve(mut config) => {
@@ -222,9 +277,10 @@ async fn run_command(
             server.run(crate::server::shutdown_signal()).await
         }
         Command::Lb(config) => crate::lb::run(config, crate::server::shutdown_signal()).await,
-        Command::Deploy(args) => crate::deploy::run(args, env_file).await,
+        Command::Deploy(args) => crate::deploy::run(args, env_file, from_env_file).await,
+        Command::Health(args) => health(args).await,
         Command::Submit(args) => submit(args, &server).await,
-        Command::Get { id } => print_json(&server.client().get(&task_id(&id)?).await?),
+        Command::Get { id } => print_json(&server.client().await?.get(&task_id(&id)?).await?),
         Command::List(args) => {
             let mut query = vec![("limit", args.limit.to_string())];
             if let Some(status) = args.status {
@@ -233,7 +289,7 @@ async fn run_command(
             if let Some(plugin) = args.plugin {
                 query.push(("plugin", plugin));
             }
-            let page = server.client().list(&query).await?;
+            let page = server.client().await?.list(&query).await?;
             for task in &page.tasks {
                 out!(
                     "{}  {:<9}  p{:<2}  {}",
@@ -248,10 +304,10 @@ async fn run_command(
             }
             Ok(())
         }
-        Command::Cancel { id } => print_json(&server.client().cancel(&task_id(&id)?).await?),
-        Command::Stats => print_json(&server.client().stats().await?),
+        Command::Cancel { id } => print_json(&server.client().await?.cancel(&task_id(&id)?).await?),
+        Command::Stats => print_json(&server.client().await?.stats().await?),
         Command::Plugins(PluginsCommand::List) => {
-            for plugin in server.client().plugins().await? {
+            for plugin in server.client().await?.plugins().await? {
                 out!(
                     "{:<24} {}  {:>9} bytes  contract {:<6}  loaded {}",
                     plugin.name,
@@ -274,12 +330,16 @@ async fn run_command(
             };
             let wasm =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let info = server.client().upload_plugin(&name, wasm).await?;
+            let info = server
+                .admin_client()
+                .await?
+                .upload_plugin(&name, wasm)
+                .await?;
             out!("loaded {} ({})", info.name, info.digest);
             Ok(())
         }
         Command::Plugins(PluginsCommand::Remove { name }) => {
-            server.client().remove_plugin(&name).await?;
+            server.admin_client().await?.remove_plugin(&name).await?;
             out!("removed {name}");
             Ok(())
         }
@@ -299,7 +359,7 @@ async fn run_command(
 }
 
 async fn submit(args: SubmitArgs, server: &ServerArgs) -> anyhow::Result<()> {
-    let client = server.client();
+    let client = server.client().await?;
     if let Some(file) = args.file {
         return submit_file(&client, &file).await;
     }
@@ -367,7 +427,7 @@ async fn submit_file(client: &Client, file: &std::path::Path) -> anyhow::Result<
 
 async fn backup(output: Option<PathBuf>, server: &ServerArgs) -> anyhow::Result<()> {
     let spinner = spinner("downloading backup".into());
-    let document = server.client().backup().await?;
+    let document = server.admin_client().await?.backup().await?;
     let tasks = crate::storage::backup::parse_backup(&document)
         .map_err(|reason| anyhow::anyhow!("the server sent an invalid backup: {reason}"))?;
     let path = output.unwrap_or_else(|| {
@@ -389,7 +449,7 @@ async fn restore(file: PathBuf, server: &ServerArgs) -> anyhow::Result<()> {
     let tasks = crate::storage::backup::parse_backup(&document)
         .map_err(|reason| anyhow::anyhow!("{} is not a valid backup: {reason}", file.display()))?;
     let spinner = spinner(format!("restoring {} tasks", tasks.len()));
-    let summary = server.client().restore(document).await?;
+    let summary = server.admin_client().await?.restore(document).await?;
     spinner.finish_and_clear();
     out!(
         "restored {} tasks ({} queued, {} left alone because they are live here)",
@@ -397,6 +457,35 @@ async fn restore(file: PathBuf, server: &ServerArgs) -> anyhow::Result<()> {
         summary.queued,
         summary.skipped
     );
+    Ok(())
+}
+
+/// How long `taskflow health` waits for the answer.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /health` of the host on this machine (a host listening on every
+/// address is asked on loopback); a failure is one line.
+async fn health(args: HealthArgs) -> anyhow::Result<()> {
+    let url = args.url.unwrap_or_else(|| {
+        let mut address = args.listen;
+        if address.ip().is_unspecified() {
+            address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{address}/health")
+    });
+    let response = reqwest::Client::builder()
+        .timeout(HEALTH_TIMEOUT)
+        .build()?
+        .get(&url)
+        .send()
+        .await
+        .map_err(|error| {
+            anyhow::Error::new(error.without_url()).context(format!("{url}: no answer"))
+        })?;
+    if response.status() != reqwest::StatusCode::OK {
+        bail!("{url} answered {}", response.status());
+    }
+    out!("ok: {url}");
     Ok(())
 }
 

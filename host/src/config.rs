@@ -42,6 +42,20 @@ pub struct ServeConfig {
     #[arg(long, env = "TASKFLOW_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// PEM file of the certificate authorities that may sign the database's
+    /// certificate, for `sslmode=verify-ca` or `verify-full` (the URL's own
+    /// `sslrootcert` wins).
+    #[arg(long, env = "TASKFLOW_DATABASE_CA")]
+    pub database_ca: Option<PathBuf>,
+
+    /// Secrets Manager secret (name or ARN) holding the database's
+    /// credentials: JSON with `password` and optionally `username` (the form
+    /// RDS keeps its managed master secret in), or the password alone. Read
+    /// at start, again whenever PostgreSQL refuses the password, and every
+    /// few minutes, so rotation needs no restart.
+    #[arg(long, env = "TASKFLOW_DATABASE_SECRET")]
+    pub database_secret: Option<String>,
+
     /// Most PostgreSQL connections this host keeps open.
     #[arg(long, env = "TASKFLOW_DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=1000))]
     pub database_pool_size: u32,
@@ -191,6 +205,18 @@ impl ServeConfig {
             return Err(ConfigError(
                 "TASKFLOW_STORAGE=postgres needs TASKFLOW_DATABASE_URL, a postgres:// URL such as postgres://user@127.0.0.1:5432/taskflow".into(),
             ));
+        }
+        if self.storage != StorageBackend::Postgres {
+            for (set, name) in [
+                (self.database_ca.is_some(), "TASKFLOW_DATABASE_CA"),
+                (self.database_secret.is_some(), "TASKFLOW_DATABASE_SECRET"),
+            ] {
+                if set {
+                    return Err(ConfigError(format!(
+                        "{name} is set but TASKFLOW_STORAGE is not postgres: set TASKFLOW_STORAGE=postgres or unset {name}"
+                    )));
+                }
+            }
         }
         if self.queue == QueueBackend::Postgres && self.storage != StorageBackend::Postgres {
             return Err(ConfigError(

@@ -38,6 +38,7 @@ pub mod heap;
 pub mod lb;
 pub mod queue;
 pub mod runtime;
+pub mod secrets;
 pub mod server;
 pub mod service;
 pub mod storage;

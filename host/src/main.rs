@@ -36,7 +36,7 @@ fn parse() -> Result<(Cli, Vec<String>), std::process::ExitCode> {
     Ok((cli, loaded))
 }
 
-async fn run((cli, from_env_file): (Cli, Vec<String>)) -> std::process::ExitCode {
+async fn run((mut cli, from_env_file): (Cli, Vec<String>)) -> std::process::ExitCode {
     // Servers log; `plugin run` shows the plugin's log on stderr, beside its
     // result on stdout; client commands print their results and log only
     // when asked (RUST_LOG).
@@ -55,6 +55,7 @@ async fn run((cli, from_env_file): (Cli, Vec<String>)) -> std::process::ExitCode
             .unwrap_or_else(|| taskflow::envfile::DEFAULT.into());
         tracing::info!(file = %file.display(), settings = from_env_file.join(","), "settings from the env file");
     }
+    cli.from_env_file = from_env_file;
     match taskflow::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -16,7 +16,9 @@ use crate::fleet::PluginCatalog;
 use crate::queue::sqs::SqsSettings;
 use crate::queue::{LocalQueue, PgQueue, Queue, SqsQueue};
 use crate::runtime::{PluginRegistry, Runtime};
+use crate::secrets::DatabaseSecret;
 use crate::service::{ServiceConfig, TaskService};
+use crate::storage::postgres::connect::with_credentials;
 use crate::storage::{FileStore, PgStore, TaskStore};
 use crate::telemetry::Metrics;
 use crate::worker::WorkerPool;
@@ -60,9 +62,24 @@ impl Server {
         let watch = registry.watch()?;
         tracing::info!(plugins = registry.list().len(), dir = %config.plugin_dir().display(), "plugins loaded");
 
-        let postgres = match config.storage {
-            StorageBackend::Postgres => Some(connect_postgres(&config).await?),
-            StorageBackend::Files => None,
+        let aws = if config.queue == QueueBackend::Sqs
+            || config.blobs == BlobBackend::S3
+            || config.database_secret.is_some()
+        {
+            Some(aws_config().await?)
+        } else {
+            None
+        };
+        // Stops the background tasks (heartbeat, reaper, sweeper, catalog,
+        // credentials), which run until the workers are done.
+        let background = CancellationToken::new();
+        let (postgres, credentials) = match config.storage {
+            StorageBackend::Postgres => {
+                let (store, keep_fresh) =
+                    connect_postgres(&config, aws.as_ref(), background.clone()).await?;
+                (Some(store), keep_fresh)
+            }
+            StorageBackend::Files => (None, None),
         };
         let store: Arc<dyn TaskStore> = match &postgres {
             Some(postgres) => Arc::new(postgres.clone()),
@@ -86,11 +103,6 @@ impl Server {
         if let Some(id) = &config.host_id {
             settings.owner.clone_from(id);
         }
-        let aws = if config.queue == QueueBackend::Sqs || config.blobs == BlobBackend::S3 {
-            Some(aws_config().await?)
-        } else {
-            None
-        };
         let s3: Option<Arc<dyn BlobStore>> = match (&aws, config.blobs) {
             (Some(aws), BlobBackend::S3) => {
                 let bucket = config.s3_bucket.as_deref().unwrap_or_default();
@@ -166,7 +178,6 @@ impl Server {
             );
         }
         let pool = WorkerPool::start(service.clone(), workers);
-        let background = CancellationToken::new();
         let tracker = TaskTracker::new();
         tracker.spawn(service.clone().heartbeat(background.clone()));
         tracker.spawn(service.clone().reaper(background.clone()));
@@ -175,6 +186,9 @@ impl Server {
         }
         if let Some(catalog) = catalog {
             tracker.spawn(catalog.sync(registry, background.clone()));
+        }
+        if let Some(keep_fresh) = credentials {
+            tracker.spawn(keep_fresh);
         }
         tracker.close();
 
@@ -232,15 +246,39 @@ impl Server {
     }
 }
 
-/// Opens the PostgreSQL store of `config`.
-async fn connect_postgres(config: &ServeConfig) -> anyhow::Result<PgStore> {
+/// Opens the PostgreSQL store of `config`, with the credentials of
+/// `TASKFLOW_DATABASE_SECRET` when it is set, and what keeps them in step
+/// with the secret until `stop`.
+async fn connect_postgres(
+    config: &ServeConfig,
+    aws: Option<&aws_config::SdkConfig>,
+    stop: CancellationToken,
+) -> anyhow::Result<(PgStore, Option<impl Future<Output = ()> + Send + 'static>)> {
     let url = config.database_url.as_deref().unwrap_or_default();
-    let options: sqlx::postgres::PgConnectOptions = url
-        .parse()
-        .context("TASKFLOW_DATABASE_URL is not a valid PostgreSQL URL")?;
-    PgStore::connect(options, config.database_pool_size)
+    let base = crate::storage::postgres::connect::options(url, config.database_ca.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let secret = match (&config.database_secret, aws) {
+        (Some(id), Some(aws)) => {
+            let secret = DatabaseSecret::new(aws, id);
+            let credentials = secret
+                .credentials()
+                .await
+                .context("TASKFLOW_DATABASE_SECRET")?;
+            Some((secret, credentials))
+        }
+        _ => None,
+    };
+    let options = match &secret {
+        Some((_, credentials)) => with_credentials(base.clone(), credentials),
+        None => base.clone(),
+    };
+    let store = PgStore::connect(options, config.database_pool_size)
         .await
-        .context("cannot open task storage in PostgreSQL (TASKFLOW_DATABASE_URL)")
+        .context("cannot open task storage in PostgreSQL (TASKFLOW_DATABASE_URL)")?;
+    let keep_fresh = secret.map(|(secret, credentials)| {
+        secret.keep_fresh(store.pool().clone(), base, credentials, stop)
+    });
+    Ok((store, keep_fresh))
 }
 
 /// The AWS SDK settings; no region stops here.
@@ -248,7 +286,7 @@ async fn aws_config() -> anyhow::Result<aws_config::SdkConfig> {
     let sdk = crate::aws::sdk_config().await;
     if sdk.region().is_none() {
         anyhow::bail!(
-            "TASKFLOW_QUEUE=sqs and TASKFLOW_BLOBS=s3 need an AWS region: set AWS_REGION (e.g. us-east-1)"
+            "TASKFLOW_QUEUE=sqs, TASKFLOW_BLOBS=s3 and TASKFLOW_DATABASE_SECRET need an AWS region: set AWS_REGION (e.g. us-east-1)"
         );
     }
     Ok(sdk)

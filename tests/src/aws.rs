@@ -144,7 +144,7 @@ pub async fn create_queues_at(endpoint: &str, prefix: &str, bands: usize, max_re
     }
 }
 
-/// An emulator of a test's own (`moto_server` on a free port), for tests
+/// An emulator of a test's own (moto's server on a free port), for tests
 /// that pause it. Killed when dropped.
 pub struct OwnEmulator {
     child: std::process::Child,
@@ -156,7 +156,9 @@ impl OwnEmulator {
     /// Starts `moto_server` and waits until it answers.
     pub async fn start() -> Self {
         let port = crate::process::free_port();
-        let child = std::process::Command::new("moto_server")
+        // moto's server with the fix the tests need (see the file).
+        let child = std::process::Command::new("python3")
+            .arg(crate::workspace_root().join("tests/support/moto_server.py"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 pub mod aws;
 pub mod contract;
+pub mod image;
 pub mod pg;
 pub mod process;
 

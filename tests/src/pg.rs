@@ -62,6 +62,13 @@ impl OwnServer {
     /// Creates and starts a server (as the `postgres` user when run as root,
     /// which PostgreSQL refuses to run as).
     pub fn start() -> Self {
+        Self::start_configured(|_| {})
+    }
+
+    /// Like [`start`](Self::start), with `configure` given the data
+    /// directory after `initdb` and before the server starts (to write its
+    /// `postgresql.conf`, `pg_hba.conf`, certificates).
+    pub fn start_configured(configure: impl FnOnce(&std::path::Path)) -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect(
                 "PostgreSQL server binaries must be installed (Debian: apt-get install postgresql)",
@@ -91,6 +98,17 @@ impl OwnServer {
             "initdb",
             &["-D", &server.data(), "-U", "postgres", "-A", "trust"],
         );
+        configure(std::path::Path::new(&server.data()));
+        if server.as_root() {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(server.data())
+                .status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "chown the configured files to postgres"
+            );
+        }
         server.pg_ctl("start");
         server
     }
@@ -98,6 +116,21 @@ impl OwnServer {
     /// The URL of its `postgres` database.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Options of a `postgres` superuser connection over its Unix socket
+    /// (trusted, whatever `pg_hba.conf` asks of TCP connections).
+    pub fn socket_options(&self) -> PgConnectOptions {
+        PgConnectOptions::new()
+            .socket(self.dir.path())
+            .port(self.port)
+            .username("postgres")
+            .database("postgres")
     }
 
     /// Restarts it at once, cutting every connection (`pg_ctl restart -m fast`).

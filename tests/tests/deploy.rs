@@ -1,10 +1,12 @@
 //! `taskflow deploy` against moto's CloudFormation, with the template's
-//! self-managed parameter set (moto has no Fargate, RDS or ALB): the change
-//! set is shown and nothing happens when the answer is no; `--yes` creates
-//! the queues and the bucket and writes `.env` beside the lines it does not
-//! own; a `taskflow serve` started from that `.env` (plus a PostgreSQL URL)
-//! takes a task through SQS and S3 to completed; a second deploy changes
-//! nothing; `--delete` removes the stack and its settings.
+//! self-managed parameter set: the account and region are said first; the
+//! change set is shown and nothing happens when the answer is no; answered
+//! yes, it creates the queues and the bucket and writes `.env` beside the
+//! lines it does not own; a `taskflow serve` started from that `.env` (plus
+//! a PostgreSQL URL) takes a task through SQS and S3 to completed; an update
+//! with `--yes` still shows its change set; a deploy with nothing changed
+//! changes nothing; `--wait` finds nothing under way; `--delete` removes the
+//! stack and its settings.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,15 +20,33 @@ use taskflow_tests::{aws, install_plugins, pg, poll_json, taskflow_binary};
 
 /// Runs `taskflow deploy <args>` in `dir`, answering `answer` when asked.
 fn deploy(dir: &Path, args: &[&str], answer: &str) -> (bool, String) {
-    let mut child = Command::new(taskflow_binary())
+    deploy_without(dir, args, answer, &[], &[])
+}
+
+/// Like [`deploy`], without the environment variables `removed` and with
+/// `added` (at most 5 minutes, as every child of these tests is bounded).
+fn deploy_without(
+    dir: &Path,
+    args: &[&str],
+    answer: &str,
+    removed: &[&str],
+    added: &[(&str, &str)],
+) -> (bool, String) {
+    let mut command = Command::new("timeout");
+    command
+        .args(["--kill-after=10", "300"])
+        .arg(taskflow_binary())
         .current_dir(dir)
         .arg("deploy")
         .args(args)
+        .envs(added.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run taskflow deploy");
+        .stderr(Stdio::piped());
+    for name in removed {
+        command.env_remove(name);
+    }
+    let mut child = command.spawn().expect("run taskflow deploy");
     child
         .stdin
         .take()
@@ -85,9 +105,17 @@ async fn deploy_creates_the_stack_writes_env_and_a_host_started_from_it_complete
         "Hosts=SelfManaged",
     ];
 
-    // Asked, and answered no: the change set was shown, nothing exists.
+    // Asked, and answered no: the account and region were said first, the
+    // change set was shown, nothing exists.
     let (ok, out) = deploy(dir.path(), &self_managed, "n\n");
     assert!(ok, "declining is not an error:\n{out}");
+    let account = out.find("Account  123456789012 as arn:aws:");
+    let region = out.find("Region   us-east-1 from AWS_REGION");
+    let change_set = out.find("Change set");
+    assert!(
+        account.is_some() && region.is_some() && account < change_set && region < change_set,
+        "the account (moto's) and the region, with where it came from, come before anything else:\n{out}"
+    );
     for shown in [
         "Change set",
         "BandQueue1",
@@ -109,12 +137,25 @@ async fn deploy_creates_the_stack_writes_env_and_a_host_started_from_it_complete
     );
     assert_eq!(std::fs::read_to_string(&env_file).expect(".env"), before);
 
-    // --yes: created, and .env written.
-    let (ok, out) = deploy(dir.path(), &[&self_managed[..], &["--yes"]].concat(), "");
-    assert!(ok, "deploy --yes:\n{out}");
+    // Asked again, and answered yes: created through the change set shown,
+    // and .env written.
+    let (ok, out) = deploy(dir.path(), &self_managed, "y\n");
+    assert!(ok, "deploy answered yes:\n{out}");
+    for shown in [
+        "Change set",
+        "BandQueue1",
+        "Apply these changes",
+        "CREATE_COMPLETE",
+    ] {
+        assert!(out.contains(shown), "the create shows {shown}:\n{out}");
+    }
     assert!(
-        out.contains("CREATE_COMPLETE"),
-        "progress shows the stack's events:\n{out}"
+        !out.contains("WARNING"),
+        "creating replaces nothing that holds data:\n{out}"
+    );
+    assert!(
+        out.contains("start hosts with `taskflow serve`"),
+        "the next steps of a self-managed stack are said:\n{out}"
     );
     assert_eq!(
         queue_names(&stack).await,
@@ -200,12 +241,54 @@ async fn deploy_creates_the_stack_writes_env_and_a_host_started_from_it_complete
     );
     drop(host);
 
+    // An update with --yes: the change set is still made and shown, only
+    // the question is skipped. The region now comes from .env (no
+    // AWS_REGION in the environment), and deploy says so.
+    let (ok, out) = deploy_without(
+        dir.path(),
+        &[
+            "--stack-name",
+            stack.as_str(),
+            "--parameter",
+            "LeaseSecs=45",
+            "--yes",
+        ],
+        "",
+        &["AWS_REGION", "AWS_DEFAULT_REGION"],
+        &[],
+    );
+    assert!(ok, "deploy --yes of a new parameter:\n{out}");
+    assert!(
+        out.contains("Region   us-east-1 from .env (written by an earlier deploy"),
+        "a region read from .env is said to come from there:\n{out}"
+    );
+    // (moto's change sets list template changes only, none for a parameter.)
+    for shown in ["Change set", "UPDATE_COMPLETE"] {
+        assert!(out.contains(shown), "the update shows {shown}:\n{out}");
+    }
+    assert!(
+        !out.contains("Apply these changes"),
+        "--yes does not ask:\n{out}"
+    );
+    assert_eq!(env_of(&env_file)["TASKFLOW_LEASE_SECS"], "45");
+
     // Again, with nothing changed: up to date, .env as it was.
     let written = std::fs::read_to_string(&env_file).expect(".env");
     let (ok, out) = deploy(dir.path(), &["--stack-name", stack.as_str(), "--yes"], "");
     assert!(ok, "a second deploy:\n{out}");
     assert!(out.contains("up to date"), "{out}");
     assert_eq!(std::fs::read_to_string(&env_file).expect(".env"), written);
+
+    // --wait with nothing under way says so (moto finishes every operation
+    // before it answers, so it never has one under way to follow).
+    let (ok, out) = deploy(dir.path(), &["--stack-name", stack.as_str(), "--wait"], "");
+    assert!(ok, "deploy --wait:\n{out}");
+    assert!(
+        out.contains(&format!(
+            "Nothing is under way on stack {stack}: it is UPDATE_COMPLETE"
+        )),
+        "{out}"
+    );
 
     // --delete: the queues go, and so do the settings deploy wrote.
     let (ok, out) = deploy(
@@ -258,6 +341,55 @@ async fn deploy_refuses_what_it_cannot_do_and_says_why() {
         "",
     );
     assert!(ok && out.contains("nothing to delete"), "{out}");
+    // --wait on a stack that does not exist.
+    let (ok, out) = deploy(dir.path(), &["--stack-name", &stack, "--wait"], "");
+    assert!(
+        !ok && out.contains(&format!(
+            "there is no stack {stack} in us-east-1 to wait for"
+        )),
+        "{out}"
+    );
+    // No credentials anywhere (and no instance metadata to ask): said as
+    // such, before any CloudFormation call.
+    let home = tempfile::tempdir().expect("tempdir");
+    let home_dir = home.path().to_string_lossy().into_owned();
+    let (ok, out) = deploy_without(
+        dir.path(),
+        &["--stack-name", &stack],
+        "",
+        &[
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+        ],
+        &[
+            ("HOME", home_dir.as_str()),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_CONFIG_FILE", "/nonexistent/config"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials"),
+        ],
+    );
+    assert!(
+        !ok && out.contains("no AWS credentials were found"),
+        "{out}"
+    );
+    assert!(!out.contains("CloudFormation"), "{out}");
+    // No region anywhere.
+    let (ok, out) = deploy_without(
+        dir.path(),
+        &["--stack-name", &stack],
+        "",
+        &["AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"],
+        &[
+            ("HOME", home_dir.as_str()),
+            ("AWS_CONFIG_FILE", "/nonexistent/config"),
+        ],
+    );
+    assert!(
+        !ok && out.contains("no AWS region: set AWS_REGION"),
+        "{out}"
+    );
     // An env file named but missing is refused before anything runs.
     let (ok, out) = deploy(
         dir.path(),

@@ -1,16 +1,24 @@
-//! `taskflow deploy`: creates or updates TaskFlow's CloudFormation stack,
-//! shows what it will change before it changes anything (unless `--yes`),
-//! waits with the stack's events as progress, names the resource that
-//! failed and why, and writes the stack's outputs into the env file under
-//! the names `taskflow serve` reads. `--delete` tears the stack down.
+//! `taskflow deploy`: creates or updates TaskFlow's CloudFormation stack
+//! the way a careful operator would: it says which account and region it
+//! acts in before anything else, always makes a change set and shows it
+//! (replacements of what holds data marked loudly), asks (unless `--yes`),
+//! follows the stack's events, names the resource that failed, why, and
+//! what to do next, writes the stack's outputs into the env file under the
+//! names `taskflow serve` and the CLI read, then waits until the API answers
+//! through the load balancer. `--image` pushes a local image and deploys it
+//! by digest; `--wait` follows an operation already under way; `--delete`
+//! tears the stack down.
 //!
 //! Region and credentials come from the AWS SDK's usual chain;
 //! `AWS_ENDPOINT_URL` points it at an emulator.
 
+mod account;
+mod image;
+mod review;
+mod settings;
 mod stack;
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,13 +27,12 @@ use aws_sdk_cloudformation::types::{Capability, ChangeSetType, Parameter};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+pub use review::data_loss;
+pub use settings::{ENV_HEADER, settings_from_outputs};
 pub use stack::{ChangeSetOutcome, Event, ResourceChange, StackState, Stacks, first_failure};
 
 /// The template built into this binary.
 pub const TEMPLATE: &str = include_str!("../../../cloudformation/taskflow-infrastructure.yaml");
-
-/// The comment above the settings `deploy` adds to the env file.
-const ENV_HEADER: &str = "Written by `taskflow deploy` from stack";
 
 /// Time between two looks at a stack being changed.
 const POLL: Duration = Duration::from_secs(3);
@@ -43,18 +50,44 @@ pub struct DeployArgs {
     pub template: Option<PathBuf>,
 
     /// A template parameter, NAME=VALUE (repeat the flag), e.g.
-    /// ContainerImage=…/taskflow:1.0 or Hosts=SelfManaged. On an update,
+    /// CertificateArn=arn:aws:acm:… or Hosts=SelfManaged. On an update,
     /// parameters not given keep their current value.
     #[arg(long = "parameter", short = 'p', value_name = "NAME=VALUE", value_parser = parse_parameter)]
     pub parameters: Vec<(String, String)>,
 
-    /// Apply without showing the change set and asking first.
+    /// A local image (podman's or docker's) to push to the stack's
+    /// repository and run by its digest, e.g. `taskflow:latest`. A stack
+    /// without a repository yet is deployed first, without hosts.
+    #[arg(long, value_name = "LOCAL_IMAGE")]
+    pub image: Option<String>,
+
+    /// Push --image to this repository instead of the stack's ECR one,
+    /// e.g. registry.example.com/taskflow.
+    #[arg(long, value_name = "REPOSITORY", requires = "image")]
+    pub registry: Option<String>,
+
+    /// The --registry speaks plain HTTP or has a certificate this machine
+    /// does not trust (a local test registry).
+    #[arg(long, requires = "registry")]
+    pub insecure_registry: bool,
+
+    /// Apply the change set without asking (it is still made and shown).
     #[arg(long, short = 'y')]
     pub yes: bool,
 
+    /// Follow an operation already under way on the stack (one an
+    /// interrupted deploy left running) to its end, then write the settings.
+    #[arg(long, conflicts_with_all = ["template", "parameters", "image", "delete"])]
+    pub wait: bool,
+
+    /// How long to wait after a deploy for the API to answer /ready through
+    /// the load balancer, in seconds (0: do not wait).
+    #[arg(long, default_value_t = 900)]
+    pub ready_timeout_secs: u64,
+
     /// Delete the stack (asks first, unless --yes) and remove the settings
     /// it wrote from the env file.
-    #[arg(long, conflicts_with_all = ["template", "parameters"])]
+    #[arg(long, conflicts_with_all = ["template", "parameters", "image"])]
     pub delete: bool,
 }
 
@@ -95,67 +128,37 @@ fn parameters(
         .collect()
 }
 
-/// Stack outputs and the settings they become.
-const OUTPUT_SETTINGS: &[(&str, &str)] = &[
-    ("Region", "AWS_REGION"),
-    ("SqsQueuePrefix", "TASKFLOW_SQS_QUEUE_PREFIX"),
-    ("SqsBands", "TASKFLOW_SQS_BANDS"),
-    ("LeaseSecs", "TASKFLOW_LEASE_SECS"),
-    ("S3Bucket", "TASKFLOW_S3_BUCKET"),
-    ("DatabaseUrl", "TASKFLOW_DATABASE_URL"),
-    ("ApiUrl", "TASKFLOW_SERVER"),
-];
-
-/// Outputs without which hosts cannot use the stack.
-const REQUIRED_OUTPUTS: &[&str] = &["SqsQueuePrefix", "S3Bucket"];
-
-/// The settings a host of the stack needs, from its outputs: the backends
-/// (SQS, S3, PostgreSQL) and where they are.
-pub fn settings_from_outputs(
-    outputs: &[(String, String)],
-) -> Result<BTreeMap<String, String>, Vec<&'static str>> {
-    let output = |name: &str| outputs.iter().find(|(key, _)| key == name).map(|(_, v)| v);
-    let missing: Vec<&str> = REQUIRED_OUTPUTS
-        .iter()
-        .copied()
-        .filter(|name| output(name).is_none())
-        .collect();
-    if !missing.is_empty() {
-        return Err(missing);
-    }
-    let mut settings: BTreeMap<String, String> = OUTPUT_SETTINGS
-        .iter()
-        .filter_map(|(name, key)| Some((key.to_string(), output(name)?.clone())))
-        .collect();
-    for (key, value) in [
-        ("TASKFLOW_QUEUE", "sqs"),
-        ("TASKFLOW_BLOBS", "s3"),
-        ("TASKFLOW_STORAGE", "postgres"),
-    ] {
-        settings.insert(key.into(), value.into());
-    }
-    // A stack in an emulator is reached through it.
-    if let Some(endpoint) = std::env::var("AWS_ENDPOINT_URL")
-        .ok()
-        .filter(|e| !e.is_empty())
-    {
-        settings.insert("AWS_ENDPOINT_URL".into(), endpoint);
-    }
-    Ok(settings)
-}
-
 /// Runs `taskflow deploy`, writing into (or, with `--delete`, cleaning)
-/// the env file at `env_file`.
-pub async fn run(args: DeployArgs, env_file: &Path) -> anyhow::Result<()> {
+/// the env file at `env_file`; `from_env_file` names the settings that came
+/// from that file, so that a region it holds is never used unsaid.
+pub async fn run(
+    args: DeployArgs,
+    env_file: &Path,
+    from_env_file: &[String],
+) -> anyhow::Result<()> {
     let sdk = crate::aws::sdk_config().await;
-    let region = sdk
-        .region()
-        .map(ToString::to_string)
-        .context("no AWS region: set AWS_REGION (or a region in your AWS profile)")?;
+    let region = sdk.region().map(ToString::to_string).context(
+        "no AWS region: set AWS_REGION, or a region in your AWS profile (`aws configure`)",
+    )?;
+    let account = account::identify(&sdk, &region).await?;
+    out!("Account  {} as {}", account.id, account.arn);
+    out!(
+        "Region   {region} {}",
+        account::source("AWS_REGION", from_env_file, env_file)
+    );
+    if let Some(endpoint) = sdk.endpoint_url() {
+        out!(
+            "Endpoint {endpoint} {}",
+            account::source("AWS_ENDPOINT_URL", from_env_file, env_file)
+        );
+    }
     let stacks = Stacks::new(&sdk);
     let name = args.stack_name.as_str();
     if args.delete {
         return delete(&stacks, name, &region, args.yes, env_file).await;
+    }
+    if args.wait {
+        return follow(&stacks, name, &region, env_file).await;
     }
     let body = match &args.template {
         Some(path) => std::fs::read_to_string(path)
@@ -179,100 +182,103 @@ pub async fn run(args: DeployArgs, env_file: &Path) -> anyhow::Result<()> {
     if !capabilities.contains(&Capability::CapabilityIam) {
         capabilities.push(Capability::CapabilityIam);
     }
-
-    let existing = stacks.describe(name).await?;
-    let creating = match &existing {
-        None => true,
-        Some(stack) if stack.in_progress() => bail!(
-            "stack {name} is busy ({}): wait until it is done, then deploy again",
-            stack.status
-        ),
-        Some(stack) if stack.status == "ROLLBACK_COMPLETE" => bail!(
-            "stack {name} failed to create earlier (ROLLBACK_COMPLETE) and cannot be updated: \
-             run `taskflow deploy --delete --stack-name {name}`, then deploy again"
-        ),
-        // Only a change set that was never executed: nothing exists yet.
-        Some(stack) if stack.status == "REVIEW_IN_PROGRESS" => true,
-        Some(_) => false,
-    };
-    let previous = existing
-        .as_ref()
-        .filter(|_| !creating)
-        .map(|s| s.parameters.as_slice());
-    let parameters = parameters(&args.parameters, previous.unwrap_or_default(), &declared);
-    let verb = if creating { "create" } else { "update" };
-    out!("Stack {name} in {region}: {verb}");
-
-    let after = match &existing {
-        Some(stack) if !creating => stacks.newest_event(&stack.id).await?,
-        _ => None,
-    };
-    let change = Change {
+    let plan = Plan {
+        stacks: &stacks,
+        name,
+        region: &region,
         body: &body,
-        parameters,
+        declared: &declared,
         capabilities,
+        yes: args.yes,
+        env_file,
     };
-    let Some(started) = start(&stacks, name, existing.as_ref(), creating, args.yes, change).await?
-    else {
+
+    let mut given = args.parameters.clone();
+    if let Some(local) = &args.image {
+        let tool = image::Tool::find()?;
+        let repository = match &args.registry {
+            Some(repository) => repository.clone(),
+            None => match repository_of(&stacks, name).await? {
+                Some(repository) => repository,
+                None => {
+                    out!(
+                        "Stack {name} has no image repository yet: deploying it first, without hosts."
+                    );
+                    let Some(state) = plan.apply(&given).await? else {
+                        return Ok(());
+                    };
+                    state
+                        .output("ImageRepositoryUri")
+                        .context("the stack has no ImageRepositoryUri output (Hosts=SelfManaged has no repository): pass --registry to push elsewhere")?
+                        .to_string()
+                }
+            },
+        };
+        let target = image::Target {
+            repository,
+            insecure: args.insecure_registry,
+        };
+        let reference = image::push(&sdk, &tool, local, &target).await?;
+        out!("Pushed: the hosts run {reference}");
+        given.retain(|(key, _)| key != "ContainerImage");
+        given.push(("ContainerImage".into(), reference));
+    }
+    let Some(state) = plan.apply(&given).await? else {
         return Ok(());
     };
-    let state = if started {
-        let id = stacks
-            .describe(name)
-            .await?
-            .map(|s| s.id)
-            .context("the stack vanished while it was being changed")?;
-        finish(&stacks, &id, after, verb).await?
-    } else {
-        out!("Stack {name} is up to date: nothing to change.");
-        stacks.describe(name).await?.context("the stack vanished")?
-    };
-
-    write_settings(&state, name, &region, env_file)
+    after_deploy(
+        &state,
+        env_file,
+        Duration::from_secs(args.ready_timeout_secs),
+    )
+    .await
 }
 
-/// What a create or an update sends.
-struct Change<'a> {
+/// The stack's image repository, when the stack exists and has one.
+async fn repository_of(stacks: &Stacks, name: &str) -> anyhow::Result<Option<String>> {
+    Ok(stacks
+        .describe(name)
+        .await?
+        .and_then(|stack| stack.output("ImageRepositoryUri").map(str::to_string)))
+}
+
+/// One template going to one stack.
+struct Plan<'a> {
+    stacks: &'a Stacks,
+    name: &'a str,
+    region: &'a str,
     body: &'a str,
-    parameters: Vec<Parameter>,
+    declared: &'a [String],
     capabilities: Vec<Capability>,
+    yes: bool,
+    env_file: &'a Path,
 }
 
-/// Starts creating or updating the stack: directly with `yes`, else
-/// through a change set shown and confirmed first. `Some(false)` when there
-/// is nothing to change, `None` when the answer was no.
-async fn start(
-    stacks: &Stacks,
-    name: &str,
-    existing: Option<&StackState>,
-    creating: bool,
-    yes: bool,
-    change: Change<'_>,
-) -> anyhow::Result<Option<bool>> {
-    let Change {
-        body,
-        parameters,
-        capabilities,
-    } = change;
-    let started = if yes {
-        if let Some(stack) = existing.filter(|s| s.status == "REVIEW_IN_PROGRESS") {
-            // A review left behind holds the name; it has no resources.
-            stacks.delete(&stack.id).await?;
-            while stacks
-                .describe(&stack.id)
-                .await?
-                .is_some_and(|s| s.status != "DELETE_COMPLETE")
-            {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+impl Plan<'_> {
+    /// Makes a change set with the `given` parameters, shows it, asks
+    /// (unless `yes`), executes it, follows it and writes the settings.
+    /// `None` when the answer was no.
+    async fn apply(&self, given: &[(String, String)]) -> anyhow::Result<Option<StackState>> {
+        let (stacks, name) = (self.stacks, self.name);
+        let existing = stacks.describe(name).await?;
+        if let Some(stack) = &existing {
+            usable(stack, name)?;
         }
-        if creating {
-            stacks.create(name, body, parameters, capabilities).await?;
-            true
-        } else {
-            stacks.update(name, body, parameters, capabilities).await?
-        }
-    } else {
+        // A stack in review holds a change set never executed: nothing exists.
+        let creating = existing
+            .as_ref()
+            .is_none_or(|stack| stack.status == "REVIEW_IN_PROGRESS");
+        let previous = existing
+            .as_ref()
+            .filter(|_| !creating)
+            .map(|s| s.parameters.as_slice());
+        let parameters = parameters(given, previous.unwrap_or_default(), self.declared);
+        let verb = if creating { "create" } else { "update" };
+        out!("Stack {name}: {verb}");
+        let after = match &existing {
+            Some(stack) if !creating => stacks.newest_event(&stack.id).await?,
+            _ => None,
+        };
         let change_set = chrono::Utc::now()
             .format("taskflow-%Y%m%d-%H%M%S")
             .to_string();
@@ -281,14 +287,25 @@ async fn start(
         } else {
             ChangeSetType::Update
         };
-        match stacks
-            .change_set(name, &change_set, kind, body, parameters, capabilities)
-            .await?
-        {
-            ChangeSetOutcome::NoChanges => false,
+        let outcome = stacks
+            .change_set(
+                name,
+                &change_set,
+                kind,
+                self.body,
+                parameters,
+                self.capabilities.clone(),
+            )
+            .await?;
+        let state = match outcome {
+            ChangeSetOutcome::NoChanges => {
+                out!("Stack {name} is up to date: nothing to change.");
+                stacks.describe(name).await?.context("the stack vanished")?
+            }
             ChangeSetOutcome::Ready(changes) => {
-                print_changes(&changes)?;
-                if !confirm(&format!("Apply these changes to stack {name}?"))? {
+                review::print_changes(&changes)?;
+                if !self.yes && !review::confirm(&format!("Apply these changes to stack {name}?"))?
+                {
                     stacks.delete_change_set(name, &change_set).await?;
                     if creating {
                         // The review stack holds the name and nothing else.
@@ -298,53 +315,159 @@ async fn start(
                     return Ok(None);
                 }
                 stacks.execute_change_set(name, &change_set).await?;
-                true
+                let id = stacks
+                    .describe(name)
+                    .await?
+                    .map(|s| s.id)
+                    .context("the stack vanished while it was being changed")?;
+                finish(stacks, name, &id, after, verb).await?
             }
-        }
-    };
-    Ok(Some(started))
+        };
+        settings::write_settings(&state, name, self.region, self.env_file)?;
+        Ok(Some(state))
+    }
 }
 
-/// Writes the stack's settings into the env file and says what it did.
-fn write_settings(
-    state: &StackState,
-    name: &str,
-    region: &str,
-    env_file: &Path,
-) -> anyhow::Result<()> {
-    let settings = settings_from_outputs(&state.outputs).map_err(|missing| {
-        anyhow::anyhow!(
-            "stack {name} has no output {}: was it made from TaskFlow's template?",
-            missing.join(", ")
-        )
-    })?;
-    let merged = crate::envfile::merge(
-        env_file,
-        &settings,
-        &format!("{ENV_HEADER} {name} ({region})"),
-    )?;
+/// Refuses a stack that cannot take a change now, naming the next step.
+fn usable(stack: &StackState, name: &str) -> anyhow::Result<()> {
+    if stack.in_progress() {
+        bail!(
+            "stack {name} is busy ({}): `taskflow deploy --wait --stack-name {name}` follows it to its end; deploy again after",
+            stack.status
+        );
+    }
+    match stack.status.as_str() {
+        "ROLLBACK_COMPLETE" | "ROLLBACK_FAILED" | "DELETE_FAILED" | "UPDATE_ROLLBACK_FAILED" => {
+            bail!(
+                "stack {name} is {}{}: {}",
+                stack.status,
+                stack
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default(),
+                next_step(&stack.status, name)
+            )
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What to do about a stack left in `status`.
+fn next_step(status: &str, name: &str) -> String {
+    match status {
+        "ROLLBACK_COMPLETE" | "ROLLBACK_FAILED" => format!(
+            "it was never created; fix the cause, then `taskflow deploy --delete --stack-name {name}` and deploy again"
+        ),
+        "UPDATE_ROLLBACK_COMPLETE" => {
+            "the stack is back as it was before the update; fix the cause and deploy again".into()
+        }
+        "UPDATE_ROLLBACK_FAILED" => format!(
+            "the update could not be rolled back; fix what the failed resource needs, then `aws cloudformation continue-update-rollback --stack-name {name}` (with --resources-to-skip for resources that cannot roll back), then deploy again"
+        ),
+        "DELETE_FAILED" => format!(
+            "some resources could not be deleted (named in the stack's events); remove what holds them, then `taskflow deploy --delete --stack-name {name}` again"
+        ),
+        _ => "see the stack's events in the CloudFormation console".into(),
+    }
+}
+
+/// `taskflow deploy --wait`: follows the operation under way, if any.
+async fn follow(stacks: &Stacks, name: &str, region: &str, env_file: &Path) -> anyhow::Result<()> {
+    let Some(stack) = stacks.describe(name).await? else {
+        bail!("there is no stack {name} in {region} to wait for");
+    };
+    if !stack.in_progress() {
+        out!(
+            "Nothing is under way on stack {name}: it is {}.",
+            stack.status
+        );
+        return usable(&stack, name);
+    }
+    let verb = match stack.status.split('_').next() {
+        Some("CREATE") => "create",
+        Some("DELETE") => "delete",
+        Some("ROLLBACK") => "roll back",
+        _ => "update",
+    };
     out!(
-        "Wrote {} settings into {}:",
-        settings.len(),
-        env_file.display()
+        "Following the {verb} under way on stack {name} ({}).",
+        stack.status
     );
-    for (key, value) in &settings {
-        out!("  {key}={value}");
-    }
-    if let Some(backup) = merged.backup {
-        out!(
-            "The previous {} is in {}.",
-            env_file.display(),
-            backup.display()
-        );
-    }
-    if !settings.contains_key("TASKFLOW_DATABASE_URL") {
-        out!(
-            "Add TASKFLOW_DATABASE_URL (your PostgreSQL) to {} before `taskflow serve`.",
-            env_file.display()
-        );
+    let after = stacks.newest_event(&stack.id).await?;
+    let state = finish(stacks, name, &stack.id, after, verb).await?;
+    if verb != "delete" {
+        settings::write_settings(&state, name, region, env_file)?;
     }
     Ok(())
+}
+
+/// After a deploy: says how the API is served, waits until it answers
+/// `/ready` through the load balancer, and prints the next steps.
+async fn after_deploy(state: &StackState, env_file: &Path, limit: Duration) -> anyhow::Result<()> {
+    let Some(api) = state.output("ApiUrl") else {
+        out!(
+            "Next: add TASKFLOW_DATABASE_URL (your PostgreSQL) to {}, start hosts with `taskflow serve` beside it and `taskflow lb` in front, then `taskflow plugins upload <plugin.wasm>` and `taskflow submit <plugin> --payload <json> --wait`.",
+            env_file.display()
+        );
+        return Ok(());
+    };
+    if api.starts_with("http://") {
+        out!(
+            "WARNING: the API is served over plain HTTP at {api}: tokens and payloads cross the network unencrypted. Deploy with --parameter CertificateArn=<an ACM certificate's ARN> to serve HTTPS."
+        );
+    }
+    if state.parameter("ContainerImage").is_none_or(str::is_empty) {
+        out!(
+            "No hosts run yet (no image): build the image, then `taskflow deploy --image taskflow:latest` (README, On AWS)."
+        );
+        return Ok(());
+    }
+    if !limit.is_zero() {
+        wait_until_ready(api, limit).await?;
+    }
+    out!(
+        "Next (the CLI reads the server and its token's secret from {}):",
+        env_file.display()
+    );
+    out!("  taskflow plugins upload plugins/dist/wordcount.wasm");
+    out!(r#"  taskflow submit wordcount --payload '{{"text": "the cat and the hat"}}' --wait"#);
+    Ok(())
+}
+
+/// Polls `GET {api}/ready` until it answers 200 or `limit` passes.
+async fn wait_until_ready(api: &str, limit: Duration) -> anyhow::Result<()> {
+    let url = format!("{}/ready", api.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .context("cannot make an HTTP client")?;
+    let progress = ProgressBar::new_spinner();
+    progress.enable_steady_tick(Duration::from_millis(200));
+    let deadline = std::time::Instant::now() + limit;
+    let failure = loop {
+        let answer = match client.get(&url).send().await {
+            Ok(response) if response.status().is_success() => break None,
+            Ok(response) => format!("answers {}", response.status()),
+            Err(error) => format!("does not answer ({error})"),
+        };
+        progress.set_message(format!("waiting for {url}: it {answer}"));
+        if std::time::Instant::now() > deadline {
+            break Some(answer);
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    };
+    progress.finish_and_clear();
+    match failure {
+        None => {
+            out!("The API answers at {api}.");
+            Ok(())
+        }
+        Some(answer) => bail!(
+            "{url} still {answer} after {} s: look at the hosts' logs (the LogGroup output) and the service's events in the ECS console",
+            limit.as_secs()
+        ),
+    }
 }
 
 /// `taskflow deploy --delete`.
@@ -361,19 +484,12 @@ async fn delete(
     };
     if stack.in_progress() {
         bail!(
-            "stack {name} is busy ({}): wait until it is done",
+            "stack {name} is busy ({}): `taskflow deploy --wait --stack-name {name}` follows it to its end",
             stack.status
         );
     }
-    let outputs = |key: &str| {
-        stack
-            .outputs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-    };
     if !yes
-        && !confirm(&format!(
+        && !review::confirm(&format!(
             "Delete stack {name} in {region} and everything it holds?"
         ))?
     {
@@ -382,8 +498,8 @@ async fn delete(
     }
     let after = stacks.newest_event(&stack.id).await?;
     stacks.delete(&stack.id).await?;
-    finish(stacks, &stack.id, after, "delete").await?;
-    if let Some(bucket) = outputs("S3Bucket") {
+    finish(stacks, name, &stack.id, after, "delete").await?;
+    if let Some(bucket) = stack.output("S3Bucket") {
         out!(
             "The bucket {bucket} is kept (its payloads and results outlive the stack): \
              empty and delete it yourself when they are no longer needed."
@@ -411,9 +527,11 @@ async fn delete(
 }
 
 /// Waits for the operation, showing each event; fails naming the resource
-/// that failed and why.
+/// that failed, why, and what to do next. Ctrl-C stops the waiting, not the
+/// operation, and says how to follow it again.
 async fn finish(
     stacks: &Stacks,
+    name: &str,
     id: &str,
     after: Option<String>,
     verb: &str,
@@ -424,40 +542,47 @@ async fn finish(
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     progress.enable_steady_tick(Duration::from_millis(200));
-    let waited = stacks
-        .wait(id, after, POLL, |event, state| {
-            progress.set_message(state.status.clone());
-            // A line stdout cannot take (a closed pipe) is dropped; the
-            // deployment goes on.
-            progress.suspend(|| {
-                let _ = writeln!(std::io::stdout().lock(), "{}", event_line(event));
-            });
-        })
-        .await;
+    let waiting = stacks.wait(id, after, POLL, |event, state| {
+        progress.set_message(state.status.clone());
+        // A line stdout cannot take (a closed pipe) is dropped; the
+        // deployment goes on.
+        progress.suspend(|| {
+            let _ = writeln!(std::io::stdout().lock(), "{}", event_line(event));
+        });
+    });
+    let waited = tokio::select! {
+        waited = waiting => waited,
+        _ = tokio::signal::ctrl_c() => {
+            progress.finish_and_clear();
+            bail!(
+                "interrupted: CloudFormation goes on with the {verb} of stack {name}; `taskflow deploy --wait --stack-name {name}` follows it again"
+            );
+        }
+    };
     progress.finish_and_clear();
     let (state, events) = waited?;
     if state.succeeded() {
         out!("Stack {verb}: {}", state.status);
         return Ok(state);
     }
-    match first_failure(&events) {
-        Some(failed) => bail!(
-            "could not {verb} the stack ({}): {} ({}) {}: {}",
-            state.status,
+    let cause = match first_failure(&events) {
+        Some(failed) => format!(
+            "{} ({}) {}: {}",
             failed.logical_id,
             failed.resource_type,
             failed.status,
             failed.reason.as_deref().unwrap_or("no reason given")
         ),
-        None => bail!(
-            "could not {verb} the stack ({}): {}",
-            state.status,
-            state
-                .reason
-                .as_deref()
-                .unwrap_or("CloudFormation gave no reason")
-        ),
-    }
+        None => state
+            .reason
+            .clone()
+            .unwrap_or_else(|| "CloudFormation gave no reason".into()),
+    };
+    bail!(
+        "could not {verb} the stack ({}): {cause}. Next: {}",
+        state.status,
+        next_step(&state.status, name)
+    )
 }
 
 fn event_line(event: &Event) -> String {
@@ -471,109 +596,9 @@ fn event_line(event: &Event) -> String {
     line
 }
 
-fn print_changes(changes: &[ResourceChange]) -> anyhow::Result<()> {
-    if changes.is_empty() {
-        out!("Change set: no resource changes (parameters or outputs only).");
-        return Ok(());
-    }
-    out!("Change set ({} resources):", changes.len());
-    out!(
-        "  {:<8} {:<28} {:<44} replacement",
-        "action",
-        "resource",
-        "type"
-    );
-    for change in changes {
-        out!(
-            "  {:<8} {:<28} {:<44} {}",
-            change.action,
-            change.logical_id,
-            change.resource_type,
-            change.replacement.as_deref().unwrap_or("-")
-        );
-    }
-    Ok(())
-}
-
-/// Asks on stdout, reads the answer from stdin: yes only for "y" or "yes";
-/// no answer (stdin closed) is no.
-fn confirm(question: &str) -> anyhow::Result<bool> {
-    print!("{question} [y/N] ");
-    std::io::stdout()
-        .flush()
-        .context("cannot write to stdout")?;
-    let mut answer = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut answer)
-        .context("cannot read the answer")?;
-    if answer.is_empty() {
-        out!();
-    }
-    Ok(matches!(
-        answer.trim().to_ascii_lowercase().as_str(),
-        "y" | "yes"
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn outputs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn outputs_become_the_settings_serve_reads() {
-        let settings = settings_from_outputs(&outputs(&[
-            ("SqsQueuePrefix", "prod"),
-            ("S3Bucket", "prod-blobs"),
-            ("Region", "eu-west-1"),
-            ("DatabaseUrl", "postgres://taskflow@db:5432/taskflow"),
-            ("BandQueue1Url", "https://sqs…/prod-band-1"),
-        ]))
-        .map_err(|missing| anyhow::anyhow!("{missing:?}"));
-        let settings = settings.expect("all required outputs are there");
-        assert_eq!(settings["TASKFLOW_SQS_QUEUE_PREFIX"], "prod");
-        assert_eq!(settings["TASKFLOW_S3_BUCKET"], "prod-blobs");
-        assert_eq!(settings["AWS_REGION"], "eu-west-1");
-        assert_eq!(
-            settings["TASKFLOW_DATABASE_URL"],
-            "postgres://taskflow@db:5432/taskflow"
-        );
-        assert_eq!(settings["TASKFLOW_QUEUE"], "sqs");
-        assert_eq!(settings["TASKFLOW_BLOBS"], "s3");
-        assert_eq!(settings["TASKFLOW_STORAGE"], "postgres");
-        assert!(
-            !settings.contains_key("TASKFLOW_SERVER"),
-            "no ApiUrl output, no server setting"
-        );
-        // Every setting is one `taskflow serve` (or the CLI, or the SDK) reads.
-        let serve =
-            <crate::config::ServeConfig as clap::Args>::augment_args(clap::Command::new("serve"));
-        let read: Vec<String> = serve
-            .get_arguments()
-            .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
-            .chain([
-                "TASKFLOW_SERVER".into(),
-                "AWS_REGION".into(),
-                "AWS_ENDPOINT_URL".into(),
-            ])
-            .collect();
-        for key in settings.keys() {
-            assert!(read.contains(key), "{key} is read by nobody");
-        }
-    }
-
-    #[test]
-    fn a_stack_without_the_queue_or_bucket_outputs_is_refused_by_name() {
-        let missing = settings_from_outputs(&outputs(&[("S3Bucket", "b")])).err();
-        assert_eq!(missing, Some(vec!["SqsQueuePrefix"]));
-    }
 
     #[test]
     fn an_update_keeps_the_parameters_not_given() {

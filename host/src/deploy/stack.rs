@@ -44,11 +44,29 @@ pub struct StackState {
     pub reason: Option<String>,
     /// Its parameters' names.
     pub parameters: Vec<String>,
+    /// Its parameters' values, by name (`****` for a NoEcho one).
+    pub parameter_values: Vec<(String, String)>,
     /// Its outputs, name and value.
     pub outputs: Vec<(String, String)>,
 }
 
 impl StackState {
+    /// The value of output `name`.
+    pub fn output(&self, name: &str) -> Option<&str> {
+        self.outputs
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The value of parameter `name`.
+    pub fn parameter(&self, name: &str) -> Option<&str> {
+        self.parameter_values
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
     /// Whether an operation on the stack is still running.
     pub fn in_progress(&self) -> bool {
         self.status.ends_with("_IN_PROGRESS") && self.status != "REVIEW_IN_PROGRESS"
@@ -205,6 +223,16 @@ impl Stacks {
                 .iter()
                 .filter_map(|p| p.parameter_key().map(str::to_string))
                 .collect(),
+            parameter_values: stack
+                .parameters()
+                .iter()
+                .filter_map(|p| {
+                    Some((
+                        p.parameter_key()?.to_string(),
+                        p.parameter_value().unwrap_or_default().to_string(),
+                    ))
+                })
+                .collect(),
             outputs: stack
                 .outputs()
                 .iter()
@@ -263,7 +291,8 @@ impl Stacks {
         parameters: Vec<Parameter>,
         capabilities: Vec<Capability>,
     ) -> Result<ChangeSetOutcome, CallError> {
-        self.client
+        let created = self
+            .client
             .create_change_set()
             .stack_name(stack)
             .change_set_name(name)
@@ -272,8 +301,21 @@ impl Stacks {
             .set_parameters(Some(parameters))
             .set_capabilities(Some(capabilities))
             .send()
-            .await
-            .map_err(call_error("CreateChangeSet"))?;
+            .await;
+        match created {
+            Ok(_) => {}
+            // Said at once rather than as a failed change set by some
+            // implementations (moto) when nothing would change.
+            Err(SdkError::ServiceError(service))
+                if service
+                    .err()
+                    .message()
+                    .is_some_and(|m| m.contains("No updates are to be performed")) =>
+            {
+                return Ok(ChangeSetOutcome::NoChanges);
+            }
+            Err(error) => return Err(call_error("CreateChangeSet")(error)),
+        }
         loop {
             let mut changes = Vec::new();
             let mut pages = self
@@ -344,58 +386,6 @@ impl Stacks {
             .await
             .map_err(call_error("DeleteChangeSet"))?;
         Ok(())
-    }
-
-    /// Starts creating the stack without a review.
-    pub async fn create(
-        &self,
-        stack: &str,
-        body: &str,
-        parameters: Vec<Parameter>,
-        capabilities: Vec<Capability>,
-    ) -> Result<(), CallError> {
-        self.client
-            .create_stack()
-            .stack_name(stack)
-            .template_body(body)
-            .set_parameters(Some(parameters))
-            .set_capabilities(Some(capabilities))
-            .send()
-            .await
-            .map_err(call_error("CreateStack"))?;
-        Ok(())
-    }
-
-    /// Starts updating the stack without a review; `false` when there was
-    /// nothing to change.
-    pub async fn update(
-        &self,
-        stack: &str,
-        body: &str,
-        parameters: Vec<Parameter>,
-        capabilities: Vec<Capability>,
-    ) -> Result<bool, CallError> {
-        let sent = self
-            .client
-            .update_stack()
-            .stack_name(stack)
-            .template_body(body)
-            .set_parameters(Some(parameters))
-            .set_capabilities(Some(capabilities))
-            .send()
-            .await;
-        match sent {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(service))
-                if service
-                    .err()
-                    .message()
-                    .is_some_and(|m| m.contains("No updates are to be performed")) =>
-            {
-                Ok(false)
-            }
-            Err(error) => Err(call_error("UpdateStack")(error)),
-        }
     }
 
     /// Starts deleting the stack.
@@ -500,6 +490,7 @@ mod tests {
             status: status.into(),
             reason: None,
             parameters: Vec::new(),
+            parameter_values: Vec::new(),
             outputs: Vec::new(),
         };
         assert!(state("UPDATE_COMPLETE_CLEANUP_IN_PROGRESS").in_progress());

@@ -6,6 +6,7 @@
 //! `host/migrations/`, run at connect.
 
 mod completer;
+pub mod connect;
 
 use std::collections::BTreeMap;
 
@@ -34,9 +35,9 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(pool_size.max(2))
             .acquire_timeout(std::time::Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| StorageError::Unavailable(connect::explain(&e, &options)))?;
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
@@ -55,7 +56,14 @@ impl PgStore {
     }
 }
 
+/// Wakes whoever keeps the database's credentials when PostgreSQL refuses
+/// them (a rotated password): one database per process, so one signal.
+pub static CREDENTIALS_REFUSED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 fn unavailable(error: sqlx::Error) -> StorageError {
+    if connect::refused_credentials(&error) {
+        CREDENTIALS_REFUSED.notify_one();
+    }
     StorageError::Unavailable(format!("PostgreSQL: {error}"))
 }
 
