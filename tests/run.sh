@@ -44,6 +44,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Waits (30 s at most) until URL answers; else fails with WHAT's log.
+wait_for_url() {
+    python3 - "$1" "$2" "$3" <<'PY'
+import sys, time, urllib.request
+url, what, log = sys.argv[1:4]
+for _ in range(300):
+    try:
+        urllib.request.urlopen(url, timeout=1)
+        sys.exit(0)
+    except Exception:
+        time.sleep(0.1)
+sys.exit(f"{what} did not start:\n" + open(log).read())
+PY
+}
+
 echo "==> PostgreSQL for the storage tests"
 # The server at TASKFLOW_TEST_DATABASE_URL (by default the local one), or,
 # where none answers, a throwaway one started here from the installed
@@ -86,17 +101,7 @@ moto_log="$(mktemp)"
 python3 tests/support/moto_server.py -H 127.0.0.1 -p "$moto_port" >"$moto_log" 2>&1 &
 moto_pid=$!
 cleanups+=("kill $moto_pid 2>/dev/null; rm -f '$moto_log'")
-python3 - "$moto_port" <<'PY'
-import sys, time, urllib.request
-url = f"http://127.0.0.1:{sys.argv[1]}/moto-api/"
-for _ in range(300):
-    try:
-        urllib.request.urlopen(url, timeout=1)
-        sys.exit(0)
-    except Exception:
-        time.sleep(0.1)
-sys.exit("moto_server did not start")
-PY
+wait_for_url "http://127.0.0.1:$moto_port/moto-api/" "moto_server" "$moto_log"
 export TASKFLOW_TEST_AWS_ENDPOINT="http://127.0.0.1:$moto_port"
 # Hosts the tests run in their own process find the emulator this way.
 export AWS_ENDPOINT_URL="$TASKFLOW_TEST_AWS_ENDPOINT"
@@ -154,17 +159,7 @@ EOF
 docker-registry serve "$registry_dir/config.yml" >"$registry_dir/log" 2>&1 &
 registry_pid=$!
 cleanups+=("kill $registry_pid 2>/dev/null; rm -rf '$registry_dir'")
-python3 - "$registry_port" "$registry_dir/log" <<'PY'
-import sys, time, urllib.request
-url = f"http://127.0.0.1:{sys.argv[1]}/v2/"
-for _ in range(300):
-    try:
-        urllib.request.urlopen(url, timeout=1)
-        sys.exit(0)
-    except Exception:
-        time.sleep(0.1)
-sys.exit("docker-registry did not start:\n" + open(sys.argv[2]).read())
-PY
+wait_for_url "http://127.0.0.1:$registry_port/v2/" "docker-registry" "$registry_dir/log"
 export TASKFLOW_TEST_REGISTRY="127.0.0.1:$registry_port"
 echo "    registry at $TASKFLOW_TEST_REGISTRY"
 

@@ -233,3 +233,71 @@ async fn the_image_holds_the_rds_ca_bundle_and_a_private_data_directory() {
     assert_eq!(lines[3], "10001");
     assert!(lines[4].starts_with("taskflow "), "{ran:?}");
 }
+
+/// `taskflow deploy --image`: the local image is pushed (to the test
+/// registry, standing in for the stack's ECR repository) under a tag of its
+/// own, and the stack is deployed with `ContainerImage` naming it by
+/// digest, which the registry serves. moto cannot create the Fargate stack
+/// (README, On AWS), so the self-managed one carries the parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_pushes_the_image_and_deploys_it_by_digest() {
+    let image = built_image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stack = taskflow_tests::aws::fresh_prefix();
+    let repository = format!("{}/deployed", image.registry);
+    let mut deploy = std::process::Command::new(taskflow_tests::taskflow_binary());
+    deploy.current_dir(dir.path()).args([
+        "deploy",
+        "--stack-name",
+        &stack,
+        "--parameter",
+        "Hosts=SelfManaged",
+        "--image",
+        &image.local,
+        "--registry",
+        &repository,
+        "--insecure-registry",
+        "--yes",
+    ]);
+    let ran = run_ok(deploy, Duration::from_secs(300));
+    let stacks = taskflow::deploy::Stacks::new(&taskflow_tests::aws::sdk().await);
+    let state = stacks
+        .describe(&stack)
+        .await
+        .expect("describe")
+        .expect("the stack exists");
+    let reference = state
+        .parameter("ContainerImage")
+        .expect("a ContainerImage parameter")
+        .to_string();
+    let digest = reference
+        .strip_prefix(&format!("{repository}@"))
+        .unwrap_or_else(|| panic!("{reference} names the image by digest in {repository}"));
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{reference}"
+    );
+    assert!(
+        ran.stdout.contains(&format!("Pushed: the hosts run {reference}")),
+        "{}",
+        ran.stdout
+    );
+    // The registry serves exactly that manifest.
+    let manifest = reqwest::Client::new()
+        .get(format!(
+            "http://{}/v2/deployed/manifests/{digest}",
+            image.registry
+        ))
+        .header(
+            "accept",
+            "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json",
+        )
+        .send()
+        .await
+        .expect("ask the registry");
+    assert_eq!(manifest.status(), 200, "{reference} is in the registry");
+    let body = manifest.bytes().await.expect("manifest");
+    let hashed = format!("sha256:{}", taskflow::runtime::plugin::digest_of(&body));
+    assert_eq!(hashed, digest, "the manifest hashes to the digest deployed");
+    stacks.delete(&state.id).await.expect("delete the stack");
+}
