@@ -194,9 +194,13 @@ pub fn cli(url: Option<&str>, args: &[&str]) -> CliRun {
 }
 
 /// Like [`cli`], with extra environment variables (e.g. `TASKFLOW_TOKEN`).
+/// A run is stopped after two minutes (`timeout`), as every child of the
+/// tests is bounded.
 pub fn cli_env(url: Option<&str>, env: &[(&str, &str)], args: &[&str]) -> CliRun {
-    let mut command = Command::new(taskflow_binary());
+    let mut command = Command::new("timeout");
     command
+        .args(["--kill-after=10", "120"])
+        .arg(taskflow_binary())
         .args(args)
         .stdin(Stdio::null())
         .env_remove("TASKFLOW_SERVER")

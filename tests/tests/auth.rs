@@ -289,3 +289,80 @@ async fn the_description_declares_the_authentication_the_host_enforces() {
         host.stop().await;
     }
 }
+
+/// The CLI's token from Secrets Manager (moto): `TASKFLOW_TOKEN_SECRET` for
+/// client commands and `TASKFLOW_ADMIN_TOKEN_SECRET` for plugin, backup and
+/// restore commands, as `taskflow deploy` writes them into `.env` instead of
+/// the tokens; none set is a 401 said as such, a secret that cannot be read
+/// is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reads_its_tokens_from_the_secrets_deploy_names() {
+    use taskflow_tests::process::cli_env;
+    let host = host(Some(API_TOKEN), Some(ADMIN_TOKEN)).await;
+    let secrets = aws_sdk_secretsmanager::Client::new(&taskflow_tests::aws::sdk().await);
+    let mut arns = Vec::new();
+    for token in [API_TOKEN, ADMIN_TOKEN] {
+        let created = secrets
+            .create_secret()
+            .name(format!(
+                "taskflow-test-token-{}",
+                uuid::Uuid::new_v4().simple()
+            ))
+            .secret_string(token)
+            .send()
+            .await
+            .expect("create the secret in moto");
+        arns.push(created.arn().expect("arn").to_string());
+    }
+    let (api, admin) = (arns[0].clone(), arns[1].clone());
+    let url = host.url.clone();
+    let wasm = taskflow_tests::plugin_wasm("echo")
+        .to_string_lossy()
+        .into_owned();
+    let runs = tokio::task::spawn_blocking(move || {
+        let with = |env: &[(&str, &str)], args: &[&str]| cli_env(Some(&url), env, args);
+        [
+            with(&[], &["stats"]),
+            with(&[("TASKFLOW_TOKEN_SECRET", api.as_str())], &["stats"]),
+            // The API token cannot upload; the admin token's secret can.
+            with(
+                &[("TASKFLOW_TOKEN_SECRET", api.as_str())],
+                &["plugins", "upload", &wasm, "--name", "echo-by-secret"],
+            ),
+            with(
+                &[
+                    ("TASKFLOW_TOKEN_SECRET", api.as_str()),
+                    ("TASKFLOW_ADMIN_TOKEN_SECRET", admin.as_str()),
+                ],
+                &["plugins", "upload", &wasm, "--name", "echo-by-secret"],
+            ),
+            with(&[("TASKFLOW_TOKEN_SECRET", "no-such-secret")], &["stats"]),
+        ]
+    })
+    .await
+    .expect("the CLI runs");
+    let [none, by_secret, api_upload, admin_upload, missing] = runs;
+    assert!(
+        !none.ok && none.stderr.contains("TASKFLOW_TOKEN_SECRET"),
+        "without a token: {none:?}"
+    );
+    assert!(
+        by_secret.ok,
+        "stats with the API token's secret: {by_secret:?}"
+    );
+    assert!(by_secret.stdout.contains("\"system\""), "{by_secret:?}");
+    assert!(
+        !api_upload.ok && api_upload.stderr.contains("refused the token"),
+        "the API token does not upload: {api_upload:?}"
+    );
+    assert!(
+        admin_upload.ok,
+        "upload with the admin token's secret: {admin_upload:?}"
+    );
+    assert!(
+        !missing.ok
+            && missing.stderr.contains("cannot read the API token")
+            && missing.stderr.contains("no-such-secret"),
+        "{missing:?}"
+    );
+}

@@ -278,7 +278,8 @@ async fn deploy_pushes_the_image_and_deploys_it_by_digest() {
         "{reference}"
     );
     assert!(
-        ran.stdout.contains(&format!("Pushed: the hosts run {reference}")),
+        ran.stdout
+            .contains(&format!("Pushed: the hosts run {reference}")),
         "{}",
         ran.stdout
     );
