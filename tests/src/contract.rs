@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use serde_json::json;
-use taskflow::storage::{Change, Held, LeaseState, ListQuery, Renewed, StorageError, TaskStore};
+use taskflow::storage::{
+    Change, Held, LeaseState, ListQuery, Renewed, Saved, StorageError, TaskStore,
+};
 use taskflow::task::{Begin, NewTask, Task, TaskId, TaskStatus};
 
 /// A valid pending task of `plugin` with submission number `sequence`.
@@ -334,16 +336,18 @@ pub async fn leases_fence_their_holders(store: &dyn TaskStore) {
     // The old holder comes back: nothing it writes sticks.
     let mut late = running.clone();
     late.status = TaskStatus::Completed;
-    assert!(
-        !store.save_leased(&late, first).await.expect("late write"),
+    assert_eq!(
+        store.save_leased(&late, first).await.expect("late write"),
+        Saved::Lost,
         "a pending task refuses the old holder"
     );
     let second = claim(store, id, "host-b", long)
         .await
         .expect("claimable again");
     assert!(second > first, "tokens grow: {second} after {first}");
-    assert!(
-        !store.save_leased(&late, first).await.expect("late write"),
+    assert_eq!(
+        store.save_leased(&late, first).await.expect("late write"),
+        Saved::Lost,
         "a new claim refuses the old holder"
     );
     assert!(
@@ -363,13 +367,17 @@ pub async fn leases_fence_their_holders(store: &dyn TaskStore) {
     // The new holder finishes: the lease ends with it.
     let mut done = now.clone();
     done.status = TaskStatus::Completed;
-    assert!(store.save_leased(&done, second).await.expect("write"));
+    assert_eq!(
+        store.save_leased(&done, second).await.expect("write"),
+        Saved::Written
+    );
     assert_eq!(
         store.load(id).await.expect("load").expect("stored").status,
         TaskStatus::Completed
     );
-    assert!(
-        !store.save_leased(&done, second).await.expect("write again"),
+    assert_eq!(
+        store.save_leased(&done, second).await.expect("write again"),
+        Saved::Lost,
         "a finished task has no lease"
     );
     assert_eq!(store.progress(id).await.expect("progress"), None);
@@ -384,6 +392,99 @@ pub async fn leases_fence_their_holders(store: &dyn TaskStore) {
             .await
             .expect("update unknown")
             .is_none()
+    );
+}
+
+/// A cancel requested while a task runs outlives the attempt: when the
+/// holder then saves a retry (the attempt failed, retryably), the task is
+/// recorded cancelled, not pending, and is not claimable again. A result
+/// or a final failure saved after a cancel request stands: that attempt
+/// had finished before the interruption reached it.
+pub async fn a_retry_saved_after_a_cancel_request_is_a_cancel(store: &dyn TaskStore) {
+    let long = Duration::from_secs(60);
+    let requested = || Box::new(|_: &mut Task, _: &LeaseState| Change::RequestCancel);
+    let ids: Vec<TaskId> = store
+        .insert(vec![task("echo", 0), task("echo", 0)])
+        .await
+        .expect("insert")
+        .into_iter()
+        .map(|s| s.task.id)
+        .collect();
+    let (retried, completed) = (ids[0], ids[1]);
+
+    let token = claim(store, retried, "host-a", long).await.expect("claim");
+    store
+        .update(retried, requested())
+        .await
+        .expect("request cancel")
+        .expect("task");
+    let mut retry = store.load(retried).await.expect("load").expect("stored");
+    retry.status = TaskStatus::Pending;
+    retry.retry_at = Some(chrono::Utc::now());
+    assert_eq!(
+        store
+            .save_leased(&retry, token)
+            .await
+            .expect("save the retry"),
+        Saved::Cancelled,
+        "the store says the retry became a cancel"
+    );
+    let stored = store.load(retried).await.expect("load").expect("stored");
+    assert_eq!(
+        (stored.status, stored.attempts, stored.retry_at),
+        (TaskStatus::Cancelled, 1, None)
+    );
+    assert!(stored.finished_at.is_some());
+    assert_eq!(
+        claim(store, retried, "host-b", long).await,
+        None,
+        "a cancelled task is not claimable"
+    );
+    assert!(store.expired(100).await.expect("expired").is_empty());
+
+    // Without a cancel request, a retry is a retry.
+    let token = claim(store, completed, "host-a", long)
+        .await
+        .expect("claim");
+    let mut again = store.load(completed).await.expect("load").expect("stored");
+    again.status = TaskStatus::Pending;
+    assert_eq!(
+        store.save_leased(&again, token).await.expect("save"),
+        Saved::Written
+    );
+    assert_eq!(
+        store
+            .load(completed)
+            .await
+            .expect("load")
+            .expect("stored")
+            .status,
+        TaskStatus::Pending
+    );
+    // A result saved after a cancel request stands.
+    let token = claim(store, completed, "host-a", long)
+        .await
+        .expect("claim");
+    store
+        .update(completed, requested())
+        .await
+        .expect("request cancel")
+        .expect("task");
+    let mut done = store.load(completed).await.expect("load").expect("stored");
+    done.status = TaskStatus::Completed;
+    done.finished_at = Some(chrono::Utc::now());
+    assert_eq!(
+        store.save_leased(&done, token).await.expect("save"),
+        Saved::Written
+    );
+    assert_eq!(
+        store
+            .load(completed)
+            .await
+            .expect("load")
+            .expect("stored")
+            .status,
+        TaskStatus::Completed
     );
 }
 

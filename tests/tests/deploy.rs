@@ -6,10 +6,11 @@
 //! a PostgreSQL URL) takes a task through SQS and S3 to completed; an update
 //! with `--yes` still shows its change set; a deploy with nothing changed
 //! changes nothing; `--wait` finds nothing under way; `--delete` removes the
-//! stack and its settings.
+//! stack and its settings. A deploy interrupted with Ctrl-C while its stack
+//! is being created says how to follow it again, and `--wait` does.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -262,8 +263,8 @@ async fn deploy_creates_the_stack_writes_env_and_a_host_started_from_it_complete
         out.contains("Region   us-east-1 from .env (written by an earlier deploy"),
         "a region read from .env is said to come from there:\n{out}"
     );
-    // (moto's change sets list template changes only, none for a parameter.)
-    for shown in ["Change set", "UPDATE_COMPLETE"] {
+    // The band queues' visibility timeout is the lease.
+    for shown in ["Change set", "Modify", "BandQueue1", "UPDATE_COMPLETE"] {
         assert!(out.contains(shown), "the update shows {shown}:\n{out}");
     }
     assert!(
@@ -310,6 +311,103 @@ async fn deploy_creates_the_stack_writes_env_and_a_host_started_from_it_complete
     assert_eq!(env["MY_OWN_SETTING"], "kept");
     assert_eq!(env["TASKFLOW_DATABASE_URL"], database_url);
     pg::drop_schema(&schema).await;
+}
+
+#[tokio::test]
+async fn a_deploy_interrupted_while_the_stack_is_created_is_followed_again_with_wait() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // tests/support/moto_server.py reports a stack whose name ends in -slow
+    // as still being created for 8 s after its change set is executed.
+    let stack = format!("{}-slow", aws::fresh_prefix());
+    let mut child = Command::new("timeout")
+        .args(["--kill-after=10", "300"])
+        .arg(taskflow_binary())
+        .current_dir(dir.path())
+        .args(["deploy", "--stack-name", stack.as_str()])
+        .args(["--parameter", "Hosts=SelfManaged", "--yes"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run taskflow deploy");
+    // Read its output as it comes, until the create is seen under way.
+    let (lines, seen) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut shown = String::new();
+    loop {
+        let line = seen
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("the create never started:\n{shown}"));
+        shown.push_str(&line);
+        shown.push('\n');
+        if line.contains("CREATE_IN_PROGRESS") && line.contains("AWS::CloudFormation::Stack") {
+            break;
+        }
+    }
+    // Ctrl-C (timeout hands SIGINT on to deploy).
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(interrupted.success(), "kill -INT");
+    let output = child.wait_with_output().expect("taskflow deploy ends");
+    reader.join().expect("the reader ends");
+    shown.extend(seen.try_iter().map(|line| line + "\n"));
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "an interrupted deploy fails:\n{shown}{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "interrupted: CloudFormation goes on with the create of stack {stack}; `taskflow deploy --wait --stack-name {stack}` follows it again"
+        )),
+        "Ctrl-C says the create goes on and how to follow it:\n{shown}{said}"
+    );
+    assert!(
+        !shown.contains("Stack create:") && !dir.path().join(".env").exists(),
+        "it stopped before the end:\n{shown}{said}"
+    );
+    let stacks = taskflow::deploy::Stacks::new(&aws::sdk().await);
+    let state = stacks
+        .describe(&stack)
+        .await
+        .expect("describe")
+        .expect("the stack");
+    assert_eq!(state.status, "CREATE_IN_PROGRESS", "the create goes on");
+
+    // --wait follows it to the end and writes the settings.
+    let (ok, out) = deploy(dir.path(), &["--stack-name", stack.as_str(), "--wait"], "");
+    assert!(ok, "deploy --wait:\n{out}");
+    let following = out.find(&format!(
+        "Following the create under way on stack {stack} (CREATE_IN_PROGRESS)"
+    ));
+    let done = out.find("Stack create: CREATE_COMPLETE");
+    assert!(
+        following.is_some() && following < done,
+        "--wait follows the create until it completes:\n{out}"
+    );
+    assert_eq!(
+        env_of(&dir.path().join(".env"))["TASKFLOW_SQS_QUEUE_PREFIX"],
+        stack
+    );
+
+    let (ok, out) = deploy(
+        dir.path(),
+        &["--stack-name", stack.as_str(), "--delete", "--yes"],
+        "",
+    );
+    assert!(ok && out.contains("DELETE_COMPLETE"), "{out}");
 }
 
 #[tokio::test]

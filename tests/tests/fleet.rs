@@ -130,6 +130,18 @@ impl Fleet {
         &self.host(index).url
     }
 
+    /// The index of the host a running `task` names.
+    async fn runner(&self, client: &reqwest::Client, task: &Value) -> usize {
+        for (index, host) in self.hosts.iter().enumerate() {
+            if let Some(host) = host
+                && host.stats(client).await["host"]["name"] == task["host"]
+            {
+                return index;
+            }
+        }
+        panic!("the task names no host of the fleet: {task}");
+    }
+
     async fn stop(mut self) {
         for host in self.hosts.iter_mut().filter_map(Option::take) {
             host.terminate();
@@ -522,19 +534,7 @@ async fn cancel_and_progress_reach_the_host_running_the_task() {
         |t| t["status"] == "running",
     )
     .await;
-    let mut names = Vec::new();
-    for index in 0..2 {
-        names.push(
-            fleet.host(index).stats(&client).await["host"]["name"]
-                .as_str()
-                .expect("host")
-                .to_string(),
-        );
-    }
-    let runner = names
-        .iter()
-        .position(|name| running["host"] == name.as_str())
-        .expect("the task names a host of the fleet");
+    let runner = fleet.runner(&client, &running).await;
     let other = 1 - runner;
 
     // Progress, read where the task does not run.
@@ -571,6 +571,82 @@ async fn cancel_and_progress_reach_the_host_running_the_task() {
     assert_eq!(
         fleet.host(runner).stats(&client).await["host"]["running"],
         0
+    );
+    fleet.stop().await;
+}
+
+/// A cancel answered while a task runs on another host, whose attempt then
+/// fails with a retryable error before that host's heartbeat brings it the
+/// cancel: the task ends `cancelled` after its one attempt, never runs
+/// again. The cancel is sent just after a heartbeat (seen as a new progress
+/// value on the other host) and less than a heartbeat before the attempt
+/// fails, so the failure is what reaches the store first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_that_meets_a_retryable_failure_ends_cancelled_on_postgres() {
+    a_cancel_that_meets_a_retryable_failure_ends_cancelled(SharedQueue::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_that_meets_a_retryable_failure_ends_cancelled_on_sqs() {
+    a_cancel_that_meets_a_retryable_failure_ends_cancelled(SharedQueue::sqs().await).await;
+}
+
+async fn a_cancel_that_meets_a_retryable_failure_ends_cancelled(queue: SharedQueue) {
+    // Leases of 30 s: a heartbeat every 2 s.
+    let fleet = Fleet::start_on(queue, 2, 1, 30).await;
+    let client = reqwest::Client::new();
+    let id = submit(
+        &client,
+        fleet.url(0),
+        json!({"plugin": "hostile", "payload": {"mode": "slow-then-retryable", "seconds": 5}, "max_attempts": 3}),
+    )
+    .await;
+    let running = poll_json(
+        &client,
+        &format!("{}/tasks/{id}", fleet.url(0)),
+        Duration::from_secs(30),
+        |t| t["status"] == "running",
+    )
+    .await;
+    let other = 1 - fleet.runner(&client, &running).await;
+    // Progress as the other host reads it changes at the runner's
+    // heartbeats. The attempt fails 5 s after it started; a heartbeat that
+    // publishes 60 % or more (3 s in) is the last before the failure.
+    let url = format!("{}/tasks/{id}", fleet.url(other));
+    let mut last = None;
+    loop {
+        let task = get_json(&client, &url).await;
+        let progress = task["progress"].as_u64();
+        if task["status"] != "running" {
+            break;
+        }
+        if progress.is_some_and(|p| p >= 60) && last.is_some() && progress != last {
+            break;
+        }
+        last = progress;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let response = client
+        .post(format!("{url}/cancel"))
+        .send()
+        .await
+        .expect("cancel");
+    assert!(response.status().is_success(), "{}", response.status());
+    let ended = poll_json(&client, &url, Duration::from_secs(60), |t| {
+        ["completed", "failed", "cancelled"].contains(&t["status"].as_str().unwrap_or(""))
+    })
+    .await;
+    assert_eq!(
+        (ended["status"].as_str(), ended["attempts"].as_u64()),
+        (Some("cancelled"), Some(1)),
+        "a cancel answered is never followed by another attempt: {ended}"
+    );
+    // Nothing runs it later either.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = get_json(&client, &url).await;
+    assert_eq!(
+        (later["status"].as_str(), later["attempts"].as_u64()),
+        (Some("cancelled"), Some(1))
     );
     fleet.stop().await;
 }

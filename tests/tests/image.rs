@@ -245,13 +245,17 @@ async fn deploy_pushes_the_image_and_deploys_it_by_digest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let stack = taskflow_tests::aws::fresh_prefix();
     let repository = format!("{}/deployed", image.registry);
+    // The whole stack, Fargate hosts included (deletion protection off, so
+    // that it can be deleted at the end).
     let mut deploy = std::process::Command::new(taskflow_tests::taskflow_binary());
     deploy.current_dir(dir.path()).args([
         "deploy",
         "--stack-name",
         &stack,
         "--parameter",
-        "Hosts=SelfManaged",
+        "DatabaseDeletionProtection=false",
+        "--ready-timeout-secs",
+        "0",
         "--image",
         &image.local,
         "--registry",
@@ -300,5 +304,51 @@ async fn deploy_pushes_the_image_and_deploys_it_by_digest() {
     let body = manifest.bytes().await.expect("manifest");
     let hashed = format!("sha256:{}", taskflow::runtime::plugin::digest_of(&body));
     assert_eq!(hashed, digest, "the manifest hashes to the digest deployed");
+
+    // The hosts' task definition runs that reference, as ECS holds it.
+    let definition = ecs(
+        "DescribeTaskDefinition",
+        serde_json::json!({ "taskDefinition": stack }),
+    )
+    .await;
+    let images: Vec<&str> = definition["taskDefinition"]["containerDefinitions"]
+        .as_array()
+        .expect("container definitions")
+        .iter()
+        .filter_map(|c| c["image"].as_str())
+        .collect();
+    assert_eq!(images, [reference.as_str()], "{definition}");
+    assert!(
+        ran.stdout
+            .contains("WARNING: the API is served over plain HTTP"),
+        "a stack without a certificate is said to serve plain HTTP:\n{}",
+        ran.stdout
+    );
     stacks.delete(&state.id).await.expect("delete the stack");
+}
+
+/// One call to the emulator's ECS (its JSON protocol; the tests link no
+/// ECS client for this one read).
+async fn ecs(action: &str, body: serde_json::Value) -> serde_json::Value {
+    let response = reqwest::Client::new()
+        .post(taskflow_tests::aws::endpoint())
+        .header("content-type", "application/x-amz-json-1.1")
+        .header(
+            "x-amz-target",
+            format!("AmazonEC2ContainerServiceV20141113.{action}"),
+        )
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/ecs/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .json(&body)
+        .send()
+        .await
+        .expect("ask ECS");
+    assert!(
+        response.status().is_success(),
+        "ECS {action}: {}",
+        response.status()
+    );
+    response.json().await.expect("ECS answers JSON")
 }

@@ -105,6 +105,13 @@ async fn postgres_leases_fence_their_holders() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_saved_after_a_cancel_request_in_postgres_is_a_cancel() {
+    let (store, schema) = store().await;
+    contract::a_retry_saved_after_a_cancel_request_is_a_cancel(&store).await;
+    drop_schema(&schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_claims_in_postgres_have_one_winner() {
     let (store, schema) = store().await;
     contract::racing_claims_have_one_winner(std::sync::Arc::new(store)).await;

@@ -41,6 +41,15 @@ async fn file_store_leases_fence_their_holders() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_saved_after_a_cancel_request_in_the_file_store_is_a_cancel() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FileStore::open(dir.path(), false)
+        .await
+        .expect("open store");
+    contract::a_retry_saved_after_a_cancel_request_is_a_cancel(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_claims_in_the_file_store_have_one_winner() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = FileStore::open(dir.path(), false)

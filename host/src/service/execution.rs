@@ -14,6 +14,7 @@ use super::{Running, ServiceError, TaskService};
 use crate::blobs::BlobError;
 use crate::queue::{Claimed, Delivery};
 use crate::runtime::{Failure, FailureKind, Limits, TaskInput};
+use crate::storage::Saved;
 use crate::task::{Task, TaskError, TaskId, TaskStatus};
 
 /// Longest retry backoff.
@@ -161,8 +162,9 @@ impl TaskService {
             .ok()
             .map(|wait| Utc::now() + wait);
         match self.store.save_leased(&task, token).await {
-            Ok(true) => self.requeue(delivery, PLUGIN_WAIT).await,
-            Ok(false) => self.let_go(delivery).await,
+            Ok(Saved::Written) => self.requeue(delivery, PLUGIN_WAIT).await,
+            Ok(Saved::Cancelled) => self.ack(delivery).await,
+            Ok(Saved::Lost) => self.let_go(delivery).await,
             // Still claimed: the reaper gives it back when the lease runs out.
             Err(e) => {
                 tracing::warn!(task_id = %task.id, error = %e, "cannot give back a task whose plugin is not loaded here")
@@ -308,9 +310,15 @@ impl TaskService {
                 }
             }
         };
-        if !self.store.save_leased(&task, token).await? {
-            return Ok(Finished::Lost);
-        }
+        let (label, retry) = match self.store.save_leased(&task, token).await? {
+            Saved::Written => (label, retry),
+            Saved::Lost => return Ok(Finished::Lost),
+            Saved::Cancelled => {
+                // A cancel was requested while the attempt ran: no retry.
+                task.cancel(now);
+                ("cancelled", None)
+            }
+        };
         self.forget(task.id, token);
         self.metrics.record_attempt(&task.plugin, label, elapsed);
         if let Some(delay) = retry {

@@ -8,6 +8,7 @@ use chrono::Utc;
 use super::{Recovery, RestoreSummary, ServiceError, TaskService};
 use crate::queue::QueueEntry;
 use crate::runtime::FailureKind;
+use crate::storage::Saved;
 use crate::task::{Task, TaskError, TaskId, TaskStatus};
 
 impl TaskService {
@@ -115,10 +116,11 @@ impl TaskService {
                         kind: FailureKind::Interrupted,
                         message: "the host shut down while this task ran; the attempt does not count and it will run again".into(),
                     });
+                    // Cancelled instead when a cancel was waiting for it.
                     self.store
                         .save_leased(&task, token)
                         .await
-                        .map(|saved| saved.then_some(task))
+                        .map(|saved| (saved == Saved::Written).then_some(task))
                 }
                 Ok(_) => Ok(None),
                 Err(e) => Err(e),

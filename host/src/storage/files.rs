@@ -30,7 +30,7 @@ use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::journal::{self, Journal, Record};
-use super::lease::{self, ChangeFn, Held, LeaseTable, Renewed, Updated};
+use super::lease::{self, ChangeFn, Held, LeaseTable, Renewed, Saved, Updated};
 use super::{
     Cursor, ListQuery, StatusCounts, StorageError, Submitted, TaskPage, TaskStore, blocking,
     io_error,
@@ -1116,20 +1116,25 @@ impl TaskStore for FileStore {
         }))
     }
 
-    async fn save_leased(&self, task: &Task, token: u64) -> Result<bool, StorageError> {
+    async fn save_leased(&self, task: &Task, token: u64) -> Result<Saved, StorageError> {
         let _locked = self.lock(task.id).await;
         let running = self
             .load(task.id)
             .await?
             .is_some_and(|stored| stored.status == TaskStatus::Running);
-        if !running || !self.handle.leases.holds(task.id, token) {
-            return Ok(false);
-        }
-        self.save(task).await?;
-        if task.status != TaskStatus::Running {
+        let Some(cancel_requested) = self.handle.leases.holds(task.id, token).filter(|_| running)
+        else {
+            return Ok(Saved::Lost);
+        };
+        let (written, saved) = match Saved::outcome(task, cancel_requested) {
+            Some(cancelled) => (cancelled, Saved::Cancelled),
+            None => (task.clone(), Saved::Written),
+        };
+        self.save(&written).await?;
+        if written.status != TaskStatus::Running {
             self.handle.leases.release(task.id);
         }
-        Ok(true)
+        Ok(saved)
     }
 
     async fn renew(

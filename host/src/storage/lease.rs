@@ -60,6 +60,34 @@ pub struct Updated {
     pub change: Change,
 }
 
+/// What the lease holder's [`save_leased`](super::TaskStore::save_leased) wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Saved {
+    /// The task as given.
+    Written,
+    /// The task was to go back to pending (a retry), but a cancel had been
+    /// requested meanwhile: it was written cancelled instead, so a cancel
+    /// answered never meets another attempt.
+    Cancelled,
+    /// Nothing: the lease was lost (another claim, or the task no longer
+    /// runs).
+    Lost,
+}
+
+impl Saved {
+    /// The task as it must be stored when its holder saves `task` and a
+    /// cancel was (`cancel_requested`) or was not requested: a retry
+    /// becomes a cancel; a result or a final failure stands, as its attempt
+    /// finished before the interruption reached it.
+    pub fn outcome(task: &Task, cancel_requested: bool) -> Option<Task> {
+        (cancel_requested && task.status == crate::task::TaskStatus::Pending).then(|| {
+            let mut cancelled = task.clone();
+            cancelled.cancel(chrono::Utc::now());
+            cancelled
+        })
+    }
+}
+
 /// A lease a host holds, as it renews it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Held {
@@ -161,11 +189,13 @@ impl LeaseTable {
         }
     }
 
-    /// Whether `token` is the current claim of `id`.
-    pub fn holds(&self, id: TaskId, token: u64) -> bool {
+    /// Whether `token` is the current claim of `id`, and whether a cancel
+    /// was requested under it; `None` when it is not.
+    pub fn holds(&self, id: TaskId, token: u64) -> Option<bool> {
         self.lock()
             .get(&id)
-            .is_some_and(|entry| entry.token == token)
+            .filter(|entry| entry.token == token)
+            .map(|entry| entry.cancel_requested)
     }
 
     /// Drops the lease of `id` (its task is no longer running).

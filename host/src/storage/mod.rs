@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 use crate::task::{Task, TaskId, TaskStatus};
 
 pub use files::FileStore;
-pub use lease::{Change, ChangeFn, Held, LeaseState, Renewed, Updated};
+pub use lease::{Change, ChangeFn, Held, LeaseState, Renewed, Saved, Updated};
 pub use postgres::PgStore;
 
 /// Number of tasks in each status; every status is present.
@@ -199,8 +199,10 @@ pub trait TaskStore: Send + Sync {
 
     /// The lease holder's write: saves `task` only if it is still running in
     /// the store under the claim `token`; a status other than running ends
-    /// the lease. `false` (nothing written) when the lease was lost.
-    async fn save_leased(&self, task: &Task, token: u64) -> Result<bool, StorageError>;
+    /// the lease. A retry (`task` pending) saved after a cancel request is
+    /// written cancelled ([`Saved::Cancelled`]); [`Saved::Lost`] (nothing
+    /// written) when the lease was lost.
+    async fn save_leased(&self, task: &Task, token: u64) -> Result<Saved, StorageError>;
 
     /// Extends, for `ttl` from now, the leases of `owner` that `held` lists
     /// and that it still holds, publishing their progress; those, with any

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
-use super::lease::{Change, ChangeFn, Held, LeaseState, Renewed, Updated};
+use super::lease::{Change, ChangeFn, Held, LeaseState, Renewed, Saved, Updated};
 use super::{Cursor, ListQuery, StatusCounts, StorageError, Submitted, TaskPage, TaskStore};
 use crate::task::{Task, TaskId, TaskStatus};
 
@@ -335,7 +335,7 @@ impl TaskStore for PgStore {
         }))
     }
 
-    async fn save_leased(&self, task: &Task, token: u64) -> Result<bool, StorageError> {
+    async fn save_leased(&self, task: &Task, token: u64) -> Result<Saved, StorageError> {
         self.completer.save(task, token).await
     }
 

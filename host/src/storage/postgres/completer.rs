@@ -6,7 +6,8 @@
 //!
 //! Rows are locked in id order, as the heartbeat's renewal locks them, so
 //! two batches touching the same tasks wait for each other instead of
-//! deadlocking.
+//! deadlocking. A retry meeting a cancel request on its row is written as
+//! the cancel the writer prepared beside it ([`Saved::Cancelled`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{encode, visible_at};
-use crate::storage::StorageError;
+use crate::storage::{Saved, StorageError};
 use crate::task::Task;
 
 /// Most outcomes in one statement.
@@ -30,8 +31,11 @@ struct Outcome {
     status: &'static str,
     doc: String,
     visible_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// For a retry: the task cancelled, written instead should a cancel
+    /// have been requested.
+    cancelled_doc: Option<String>,
     token: i64,
-    reply: oneshot::Sender<Result<bool, String>>,
+    reply: oneshot::Sender<Result<Saved, String>>,
 }
 
 /// The handle writers send outcomes through. Cheap to clone; the
@@ -49,9 +53,9 @@ impl Completer {
         Self { outcomes }
     }
 
-    /// Saves `task` if it is still running under the claim `token`; `false`
-    /// when the lease was lost and nothing was written.
-    pub(super) async fn save(&self, task: &Task, token: u64) -> Result<bool, StorageError> {
+    /// Saves `task` if it is still running under the claim `token` (as a
+    /// cancel when it is a retry and a cancel was requested).
+    pub(super) async fn save(&self, task: &Task, token: u64) -> Result<Saved, StorageError> {
         let stopped = || StorageError::Unavailable("the batch completer stopped".into());
         let (reply, answer) = oneshot::channel();
         self.outcomes
@@ -60,6 +64,10 @@ impl Completer {
                 status: task.status.as_str(),
                 doc: encode(task)?,
                 visible_at: visible_at(task),
+                cancelled_doc: Saved::outcome(task, true)
+                    .as_ref()
+                    .map(encode)
+                    .transpose()?,
                 token: i64::try_from(token).unwrap_or(i64::MAX),
                 reply,
             })
@@ -114,6 +122,7 @@ async fn write(pool: &PgPool, batch: Vec<Outcome>) {
     let mut statuses = Vec::with_capacity(batch.len());
     let mut docs = Vec::with_capacity(batch.len());
     let mut visible = Vec::with_capacity(batch.len());
+    let mut cancelled_docs = Vec::with_capacity(batch.len());
     let mut tokens = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
     for outcome in batch {
@@ -121,37 +130,53 @@ async fn write(pool: &PgPool, batch: Vec<Outcome>) {
         statuses.push(outcome.status);
         docs.push(outcome.doc);
         visible.push(outcome.visible_at);
+        cancelled_docs.push(outcome.cancelled_doc);
         tokens.push(outcome.token);
         replies.push((outcome.id, outcome.reply));
     }
-    let written: Result<Vec<uuid::Uuid>, sqlx::Error> = sqlx::query_scalar(
+    // `locked` reads each row's cancel request under its lock: a retry
+    // (`c.cancel_doc` set) meeting one is written as the cancel.
+    let written: Result<Vec<(uuid::Uuid, bool)>, sqlx::Error> = sqlx::query_as(
         "WITH u AS (
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[])
-                 AS u(id, status, doc, visible_at, token)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::text[])
+                 AS u(id, status, doc, visible_at, token, cancel_doc)
          ), locked AS MATERIALIZED (
-             SELECT t.id FROM tasks t WHERE t.id = ANY($1) ORDER BY t.id FOR UPDATE
+             SELECT t.id, t.cancel_requested FROM tasks t WHERE t.id = ANY($1) ORDER BY t.id FOR UPDATE
+         ), c AS (
+             SELECT u.*, (l.cancel_requested AND u.cancel_doc IS NOT NULL) AS cancels
+             FROM u JOIN locked l ON l.id = u.id
          )
-         UPDATE tasks t SET status = u.status, doc = u.doc, visible_at = u.visible_at, updated_at = now(),
-                lease_expires_at = CASE WHEN u.status = 'running' THEN t.lease_expires_at END,
-                cancel_requested = u.status = 'running' AND t.cancel_requested,
-                progress = CASE WHEN u.status = 'running' THEN t.progress END
-         FROM u
-         WHERE t.id = u.id AND t.id IN (SELECT id FROM locked)
-           AND t.lease_token = u.token AND t.status = 'running'
-         RETURNING t.id",
+         UPDATE tasks t SET
+                status = CASE WHEN c.cancels THEN 'cancelled' ELSE c.status END,
+                doc = CASE WHEN c.cancels THEN c.cancel_doc ELSE c.doc END,
+                visible_at = CASE WHEN c.cancels THEN NULL ELSE c.visible_at END,
+                updated_at = now(),
+                lease_expires_at = CASE WHEN c.status = 'running' THEN t.lease_expires_at END,
+                cancel_requested = c.status = 'running' AND t.cancel_requested,
+                progress = CASE WHEN c.status = 'running' THEN t.progress END
+         FROM c
+         WHERE t.id = c.id AND t.lease_token = c.token AND t.status = 'running'
+         RETURNING t.id, c.cancels",
     )
     .bind(ids)
     .bind(statuses)
     .bind(docs)
     .bind(visible)
     .bind(tokens)
+    .bind(cancelled_docs)
     .fetch_all(pool)
     .await;
     match written {
         Ok(written) => {
-            let written: HashSet<uuid::Uuid> = written.into_iter().collect();
+            let written: std::collections::HashMap<uuid::Uuid, bool> =
+                written.into_iter().collect();
             for (id, reply) in replies {
-                let _ = reply.send(Ok(written.contains(&id)));
+                let saved = match written.get(&id) {
+                    Some(true) => Saved::Cancelled,
+                    Some(false) => Saved::Written,
+                    None => Saved::Lost,
+                };
+                let _ = reply.send(Ok(saved));
             }
         }
         Err(e) => {
