@@ -524,26 +524,94 @@ pub async fn racing_claims_have_one_winner(store: std::sync::Arc<dyn TaskStore>)
 }
 
 /// What every [`Queue`](taskflow::queue::Queue) must do: the tasks it
-/// carries are in `store` (the tasks-table queue reads them there; SQS marks
-/// them sent there), so each check inserts its tasks first.
+/// carries are in the store beside it (the tasks-table queue reads them
+/// there; SQS marks them sent there), so each check inserts its tasks
+/// first, and a worker's part (claiming, recording the outcome) is played
+/// as the service plays it. Each check runs on a fresh queue with short
+/// leases; [`broken`] holds the queues each check is seen to fail on.
 pub mod queue {
     use std::collections::HashSet;
-    use std::time::Duration;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
 
-    use taskflow::queue::{Queue, QueueEntry};
-    use taskflow::storage::TaskStore;
-    use taskflow::task::{Task, TaskId};
+    use taskflow::queue::{Delivery, Queue, QueueEntry};
+    use taskflow::storage::{Change, LeaseState, Saved, TaskStore};
+    use taskflow::task::{Task, TaskId, TaskStatus};
 
     use super::task;
 
-    /// Pops until `wait` passes with nothing, acknowledging each delivery.
-    async fn drain(queue: &dyn Queue, wait: Duration) -> Vec<QueueEntry> {
-        let mut popped = Vec::new();
-        while let Some(delivery) = queue.pop(wait).await.expect("pop") {
-            queue.ack(&delivery).await.expect("ack");
-            popped.push(delivery.entry);
+    /// What a queue under test promises beyond what every queue does.
+    #[derive(Clone, Copy)]
+    pub struct Promises {
+        /// Its lease: how long a delivery not acknowledged stays out of sight.
+        pub lease: Duration,
+        /// Equal priorities are delivered in submission order (an SQS
+        /// standard queue does not promise it).
+        pub ordered: bool,
+        /// `remove` takes the entry out (SQS cannot delete a message by its
+        /// task: the entry comes up and its claim drops it).
+        pub removes: bool,
+        /// The priority `depth` counts an entry of priority p under (SQS
+        /// counts per band, under the band's first priority).
+        pub counted_as: fn(u8) -> u8,
+        /// Deliveries after which an entry is a dead letter, where the queue
+        /// has dead letters.
+        pub max_receives: Option<u32>,
+    }
+
+    /// A queue under test and the store of its tasks.
+    #[derive(Clone)]
+    pub struct Subject {
+        /// The queue.
+        pub queue: Arc<dyn Queue>,
+        /// The store its tasks are in.
+        pub store: Arc<dyn TaskStore>,
+        /// What it promises.
+        pub promises: Promises,
+        /// Another host's queue on the same backend, for a shared queue.
+        pub other: Option<Arc<dyn Queue>>,
+    }
+
+    /// The first delivery within `limit`, asked for in short waits (a long
+    /// poll of one SQS band does not see another band's entry meanwhile).
+    async fn pop_within(queue: &dyn Queue, limit: Duration) -> Option<Delivery> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            if let Some(delivery) = queue
+                .pop(left.min(Duration::from_millis(500)))
+                .await
+                .expect("pop")
+            {
+                return Some(delivery);
+            }
         }
-        popped
+    }
+
+    /// The delivery of an entry made to wait `delay` from `since`: none
+    /// before, one within a few times the delay after.
+    async fn delivered_after(queue: &dyn Queue, since: Instant, delay: Duration) -> Delivery {
+        let early = pop_within(queue, delay / 3).await;
+        assert!(
+            early.is_none() || since.elapsed() >= delay,
+            "delivered {:?} into a {delay:?} delay",
+            since.elapsed()
+        );
+        let delivery = match early {
+            Some(delivery) => delivery,
+            None => pop_within(queue, delay * 5)
+                .await
+                .expect("delivered once due"),
+        };
+        assert!(
+            since.elapsed() >= delay - Duration::from_millis(200),
+            "delivered {:?} into a {delay:?} delay",
+            since.elapsed()
+        );
+        delivery
     }
 
     async fn stored(store: &dyn TaskStore, tasks: Vec<Task>) -> Vec<Task> {
@@ -556,118 +624,545 @@ pub mod queue {
             .collect()
     }
 
-    /// Each pushed entry is delivered, a higher priority before a lower one
-    /// (1 and 10: in different bands on SQS), and an acknowledged one never
-    /// comes back; the queue answers its readiness check.
-    pub async fn delivers_each_entry_highest_priority_first(
-        queue: &dyn Queue,
-        store: &dyn TaskStore,
-    ) {
-        queue.check().await.expect("ready");
-        let tasks = stored(
-            store,
-            vec![
-                Task {
-                    priority: 10,
-                    ..task("echo", 0)
-                },
-                Task {
-                    priority: 10,
-                    ..task("echo", 0)
-                },
-            ],
-        )
-        .await;
-        let urgent = stored(
-            store,
-            vec![Task {
-                priority: 1,
-                ..task("echo", 0)
-            }],
-        )
-        .await;
-        for task in tasks.iter().chain(&urgent) {
-            queue
-                .push(QueueEntry::from(task), Duration::ZERO)
+    /// Stores `tasks` and pushes each, in order.
+    async fn queued(subject: &Subject, tasks: Vec<Task>) -> Vec<Task> {
+        let tasks = stored(subject.store.as_ref(), tasks).await;
+        for task in &tasks {
+            let delay = task
+                .retry_at
+                .and_then(|at| (at - chrono::Utc::now()).to_std().ok())
+                .unwrap_or_default();
+            subject
+                .queue
+                .push(QueueEntry::from(task), delay)
                 .await
                 .expect("push");
         }
-        let first = queue
-            .pop(Duration::from_secs(2))
+        tasks
+    }
+
+    fn at_priority(priority: u8) -> Task {
+        Task {
+            priority,
+            ..task("echo", 0)
+        }
+    }
+
+    /// Starts the task of `delivery` as a worker does: the queue's own claim,
+    /// or one made in the store.
+    async fn start(subject: &Subject, delivery: &Delivery) -> (Task, u64) {
+        if let Some(claimed) = &delivery.claimed {
+            return (claimed.task.clone(), claimed.token);
+        }
+        let id = delivery.entry.id;
+        let token = super::claim(
+            subject.store.as_ref(),
+            id,
+            "contract",
+            subject.promises.lease,
+        )
+        .await
+        .unwrap_or_else(|| panic!("task {id} is claimable when delivered"));
+        let task = subject.store.load(id).await.expect("load").expect("stored");
+        (task, token)
+    }
+
+    /// Runs the task of `delivery` to completed and acknowledges it.
+    async fn complete(subject: &Subject, delivery: &Delivery) {
+        let (mut task, token) = start(subject, delivery).await;
+        task.status = TaskStatus::Completed;
+        task.finished_at = Some(chrono::Utc::now());
+        assert_eq!(
+            subject.store.save_leased(&task, token).await.expect("save"),
+            Saved::Written
+        );
+        subject.queue.ack(delivery).await.expect("ack");
+    }
+
+    /// Pops until `wait` passes with nothing, completing each delivery.
+    async fn drain(subject: &Subject, wait: Duration) -> Vec<QueueEntry> {
+        let mut popped = Vec::new();
+        while let Some(delivery) = pop_within(subject.queue.as_ref(), wait).await {
+            complete(subject, &delivery).await;
+            popped.push(delivery.entry);
+        }
+        popped
+    }
+
+    /// Each pushed entry is delivered, a higher priority before a lower one
+    /// (1 and 10: in different bands on SQS); the queue answers its
+    /// readiness check.
+    pub async fn delivers_each_entry_highest_priority_first(subject: Subject) {
+        subject.queue.check().await.expect("ready");
+        let low = queued(&subject, vec![at_priority(10), at_priority(10)]).await;
+        let urgent = queued(&subject, vec![at_priority(1)]).await;
+        let first = pop_within(subject.queue.as_ref(), Duration::from_secs(2))
             .await
-            .expect("pop")
             .expect("a delivery");
         assert_eq!(first.entry.id, urgent[0].id, "priority 1 first");
         assert_eq!((first.entry.priority, first.receive_count), (1, 1));
-        queue.ack(&first).await.expect("ack");
-        let rest: HashSet<TaskId> = drain(queue, Duration::from_secs(1))
+        complete(&subject, &first).await;
+        let rest: HashSet<TaskId> = drain(&subject, Duration::from_secs(1))
             .await
             .into_iter()
             .map(|e| e.id)
             .collect();
-        assert_eq!(rest, tasks.iter().map(|t| t.id).collect::<HashSet<_>>());
-        assert!(
-            queue
-                .pop(Duration::from_secs(1))
-                .await
-                .expect("pop")
-                .is_none(),
-            "nothing comes back"
-        );
+        assert_eq!(rest, low.iter().map(|t| t.id).collect::<HashSet<_>>());
     }
 
-    /// A delayed entry stays out of sight until its delay has passed.
-    pub async fn keeps_a_delayed_entry_until_it_is_due(queue: &dyn Queue, store: &dyn TaskStore) {
-        let delay = Duration::from_secs(2);
-        let mut later = task("echo", 0);
-        later.retry_at =
-            Some(chrono::Utc::now() + chrono::Duration::from_std(delay).expect("delay"));
-        let later = stored(store, vec![later]).await.remove(0);
-        let pushed = std::time::Instant::now();
-        queue
-            .push(QueueEntry::from(&later), delay)
+    /// An acknowledged delivery never comes back, not even once its lease
+    /// has passed.
+    pub async fn an_acknowledged_delivery_never_comes_back(subject: Subject) {
+        let tasks = queued(&subject, vec![at_priority(5)]).await;
+        let delivery = pop_within(subject.queue.as_ref(), Duration::from_secs(3))
             .await
-            .expect("push");
-        let early = queue.pop(Duration::from_millis(500)).await.expect("pop");
-        assert!(
-            early.is_none() || pushed.elapsed() >= delay,
-            "delivered before its delay"
-        );
-        let mut delivered = early;
-        while delivered.is_none() {
-            assert!(pushed.elapsed() < delay * 10, "never delivered");
-            delivered = queue.pop(Duration::from_secs(1)).await.expect("pop");
-        }
-        let delivery = delivered.expect("delivered");
-        assert!(
-            pushed.elapsed() >= delay - Duration::from_millis(100),
-            "delivered {:?} after a {delay:?} delay",
-            pushed.elapsed()
-        );
-        assert_eq!(delivery.entry.id, later.id);
-        queue.ack(&delivery).await.expect("ack");
-    }
-
-    /// Entries pushed together are each delivered once they are acknowledged.
-    pub async fn delivers_a_batch_push(queue: &dyn Queue, store: &dyn TaskStore) {
-        let tasks = stored(
-            store,
-            (0..25)
-                .map(|n| Task {
-                    priority: 1 + (n % 10) as u8,
-                    ..task("echo", 0)
-                })
-                .collect(),
+            .expect("a delivery");
+        assert_eq!(delivery.entry.id, tasks[0].id);
+        complete(&subject, &delivery).await;
+        let again = pop_within(
+            subject.queue.as_ref(),
+            subject.promises.lease * 2 + Duration::from_secs(1),
         )
         .await;
-        queue
+        assert!(
+            again.is_none(),
+            "an acknowledged delivery came back: {again:?}"
+        );
+    }
+
+    /// A delivery is not delivered again while its lease holds; one never
+    /// acknowledged comes back after the lease, counted, on a queue that
+    /// redelivers (on the others the reaper, not the queue, brings its
+    /// task back).
+    pub async fn an_unacknowledged_delivery_comes_back_counted(subject: Subject) {
+        let tasks = queued(&subject, vec![at_priority(5)]).await;
+        let first = pop_within(subject.queue.as_ref(), Duration::from_secs(3))
+            .await
+            .expect("a delivery");
+        assert_eq!((first.entry.id, first.receive_count), (tasks[0].id, 1));
+        let held = pop_within(subject.queue.as_ref(), subject.promises.lease / 2).await;
+        assert!(held.is_none(), "delivered twice within its lease: {held:?}");
+        let again = pop_within(subject.queue.as_ref(), subject.promises.lease * 3).await;
+        if subject.queue.redelivers() {
+            let again = again.expect("the unacknowledged delivery comes back");
+            assert_eq!((again.entry.id, again.receive_count), (tasks[0].id, 2));
+            complete(&subject, &again).await;
+        } else {
+            assert!(again.is_none(), "delivered again by itself: {again:?}");
+        }
+    }
+
+    /// A host holds no delivery it is not running: of three entries, when
+    /// one host takes one, another host gets the other two at once, not
+    /// once the first host's lease has run out.
+    pub async fn a_host_holds_no_delivery_it_is_not_running(subject: Subject) {
+        let Some(other) = subject.other.clone() else {
+            return;
+        };
+        let tasks = queued(&subject, (0..3).map(|_| at_priority(5)).collect()).await;
+        let first = pop_within(subject.queue.as_ref(), Duration::from_secs(3))
+            .await
+            .expect("a delivery");
+        let mut delivered = vec![first.entry.id];
+        for _ in 0..2 {
+            let delivery = pop_within(other.as_ref(), subject.promises.lease / 2)
+                .await
+                .unwrap_or_else(|| {
+                    panic!("the other host gets nothing: the first holds what it does not run")
+                });
+            delivered.push(delivery.entry.id);
+            complete(&subject, &delivery).await;
+        }
+        complete(&subject, &first).await;
+        delivered.sort();
+        let mut ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+        ids.sort();
+        assert_eq!(delivered, ids);
+    }
+
+    /// A retry (the task recorded pending with its backoff, then the
+    /// delivery retried) is not delivered before its delay, and is after.
+    pub async fn a_retry_waits_out_its_delay(subject: Subject) {
+        let delay = Duration::from_secs(3);
+        queued(&subject, vec![at_priority(5)]).await;
+        let delivery = pop_within(subject.queue.as_ref(), Duration::from_secs(3))
+            .await
+            .expect("a delivery");
+        let (mut task, token) = start(&subject, &delivery).await;
+        task.status = TaskStatus::Pending;
+        task.retry_at =
+            Some(chrono::Utc::now() + chrono::Duration::from_std(delay).expect("delay"));
+        assert_eq!(
+            subject.store.save_leased(&task, token).await.expect("save"),
+            Saved::Written
+        );
+        let retried = Instant::now();
+        subject.queue.retry(&delivery, delay).await.expect("retry");
+        let again = delivered_after(subject.queue.as_ref(), retried, delay).await;
+        assert_eq!(again.entry.id, task.id);
+        if subject.queue.redelivers() {
+            assert_eq!(again.receive_count, 2, "a retry is the same delivery again");
+        }
+        complete(&subject, &again).await;
+    }
+
+    /// A delivery extended while its task runs stays out of sight past the
+    /// lease it was delivered with.
+    pub async fn an_extended_delivery_stays_out_of_sight(subject: Subject) {
+        let lease = subject.promises.lease;
+        queued(&subject, vec![at_priority(5)]).await;
+        let delivery = pop_within(subject.queue.as_ref(), Duration::from_secs(3))
+            .await
+            .expect("a delivery");
+        let (mut task, token) = start(&subject, &delivery).await;
+        subject
+            .queue
+            .extend(std::slice::from_ref(&delivery), lease * 4)
+            .await
+            .expect("extend");
+        let seen = pop_within(subject.queue.as_ref(), lease * 2 + Duration::from_secs(1)).await;
+        assert!(seen.is_none(), "an extended delivery came back: {seen:?}");
+        task.status = TaskStatus::Completed;
+        assert_eq!(
+            subject.store.save_leased(&task, token).await.expect("save"),
+            Saved::Written
+        );
+        subject.queue.ack(&delivery).await.expect("ack");
+    }
+
+    /// A task cancelled while queued: `remove` takes its entry out (where
+    /// the queue can), `contains` no longer finds it, and it is not run.
+    pub async fn a_removed_entry_is_not_run(subject: Subject) {
+        let tasks = queued(&subject, vec![at_priority(5), at_priority(5)]).await;
+        let (gone, kept) = (tasks[0].id, tasks[1].id);
+        assert!(subject.queue.contains(gone).await.expect("contains"));
+        subject
+            .store
+            .update(
+                gone,
+                Box::new(|task: &mut Task, _: &LeaseState| {
+                    task.cancel(chrono::Utc::now());
+                    Change::Save
+                }),
+            )
+            .await
+            .expect("cancel")
+            .expect("task");
+        subject.queue.remove(gone).await.expect("remove");
+        assert!(!subject.queue.contains(gone).await.expect("contains"));
+        let mut delivered = Vec::new();
+        while let Some(delivery) = pop_within(subject.queue.as_ref(), Duration::from_secs(1)).await
+        {
+            delivered.push(delivery.entry.id);
+            if delivery.entry.id == kept {
+                complete(&subject, &delivery).await;
+            } else {
+                // What a worker does with a cancelled task's entry.
+                subject.queue.ack(&delivery).await.expect("ack");
+            }
+        }
+        if subject.promises.removes {
+            assert_eq!(delivered, [kept]);
+        } else {
+            assert!(delivered.contains(&kept), "{delivered:?}");
+        }
+    }
+
+    /// `depth` counts what is ready by priority and what waits out a delay.
+    pub async fn depth_counts_ready_entries_by_priority_and_delayed(subject: Subject) {
+        let mut later = at_priority(9);
+        later.retry_at = Some(chrono::Utc::now() + chrono::Duration::seconds(120));
+        let mut tasks = vec![
+            at_priority(2),
+            at_priority(2),
+            at_priority(2),
+            at_priority(7),
+        ];
+        tasks.push(later);
+        queued(&subject, tasks).await;
+        let counted_as = subject.promises.counted_as;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let depth = subject.queue.depth().await.expect("depth");
+            let ready_at = |p: u8| depth.ready.get(&counted_as(p)).copied().unwrap_or(0);
+            let right = depth.total == 5
+                && depth.delayed == 1
+                && ready_at(2) == 3
+                && ready_at(7) == 1
+                && depth.ready.values().sum::<u64>() == 4
+                && depth.ready.len() == 10;
+            if right {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "3 ready at priority 2, 1 at 7 and 1 delayed, not {depth:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Equal priorities are delivered in submission order where the queue
+    /// promises it.
+    pub async fn equal_priorities_come_in_submission_order(subject: Subject) {
+        if !subject.promises.ordered {
+            return;
+        }
+        let tasks = queued(&subject, (0..6).map(|_| at_priority(5)).collect()).await;
+        let delivered: Vec<TaskId> = drain(&subject, Duration::from_secs(1))
+            .await
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(
+            delivered,
+            tasks.iter().map(|t| t.id).collect::<Vec<_>>(),
+            "submission order"
+        );
+    }
+
+    /// A delivery never acknowledged through `max_receives` deliveries
+    /// becomes a dead letter, counted, and is gone once buried; a queue
+    /// without dead letters never has any.
+    pub async fn an_entry_delivered_too_often_is_a_dead_letter(subject: Subject) {
+        let tasks = queued(&subject, vec![at_priority(5)]).await;
+        let Some(max) = subject.promises.max_receives else {
+            let delivery = pop_within(subject.queue.as_ref(), Duration::from_secs(3)).await;
+            assert!(delivery.is_some());
+            assert!(
+                subject
+                    .queue
+                    .dead_letters()
+                    .await
+                    .expect("dead letters")
+                    .is_empty()
+            );
+            return;
+        };
+        let mut receives = 0;
+        let deadline = Instant::now() + subject.promises.lease * (max + 4);
+        let dead = loop {
+            assert!(
+                Instant::now() < deadline,
+                "no dead letter after {receives} receives"
+            );
+            let dead = subject.queue.dead_letters().await.expect("dead letters");
+            if !dead.is_empty() {
+                break dead;
+            }
+            if let Some(delivery) = pop_within(subject.queue.as_ref(), Duration::from_secs(1)).await
+            {
+                receives += 1;
+                assert_eq!(delivery.receive_count, receives);
+            }
+        };
+        assert_eq!(receives, max, "dead after {max} deliveries");
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0].id, tasks[0].id);
+        assert!(dead[0].receive_count >= max, "{dead:?}");
+        subject.queue.bury(&dead).await.expect("bury");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            subject
+                .queue
+                .dead_letters()
+                .await
+                .expect("dead letters")
+                .is_empty()
+        );
+    }
+
+    /// A delayed entry (pushed with a delay) stays out of sight until due.
+    pub async fn keeps_a_delayed_entry_until_it_is_due(subject: Subject) {
+        let delay = Duration::from_secs(2);
+        let mut later = at_priority(5);
+        later.retry_at =
+            Some(chrono::Utc::now() + chrono::Duration::from_std(delay).expect("delay"));
+        let pushed = Instant::now();
+        let later = queued(&subject, vec![later]).await.remove(0);
+        let delivery = delivered_after(subject.queue.as_ref(), pushed, delay).await;
+        assert_eq!(delivery.entry.id, later.id);
+        complete(&subject, &delivery).await;
+    }
+
+    /// Entries pushed together are each delivered once.
+    pub async fn delivers_a_batch_push(subject: Subject) {
+        let tasks = stored(
+            subject.store.as_ref(),
+            (0..25).map(|n| at_priority(1 + (n % 10) as u8)).collect(),
+        )
+        .await;
+        subject
+            .queue
             .push_all(tasks.iter().map(QueueEntry::from).collect())
             .await
             .expect("push all");
-        let popped = drain(queue, Duration::from_secs(1)).await;
+        let popped = drain(&subject, Duration::from_secs(1)).await;
         let ids: HashSet<TaskId> = popped.iter().map(|e| e.id).collect();
         assert_eq!(ids, tasks.iter().map(|t| t.id).collect::<HashSet<_>>());
         assert_eq!(ids.len(), popped.len(), "each once");
+    }
+
+    /// Queues that break the contract on purpose, one way each, so that
+    /// every check above is seen to fail on a queue that does not keep it.
+    pub mod broken {
+        use std::sync::{Arc, Mutex};
+        use std::time::Duration;
+
+        use taskflow::queue::{DeadLetter, Delivery, Queue, QueueDepth, QueueEntry, QueueError};
+        use taskflow::task::TaskId;
+
+        /// The one way a [`Broken`] queue breaks the contract.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Fault {
+            /// `ack` does nothing.
+            AckIgnored,
+            /// `pop` acknowledges what it delivers at once.
+            PopAcks,
+            /// `retry` and `push` ignore their delay.
+            DelayIgnored,
+            /// `extend` does nothing.
+            ExtendIgnored,
+            /// `remove` leaves the entry (and says it took it out).
+            RemoveIgnored,
+            /// `depth` says the queue is empty.
+            DepthEmpty,
+            /// Two deliveries at hand come out in reverse.
+            Swapped,
+            /// `dead_letters` finds none.
+            DeadLettersHidden,
+        }
+
+        /// A queue that breaks the contract in the way `fault` says.
+        pub struct Broken {
+            inner: Arc<dyn Queue>,
+            fault: Fault,
+            held: Mutex<Option<Delivery>>,
+        }
+
+        impl Broken {
+            /// `inner`, broken by `fault`.
+            pub fn new(inner: Arc<dyn Queue>, fault: Fault) -> Self {
+                Self {
+                    inner,
+                    fault,
+                    held: Mutex::new(None),
+                }
+            }
+
+            fn delay(&self, delay: Duration) -> Duration {
+                if self.fault == Fault::DelayIgnored {
+                    Duration::ZERO
+                } else {
+                    delay
+                }
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl Queue for Broken {
+            async fn push(&self, entry: QueueEntry, delay: Duration) -> Result<(), QueueError> {
+                self.inner.push(entry, self.delay(delay)).await
+            }
+
+            async fn retry(&self, delivery: &Delivery, delay: Duration) -> Result<(), QueueError> {
+                self.inner.retry(delivery, self.delay(delay)).await
+            }
+
+            async fn extend(
+                &self,
+                deliveries: &[Delivery],
+                ttl: Duration,
+            ) -> Result<(), QueueError> {
+                if self.fault == Fault::ExtendIgnored {
+                    return Ok(());
+                }
+                self.inner.extend(deliveries, ttl).await
+            }
+
+            fn redelivers(&self) -> bool {
+                self.inner.redelivers()
+            }
+
+            async fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
+                if self.fault == Fault::DeadLettersHidden {
+                    return Ok(Vec::new());
+                }
+                self.inner.dead_letters().await
+            }
+
+            async fn bury(&self, dead: &[DeadLetter]) -> Result<(), QueueError> {
+                self.inner.bury(dead).await
+            }
+
+            async fn pop(&self, wait: Duration) -> Result<Option<Delivery>, QueueError> {
+                let held = self
+                    .held
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
+                if held.is_some() {
+                    return Ok(held);
+                }
+                let Some(delivery) = self.inner.pop(wait).await? else {
+                    return Ok(None);
+                };
+                match self.fault {
+                    Fault::PopAcks => {
+                        self.inner.ack(&delivery).await?;
+                        Ok(Some(delivery))
+                    }
+                    Fault::Swapped => match self.inner.pop(Duration::from_millis(200)).await? {
+                        Some(second) => {
+                            *self
+                                .held
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                                Some(delivery);
+                            Ok(Some(second))
+                        }
+                        None => Ok(Some(delivery)),
+                    },
+                    _ => Ok(Some(delivery)),
+                }
+            }
+
+            async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError> {
+                if self.fault == Fault::AckIgnored {
+                    return Ok(());
+                }
+                self.inner.ack(delivery).await
+            }
+
+            async fn remove(&self, id: TaskId) -> Result<bool, QueueError> {
+                if self.fault == Fault::RemoveIgnored {
+                    return Ok(true);
+                }
+                self.inner.remove(id).await
+            }
+
+            async fn contains(&self, id: TaskId) -> Result<bool, QueueError> {
+                self.inner.contains(id).await
+            }
+
+            async fn depth(&self) -> Result<QueueDepth, QueueError> {
+                if self.fault == Fault::DepthEmpty {
+                    return Ok(QueueDepth {
+                        ready: (1..=10).map(|p| (p, 0)).collect(),
+                        ..QueueDepth::default()
+                    });
+                }
+                self.inner.depth().await
+            }
+
+            async fn check(&self) -> Result<(), QueueError> {
+                self.inner.check().await
+            }
+
+            fn is_shared(&self) -> bool {
+                self.inner.is_shared()
+            }
+        }
     }
 }
 

@@ -9,8 +9,9 @@
 //!   A higher band found empty is skipped for a quarter of a second, doubling
 //!   up to two seconds while it stays empty, unless this host sends to it: an
 //!   empty receive costs a request and brings no task.
-//! - Messages are sent, received and deleted ten at a time; deletes are
-//!   gathered by a batch completer.
+//! - Messages are sent and deleted ten at a time (deletes are gathered by
+//!   a batch completer) and received as many at a time as workers wait,
+//!   up to ten: a host holds no message it is not running.
 //! - Delivery is at least once: a duplicate is dropped when its claim fails.
 //!   A message stays invisible while its task runs (its visibility is
 //!   extended with the lease); a retry is a visibility change, not a new
@@ -556,11 +557,11 @@ impl Queue for SqsQueue {
             if let Some(delivery) = self.take() {
                 return Ok(Some(delivery));
             }
-            // A full batch: a receive costs a round trip, and the workers
-            // come back for the rest within moments (a message kept here
-            // past its visibility is delivered elsewhere, and its claim
-            // decides).
-            let want = self.waiting.load(Ordering::Relaxed).max(BATCH);
+            // As many as workers wait here (up to a batch): a message
+            // received for no worker would wait in this host, neither
+            // running nor renewed, while other hosts' workers idle and
+            // higher priorities arrive.
+            let want = self.waiting.load(Ordering::Relaxed).clamp(1, BATCH);
             let last = self.urls.len() - 1;
             for band in 0..=last {
                 // A higher band found empty a moment ago waits its turn
