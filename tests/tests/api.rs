@@ -919,6 +919,13 @@ async fn tokens_guard_the_api_and_plugin_administration() {
         );
     }
     let wasm = wasm_bytes(&plugin_wasm("echo"));
+    // A refused upload is answered before its body is read, and the host
+    // then closes that connection: the admin's upload must not be written
+    // into it (a pooled connection would, and break with EPIPE).
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
     let as_user = client
         .put(host.at("/plugins/p"))
         .bearer_auth("api-token-0123456789")
