@@ -395,6 +395,11 @@ pub async fn leases_fence_their_holders(store: &dyn TaskStore) {
     );
 }
 
+/// The stored status of task `id`.
+async fn status_of(store: &dyn TaskStore, id: TaskId) -> TaskStatus {
+    store.load(id).await.expect("load").expect("stored").status
+}
+
 /// A cancel requested while a task runs outlives the attempt: when the
 /// holder then saves a retry (the attempt failed, retryably), the task is
 /// recorded cancelled, not pending, and is not claimable again. A result
@@ -452,15 +457,7 @@ pub async fn a_retry_saved_after_a_cancel_request_is_a_cancel(store: &dyn TaskSt
         store.save_leased(&again, token).await.expect("save"),
         Saved::Written
     );
-    assert_eq!(
-        store
-            .load(completed)
-            .await
-            .expect("load")
-            .expect("stored")
-            .status,
-        TaskStatus::Pending
-    );
+    assert_eq!(status_of(store, completed).await, TaskStatus::Pending);
     // A result saved after a cancel request stands.
     let token = claim(store, completed, "host-a", long)
         .await
@@ -477,15 +474,7 @@ pub async fn a_retry_saved_after_a_cancel_request_is_a_cancel(store: &dyn TaskSt
         store.save_leased(&done, token).await.expect("save"),
         Saved::Written
     );
-    assert_eq!(
-        store
-            .load(completed)
-            .await
-            .expect("load")
-            .expect("stored")
-            .status,
-        TaskStatus::Completed
-    );
+    assert_eq!(status_of(store, completed).await, TaskStatus::Completed);
 }
 
 /// Hosts racing to claim one task: exactly one wins.
@@ -685,6 +674,7 @@ pub mod queue {
         while let Some(delivery) = pop_within(subject.queue.as_ref(), wait).await {
             complete(subject, &delivery).await;
             popped.push(delivery.entry);
+            assert!(popped.len() <= 100, "deliveries without end: {popped:?}");
         }
         popped
     }
@@ -854,6 +844,10 @@ pub mod queue {
         while let Some(delivery) = pop_within(subject.queue.as_ref(), Duration::from_secs(1)).await
         {
             delivered.push(delivery.entry.id);
+            assert!(
+                delivered.len() <= 10,
+                "deliveries without end: {delivered:?}"
+            );
             if delivery.entry.id == kept {
                 complete(&subject, &delivery).await;
             } else {

@@ -60,6 +60,10 @@ be created, updated and deleted, closing these gaps (moto 5.2.1 vs AWS):
   answers DeleteStack with the error and forgets the stack; AWS accepts the
   call and leaves the stack DELETE_FAILED with the reason.
 
+- ValidateTemplate: moto answers with no parameters; AWS lists the
+  template's (name, default, NoEcho, description), which `taskflow deploy`
+  checks a `--parameter` name against.
+
 Resource types moto does not support (AWS::CloudWatch::Alarm,
 AWS::S3::BucketPolicy, AWS::ApplicationAutoScaling::*) are still skipped as
 moto skips them: not created, no physical id.
@@ -493,6 +497,32 @@ def _delete_stack_or_fail(backend, name_or_stack_id):
 
 
 models.CloudFormationBackend.delete_stack = _delete_stack_or_fail
+
+# ValidateTemplate lists the template's parameters.
+_validate_template = cfn_responses.CloudFormationResponse.validate_template
+
+
+def _validate_template_with_parameters(response):
+    answer = _validate_template(response)
+    body = response._get_param("TemplateBody")
+    try:
+        template = models.yaml.load(body, Loader=models.yaml.Loader) if body else {}
+    except Exception:  # noqa: BLE001  (moto's own check above accepted it; JSON or not, no parameters then)
+        template = {}
+    slots = template.get("Parameters") if isinstance(template, dict) else None
+    answer.result["Parameters"] = [
+        {key: value for key, value in {
+            "ParameterKey": name,
+            "DefaultValue": None if slot.get("Default") is None else str(slot.get("Default")),
+            "NoEcho": str(slot.get("NoEcho", False)).lower() == "true",
+            "Description": slot.get("Description"),
+        }.items() if value is not None}
+        for name, slot in (slots or {}).items() if isinstance(slot, dict)
+    ]
+    return answer
+
+
+cfn_responses.CloudFormationResponse.validate_template = _validate_template_with_parameters
 
 from moto.server import main  # noqa: E402  (after the fixes)
 

@@ -345,9 +345,14 @@ async fn a_deploy_interrupted_while_the_stack_is_created_is_followed_again_with_
     });
     let mut shown = String::new();
     loop {
-        let line = seen
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_else(|_| panic!("the create never started:\n{shown}"));
+        let Ok(line) = seen.recv_timeout(Duration::from_secs(120)) else {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("taskflow deploy ends");
+            panic!(
+                "the create was never seen under way:\n{shown}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
         shown.push_str(&line);
         shown.push('\n');
         if line.contains("CREATE_IN_PROGRESS") && line.contains("AWS::CloudFormation::Stack") {
@@ -430,6 +435,39 @@ async fn deploy_refuses_what_it_cannot_do_and_says_why() {
     );
     assert!(
         !ok && out.contains("cannot read the template missing.yaml"),
+        "{out}"
+    );
+    // A parameter the template does not declare: refused, naming those it
+    // does, and nothing is created.
+    let (ok, out) = deploy(
+        dir.path(),
+        &[
+            "--stack-name",
+            &stack,
+            "--parameter",
+            "LeaseSeconds=45",
+            "--yes",
+        ],
+        "",
+    );
+    assert!(
+        !ok && out
+            .contains("the template has no parameter LeaseSeconds; its parameters are Hosts,")
+            && out.contains("LeaseSecs"),
+        "{out}"
+    );
+    assert!(
+        taskflow::deploy::Stacks::new(&aws::sdk().await)
+            .describe(&stack)
+            .await
+            .expect("describe")
+            .is_none(),
+        "nothing was created"
+    );
+    // A name CloudFormation would refuse, said before anything is asked.
+    let (ok, out) = deploy(dir.path(), &["--stack-name", "task_flow", "--yes"], "");
+    assert!(
+        !ok && out.contains("\"task_flow\" is not a stack name") && !out.contains("Account"),
         "{out}"
     );
     // Deleting a stack that does not exist changes nothing.

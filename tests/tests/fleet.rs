@@ -614,7 +614,12 @@ async fn a_cancel_that_meets_a_retryable_failure_ends_cancelled(queue: SharedQue
     // publishes 60 % or more (3 s in) is the last before the failure.
     let url = format!("{}/tasks/{id}", fleet.url(other));
     let mut last = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no heartbeat published the run's progress within 60 s"
+        );
         let task = get_json(&client, &url).await;
         let progress = task["progress"].as_u64();
         if task["status"] != "running" {

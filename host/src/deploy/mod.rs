@@ -41,7 +41,7 @@ const POLL: Duration = Duration::from_secs(3);
 #[derive(Debug, Args)]
 pub struct DeployArgs {
     /// Stack name; also the prefix of its queue names.
-    #[arg(long, env = "TASKFLOW_STACK_NAME", default_value = "taskflow")]
+    #[arg(long, env = "TASKFLOW_STACK_NAME", default_value = "taskflow", value_parser = parse_stack_name)]
     pub stack_name: String,
 
     /// Template file [default: cloudformation/taskflow-infrastructure.yaml,
@@ -89,6 +89,22 @@ pub struct DeployArgs {
     /// it wrote from the env file.
     #[arg(long, conflicts_with_all = ["template", "parameters", "image"])]
     pub delete: bool,
+}
+
+/// A CloudFormation stack name: a letter, then letters, digits and
+/// hyphens, at most 128 characters.
+fn parse_stack_name(text: &str) -> Result<String, String> {
+    let mut chars = text.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && text.len() <= 128;
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not a stack name: start with a letter and use only letters, digits and hyphens (at most 128)"
+        ))
+    }
 }
 
 fn parse_parameter(text: &str) -> Result<(String, String), String> {
@@ -279,9 +295,13 @@ impl Plan<'_> {
             Some(stack) if !creating => stacks.newest_event(&stack.id).await?,
             _ => None,
         };
-        let change_set = chrono::Utc::now()
-            .format("taskflow-%Y%m%d-%H%M%S")
-            .to_string();
+        // Unique, not only per second: an emulator that looks change sets
+        // up by name alone (moto) must not take another stack's.
+        let change_set = format!(
+            "{}-{}",
+            chrono::Utc::now().format("taskflow-%Y%m%d-%H%M%S"),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         let kind = if creating {
             ChangeSetType::Create
         } else {
@@ -630,6 +650,24 @@ mod tests {
         );
         // Creating: only what was given.
         assert_eq!(parameters(&given, &[], &declared).len(), 1);
+    }
+
+    #[test]
+    fn stack_names_are_checked_before_anything_is_asked() {
+        for good in ["taskflow", "tf-1a2b", "A"] {
+            assert_eq!(parse_stack_name(good).as_deref(), Ok(good));
+        }
+        let long = "a".repeat(129);
+        for bad in [
+            "",
+            "1taskflow",
+            "bad_name",
+            "bad name",
+            "ünï",
+            long.as_str(),
+        ] {
+            assert!(parse_stack_name(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[test]
