@@ -112,7 +112,6 @@ impl Server {
             }
             _ => None,
         };
-        let mut sweeper = None;
         let queue: Arc<dyn Queue> = match config.queue {
             QueueBackend::Local => Arc::new(LocalQueue::new()),
             QueueBackend::Postgres => {
@@ -129,17 +128,12 @@ impl Server {
                 )
             }
             QueueBackend::Sqs => {
-                let pool = postgres
-                    .as_ref()
-                    .context("TASKFLOW_QUEUE=sqs needs TASKFLOW_STORAGE=postgres")?
-                    .pool()
-                    .clone();
+                // `validate` made sure the store is PostgreSQL (it keeps
+                // the outbox).
                 let aws = aws
                     .as_ref()
                     .context("TASKFLOW_QUEUE=sqs needs the AWS settings")?;
-                let queue = Arc::new(connect_sqs(&config, aws, pool, settings.lease).await?);
-                sweeper = Some(queue.clone());
-                queue
+                Arc::new(connect_sqs(&config, aws, settings.lease).await?)
             }
         };
         tracing::info!(host = %settings.owner, queue = ?config.queue, storage = ?config.storage, blobs = ?config.blobs, "backends open");
@@ -181,8 +175,8 @@ impl Server {
         let tracker = TaskTracker::new();
         tracker.spawn(service.clone().heartbeat(background.clone()));
         tracker.spawn(service.clone().reaper(background.clone()));
-        if let Some(sqs) = sweeper {
-            tracker.spawn(sqs.sweep(background.clone()));
+        if service.queue().needs_outbox() {
+            tracker.spawn(service.clone().sweep(background.clone()));
         }
         if let Some(catalog) = catalog {
             tracker.spawn(catalog.sync(registry, background.clone()));
@@ -297,7 +291,6 @@ async fn aws_config() -> anyhow::Result<aws_config::SdkConfig> {
 async fn connect_sqs(
     config: &ServeConfig,
     sdk: &aws_config::SdkConfig,
-    pool: sqlx::PgPool,
     lease: Duration,
 ) -> anyhow::Result<SqsQueue> {
     let bands = crate::queue::sqs::parse_bands(&config.sqs_bands)
@@ -307,7 +300,7 @@ async fn connect_sqs(
         bands,
         lease,
     };
-    SqsQueue::start(aws_sdk_sqs::Client::new(sdk), pool, settings)
+    SqsQueue::start(aws_sdk_sqs::Client::new(sdk), settings)
         .await
         .context("cannot open the SQS queues (TASKFLOW_QUEUE=sqs)")
 }

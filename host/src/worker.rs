@@ -52,7 +52,8 @@ impl WorkerPool {
     }
 
     /// Stops taking new tasks, gives running ones `grace` to finish, then
-    /// interrupts the rest and marks them pending so the next start runs them.
+    /// interrupts the rest and marks them pending so the next start runs
+    /// them; gives back what the queue fetched that no worker took.
     pub async fn shutdown(mut self, grace: Duration) {
         let _ = self.stop.send(true);
         let drained = tokio::time::timeout(grace, async {
@@ -68,13 +69,14 @@ impl WorkerPool {
             while self.workers.join_next().await.is_some() {}
             self.service.release_running().await;
         }
+        self.service.release_held().await;
         tracing::info!("workers stopped");
     }
 }
 
 async fn work(
     service: Arc<TaskService>,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
     index: usize,
     outage: Arc<AtomicBool>,
 ) {
@@ -82,18 +84,20 @@ async fn work(
         if *stopped.borrow() {
             break;
         }
-        let delivery = tokio::select! {
-            popped = service.queue().pop(POLL_WAIT) => popped,
-            _ = stopped.changed() => break,
-        };
+        // Not cut short by a stop: a pop ends within POLL_WAIT (a second on
+        // SQS), and what it fetched is then run or given back, not left to
+        // wait out its lease.
+        let delivery = service.queue().pop(POLL_WAIT).await;
         match delivery {
             Ok(delivery) => {
                 // Logged once per outage, by whichever worker sees it end.
                 if outage.swap(false, Ordering::Relaxed) {
                     tracing::info!(worker = index, "the queue answers again");
                 }
-                if let Some(delivery) = delivery {
-                    service.process(delivery).await;
+                match delivery {
+                    Some(delivery) if *stopped.borrow() => service.give_back(delivery).await,
+                    Some(delivery) => service.process(delivery).await,
+                    None => {}
                 }
             }
             Err(e) => {

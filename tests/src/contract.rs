@@ -512,9 +512,82 @@ pub async fn racing_claims_have_one_winner(store: std::sync::Arc<dyn TaskStore>)
     );
 }
 
+/// The outbox of a store that keeps one (for a queue outside it): a
+/// pending task never marked enqueued goes to one sweeper at a time, once
+/// old enough; to a sweeper again once the first one's hold has passed
+/// without it being marked; never once marked.
+pub async fn unsent_tasks_go_to_one_sweeper_at_a_time(store: std::sync::Arc<dyn TaskStore>) {
+    use std::collections::HashSet;
+    let hold = Duration::from_secs(2);
+    let ids: HashSet<TaskId> = store
+        .insert((0..30).map(|n| task("echo", n)).collect())
+        .await
+        .expect("insert")
+        .into_iter()
+        .map(|s| s.task.id)
+        .collect();
+    assert!(
+        store
+            .claim_unsent(Duration::from_secs(3600), hold, 100)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "a task just stored may still be on its way to the queue"
+    );
+    let sweepers: Vec<_> = (0..2)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.claim_unsent(Duration::ZERO, hold, 20).await })
+        })
+        .collect();
+    let mut taken = Vec::new();
+    for sweeper in sweepers {
+        let claimed: HashSet<TaskId> = sweeper
+            .await
+            .expect("join")
+            .expect("claim")
+            .iter()
+            .map(|t| t.id)
+            .collect();
+        taken.push(claimed);
+    }
+    assert!(
+        taken[0].is_disjoint(&taken[1]),
+        "two sweepers took the same tasks: {:?}",
+        taken[0].intersection(&taken[1]).collect::<Vec<_>>()
+    );
+    let all: HashSet<TaskId> = taken[0].union(&taken[1]).copied().collect();
+    assert_eq!(
+        all, ids,
+        "between them, the sweepers took every unsent task"
+    );
+    assert!(
+        store
+            .claim_unsent(Duration::ZERO, hold, 100)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "a claimed task is not taken again within its hold"
+    );
+    let sent: Vec<TaskId> = taken[0].iter().copied().collect();
+    store.mark_enqueued(&sent).await.expect("mark");
+    tokio::time::sleep(hold + Duration::from_millis(200)).await;
+    let again: HashSet<TaskId> = store
+        .claim_unsent(Duration::ZERO, hold, 100)
+        .await
+        .expect("claim")
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(
+        again, taken[1],
+        "after the hold, what was not marked sent is taken again, and only that"
+    );
+}
+
 /// What every [`Queue`](taskflow::queue::Queue) must do: the tasks it
 /// carries are in the store beside it (the tasks-table queue reads them
-/// there; SQS marks them sent there), so each check inserts its tasks
+/// there), so each check inserts its tasks
 /// first, and a worker's part (claiming, recording the outcome) is played
 /// as the service plays it. Each check runs on a fresh queue with short
 /// leases; [`broken`] holds the queues each check is seen to fail on.
@@ -790,10 +863,134 @@ pub mod queue {
         subject.queue.retry(&delivery, delay).await.expect("retry");
         let again = delivered_after(subject.queue.as_ref(), retried, delay).await;
         assert_eq!(again.entry.id, task.id);
-        if subject.queue.redelivers() {
-            assert_eq!(again.receive_count, 2, "a retry is the same delivery again");
-        }
+        assert_eq!(
+            again.receive_count, 1,
+            "a retry was answered for: the next delivery is fresh"
+        );
         complete(&subject, &again).await;
+    }
+
+    /// Deliveries a host answered for (retried after a failure, handed back
+    /// unrun) never count toward dead letters: an entry retried more often
+    /// than the queue's `max_receives` comes back fresh each time and is no
+    /// dead letter.
+    pub async fn an_answered_delivery_never_becomes_a_dead_letter(subject: Subject) {
+        let tasks = queued(&subject, vec![at_priority(5)]).await;
+        let rounds = subject.promises.max_receives.unwrap_or(2) + 2;
+        for round in 1..=rounds {
+            let delivery = pop_within(subject.queue.as_ref(), subject.promises.lease * 2)
+                .await
+                .unwrap_or_else(|| panic!("round {round}: a retried entry is delivered again"));
+            assert_eq!(delivery.entry.id, tasks[0].id);
+            assert_eq!(
+                delivery.receive_count, 1,
+                "round {round}: an answered delivery is followed by a fresh one"
+            );
+            // Handed back unrun: the attempt does not count.
+            let (mut task, token) = start(&subject, &delivery).await;
+            task.status = TaskStatus::Pending;
+            task.attempts = task.attempts.saturating_sub(1);
+            assert_eq!(
+                subject.store.save_leased(&task, token).await.expect("save"),
+                Saved::Written
+            );
+            subject
+                .queue
+                .retry(&delivery, Duration::ZERO)
+                .await
+                .expect("retry");
+        }
+        assert!(
+            subject
+                .queue
+                .dead_letters()
+                .await
+                .expect("dead letters")
+                .is_empty(),
+            "an entry answered for each time is no dead letter"
+        );
+        let last = pop_within(subject.queue.as_ref(), subject.promises.lease * 2)
+            .await
+            .expect("delivered after its last retry");
+        complete(&subject, &last).await;
+    }
+
+    /// Gives back `delivery` as a stopping host does: a task claimed for
+    /// it pending again (the attempt not counted), then the entry delivered
+    /// again at once.
+    async fn give_back(subject: &Subject, delivery: &Delivery) {
+        if let Some(claimed) = &delivery.claimed {
+            let mut task = claimed.task.clone();
+            task.status = TaskStatus::Pending;
+            task.attempts = task.attempts.saturating_sub(1);
+            assert_eq!(
+                subject
+                    .store
+                    .save_leased(&task, claimed.token)
+                    .await
+                    .expect("save"),
+                Saved::Written
+            );
+        }
+        subject
+            .queue
+            .retry(delivery, Duration::ZERO)
+            .await
+            .expect("give back");
+    }
+
+    /// A `pop` dropped before it returns (a worker stopping) loses nothing:
+    /// what it fetched is held, a stopping host gives back all it holds,
+    /// and that reaches another host at once, well within the lease it
+    /// would otherwise wait out, as a fresh delivery.
+    pub async fn a_stopping_host_hands_back_everything_it_holds(subject: Subject) {
+        let tasks = queued(&subject, (0..3).map(|_| at_priority(1)).collect()).await;
+        let cut = Instant::now();
+        let mut running = Vec::new();
+        for _ in 0..3 {
+            // Dropped at its first wait.
+            if let Ok(popped) =
+                tokio::time::timeout(Duration::ZERO, subject.queue.pop(Duration::from_secs(1)))
+                    .await
+            {
+                running.extend(popped.expect("pop"));
+            }
+        }
+        // What the dropped pops asked for arrives meanwhile.
+        tokio::time::sleep(subject.promises.lease / 4).await;
+        let held = subject.queue.held();
+        if subject.queue.is_shared() {
+            assert!(!held.is_empty(), "the dropped pops fetched nothing");
+        }
+        for delivery in &running {
+            complete(&subject, delivery).await;
+        }
+        for delivery in &held {
+            give_back(&subject, delivery).await;
+        }
+        let receiver = Subject {
+            queue: subject.other.clone().unwrap_or(subject.queue.clone()),
+            ..subject.clone()
+        };
+        let mut rest = Vec::new();
+        while running.len() + rest.len() < tasks.len()
+            && let Some(delivery) =
+                pop_within(receiver.queue.as_ref(), subject.promises.lease / 4).await
+        {
+            assert!(
+                cut.elapsed() < subject.promises.lease,
+                "delivered again only once its lease ran out: {delivery:?}"
+            );
+            assert_eq!(delivery.receive_count, 1, "given back fresh: {delivery:?}");
+            complete(&receiver, &delivery).await;
+            rest.push(delivery.entry.id);
+        }
+        let mut seen: Vec<TaskId> = running.iter().map(|d| d.entry.id).collect();
+        seen.extend(rest);
+        seen.sort();
+        let mut all: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+        all.sort();
+        assert_eq!(seen, all, "each task run once, none waiting out a lease");
     }
 
     /// A delivery extended while its task runs stays out of sight past the
@@ -825,7 +1022,12 @@ pub mod queue {
     pub async fn a_removed_entry_is_not_run(subject: Subject) {
         let tasks = queued(&subject, vec![at_priority(5), at_priority(5)]).await;
         let (gone, kept) = (tasks[0].id, tasks[1].id);
-        assert!(subject.queue.contains(gone).await.expect("contains"));
+        let found = subject.queue.contains(gone).await.expect("contains");
+        assert_ne!(
+            found,
+            Some(false),
+            "a queued entry is found where it can be"
+        );
         subject
             .store
             .update(
@@ -839,7 +1041,11 @@ pub mod queue {
             .expect("cancel")
             .expect("task");
         subject.queue.remove(gone).await.expect("remove");
-        assert!(!subject.queue.contains(gone).await.expect("contains"));
+        let found = subject.queue.contains(gone).await.expect("contains");
+        assert_ne!(found, Some(true), "a removed entry is not found");
+        if subject.promises.removes {
+            assert_eq!(found, Some(false), "a queue that removes can look it up");
+        }
         let mut delivered = Vec::new();
         while let Some(delivery) = pop_within(subject.queue.as_ref(), Duration::from_secs(1)).await
         {
@@ -1025,6 +1231,11 @@ pub mod queue {
             Swapped,
             /// `dead_letters` finds none.
             DeadLettersHidden,
+            /// `retry` does nothing: the delivery is left to come back by
+            /// itself once its lease runs out, counted as unanswered.
+            RetryUnanswered,
+            /// `held` gives nothing back (what it held is dropped).
+            HeldDropped,
         }
 
         /// A queue that breaks the contract in the way `fault` says.
@@ -1060,6 +1271,9 @@ pub mod queue {
             }
 
             async fn retry(&self, delivery: &Delivery, delay: Duration) -> Result<(), QueueError> {
+                if self.fault == Fault::RetryUnanswered {
+                    return Ok(());
+                }
                 self.inner.retry(delivery, self.delay(delay)).await
             }
 
@@ -1135,7 +1349,7 @@ pub mod queue {
                 self.inner.remove(id).await
             }
 
-            async fn contains(&self, id: TaskId) -> Result<bool, QueueError> {
+            async fn contains(&self, id: TaskId) -> Result<Option<bool>, QueueError> {
                 self.inner.contains(id).await
             }
 
@@ -1153,8 +1367,20 @@ pub mod queue {
                 self.inner.check().await
             }
 
+            fn held(&self) -> Vec<Delivery> {
+                let held = self.inner.held();
+                if self.fault == Fault::HeldDropped {
+                    return Vec::new();
+                }
+                held
+            }
+
             fn is_shared(&self) -> bool {
                 self.inner.is_shared()
+            }
+
+            fn needs_outbox(&self) -> bool {
+                self.inner.needs_outbox()
             }
         }
     }

@@ -768,6 +768,93 @@ async fn a_plugin_uploaded_through_one_host_reaches_every_host(queue: SharedQueu
     fleet.stop().await;
 }
 
+/// A rolling deploy on SQS with interpreter plugins: the fleet's `greeter`
+/// (Python) and `render` (JavaScript) are uploaded through host A; A stops;
+/// a fresh host B (an empty data directory: it compiles both) starts, and
+/// 20 `greeter` tasks arrive at once. B hands each back while it compiles,
+/// many times; with `maxReceiveCount` just above `max_attempts` (4 and 3)
+/// every task still completes on its first attempt, since only deliveries
+/// no host answered for count toward the dead-letter queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_host_compiling_the_fleets_interpreter_plugins_runs_every_task_on_sqs() {
+    let endpoint = taskflow_tests::aws::endpoint();
+    let prefix = taskflow_tests::aws::fresh_prefix();
+    taskflow_tests::aws::create_queues_at(&endpoint, &prefix, 3, 4).await;
+    let queue = SharedQueue::Sqs {
+        prefix,
+        bucket: taskflow_tests::aws::fresh_bucket_at(&endpoint).await,
+        env: taskflow_tests::aws::host_env_at(&endpoint),
+    };
+    let (schema, _) = fresh_schema().await;
+    let url = schema_url(&schema);
+    let client = reqwest::Client::new();
+
+    let first = Fleet::start_at(&url, None, &queue, 1, 2, 5).await;
+    for plugin in ["greeter", "render"] {
+        let response = client
+            .put(format!("{}/plugins/{plugin}", first.url(0)))
+            .body(taskflow_tests::wasm_bytes(&taskflow_tests::plugin_wasm(
+                plugin,
+            )))
+            .send()
+            .await
+            .expect("upload");
+        assert_eq!(response.status(), reqwest::StatusCode::CREATED, "{plugin}");
+    }
+    first.stop().await;
+
+    let second = Fleet::start_at(&url, Some(schema), &queue, 1, 2, 5).await;
+    let started = std::time::Instant::now();
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(
+            submit(
+                &client,
+                second.url(0),
+                json!({"plugin": "greeter", "payload": {"name": format!("user {n}")}, "max_attempts": 3}),
+            )
+            .await,
+        );
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let done = poll_json(
+            &client,
+            &format!("{}/tasks/{id}", second.url(0)),
+            Duration::from_secs(240),
+            |t| {
+                matches!(
+                    t["status"].as_str(),
+                    Some("completed" | "failed" | "cancelled")
+                )
+            },
+        )
+        .await;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(
+            done["result"]["value"]["greeting"],
+            format!("Hello, user {n}!"),
+            "{done}"
+        );
+        assert_eq!(
+            done["attempts"], 1,
+            "waiting for a compile costs no attempt: {done}"
+        );
+    }
+    eprintln!(
+        "20 greeter tasks completed {:?} after a fresh host started",
+        started.elapsed()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !loads(&client, second.url(0), "render").await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fresh host has not loaded the fleet's other plugin within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    second.stop().await;
+}
+
 /// A 5 MiB payload submitted to one host of an SQS + S3 fleet goes to S3,
 /// reaches the plugin intact on whichever host runs it, and comes back
 /// intact through the API of another host.

@@ -112,6 +112,13 @@ async fn a_retry_saved_after_a_cancel_request_in_postgres_is_a_cancel() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsent_tasks_in_postgres_go_to_one_sweeper_at_a_time() {
+    let (store, schema) = store().await;
+    contract::unsent_tasks_go_to_one_sweeper_at_a_time(std::sync::Arc::new(store)).await;
+    drop_schema(&schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_claims_in_postgres_have_one_winner() {
     let (store, schema) = store().await;
     contract::racing_claims_have_one_winner(std::sync::Arc::new(store)).await;

@@ -94,10 +94,10 @@ impl Harness {
             bands: parse_bands("1-3,4-7,8-10").expect("bands"),
             lease: LEASE,
         };
-        let queue = SqsQueue::start(aws::sqs().await, store.pool().clone(), settings.clone())
+        let queue = SqsQueue::start(aws::sqs().await, settings.clone())
             .await
             .expect("SQS queue");
-        let other = SqsQueue::start(aws::sqs().await, store.pool().clone(), settings)
+        let other = SqsQueue::start(aws::sqs().await, settings)
             .await
             .expect("SQS queue");
         Self {
@@ -179,6 +179,16 @@ async fn every_queue_keeps_a_retry_for_its_delay() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_queue_counts_an_answered_delivery_toward_dead_letters() {
+    each(contract::an_answered_delivery_never_becomes_a_dead_letter).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_queue_gives_back_what_a_stopping_host_holds() {
+    each(contract::a_stopping_host_hands_back_everything_it_holds).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_queue_keeps_an_extended_delivery_out_of_sight() {
     each(contract::an_extended_delivery_stays_out_of_sight).await;
 }
@@ -217,7 +227,7 @@ enum Kind {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_check_fails_on_a_queue_broken_its_way() {
     type Check = fn(Subject) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
-    let cases: [(&str, Check, Fault, Kind); 11] = [
+    let cases: [(&str, Check, Fault, Kind); 14] = [
         (
             "priority",
             |s| Box::pin(contract::delivers_each_entry_highest_priority_first(s)),
@@ -247,6 +257,28 @@ async fn every_check_fails_on_a_queue_broken_its_way() {
             |s| Box::pin(contract::a_retry_waits_out_its_delay(s)),
             Fault::DelayIgnored,
             Kind::Local,
+        ),
+        (
+            "answered",
+            |s| {
+                Box::pin(contract::an_answered_delivery_never_becomes_a_dead_letter(
+                    s,
+                ))
+            },
+            Fault::RetryUnanswered,
+            Kind::Sqs,
+        ),
+        (
+            "stopping (tasks table)",
+            |s| Box::pin(contract::a_stopping_host_hands_back_everything_it_holds(s)),
+            Fault::HeldDropped,
+            Kind::Postgres,
+        ),
+        (
+            "stopping (SQS)",
+            |s| Box::pin(contract::a_stopping_host_hands_back_everything_it_holds(s)),
+            Fault::HeldDropped,
+            Kind::Sqs,
         ),
         (
             "extended",

@@ -25,6 +25,26 @@ async fn host(data: &std::path::Path, url: &str, prefix: &str) -> HostProcess {
     HostProcess::start_shared(data, url, "sqs", &extra).await
 }
 
+/// Submits a `hostile` task that sleeps `seconds`; its id.
+async fn submit_sleep(
+    client: &reqwest::Client,
+    url: &str,
+    seconds: u64,
+    max_attempts: u32,
+) -> String {
+    let response = client
+        .post(format!("{url}/tasks"))
+        .json(&json!({"plugin": "hostile", "payload": {"mode": "sleep", "seconds": seconds}, "max_attempts": max_attempts}))
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    response.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string()
+}
+
 /// Each host that takes the task dies with it; once the task's message has
 /// been received as often as the redrive policy allows, the dead-letter
 /// queue takes it and the next host records the task as failed, with why.
@@ -40,17 +60,7 @@ async fn a_task_that_keeps_stopping_its_hosts_fails_through_the_dead_letter_queu
         .collect();
 
     let first = host(dirs[0].path(), &url, &prefix).await;
-    let response = client
-        .post(format!("{}/tasks", first.url))
-        .json(&json!({"plugin": "hostile", "payload": {"mode": "sleep", "seconds": 60}, "max_attempts": 10}))
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
-    let id = response.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = submit_sleep(&client, &first.url, 60, 10).await;
     let running = |url: String, attempts: u64| {
         let client = client.clone();
         async move {
@@ -80,6 +90,128 @@ async fn a_task_that_keeps_stopping_its_hosts_fails_through_the_dead_letter_queu
     assert!(message.contains("dead-letter queue"), "{message}");
     assert_eq!(failed["attempts"], 2, "never a third attempt: {failed}");
     last.terminate();
+    drop_schema(&schema).await;
+}
+
+/// A task's message goes to the dead-letter queue while its task runs on a
+/// live host (SQS moves a message received once too often, for instance
+/// after a host could not extend its visibility): the hosts leave the task
+/// to its runner, and it keeps a message, so when that runner then dies the
+/// task runs again elsewhere instead of waiting forever, pending with no
+/// message. The move is played by the test: the band queues are purged and
+/// the task's id sent to the dead-letter queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_message_went_to_the_dead_letters_while_it_ran_still_finishes() {
+    let (schema, _) = fresh_schema().await;
+    let url = schema_url(&schema);
+    let prefix = aws::fresh_prefix();
+    aws::create_queues(&prefix, 3, 10).await;
+    let client = reqwest::Client::new();
+    let dirs: Vec<tempfile::TempDir> = (0..2)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let mut hosts = Vec::new();
+    for dir in &dirs {
+        hosts.push(Some(host(dir.path(), &url, &prefix).await));
+    }
+    let first = hosts[0].as_ref().expect("host").url.clone();
+    let id = submit_sleep(&client, &first, 6, 3).await;
+    let task_url = format!("{first}/tasks/{id}");
+    let running = poll_json(&client, &task_url, Duration::from_secs(60), |t| {
+        t["status"] == "running"
+    })
+    .await;
+
+    let sqs = aws::sqs().await;
+    let url_of = |name: String| {
+        let sqs = sqs.clone();
+        async move {
+            sqs.get_queue_url()
+                .queue_name(name)
+                .send()
+                .await
+                .expect("queue URL")
+                .queue_url()
+                .expect("URL")
+                .to_string()
+        }
+    };
+    for band in 1..=3 {
+        sqs.purge_queue()
+            .queue_url(url_of(format!("{prefix}-band-{band}")).await)
+            .send()
+            .await
+            .expect("purge");
+    }
+    let dead = url_of(format!("{prefix}-dead-letters")).await;
+    sqs.send_message()
+        .queue_url(&dead)
+        .message_body(&id)
+        .send()
+        .await
+        .expect("send the dead letter");
+    // A host's reaper finds it and leaves the running task be.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = sqs
+            .get_queue_attributes()
+            .queue_url(&dead)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(
+                aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            )
+            .send()
+            .await
+            .expect("dead-letter queue attributes");
+        let count: u64 = left
+            .attributes()
+            .map(|a| a.values().filter_map(|v| v.parse::<u64>().ok()).sum())
+            .unwrap_or(0);
+        if count == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no host took the dead letter within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let still = taskflow_tests::get_json(&client, &task_url).await;
+    assert_eq!(
+        (still["status"].as_str(), still["attempts"].as_u64()),
+        (Some("running"), Some(1)),
+        "a task running on a live host is not failed by its dead letter: {still}"
+    );
+
+    // Its runner dies: the other host runs it again.
+    let mut survivor = None;
+    for slot in &mut hosts {
+        let host = slot.take().expect("host");
+        if host.stats(&client).await["host"]["name"] == running["host"] {
+            host.kill();
+        } else {
+            survivor = Some(host);
+        }
+    }
+    let survivor = survivor.expect("the other host");
+    let done = poll_json(
+        &client,
+        &format!("{}/tasks/{id}", survivor.url),
+        Duration::from_secs(60),
+        |t| {
+            matches!(
+                t["status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            )
+        },
+    )
+    .await;
+    assert_eq!(
+        (done["status"].as_str(), done["attempts"].as_u64()),
+        (Some("completed"), Some(2)),
+        "{done}"
+    );
+    survivor.terminate();
     drop_schema(&schema).await;
 }
 

@@ -289,8 +289,8 @@ impl Queue for LocalQueue {
         Ok(self.lock().remove(id))
     }
 
-    async fn contains(&self, id: TaskId) -> Result<bool, QueueError> {
-        Ok(self.lock().index.contains_key(&id))
+    async fn contains(&self, id: TaskId) -> Result<Option<bool>, QueueError> {
+        Ok(Some(self.lock().index.contains_key(&id)))
     }
 
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
@@ -427,7 +427,7 @@ mod tests {
         assert_eq!(pop_now(&queue).await, None);
         let depth = queue.depth().await.expect("depth");
         assert_eq!((depth.delayed, depth.total), (1, 1));
-        assert!(queue.contains(delayed.id).await.expect("contains"));
+        assert!(queue.contains(delayed.id).await.expect("contains") == Some(true));
         // A waiting pop wakes at the due time.
         let popped = pop_woken(&queue).await;
         assert_eq!(popped.map(|d| d.entry), Some(delayed));
@@ -504,7 +504,7 @@ mod tests {
         assert!(queue.remove(cancelled.id).await.expect("remove"));
         assert!(!queue.remove(cancelled.id).await.expect("remove again"));
         assert!(queue.remove(delayed.id).await.expect("remove delayed"));
-        assert!(!queue.contains(cancelled.id).await.expect("contains"));
+        assert!(queue.contains(cancelled.id).await.expect("contains") == Some(false));
         assert_eq!(queue.depth().await.expect("depth").total, 1);
         assert_eq!(pop_now(&queue).await, Some(kept));
         assert_eq!(pop_now(&queue).await, None);

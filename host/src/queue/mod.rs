@@ -10,6 +10,7 @@ pub mod postgres;
 pub mod sqs;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -149,8 +150,10 @@ pub trait Queue: Send + Sync {
         Ok(())
     }
 
-    /// Delivers `delivery` again after `delay` (a retry): on SQS a
-    /// visibility change of the same message, whose receive count grows.
+    /// Delivers `delivery`'s entry again after `delay`: a retry after a
+    /// failure, or a task handed back unrun. The delivery was answered for,
+    /// so the next one is fresh (its receive count starts again at 1):
+    /// only deliveries no host answered for count toward dead letters.
     async fn retry(&self, delivery: &Delivery, delay: Duration) -> Result<(), QueueError> {
         self.ack(delivery).await?;
         self.push(delivery.entry.clone(), delay).await
@@ -183,6 +186,14 @@ pub trait Queue: Send + Sync {
     /// to arrive or become due; `None` when none did.
     async fn pop(&self, wait: Duration) -> Result<Option<Delivery>, QueueError>;
 
+    /// Takes every delivery this host fetched but handed to no worker (a
+    /// `pop` dropped before it returned); a stopping host gives each back.
+    /// A queue must lose none of them: what a dropped `pop` fetched lands
+    /// here, not in the void.
+    fn held(&self) -> Vec<Delivery> {
+        Vec::new()
+    }
+
     /// Reports that the task of `delivery` is finished, so the backend never
     /// delivers it again.
     async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError>;
@@ -190,8 +201,9 @@ pub trait Queue: Send + Sync {
     /// Drops the queued entry of `id` (cancel); `false` when it was not queued.
     async fn remove(&self, id: TaskId) -> Result<bool, QueueError>;
 
-    /// Whether `id` is queued (ready or delayed), not counting delivered entries.
-    async fn contains(&self, id: TaskId) -> Result<bool, QueueError>;
+    /// Whether `id` is queued (ready or delayed), not counting delivered
+    /// entries; `None` where the queue cannot look an entry up (SQS).
+    async fn contains(&self, id: TaskId) -> Result<Option<bool>, QueueError>;
 
     /// How many entries are queued, by priority.
     async fn depth(&self) -> Result<QueueDepth, QueueError>;
@@ -211,5 +223,31 @@ pub trait Queue: Send + Sync {
     /// survives it; an in-process queue is filled again at startup.
     fn is_shared(&self) -> bool {
         false
+    }
+
+    /// Whether a task can be stored and never queued (the host stops, or
+    /// the queue refuses, between the store's commit and the push): a
+    /// queue outside both the store and the host (SQS). The store then
+    /// keeps an outbox ([`TaskStore::mark_enqueued`](crate::storage::TaskStore::mark_enqueued))
+    /// and the hosts sweep it.
+    fn needs_outbox(&self) -> bool {
+        false
+    }
+}
+
+/// Counts a worker as waiting inside `pop` while alive (a `pop` dropped
+/// midway included).
+pub(crate) struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    pub(crate) fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

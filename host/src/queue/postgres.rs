@@ -19,7 +19,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{Claimed, Delivery, Queue, QueueDepth, QueueEntry, QueueError};
+use super::{Claimed, Delivery, Queue, QueueDepth, QueueEntry, QueueError, Waiting};
 use crate::storage::StorageError;
 use crate::storage::postgres::{claim_ready, is_pending, pending_depth};
 use crate::task::{PRIORITY_HIGHEST, PRIORITY_LOWEST, TaskId};
@@ -34,6 +34,15 @@ const CLAIM_COOLDOWN: Duration = Duration::from_millis(5);
 
 /// The PostgreSQL queue. Dropping it stops its listener.
 pub struct PgQueue {
+    claims: Arc<Claims>,
+    stop: CancellationToken,
+}
+
+/// What a claim needs, shared with the claim in flight: a claim runs in a
+/// task of its own, so a `pop` dropped meanwhile (a worker stopping) loses
+/// nothing: what it claimed waits in the buffer, for the next `pop` or for
+/// [`Queue::held`].
+struct Claims {
     pool: PgPool,
     owner: String,
     ttl: Duration,
@@ -44,8 +53,57 @@ pub struct PgQueue {
     claiming: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     /// Workers inside `pop`.
     waiting: AtomicUsize,
+    /// Wakes the workers waiting for a task: on a notification, and when a
+    /// claim took some for them.
     wake: Arc<Notify>,
-    stop: CancellationToken,
+}
+
+impl Claims {
+    fn buffer(&self) -> std::sync::MutexGuard<'_, VecDeque<Claimed>> {
+        self.claimed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Claims due rows for every waiting worker into the buffer, unless the
+    /// buffer already holds some (claimed by the claim before); whether
+    /// the buffer holds any afterwards.
+    async fn claim(self: Arc<Self>) -> Result<bool, QueueError> {
+        let mut last = self.claiming.lock().await;
+        if !self.buffer().is_empty() {
+            return Ok(true);
+        }
+        // Right after a claim, wait a moment: the workers that come free
+        // meanwhile wait on the lock and are counted in.
+        if let Some(at) = *last {
+            tokio::time::sleep_until(at + CLAIM_COOLDOWN).await;
+        }
+        *last = Some(tokio::time::Instant::now());
+        let want = self.waiting.load(Ordering::Relaxed).clamp(1, MAX_CLAIM);
+        let claimed = claim_ready(&self.pool, &self.owner, self.ttl, want)
+            .await
+            .map_err(from_storage)?;
+        let count = claimed.len();
+        self.buffer().extend(
+            claimed
+                .into_iter()
+                .map(|(task, token)| Claimed { task, token }),
+        );
+        if count > 1 {
+            // Claimed for workers that wait for a notification too.
+            self.wake.notify_waiters();
+        }
+        Ok(count > 0)
+    }
+}
+
+fn delivery_of(claimed: Claimed) -> Delivery {
+    Delivery {
+        receipt: format!("postgres:{}", claimed.token),
+        entry: QueueEntry::from(&claimed.task),
+        claimed: Some(claimed),
+        receive_count: 1,
+    }
 }
 
 impl PgQueue {
@@ -58,30 +116,25 @@ impl PgQueue {
         let stop = CancellationToken::new();
         tokio::spawn(listen(listener, wake.clone(), stop.clone()));
         Ok(Self {
-            pool,
-            owner,
-            ttl,
-            claimed: Mutex::new(VecDeque::new()),
-            claiming: tokio::sync::Mutex::new(None),
-            waiting: AtomicUsize::new(0),
-            wake,
+            claims: Arc::new(Claims {
+                pool,
+                owner,
+                ttl,
+                claimed: Mutex::new(VecDeque::new()),
+                claiming: tokio::sync::Mutex::new(None),
+                waiting: AtomicUsize::new(0),
+                wake,
+            }),
             stop,
         })
     }
 
     fn take(&self) -> Option<Delivery> {
-        let claimed = self
-            .claimed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop_front()?;
-        let entry = QueueEntry::from(&claimed.task);
-        Some(Delivery {
-            receipt: format!("postgres:{}", claimed.token),
-            entry,
-            claimed: Some(claimed),
-            receive_count: 1,
-        })
+        self.claims.buffer().pop_front().map(delivery_of)
+    }
+
+    fn pool(&self) -> &PgPool {
+        &self.claims.pool
     }
 }
 
@@ -127,22 +180,6 @@ fn from_storage(error: StorageError) -> QueueError {
     QueueError::Unavailable(error.to_string())
 }
 
-/// Counts this worker as waiting while alive.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(count)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 #[async_trait::async_trait]
 impl Queue for PgQueue {
     /// Nothing to do: the pending row is the queue entry (a trigger wakes the hosts).
@@ -154,47 +191,29 @@ impl Queue for PgQueue {
     }
 
     async fn pop(&self, wait: Duration) -> Result<Option<Delivery>, QueueError> {
-        let _waiting = Waiting::new(&self.waiting);
+        let _waiting = Waiting::new(&self.claims.waiting);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if let Some(delivery) = self.take() {
                 return Ok(Some(delivery));
             }
-            let notified = self.wake.notified();
+            let notified = self.claims.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut last = self.claiming.lock().await;
-                if let Some(delivery) = self.take() {
-                    return Ok(Some(delivery));
-                }
-                // Right after a claim, wait a moment: the workers that come
-                // free meanwhile wait on the lock and are counted in.
-                if let Some(at) = *last {
-                    tokio::time::sleep_until(at + CLAIM_COOLDOWN).await;
-                }
-                *last = Some(tokio::time::Instant::now());
-                let want = self.waiting.load(Ordering::Relaxed).clamp(1, MAX_CLAIM);
-                let claimed = claim_ready(&self.pool, &self.owner, self.ttl, want)
-                    .await
-                    .map_err(from_storage)?;
-                if !claimed.is_empty() {
-                    let mut buffer = self
-                        .claimed
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    buffer.extend(
-                        claimed
-                            .into_iter()
-                            .map(|(task, token)| Claimed { task, token }),
-                    );
-                    continue;
-                }
+            let claimed = tokio::spawn(self.claims.clone().claim())
+                .await
+                .map_err(|e| QueueError::Unavailable(format!("the claim stopped: {e}")))??;
+            if claimed {
+                continue;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Ok(None);
             }
         }
+    }
+
+    fn held(&self) -> Vec<Delivery> {
+        self.claims.buffer().drain(..).map(delivery_of).collect()
     }
 
     /// Nothing to do: the task's own row records that it finished.
@@ -204,15 +223,18 @@ impl Queue for PgQueue {
 
     /// Nothing to do: a cancelled row is no longer pending.
     async fn remove(&self, id: TaskId) -> Result<bool, QueueError> {
-        is_pending(&self.pool, id).await.map_err(from_storage)
+        is_pending(self.pool(), id).await.map_err(from_storage)
     }
 
-    async fn contains(&self, id: TaskId) -> Result<bool, QueueError> {
-        is_pending(&self.pool, id).await.map_err(from_storage)
+    async fn contains(&self, id: TaskId) -> Result<Option<bool>, QueueError> {
+        is_pending(self.pool(), id)
+            .await
+            .map(Some)
+            .map_err(from_storage)
     }
 
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
-        let rows = pending_depth(&self.pool).await.map_err(from_storage)?;
+        let rows = pending_depth(self.pool()).await.map_err(from_storage)?;
         let mut depth = QueueDepth {
             ready: (PRIORITY_HIGHEST..=PRIORITY_LOWEST)
                 .map(|priority| (priority, 0))
@@ -238,7 +260,7 @@ impl Queue for PgQueue {
 
     async fn check(&self) -> Result<(), QueueError> {
         sqlx::query("SELECT 1")
-            .execute(&self.pool)
+            .execute(self.pool())
             .await
             .map(|_| ())
             .map_err(unavailable)

@@ -14,13 +14,18 @@
 //!   up to ten: a host holds no message it is not running.
 //! - Delivery is at least once: a duplicate is dropped when its claim fails.
 //!   A message stays invisible while its task runs (its visibility is
-//!   extended with the lease); a retry is a visibility change, not a new
-//!   message, so the receive count grows, and the dead-letter queue
+//!   extended with the lease). A delivery a host answers for without
+//!   finishing it (a retry after a failure, a task handed back because its
+//!   plugin is still compiling here, not due yet or run elsewhere) is sent
+//!   again as a fresh message and the old one deleted: SQS counts every
+//!   receive of a message toward `maxReceiveCount`, and those receives are
+//!   not failures (the store counts attempts). So the dead-letter queue
 //!   `<prefix>-dead-letters` (the redrive policy of the band queues) catches
+//!   only a message delivered again and again with no host answering for it:
 //!   a task that keeps stopping its hosts.
 //! - A task accepted but whose message was never sent (the host stopped, or
-//!   SQS refused, between the commit and the send) is found by the sweeper in
-//!   the database and sent then (an outbox).
+//!   SQS refused, between the commit and the send) is in the store's outbox
+//!   ([`Queue::needs_outbox`]): the service's sweeper sends it then.
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::RangeInclusive;
@@ -34,12 +39,12 @@ use aws_sdk_sqs::types::{
     MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
     SendMessageBatchRequestEntry,
 };
-use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{DeadLetter, Delivery, Queue, QueueDepth, QueueEntry, QueueError, QueueRequests};
-use crate::storage::postgres::{mark_enqueued, unsent};
+use super::{
+    DeadLetter, Delivery, Queue, QueueDepth, QueueEntry, QueueError, QueueRequests, Waiting,
+};
 use crate::task::{PRIORITY_HIGHEST, PRIORITY_LOWEST, TaskId};
 
 /// Messages per SQS batch request (the service's limit).
@@ -50,9 +55,6 @@ const MAX_DELAY_SECS: u64 = 900;
 /// band with a full batch goes at once. A message deleted a moment late
 /// stays invisible meanwhile (its visibility is the lease).
 const DELETE_LINGER: Duration = Duration::from_secs(1);
-/// How often the sweeper looks for tasks never sent, and how old they must be.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
-const SWEEP_AGE: Duration = Duration::from_secs(10);
 /// How long a queue depth read is reused.
 const DEPTH_CACHE: Duration = Duration::from_secs(2);
 /// How long a higher band found empty is not asked again (unless this host
@@ -106,12 +108,14 @@ pub fn parse_bands(text: &str) -> Result<Vec<RangeInclusive<u8>>, String> {
 /// The SQS queue. Dropping it stops its background work.
 pub struct SqsQueue {
     client: Client,
-    pool: PgPool,
     settings: SqsSettings,
     /// Band queue URLs, highest band first.
     urls: Vec<String>,
     dead_letters: String,
-    received: Mutex<VecDeque<Delivery>>,
+    /// Received for this host, not yet handed to a worker. A receive runs
+    /// in a task of its own and lands here, so a `pop` dropped meanwhile
+    /// (a worker stopping) loses nothing: see [`Queue::held`].
+    received: Arc<Mutex<VecDeque<Delivery>>>,
     receiving: tokio::sync::Mutex<()>,
     /// Per band found empty: not worth a receive before this moment, and
     /// the pause that led there.
@@ -140,12 +144,8 @@ fn sdk_error<E: std::error::Error + aws_sdk_sqs::error::ProvideErrorMetadata + '
 
 impl SqsQueue {
     /// Finds the band queues and the dead-letter queue (a missing one stops
-    /// here, named), and starts the batch completer and the sweeper.
-    pub async fn start(
-        client: Client,
-        pool: PgPool,
-        settings: SqsSettings,
-    ) -> Result<Self, QueueError> {
+    /// here, named), and starts the batch completer.
+    pub async fn start(client: Client, settings: SqsSettings) -> Result<Self, QueueError> {
         let requests = Arc::new(AtomicUsize::new(0));
         let mut urls = Vec::new();
         for band in 1..=settings.bands.len() {
@@ -176,11 +176,10 @@ impl SqsQueue {
         let bands = settings.bands.len();
         let queue = Self {
             client,
-            pool,
             settings,
             urls,
             dead_letters,
-            received: Mutex::new(VecDeque::new()),
+            received: Arc::new(Mutex::new(VecDeque::new())),
             receiving: tokio::sync::Mutex::new(()),
             empty_until: Mutex::new(vec![None; bands]),
             waiting: AtomicUsize::new(0),
@@ -191,41 +190,6 @@ impl SqsQueue {
             stop,
         };
         Ok(queue)
-    }
-
-    /// Sends the tasks the database holds as pending but never sent, every
-    /// few seconds until `stop` (run it beside the queue).
-    pub async fn sweep(self: Arc<Self>, stop: CancellationToken) {
-        let mut failing = false;
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(SWEEP_INTERVAL) => {}
-                () = stop.cancelled() => return,
-                () = self.stop.cancelled() => return,
-            }
-            let swept = async {
-                let tasks = unsent(&self.pool, SWEEP_AGE, 500)
-                    .await
-                    .map_err(|e| QueueError::Unavailable(e.to_string()))?;
-                if !tasks.is_empty() {
-                    tracing::warn!(
-                        tasks = tasks.len(),
-                        "sending tasks whose messages were never sent"
-                    );
-                    self.push_all(tasks.iter().map(QueueEntry::from).collect())
-                        .await?;
-                }
-                Ok::<_, QueueError>(())
-            };
-            match swept.await {
-                Ok(()) => failing = false,
-                Err(e) if !failing => {
-                    tracing::warn!(error = %e, "the outbox sweeper cannot send; retrying");
-                    failing = true;
-                }
-                Err(_) => {}
-            }
-        }
     }
 
     fn count(&self, requests: usize) {
@@ -276,22 +240,71 @@ impl SqsQueue {
             .pop_front()
     }
 
-    /// Receives up to `want` messages from band `band`, long-polling `wait`.
-    async fn receive(
-        &self,
-        band: usize,
-        want: usize,
-        wait: Duration,
-    ) -> Result<Vec<Delivery>, QueueError> {
+    /// Receives up to `want` messages from band `band`, long-polling
+    /// `wait`, into the buffer, in a task of its own (it completes even if
+    /// the caller is dropped); how many came.
+    async fn receive(&self, band: usize, want: usize, wait: Duration) -> Result<usize, QueueError> {
+        let receiving = Receiving {
+            client: self.client.clone(),
+            url: self.urls[band].clone(),
+            band,
+            lease: self.settings.lease,
+            requests: self.requests.clone(),
+            deletes: self.deletes.clone(),
+            received: self.received.clone(),
+        };
+        tokio::spawn(receiving.run(want, wait))
+            .await
+            .map_err(|e| unavailable("receive", format!("stopped: {e}")))?
+    }
+
+    /// Sends one message for `entry`, out of sight for `delay`.
+    async fn send(&self, entry: &QueueEntry, delay: Duration) -> Result<(), QueueError> {
+        let band = self.band_of(entry.priority)?;
         self.count(1);
+        self.client
+            .send_message()
+            .queue_url(&self.urls[band])
+            .message_body(entry.id.to_string())
+            .delay_seconds(seconds(delay))
+            .set_message_attributes(Some(attributes(entry)))
+            .send()
+            .await
+            .map_err(|e| sdk_error("send", e))?;
+        self.mark_empty(band, false);
+        Ok(())
+    }
+
+    fn delete(&self, band: usize, handle: String) {
+        // The completer outlives every sender but at shutdown; a delete lost
+        // then makes a duplicate delivery, which its claim drops.
+        let _ = self.deletes.send((band, handle));
+    }
+}
+
+/// One receive request, run apart from the `pop` that asked for it.
+struct Receiving {
+    client: Client,
+    url: String,
+    band: usize,
+    lease: Duration,
+    requests: Arc<AtomicUsize>,
+    deletes: mpsc::UnboundedSender<(usize, String)>,
+    received: Arc<Mutex<VecDeque<Delivery>>>,
+}
+
+impl Receiving {
+    async fn run(self, want: usize, wait: Duration) -> Result<usize, QueueError> {
+        let band = self.band;
+        self.requests.fetch_add(1, Ordering::Relaxed);
         let asked = Instant::now();
         let output = self
             .client
             .receive_message()
-            .queue_url(&self.urls[band])
+            .queue_url(&self.url)
             .max_number_of_messages(i32::try_from(want.clamp(1, BATCH)).unwrap_or(1))
             .wait_time_seconds(seconds(wait).min(20))
-            .visibility_timeout(seconds(self.settings.lease))
+            .visibility_timeout(seconds(self.lease))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_attribute_names("All")
             .send()
@@ -310,7 +323,8 @@ impl SqsQueue {
             };
             let Ok(id) = body.parse::<TaskId>() else {
                 tracing::warn!(body, "dropping a message that names no task");
-                self.delete(band, handle.to_string());
+                // The completer outlives every sender but at shutdown.
+                let _ = self.deletes.send((band, handle.to_string()));
                 continue;
             };
             let attribute = |name: &str| {
@@ -342,13 +356,12 @@ impl SqsQueue {
                 receive_count,
             });
         }
-        Ok(deliveries)
-    }
-
-    fn delete(&self, band: usize, handle: String) {
-        // The completer outlives every sender but at shutdown; a delete lost
-        // then makes a duplicate delivery, which its claim drops.
-        let _ = self.deletes.send((band, handle));
+        let count = deliveries.len();
+        self.received
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(deliveries);
+        Ok(count)
     }
 }
 
@@ -460,21 +473,7 @@ fn attribute(data_type: &str, value: String) -> Option<MessageAttributeValue> {
 #[async_trait::async_trait]
 impl Queue for SqsQueue {
     async fn push(&self, entry: QueueEntry, delay: Duration) -> Result<(), QueueError> {
-        let band = self.band_of(entry.priority)?;
-        self.count(1);
-        self.client
-            .send_message()
-            .queue_url(&self.urls[band])
-            .message_body(entry.id.to_string())
-            .delay_seconds(seconds(delay))
-            .set_message_attributes(Some(attributes(&entry)))
-            .send()
-            .await
-            .map_err(|e| sdk_error("send", e))?;
-        self.mark_empty(band, false);
-        mark_enqueued(&self.pool, &[entry.id])
-            .await
-            .map_err(|e| QueueError::Unavailable(e.to_string()))
+        self.send(&entry, delay).await
     }
 
     async fn push_all(&self, entries: Vec<QueueEntry>) -> Result<(), QueueError> {
@@ -485,7 +484,6 @@ impl Queue for SqsQueue {
                 .or_default()
                 .push(entry);
         }
-        let mut sent = Vec::new();
         let mut failure = None;
         for (band, entries) in by_band {
             for chunk in entries.chunks(BATCH) {
@@ -517,13 +515,6 @@ impl Queue for SqsQueue {
                             .iter()
                             .filter_map(|f| f.id().parse().ok())
                             .collect();
-                        sent.extend(
-                            chunk
-                                .iter()
-                                .enumerate()
-                                .filter(|(n, _)| !failed.contains(n))
-                                .map(|(_, e)| e.id),
-                        );
                         if !failed.is_empty() {
                             failure = Some(unavailable(
                                 "send",
@@ -535,12 +526,8 @@ impl Queue for SqsQueue {
                 }
             }
         }
-        // What was sent is marked even when some was not: the sweeper sends the rest.
-        if !sent.is_empty() {
-            mark_enqueued(&self.pool, &sent)
-                .await
-                .map_err(|e| QueueError::Unavailable(e.to_string()))?;
-        }
+        // Some may have gone: all of them are still in the outbox, and the
+        // sweeper sends them again (a duplicate is dropped by its claim).
         match failure {
             Some(e) => Err(e),
             None => Ok(()),
@@ -548,7 +535,7 @@ impl Queue for SqsQueue {
     }
 
     async fn pop(&self, wait: Duration) -> Result<Option<Delivery>, QueueError> {
-        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting::new(&self.waiting);
         let popped = async {
             if let Some(delivery) = self.take() {
                 return Ok(Some(delivery));
@@ -572,24 +559,27 @@ impl Queue for SqsQueue {
                     continue;
                 }
                 let wait = if band == last { wait } else { Duration::ZERO };
-                let mut deliveries = self.receive(band, want, wait).await?;
+                let received = self.receive(band, want, wait).await?;
                 if band < last {
-                    self.mark_empty(band, deliveries.is_empty());
+                    self.mark_empty(band, received == 0);
                 }
-                if !deliveries.is_empty() {
-                    let first = deliveries.remove(0);
-                    self.received
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .extend(deliveries);
-                    return Ok(Some(first));
+                if received > 0
+                    && let Some(delivery) = self.take()
+                {
+                    return Ok(Some(delivery));
                 }
             }
             Ok(None)
         };
-        let result = popped.await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-        result
+        popped.await
+    }
+
+    fn held(&self) -> Vec<Delivery> {
+        self.received
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain(..)
+            .collect()
     }
 
     async fn ack(&self, delivery: &Delivery) -> Result<(), QueueError> {
@@ -599,19 +589,15 @@ impl Queue for SqsQueue {
         Ok(())
     }
 
+    /// A fresh message, then the delivered one deleted (see the module
+    /// docs: a visibility change would count this answered delivery toward
+    /// the dead-letter queue). Should the send fail, the delivered message
+    /// comes back by itself once its visibility (the lease) runs out.
     async fn retry(&self, delivery: &Delivery, delay: Duration) -> Result<(), QueueError> {
-        let Some((band, handle)) = receipt_of(delivery) else {
-            return self.push(delivery.entry.clone(), delay).await;
-        };
-        self.count(1);
-        self.client
-            .change_message_visibility()
-            .queue_url(&self.urls[band])
-            .receipt_handle(handle)
-            .visibility_timeout(seconds(delay))
-            .send()
-            .await
-            .map_err(|e| sdk_error("visibility change", e))?;
+        self.send(&delivery.entry, delay).await?;
+        if let Some((band, handle)) = receipt_of(delivery) {
+            self.delete(band, handle.to_string());
+        }
         Ok(())
     }
 
@@ -707,16 +693,15 @@ impl Queue for SqsQueue {
         Ok(())
     }
 
-    /// Whether `id` is pending in the database (SQS cannot look up a message).
-    async fn remove(&self, id: TaskId) -> Result<bool, QueueError> {
-        // A cancelled task's message is dropped when it comes up: its claim fails.
-        self.contains(id).await
+    /// SQS cannot take a message out by its task: a cancelled task's
+    /// message is dropped when it comes up (its claim fails).
+    async fn remove(&self, _id: TaskId) -> Result<bool, QueueError> {
+        Ok(false)
     }
 
-    async fn contains(&self, id: TaskId) -> Result<bool, QueueError> {
-        crate::storage::postgres::is_pending(&self.pool, id)
-            .await
-            .map_err(|e| QueueError::Unavailable(e.to_string()))
+    /// SQS cannot look a message up by its task.
+    async fn contains(&self, _id: TaskId) -> Result<Option<bool>, QueueError> {
+        Ok(None)
     }
 
     /// Approximate message counts per band (SQS counts are approximate),
@@ -795,6 +780,10 @@ impl Queue for SqsQueue {
     }
 
     fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn needs_outbox(&self) -> bool {
         true
     }
 }

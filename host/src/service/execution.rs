@@ -152,23 +152,67 @@ impl TaskService {
     }
 
     /// Gives back a claimed task whose plugin the fleet runs but this host
-    /// has not loaded yet: pending again, the attempt not counted, claimable
-    /// again in a moment (here or elsewhere).
-    async fn wait_for_plugin(&self, mut task: Task, token: u64, delivery: &Delivery) {
+    /// has not loaded yet: claimable again in a moment (here or elsewhere).
+    async fn wait_for_plugin(&self, task: Task, token: u64, delivery: &Delivery) {
         tracing::debug!(task_id = %task.id, plugin = %task.plugin, "the plugin is not loaded here yet; the task waits");
+        if let Err(e) = self
+            .hand_back(task, token, delivery, PLUGIN_WAIT, None)
+            .await
+        {
+            tracing::warn!(task_id = %delivery.entry.id, error = %e, "cannot give back a task whose plugin is not loaded here");
+        }
+    }
+
+    /// Gives back a task claimed here that this host will not run now:
+    /// pending again with this attempt not counted (and `why` recorded, if
+    /// given), its queue entry delivered again after `delay`, here or
+    /// elsewhere. Cancelled instead when a cancel was waiting for it. An
+    /// error leaves it claimed: the reaper takes it back once its lease
+    /// runs out.
+    pub(super) async fn hand_back(
+        &self,
+        mut task: Task,
+        token: u64,
+        delivery: &Delivery,
+        delay: Duration,
+        why: Option<TaskError>,
+    ) -> Result<Saved, ServiceError> {
         task.status = TaskStatus::Pending;
         task.attempts = task.attempts.saturating_sub(1);
-        task.retry_at = chrono::Duration::from_std(PLUGIN_WAIT)
-            .ok()
-            .map(|wait| Utc::now() + wait);
-        match self.store.save_leased(&task, token).await {
-            Ok(Saved::Written) => self.requeue(delivery, PLUGIN_WAIT).await,
-            Ok(Saved::Cancelled) => self.ack(delivery).await,
-            Ok(Saved::Lost) => self.let_go(delivery).await,
-            // Still claimed: the reaper gives it back when the lease runs out.
-            Err(e) => {
-                tracing::warn!(task_id = %task.id, error = %e, "cannot give back a task whose plugin is not loaded here")
+        task.retry_at = (!delay.is_zero())
+            .then(|| {
+                chrono::Duration::from_std(delay)
+                    .ok()
+                    .map(|wait| Utc::now() + wait)
+            })
+            .flatten();
+        if why.is_some() {
+            task.last_error = why;
+        }
+        let saved = self.store.save_leased(&task, token).await?;
+        match saved {
+            Saved::Written => self.requeue(delivery, delay).await,
+            Saved::Cancelled => self.ack(delivery).await,
+            Saved::Lost => self.let_go(delivery).await,
+        }
+        Ok(saved)
+    }
+
+    /// Gives back a delivery this host fetched and will not run (it is
+    /// stopping): a claimed task is handed back, an unclaimed entry
+    /// delivered again at once.
+    pub async fn give_back(&self, delivery: Delivery) {
+        match &delivery.claimed {
+            Some(claimed) => {
+                let (task, token) = (claimed.task.clone(), claimed.token);
+                if let Err(e) = self
+                    .hand_back(task, token, &delivery, Duration::ZERO, None)
+                    .await
+                {
+                    tracing::warn!(task_id = %delivery.entry.id, error = %e, "cannot give back a task claimed here; it runs once its lease expires");
+                }
             }
+            None => self.requeue(&delivery, Duration::ZERO).await,
         }
     }
 

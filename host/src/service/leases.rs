@@ -275,10 +275,20 @@ impl TaskService {
                     });
                     Change::Save
                 });
-                if let Some(updated) = self.store.update(letter.id, change).await?
-                    && updated.change == Change::Save
-                {
+                let Some(updated) = self.store.update(letter.id, change).await? else {
+                    continue;
+                };
+                if updated.change == Change::Save {
                     tracing::error!(task_id = %letter.id, deliveries, "task failed: its queue entry went to the dead-letter queue");
+                } else if updated.task.status == TaskStatus::Running {
+                    // Its runner finishes it; but should the runner stop
+                    // first, the task needs an entry to run again from, and
+                    // its only one is this dead letter: a fresh one, out of
+                    // sight for a lease, takes its place.
+                    self.queue
+                        .push(QueueEntry::from(&updated.task), self.config.lease)
+                        .await?;
+                    tracing::warn!(task_id = %letter.id, deliveries, "a running task's queue entry went to the dead-letter queue; queued it again behind its lease");
                 }
             }
             self.queue.bury(&dead).await?;

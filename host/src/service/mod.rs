@@ -20,6 +20,7 @@
 
 mod execution;
 mod leases;
+mod outbox;
 mod plugins;
 mod reads;
 mod recovery;

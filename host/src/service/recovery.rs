@@ -6,9 +6,8 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::{Recovery, RestoreSummary, ServiceError, TaskService};
-use crate::queue::QueueEntry;
+use crate::queue::{Delivery, QueueEntry};
 use crate::runtime::FailureKind;
-use crate::storage::Saved;
 use crate::task::{Task, TaskError, TaskId, TaskStatus};
 
 impl TaskService {
@@ -81,6 +80,7 @@ impl TaskService {
                     this.queue
                         .push(QueueEntry::from(&task), Duration::ZERO)
                         .await?;
+                    this.mark_enqueued(&[task.id]).await;
                     summary.queued += 1;
                 }
             }
@@ -102,46 +102,44 @@ impl TaskService {
     /// the host stopped it, not the task's own doing, and a task on its last
     /// attempt keeps that attempt.
     pub async fn release_running(&self) {
-        let held: Vec<(TaskId, u64)> = self
+        let held: Vec<(TaskId, u64, Delivery)> = self
             .running_lock()
             .iter()
-            .map(|(id, r)| (*id, r.token))
+            .map(|(id, r)| (*id, r.token, r.delivery.clone()))
             .collect();
-        for (id, token) in held {
+        for (id, token, delivery) in held {
             let released = match self.store.load(id).await {
-                Ok(Some(mut task)) if task.status == TaskStatus::Running => {
-                    task.status = TaskStatus::Pending;
-                    task.attempts = task.attempts.saturating_sub(1);
-                    task.last_error = Some(TaskError {
+                Ok(Some(task)) if task.status == TaskStatus::Running => {
+                    let why = TaskError {
                         kind: FailureKind::Interrupted,
                         message: "the host shut down while this task ran; the attempt does not count and it will run again".into(),
-                    });
-                    // Cancelled instead when a cancel was waiting for it.
-                    self.store
-                        .save_leased(&task, token)
+                    };
+                    self.hand_back(task, token, &delivery, Duration::ZERO, Some(why))
                         .await
-                        .map(|saved| (saved == Saved::Written).then_some(task))
+                        .map(|_| ())
                 }
-                Ok(_) => Ok(None),
-                Err(e) => Err(e),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.into()),
             };
-            match released {
-                // A queue that redelivers brings back the unacknowledged entry.
-                Ok(Some(_)) if self.queue.redelivers() => {}
-                Ok(Some(task)) => {
-                    if let Err(e) = self
-                        .queue
-                        .push(QueueEntry::from(&task), Duration::ZERO)
-                        .await
-                    {
-                        tracing::warn!(task_id = %id, error = %e, "cannot queue released task; it runs after recovery");
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(task_id = %id, error = %e, "cannot release interrupted task; it runs again once its lease expires")
-                }
+            if let Err(e) = released {
+                tracing::error!(task_id = %id, error = %e, "cannot release interrupted task; it runs again once its lease expires");
             }
+        }
+    }
+
+    /// Gives back every delivery the queue fetched for this host but no
+    /// worker took (the workers have stopped), so that it runs elsewhere
+    /// at once instead of after its lease.
+    pub async fn release_held(&self) {
+        let held = self.queue.held();
+        if !held.is_empty() {
+            tracing::info!(
+                tasks = held.len(),
+                "giving back tasks fetched for workers that stopped"
+            );
+        }
+        for delivery in held {
+            self.give_back(delivery).await;
         }
     }
 }

@@ -131,8 +131,12 @@ impl TaskService {
             return;
         }
         let count = created.len();
+        let ids: Vec<_> = created.iter().map(|e| e.id).collect();
         match self.queue.push_all(created).await {
-            Ok(()) => tracing::debug!(tasks = count, "tasks accepted"),
+            Ok(()) => {
+                self.mark_enqueued(&ids).await;
+                tracing::debug!(tasks = count, "tasks accepted");
+            }
             Err(e) => {
                 tracing::warn!(tasks = count, error = %e, "tasks accepted but not queued yet; they are queued once the queue answers")
             }

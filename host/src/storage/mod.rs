@@ -219,6 +219,27 @@ pub trait TaskStore: Send + Sync {
 
     /// Progress last published for a running task by its lease holder.
     async fn progress(&self, id: TaskId) -> Result<Option<u8>, StorageError>;
+
+    /// The outbox of a queue outside the store (SQS), between the commit of
+    /// a task and its message: records that the queue holds an entry for
+    /// each of `ids`. A store that keeps no outbox (its queue is filled
+    /// again from it at startup, or is the store itself) ignores it.
+    async fn mark_enqueued(&self, _ids: &[TaskId]) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    /// Claims up to `limit` pending tasks stored at least `age` ago and
+    /// never marked enqueued, for this host's sweeper to send within
+    /// `hold`: the sweepers of other hosts skip them meanwhile, and take
+    /// them after it should this one stop before sending.
+    async fn claim_unsent(
+        &self,
+        _age: std::time::Duration,
+        _hold: std::time::Duration,
+        _limit: usize,
+    ) -> Result<Vec<Task>, StorageError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Maps an I/O error to [`StorageError::Io`] naming the action and path.

@@ -219,10 +219,7 @@ impl TaskStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
-        let mut tasks = rows
-            .into_iter()
-            .map(|(id, doc)| task_of(TaskId::from(id), &doc))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut tasks = tasks_of(rows)?;
         let next_cursor = if tasks.len() > query.limit {
             tasks.truncate(query.limit);
             tasks.last().map(|task| Cursor::after(task).encode())
@@ -404,6 +401,51 @@ impl TaskStore for PgStore {
                 .map_err(unavailable)?;
         Ok(progress.flatten().and_then(|p| u8::try_from(p).ok()))
     }
+
+    async fn mark_enqueued(&self, ids: &[TaskId]) -> Result<(), StorageError> {
+        let ids: Vec<uuid::Uuid> = ids.iter().map(|id| *id.as_uuid()).collect();
+        sqlx::query("UPDATE tasks SET enqueued = true WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn claim_unsent(
+        &self,
+        age: std::time::Duration,
+        hold: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<Task>, StorageError> {
+        let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+            "UPDATE tasks SET sweep_after = now() + $2 * interval '1 millisecond'
+             WHERE id IN (
+                 SELECT id FROM tasks
+                 WHERE status = 'pending' AND NOT enqueued
+                   AND updated_at < now() - $1 * interval '1 millisecond'
+                   AND (sweep_after IS NULL OR sweep_after < now())
+                 ORDER BY updated_at LIMIT $3
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING id, doc",
+        )
+        .bind(millis(age))
+        .bind(millis(hold))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let mut tasks = tasks_of(rows)?;
+        tasks.sort_by_key(|t| (t.priority, t.sequence));
+        Ok(tasks)
+    }
+}
+
+/// The tasks of `(id, doc)` rows, in their order.
+fn tasks_of(rows: Vec<(uuid::Uuid, String)>) -> Result<Vec<Task>, StorageError> {
+    rows.into_iter()
+        .map(|(id, doc)| task_of(TaskId::from(id), &doc))
+        .collect()
 }
 
 fn token_of(token: i64) -> u64 {
@@ -479,7 +521,8 @@ async fn upsert(connection: &mut PgConnection, task: &Task) -> Result<(), Storag
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
          ON CONFLICT (id) DO UPDATE SET sequence = $2, plugin = $3, priority = $4, status = $5,
                 idempotency_key = $6, doc = $7, visible_at = $8, updated_at = now(),
-                lease_expires_at = NULL, cancel_requested = false, progress = NULL, enqueued = false",
+                lease_expires_at = NULL, cancel_requested = false, progress = NULL, enqueued = false,
+                sweep_after = NULL",
     )
     .bind(task.id.as_uuid())
     .bind(sequence_of(task))
@@ -589,37 +632,4 @@ pub async fn is_pending(pool: &PgPool, id: TaskId) -> Result<bool, StorageError>
             .await
             .map_err(unavailable)?;
     Ok(pending.unwrap_or(false))
-}
-
-/// Records that the queue holds an entry for each of `ids` (the SQS outbox).
-pub async fn mark_enqueued(pool: &PgPool, ids: &[TaskId]) -> Result<(), StorageError> {
-    let ids: Vec<uuid::Uuid> = ids.iter().map(|id| *id.as_uuid()).collect();
-    sqlx::query("UPDATE tasks SET enqueued = true WHERE id = ANY($1)")
-        .bind(ids)
-        .execute(pool)
-        .await
-        .map_err(unavailable)?;
-    Ok(())
-}
-
-/// Up to `limit` pending tasks never handed to the queue, unchanged for
-/// `age` (the SQS outbox's sweeper).
-pub async fn unsent(
-    pool: &PgPool,
-    age: std::time::Duration,
-    limit: usize,
-) -> Result<Vec<Task>, StorageError> {
-    let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
-        "SELECT id, doc FROM tasks
-         WHERE status = 'pending' AND NOT enqueued AND updated_at < now() - $1 * interval '1 millisecond'
-         ORDER BY updated_at LIMIT $2",
-    )
-    .bind(millis(age))
-    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-    .fetch_all(pool)
-    .await
-    .map_err(unavailable)?;
-    rows.into_iter()
-        .map(|(id, doc)| task_of(TaskId::from(id), &doc))
-        .collect()
 }
