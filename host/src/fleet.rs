@@ -208,6 +208,16 @@ impl PluginCatalog {
                 Some(digest) => match self.bytes(name, digest).await? {
                     // Changed again since: a later change brings it.
                     None => {}
+                    // The bytes must be the ones the catalog names: a copy
+                    // altered in the blob store never runs here.
+                    Some(bytes) if crate::runtime::plugin::digest_of(&bytes) != digest => {
+                        tracing::error!(
+                            plugin = name,
+                            digest,
+                            found = %crate::runtime::plugin::digest_of(&bytes),
+                            "the fleet's copy of a plugin does not match its digest; not loaded (upload it again)"
+                        );
+                    }
                     Some(bytes) => match registry.install(name, bytes).await {
                         Ok(_) => {
                             tracing::info!(plugin = name, digest, "plugin loaded from the fleet")

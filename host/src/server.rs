@@ -81,6 +81,14 @@ impl Server {
             }
             StorageBackend::Files => (None, None),
         };
+        if let Some(postgres) = &postgres {
+            crate::storage::postgres::fleet_settings::agree(
+                postgres.pool(),
+                &fleet_settings(&config),
+            )
+            .await
+            .context("cannot join the fleet")?;
+        }
         let store: Arc<dyn TaskStore> = match &postgres {
             Some(postgres) => Arc::new(postgres.clone()),
             None => Arc::new(
@@ -273,6 +281,37 @@ async fn connect_postgres(
         secret.keep_fresh(store.pool().clone(), base, credentials, stop)
     });
     Ok((store, keep_fresh))
+}
+
+/// The settings every host sharing this host's database must share.
+fn fleet_settings(config: &ServeConfig) -> crate::storage::postgres::fleet_settings::FleetSettings {
+    let mut settings = std::collections::BTreeMap::new();
+    let queue = match config.queue {
+        QueueBackend::Local => "local",
+        QueueBackend::Postgres => "postgres",
+        QueueBackend::Sqs => "sqs",
+    };
+    settings.insert("TASKFLOW_QUEUE".to_string(), queue.to_string());
+    if config.queue == QueueBackend::Sqs {
+        settings.insert(
+            "TASKFLOW_SQS_QUEUE_PREFIX".to_string(),
+            config.sqs_queue_prefix.clone(),
+        );
+        settings.insert("TASKFLOW_SQS_BANDS".to_string(), config.sqs_bands.clone());
+    }
+    let blobs = match config.blobs {
+        BlobBackend::Inline => "inline",
+        BlobBackend::S3 => "s3",
+    };
+    settings.insert("TASKFLOW_BLOBS".to_string(), blobs.to_string());
+    if let Some(bucket) = config
+        .s3_bucket
+        .as_ref()
+        .filter(|_| config.blobs == BlobBackend::S3)
+    {
+        settings.insert("TASKFLOW_S3_BUCKET".to_string(), bucket.clone());
+    }
+    settings
 }
 
 /// The AWS SDK settings; no region stops here.

@@ -207,6 +207,18 @@ async fn loads(client: &reqwest::Client, url: &str, plugin: &str) -> bool {
         .any(|p| p["name"] == plugin)
 }
 
+/// Waits until the host at `url` lists `plugin` as loaded, at most `limit`.
+async fn wait_until_loaded(client: &reqwest::Client, url: &str, plugin: &str, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while !loads(client, url, plugin).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the host at {url} has not loaded {plugin} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn completed(client: &reqwest::Client, url: &str) -> u64 {
     get_json(client, &format!("{url}/stats")).await["system"]["tasks"]["completed"]
         .as_u64()
@@ -844,14 +856,58 @@ async fn a_fresh_host_compiling_the_fleets_interpreter_plugins_runs_every_task_o
         "20 greeter tasks completed {:?} after a fresh host started",
         started.elapsed()
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !loads(&client, second.url(0), "render").await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the fresh host has not loaded the fleet's other plugin within 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until_loaded(&client, second.url(0), "render", Duration::from_secs(120)).await;
+    second.stop().await;
+}
+
+/// The fleet's copy of a plugin altered in the blob store (here another
+/// valid plugin's bytes under `wordcount`'s digest) is not loaded by a host
+/// that fetches it; the plugin published after it is (so the altered one's
+/// change was reached and refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_loads_no_plugin_whose_bytes_do_not_match_the_catalog() {
+    let (schema, _) = fresh_schema().await;
+    let url = schema_url(&schema);
+    let client = reqwest::Client::new();
+    let first = Fleet::start_at(&url, None, &SharedQueue::Postgres, 1, 1, 5).await;
+    let wordcount = taskflow_tests::wasm_bytes(&taskflow_tests::plugin_wasm("wordcount"));
+    for (plugin, bytes) in [
+        ("wordcount", wordcount.clone()),
+        (
+            "flaky",
+            taskflow_tests::wasm_bytes(&taskflow_tests::plugin_wasm("flaky")),
+        ),
+    ] {
+        let response = client
+            .put(format!("{}/plugins/{plugin}", first.url(0)))
+            .body(bytes)
+            .send()
+            .await
+            .expect("upload");
+        assert_eq!(response.status(), reqwest::StatusCode::CREATED, "{plugin}");
     }
+    first.stop().await;
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    let altered = sqlx::query("UPDATE blobs SET bytes = $1 WHERE key = $2")
+        .bind(taskflow_tests::wasm_bytes(&taskflow_tests::plugin_wasm(
+            "echo",
+        )))
+        .bind(format!(
+            "plugins/{}.wasm",
+            taskflow::runtime::plugin::digest_of(&wordcount)
+        ))
+        .execute(&pool)
+        .await
+        .expect("alter the stored bytes");
+    assert_eq!(altered.rows_affected(), 1);
+    pool.close().await;
+
+    let second = Fleet::start_at(&url, Some(schema), &SharedQueue::Postgres, 1, 1, 5).await;
+    wait_until_loaded(&client, second.url(0), "flaky", Duration::from_secs(60)).await;
+    assert!(
+        !loads(&client, second.url(0), "wordcount").await,
+        "a plugin whose bytes do not match the catalog's digest was loaded"
+    );
     second.stop().await;
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::postgres::PgConnectOptions;
-use taskflow::config::StorageBackend;
+use taskflow::config::{QueueBackend, StorageBackend};
 use taskflow::storage::{PgStore, TaskStore};
 use taskflow::task::{TaskId, TaskStatus};
 use taskflow_tests::contract::{self, task};
@@ -115,6 +115,114 @@ async fn a_retry_saved_after_a_cancel_request_in_postgres_is_a_cancel() {
 async fn unsent_tasks_in_postgres_go_to_one_sweeper_at_a_time() {
     let (store, schema) = store().await;
     contract::unsent_tasks_go_to_one_sweeper_at_a_time(std::sync::Arc::new(store)).await;
+    drop_schema(&schema).await;
+}
+
+/// Rows a host cannot read (written by a newer version during a rolling
+/// upgrade, say): a pending one ahead of every other task, and a running one
+/// whose lease expired among others. The host leaves both as they are and
+/// runs every other task: pending ones, and expired ones its reaper takes
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_a_host_cannot_read_do_not_stop_its_claims_or_its_reaper() {
+    let (store, schema) = store().await;
+    let mut urgent = task("echo", 0);
+    urgent.priority = 1;
+    let mut tasks = vec![urgent];
+    tasks.extend((1..=6).map(|n| task("echo", n)));
+    let ids: Vec<TaskId> = store
+        .insert(tasks)
+        .await
+        .expect("insert")
+        .iter()
+        .map(|s| s.task.id)
+        .collect();
+    // ids[1..4] were running on a host that stopped: their leases expire.
+    for id in &ids[1..4] {
+        contract::claim(&store, *id, "gone", Duration::from_millis(1))
+            .await
+            .expect("claimed");
+    }
+    let (bad_pending, bad_running) = (ids[0], ids[2]);
+    sqlx::query(
+        "UPDATE tasks SET doc = '{\"written by\": \"a newer version\"}' WHERE id = ANY($1)",
+    )
+    .bind(vec![*bad_pending.as_uuid(), *bad_running.as_uuid()])
+    .execute(store.pool())
+    .await
+    .expect("write rows this version cannot read");
+
+    let data = tempfile::tempdir().expect("tempdir");
+    taskflow_tests::install_plugins(&data.path().join("plugins"), &["echo"]);
+    let host = taskflow_tests::process::HostProcess::start_shared(
+        data.path(),
+        &schema_url(&schema),
+        "postgres",
+        &["--lease-secs", "2"],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for id in ids
+        .iter()
+        .filter(|id| ![bad_pending, bad_running].contains(id))
+    {
+        let done = poll_json(
+            &client,
+            &format!("{}/tasks/{id}", host.url),
+            Duration::from_secs(30),
+            |t| t["status"] == "completed",
+        )
+        .await;
+        assert_eq!(done["result"]["value"], done["payload"], "{done}");
+    }
+    let statuses: Vec<(String,)> =
+        sqlx::query_as("SELECT status FROM tasks WHERE id = ANY($1) ORDER BY sequence")
+            .bind(vec![*bad_pending.as_uuid(), *bad_running.as_uuid()])
+            .fetch_all(store.pool())
+            .await
+            .expect("statuses");
+    assert_eq!(
+        statuses,
+        [("pending".to_string(),), ("running".to_string(),)],
+        "left for a host that can read them"
+    );
+    host.terminate();
+    drop_schema(&schema).await;
+}
+
+/// The first host on a database records the fleet's settings (queue, SQS
+/// prefix, blobs, bucket); a host started on it with other ones refuses to
+/// start, naming each difference, instead of taking tasks it cannot run;
+/// one with the same settings joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_settings_differ_from_its_fleets_refuses_to_start() {
+    let (schema, _) = fresh_schema().await;
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let config = |n: usize, queue: QueueBackend| {
+        let mut config = taskflow_tests::serve_config(dirs[n].path(), 1);
+        config.storage = StorageBackend::Postgres;
+        config.database_url = Some(schema_url(&schema));
+        config.queue = queue;
+        config
+    };
+    let first = taskflow::server::Server::start(config(0, QueueBackend::Postgres))
+        .await
+        .expect("the first host records the fleet's settings");
+    let refused = taskflow::server::Server::start(config(1, QueueBackend::Local))
+        .await
+        .map(|_| ())
+        .expect_err("other settings");
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains("TASKFLOW_QUEUE is local here, postgres in the fleet"),
+        "{message}"
+    );
+    let joined = taskflow::server::Server::start(config(2, QueueBackend::Postgres))
+        .await
+        .expect("the same settings join");
+    drop((first, joined));
     drop_schema(&schema).await;
 }
 

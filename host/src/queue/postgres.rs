@@ -53,6 +53,8 @@ struct Claims {
     claiming: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     /// Workers inside `pop`.
     waiting: AtomicUsize,
+    /// Pending rows this host cannot read, not claimed again.
+    unreadable: Mutex<std::collections::HashSet<uuid::Uuid>>,
     /// Wakes the workers waiting for a task: on a notification, and when a
     /// claim took some for them.
     wake: Arc<Notify>,
@@ -80,9 +82,18 @@ impl Claims {
         }
         *last = Some(tokio::time::Instant::now());
         let want = self.waiting.load(Ordering::Relaxed).clamp(1, MAX_CLAIM);
-        let claimed = claim_ready(&self.pool, &self.owner, self.ttl, want)
-            .await
-            .map_err(from_storage)?;
+        let mut unreadable = std::mem::take(
+            &mut *self
+                .unreadable
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let claimed = claim_ready(&self.pool, &self.owner, self.ttl, want, &mut unreadable).await;
+        *self
+            .unreadable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = unreadable;
+        let claimed = claimed.map_err(from_storage)?;
         let count = claimed.len();
         self.buffer().extend(
             claimed
@@ -123,6 +134,7 @@ impl PgQueue {
                 claimed: Mutex::new(VecDeque::new()),
                 claiming: tokio::sync::Mutex::new(None),
                 waiting: AtomicUsize::new(0),
+                unreadable: Mutex::new(std::collections::HashSet::new()),
                 wake,
             }),
             stop,

@@ -206,6 +206,7 @@ impl TaskService {
         loop {
             let expired = self.store.expired(REAP_BATCH).await?;
             let round = expired.len();
+            let mut unreadable = 0;
             for id in expired {
                 let change = Box::new(|task: &mut Task, lease: &LeaseState| {
                     if task.status != TaskStatus::Running || !lease.expired {
@@ -218,8 +219,17 @@ impl TaskService {
                     }
                     Change::Save
                 });
-                let Some(updated) = self.store.update(id, change).await? else {
-                    continue;
+                let updated = match self.store.update(id, change).await {
+                    Ok(Some(updated)) => updated,
+                    Ok(None) => continue,
+                    // Written by a newer version, say: left to a host that
+                    // can read it; the others are taken back all the same.
+                    Err(e @ StorageError::Corrupt { .. }) => {
+                        tracing::error!(task_id = %id, error = %e, "cannot read a task whose lease expired; leaving it to a host that can");
+                        unreadable += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
                 };
                 if updated.change != Change::Save {
                     continue;
@@ -238,7 +248,9 @@ impl TaskService {
                     requeued += 1;
                 }
             }
-            if round < REAP_BATCH {
+            // A full round of rows this host cannot read would come back
+            // the same: the next tick tries again.
+            if round < REAP_BATCH || unreadable == round {
                 return Ok((requeued, reaped));
             }
         }

@@ -7,6 +7,7 @@
 
 mod completer;
 pub mod connect;
+pub mod fleet_settings;
 
 use std::collections::BTreeMap;
 
@@ -543,20 +544,29 @@ async fn upsert(connection: &mut PgConnection, task: &Task) -> Result<(), Storag
 /// starts its next attempt under a new lease. Rows other hosts are claiming
 /// at the same moment are skipped, not waited for. A task with no attempt
 /// left fails instead and is not returned.
+///
+/// A row this host cannot read (written by a newer version during a rolling
+/// upgrade, say) is left as it is for a host that can, its id added to
+/// `unreadable`, and rows in `unreadable` are not asked for again: one such
+/// row never stops this host claiming the others.
 pub async fn claim_ready(
     pool: &PgPool,
     owner: &str,
     ttl: std::time::Duration,
     limit: usize,
+    unreadable: &mut std::collections::HashSet<uuid::Uuid>,
 ) -> Result<Vec<(Task, u64)>, StorageError> {
     let mut transaction = pool.begin().await.map_err(unavailable)?;
+    let skipped: Vec<uuid::Uuid> = unreadable.iter().copied().collect();
     let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
         "SELECT id, doc FROM tasks
          WHERE status = 'pending' AND (visible_at IS NULL OR visible_at <= now())
+           AND NOT (id = ANY($2))
          ORDER BY priority, sequence
          LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .bind(skipped)
     .fetch_all(&mut *transaction)
     .await
     .map_err(unavailable)?;
@@ -565,7 +575,14 @@ pub async fn claim_ready(
     }
     let mut started = Vec::with_capacity(rows.len());
     for (id, doc) in rows {
-        let mut task = task_of(TaskId::from(id), &doc)?;
+        let mut task = match task_of(TaskId::from(id), &doc) {
+            Ok(task) => task,
+            Err(e) => {
+                tracing::error!(task_id = %id, error = %e, "cannot read a pending task; leaving it to a host that can");
+                unreadable.insert(id);
+                continue;
+            }
+        };
         // The database found it due; the clock of this host has no say.
         let now = task
             .retry_at
