@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::{BATCH, CONCURRENCY, Host, free_port, measure, start_host};
+use common::{BATCH, CONCURRENCY, Database, Host, free_port, measure, metric_sum, start_host};
 
 fn main() {
     common::bench("fleet", run, "TASKFLOW_FLEET_TASKS");
@@ -109,18 +109,8 @@ async fn two_hosts(
     queue_args: &[&str],
     env: &[(String, String)],
 ) -> (f64, u64) {
-    let base = std::env::var("TASKFLOW_BENCH_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let admin = sqlx::PgPool::connect(&base)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL must be running at {base}: {e}"));
-    let schema = format!("taskflow_bench_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
-        .await
-        .expect("create schema");
-    let separator = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+    let database = Database::fresh().await;
+    let url = database.url.clone();
     let dirs: Vec<tempfile::TempDir> = (0..2)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
@@ -137,34 +127,20 @@ async fn two_hosts(
     let rate = measure(client, &urls, tasks, BATCH).await;
     let requests = queue_requests(client, &urls).await - before;
     drop(hosts);
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&admin)
-        .await
-        .expect("drop schema");
+    database.drop().await;
     (rate, requests)
 }
 
-/// `taskflow_queue_requests_total` of moving tasks, summed over the hosts at `urls`.
+/// `taskflow_queue_requests_total` of moving tasks (not the benchmark's
+/// own polling of /stats), summed over the hosts at `urls`.
 async fn queue_requests(client: &reqwest::Client, urls: &[String]) -> u64 {
-    let mut total = 0;
-    for url in urls {
-        let text = client
-            .get(format!("{url}/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        total += text
-            .lines()
-            .filter(|line| line.starts_with("taskflow_queue_requests_total{"))
-            // Those that moved tasks: not the benchmark's own polling of /stats.
-            .filter(|line| line.contains("purpose=\"tasks\""))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum::<u64>();
-    }
-    total
+    metric_sum(
+        client,
+        urls,
+        "taskflow_queue_requests_total",
+        &["purpose=\"tasks\""],
+    )
+    .await
 }
 
 /// The band queues and the dead-letter queue of `prefix` in the emulator.

@@ -138,6 +138,28 @@ pub struct ServeConfig {
     #[arg(long, env = "TASKFLOW_RETRY_BASE_MS", default_value_t = 500)]
     pub retry_base_ms: u64,
 
+    /// How long a completed task is kept after it finished: a number with
+    /// `s`, `m`, `h` or `d` (`90m`, `7d`), or `forever`.
+    #[arg(long, env = "TASKFLOW_RETAIN_COMPLETED", default_value = "7d", value_parser = parse_age)]
+    pub retain_completed: Age,
+
+    /// How long a failed task is kept after it finished (as `TASKFLOW_RETAIN_COMPLETED`).
+    #[arg(long, env = "TASKFLOW_RETAIN_FAILED", default_value = "30d", value_parser = parse_age)]
+    pub retain_failed: Age,
+
+    /// How long a cancelled task is kept after it finished (as `TASKFLOW_RETAIN_COMPLETED`).
+    #[arg(long, env = "TASKFLOW_RETAIN_CANCELLED", default_value = "30d", value_parser = parse_age)]
+    pub retain_cancelled: Age,
+
+    /// Age past which a body in the blob store that no task points to is
+    /// deleted (as `TASKFLOW_RETAIN_COMPLETED`, not `forever`).
+    #[arg(long, env = "TASKFLOW_RETAIN_ORPHANED_BODIES", default_value = "1h", value_parser = parse_age)]
+    pub retain_orphaned_bodies: Age,
+
+    /// How often the retention job runs, in seconds.
+    #[arg(long, env = "TASKFLOW_RETENTION_INTERVAL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub retention_interval_secs: u64,
+
     /// Disable the pooling instance allocator.
     #[arg(long, env = "TASKFLOW_NO_POOLING", default_value_t = false, action = clap::ArgAction::Set)]
     pub no_pooling: bool,
@@ -267,6 +289,11 @@ impl ServeConfig {
                 "TASKFLOW_HOST_ID must be 1 to 200 characters".into(),
             ));
         }
+        if self.retain_orphaned_bodies.0.is_none() {
+            return Err(ConfigError(
+                "TASKFLOW_RETAIN_ORPHANED_BODIES cannot be forever: a body no task points to is never read again".into(),
+            ));
+        }
         if self.workers == Some(0) {
             return Err(ConfigError("TASKFLOW_WORKERS must be at least 1".into()));
         }
@@ -333,6 +360,20 @@ impl ServeConfig {
         })
     }
 
+    /// How long finished tasks are kept, and how the retention job runs.
+    pub fn retention(&self) -> crate::service::Retention {
+        crate::service::Retention {
+            completed: self.retain_completed.0,
+            failed: self.retain_failed.0,
+            cancelled: self.retain_cancelled.0,
+            orphaned_bodies: self
+                .retain_orphaned_bodies
+                .0
+                .unwrap_or(crate::service::Retention::default().orphaned_bodies),
+            interval: Duration::from_secs(self.retention_interval_secs),
+        }
+    }
+
     /// Runtime settings.
     pub fn runtime_config(&self) -> RuntimeConfig {
         let mb = |v: u64| {
@@ -358,6 +399,38 @@ impl ServeConfig {
             ..RuntimeConfig::default()
         }
     }
+}
+
+/// How long something is kept: `None` for forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Age(pub Option<Duration>);
+
+/// Parses an [`Age`]: a whole number with a unit (`30s`, `90m`, `12h`,
+/// `7d`), or `forever`.
+pub fn parse_age(text: &str) -> Result<Age, String> {
+    if text == "forever" {
+        return Ok(Age(None));
+    }
+    let invalid = || {
+        format!(
+            "{text:?} is not an age: write a whole number with s, m, h or d (e.g. 90m, 7d), or forever"
+        )
+    };
+    let unit_at = text.len().checked_sub(1).ok_or_else(invalid)?;
+    let (number, unit) = text.split_at(unit_at);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(invalid()),
+    };
+    number
+        .checked_mul(seconds)
+        .filter(|s| *s <= 100 * 365 * 86_400)
+        .map(|s| Age(Some(Duration::from_secs(s))))
+        .ok_or_else(|| format!("{text:?} is longer than 100 years: write forever"))
 }
 
 /// Whether `name` follows S3's rules for bucket names.

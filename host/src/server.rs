@@ -70,8 +70,8 @@ impl Server {
         } else {
             None
         };
-        // Stops the background tasks (heartbeat, reaper, sweeper, catalog,
-        // credentials), which run until the workers are done.
+        // Stops the background tasks (heartbeat, reaper, sweeper, retention,
+        // catalog, credentials), which run until the workers are done.
         let background = CancellationToken::new();
         let (postgres, credentials) = match config.storage {
             StorageBackend::Postgres => {
@@ -111,6 +111,7 @@ impl Server {
         if let Some(id) = &config.host_id {
             settings.owner.clone_from(id);
         }
+        settings.retention = config.retention();
         let s3: Option<Arc<dyn BlobStore>> = match (&aws, config.blobs) {
             (Some(aws), BlobBackend::S3) => {
                 let bucket = config.s3_bucket.as_deref().unwrap_or_default();
@@ -186,6 +187,7 @@ impl Server {
         if service.queue().needs_outbox() {
             tracker.spawn(service.clone().sweep(background.clone()));
         }
+        tracker.spawn(service.clone().retention(background.clone()));
         if let Some(catalog) = catalog {
             tracker.spawn(catalog.sync(registry, background.clone()));
         }

@@ -89,6 +89,8 @@ struct MetricsInner {
     task_outcomes: BTreeMap<(String, &'static str), u64>,
     /// plugin → duration histogram.
     task_durations: BTreeMap<String, Histogram>,
+    /// what (a status, `bodies`, `orphaned_bodies`) → deleted by retention.
+    retention_deleted: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -131,6 +133,12 @@ impl Metrics {
         }
         histogram.count += 1;
         histogram.sum += seconds;
+    }
+
+    /// Counts what the retention job deleted: tasks of a status, or bodies
+    /// in the blob store (`bodies` of those tasks, `orphaned_bodies`).
+    pub fn record_retention(&self, what: &'static str, deleted: usize) {
+        *self.lock().retention_deleted.entry(what).or_default() += deleted as u64;
     }
 
     /// Renders the counters plus the gauges passed in, in the Prometheus text
@@ -194,6 +202,17 @@ impl Metrics {
                 out,
                 "taskflow_task_duration_seconds_count{{host=\"{host}\",plugin=\"{plugin}\"}} {}",
                 histogram.count
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP taskflow_retention_deleted_total What this host's retention job deleted: finished tasks by status, their bodies in the blob store, and bodies no task pointed to."
+        );
+        let _ = writeln!(out, "# TYPE taskflow_retention_deleted_total counter");
+        for (what, count) in &inner.retention_deleted {
+            let _ = writeln!(
+                out,
+                "taskflow_retention_deleted_total{{host=\"{host}\",what=\"{what}\"}} {count}"
             );
         }
         let _ = writeln!(

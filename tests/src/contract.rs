@@ -1451,6 +1451,57 @@ pub mod blobs {
         );
     }
 
+    /// Listing gives the keys under a prefix in key order, a page at a
+    /// time from just after a key, with when each was written; a batch
+    /// delete removes exactly its keys, absent ones included.
+    pub async fn keys_are_listed_in_order_and_deleted_in_batches(blobs: &dyn BlobStore) {
+        let prefix = format!("listing-{}/", TaskId::new());
+        let keys: Vec<String> = (0..7).map(|n| format!("{prefix}{n:02}")).collect();
+        let before = chrono::Utc::now() - chrono::Duration::seconds(5);
+        for key in keys.iter().rev() {
+            blobs.put(key, Bytes::from_static(b"x")).await.expect("put");
+        }
+        blobs
+            .put("elsewhere/00", Bytes::from_static(b"x"))
+            .await
+            .expect("put");
+        let first = blobs.list(&prefix, None, 3).await.expect("list");
+        assert_eq!(
+            first.iter().map(|b| &b.key).collect::<Vec<_>>(),
+            keys[..3].iter().collect::<Vec<_>>()
+        );
+        let after = chrono::Utc::now() + chrono::Duration::seconds(5);
+        assert!(
+            first
+                .iter()
+                .all(|b| b.written_at > before && b.written_at < after),
+            "written just now: {first:?}"
+        );
+        let rest = blobs
+            .list(&prefix, Some(&first[2].key), 100)
+            .await
+            .expect("list");
+        assert_eq!(
+            rest.iter().map(|b| &b.key).collect::<Vec<_>>(),
+            keys[3..].iter().collect::<Vec<_>>(),
+            "from just after the given key, only under the prefix"
+        );
+        let doomed = vec![keys[1].clone(), keys[4].clone(), format!("{prefix}absent")];
+        blobs.delete_many(&doomed).await.expect("delete many");
+        let left = blobs.list(&prefix, None, 100).await.expect("list");
+        assert_eq!(
+            left.iter().map(|b| b.key.as_str()).collect::<Vec<_>>(),
+            [&keys[0], &keys[2], &keys[3], &keys[5], &keys[6]]
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            blobs.get("elsewhere/00").await.expect("get").is_some(),
+            "other prefixes untouched"
+        );
+    }
+
     /// Over this store, the claim check keeps bodies up to its threshold in
     /// the record and larger ones in the store, with their size and
     /// SHA-256; reads give them back, and a body that went missing or was
@@ -1513,4 +1564,163 @@ pub mod blobs {
             .expect_err("missing");
         assert!(matches!(error, BlobError::Missing(_)), "{error}");
     }
+}
+
+/// A task finished `ago` in `status`, stored as a backup restores it.
+async fn finished(store: &dyn TaskStore, sequence: u64, status: TaskStatus, ago: Duration) -> Task {
+    let mut task = task("echo", sequence);
+    task.status = status;
+    task.attempts = 1;
+    task.finished_at = Some(chrono::Utc::now() - chrono::Duration::from_std(ago).expect("age"));
+    store.restore(&task).await.expect("restore");
+    task
+}
+
+/// What the store counts agrees with what it holds.
+async fn counts_agree(store: &dyn TaskStore, when: &str) {
+    let mut held = std::collections::BTreeMap::new();
+    for task in store.all().await.expect("all") {
+        *held.entry(task.status).or_insert(0_u64) += 1;
+    }
+    let counts = store.counts().await.expect("counts");
+    for status in TaskStatus::ALL {
+        assert_eq!(
+            counts[&status],
+            held.get(&status).copied().unwrap_or(0),
+            "{status} tasks counted {when}"
+        );
+    }
+}
+
+/// Retention: `expire` deletes finished tasks of one status that finished
+/// before the cutoff, oldest first, a batch at a time, says which with the
+/// keys of their bodies, and touches nothing else: not newer ones, not
+/// other statuses, never a pending or running task. Counts follow every
+/// change, before and after they are compacted.
+pub async fn expire_deletes_only_finished_tasks_past_their_age(store: &dyn TaskStore) {
+    let hour = Duration::from_secs(3600);
+    let mut old_completed = Vec::new();
+    for n in 0..5_u64 {
+        // Restored in an order other than their age.
+        let ago = hour * (2 + u32::try_from((n * 3) % 5).expect("small"));
+        old_completed.push((ago, finished(store, n, TaskStatus::Completed, ago).await));
+    }
+    old_completed.sort_by_key(|(ago, _)| std::cmp::Reverse(*ago));
+    let mut with_bodies = task("echo", 5);
+    with_bodies.status = TaskStatus::Completed;
+    with_bodies.finished_at = Some(chrono::Utc::now() - chrono::Duration::hours(30));
+    let body = |key: &str| taskflow::task::BlobRef {
+        key: key.to_string(),
+        size: 1,
+        sha256: "0".repeat(64),
+    };
+    with_bodies.payload_blob = Some(body("payloads/ab/with-bodies"));
+    with_bodies.result_blob = Some(body("results/ab/with-bodies/1"));
+    store.restore(&with_bodies).await.expect("restore");
+    let recent = finished(store, 6, TaskStatus::Completed, Duration::from_secs(60)).await;
+    let old_failed = finished(store, 7, TaskStatus::Failed, hour * 2).await;
+    let old_cancelled = finished(store, 8, TaskStatus::Cancelled, hour * 2).await;
+    let pending = store.insert(vec![task("echo", 9)]).await.expect("insert")[0]
+        .task
+        .clone();
+    let running = store.insert(vec![task("echo", 10)]).await.expect("insert")[0]
+        .task
+        .id;
+    claim(store, running, "host-a", Duration::from_secs(60))
+        .await
+        .expect("claimable");
+    counts_agree(store, "before retention").await;
+
+    let cutoff = chrono::Utc::now() - chrono::Duration::hours(1);
+    for status in [TaskStatus::Pending, TaskStatus::Running] {
+        assert!(
+            store
+                .expire(status, chrono::Utc::now(), 100)
+                .await
+                .expect("expire")
+                .is_empty(),
+            "a {status} task is never expired"
+        );
+    }
+    let first = store
+        .expire(TaskStatus::Completed, cutoff, 2)
+        .await
+        .expect("expire");
+    let ids = |expired: &[taskflow::storage::Expired]| {
+        expired
+            .iter()
+            .map(|e| e.id)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(
+        ids(&first),
+        [with_bodies.id, old_completed[0].1.id].into(),
+        "the oldest first, at most the limit"
+    );
+    let first: Vec<_> = [with_bodies.id, old_completed[0].1.id]
+        .iter()
+        .map(|id| first.iter().find(|e| e.id == *id).expect("expired").clone())
+        .collect();
+    assert_eq!(
+        first[0]
+            .blobs
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>(),
+        ["payloads/ab/with-bodies", "results/ab/with-bodies/1"]
+            .iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .iter()
+            .collect(),
+        "the keys of its bodies"
+    );
+    assert!(first[1].blobs.is_empty(), "no bodies, no keys");
+    counts_agree(store, "after a first batch").await;
+    let rest = store
+        .expire(TaskStatus::Completed, cutoff, 100)
+        .await
+        .expect("expire");
+    assert_eq!(
+        ids(&rest),
+        old_completed[1..].iter().map(|(_, t)| t.id).collect()
+    );
+    assert!(
+        store
+            .expire(TaskStatus::Completed, cutoff, 100)
+            .await
+            .expect("expire")
+            .is_empty(),
+        "nothing due is left"
+    );
+    for gone in first.iter().chain(&rest) {
+        assert_eq!(store.load(gone.id).await.expect("load"), None);
+    }
+    for kept in [
+        recent.id,
+        old_failed.id,
+        old_cancelled.id,
+        pending.id,
+        running,
+    ] {
+        assert!(
+            store.load(kept).await.expect("load").is_some(),
+            "{kept} must stay"
+        );
+    }
+    store.compact_counts().await.expect("compact");
+    counts_agree(store, "after compaction").await;
+    let failed = store
+        .expire(TaskStatus::Failed, cutoff, 100)
+        .await
+        .expect("expire");
+    assert_eq!(ids(&failed), [old_failed.id].into());
+    store.delete(pending.id).await.expect("delete");
+    counts_agree(store, "after more changes").await;
+    store.compact_counts().await.expect("compact");
+    counts_agree(store, "after a second compaction").await;
+    assert_eq!(
+        store.counts().await.expect("counts")[&TaskStatus::Completed],
+        1,
+        "the recent completed task only"
+    );
 }

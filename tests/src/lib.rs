@@ -324,3 +324,23 @@ pub async fn submit_batch(
         .expect("tasks")
         .clone()
 }
+
+/// The sum of the `/metrics` series of the host at `url` named `name` whose
+/// labels include each of `labels` (e.g. `what="completed"`), whatever
+/// their order.
+pub async fn metric_sum(client: &reqwest::Client, url: &str, name: &str, labels: &[&str]) -> u64 {
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}/metrics: {e}"))
+        .text()
+        .await
+        .expect("metrics text");
+    let series = format!("{name}{{");
+    text.lines()
+        .filter(|line| line.starts_with(&series))
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}

@@ -45,6 +45,14 @@ async fn keys_are_replaced_and_deleted_one_by_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_listed_in_order_and_deleted_in_batches() {
+    each(async |blobs| {
+        contract::keys_are_listed_in_order_and_deleted_in_batches(blobs.as_ref()).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_claim_check_keeps_large_bodies_and_checks_them() {
     each(async |blobs| contract::the_claim_check_keeps_large_bodies_and_checks_them(blobs).await)
         .await;

@@ -204,3 +204,20 @@ async fn a_missing_bucket_is_refused() {
         "{line}"
     );
 }
+
+#[test]
+fn a_retention_age_without_a_unit_is_refused() {
+    let line = refused(&[("TASKFLOW_RETAIN_COMPLETED", "7")]);
+    assert!(
+        line.contains("TASKFLOW_RETAIN_COMPLETED")
+            && line.contains("7d")
+            && line.contains("forever"),
+        "{line}"
+    );
+}
+
+#[test]
+fn orphaned_bodies_kept_forever_are_refused() {
+    let line = refused(&[("TASKFLOW_RETAIN_ORPHANED_BODIES", "forever")]);
+    assert!(line.contains("TASKFLOW_RETAIN_ORPHANED_BODIES"), "{line}");
+}

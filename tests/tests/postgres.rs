@@ -112,6 +112,48 @@ async fn a_retry_saved_after_a_cancel_request_in_postgres_is_a_cancel() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_expires_only_finished_tasks_past_their_age() {
+    let (store, schema) = store().await;
+    contract::expire_deletes_only_finished_tasks_past_their_age(&store).await;
+    drop_schema(&schema).await;
+}
+
+/// The fleet's jobs (retention) run on one host at a time: the lead is
+/// its holder's while it renews it, and another host's once it lapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_at_a_time_leads_a_fleet_job() {
+    let (store, schema) = store().await;
+    let hold = Duration::from_millis(1500);
+    assert!(store.lead("retention", "host-a", hold).await.expect("lead"));
+    assert!(!store.lead("retention", "host-b", hold).await.expect("lead"));
+    assert!(
+        store.lead("other-job", "host-b", hold).await.expect("lead"),
+        "jobs are led apart"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        store
+            .lead("retention", "host-a", hold)
+            .await
+            .expect("renew")
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !store.lead("retention", "host-b", hold).await.expect("lead"),
+        "a renewed lead holds past its first term"
+    );
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert!(
+        store
+            .lead("retention", "host-b", hold)
+            .await
+            .expect("take over")
+    );
+    assert!(!store.lead("retention", "host-a", hold).await.expect("lead"));
+    drop_schema(&schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsent_tasks_in_postgres_go_to_one_sweeper_at_a_time() {
     let (store, schema) = store().await;
     contract::unsent_tasks_go_to_one_sweeper_at_a_time(std::sync::Arc::new(store)).await;

@@ -112,3 +112,12 @@ async fn the_file_store_numbers_inserts_after_what_it_holds_when_reopened() {
         last.task.sequence
     );
 }
+
+#[tokio::test]
+async fn the_file_store_expires_only_finished_tasks_past_their_age() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FileStore::open(dir.path(), false)
+        .await
+        .expect("open store");
+    contract::expire_deletes_only_finished_tasks_past_their_age(&store).await;
+}

@@ -61,7 +61,22 @@ pub async fn measure(
     tasks: usize,
     per_request: usize,
 ) -> f64 {
-    let completed_before = completed(client, &urls[0]).await;
+    let first = urls[0].clone();
+    measure_by(client, urls, tasks, per_request, || {
+        completed(client, &first)
+    })
+    .await
+}
+
+/// As [`measure`], with completions counted by `count_completed`.
+pub async fn measure_by<F: Future<Output = u64>>(
+    client: &reqwest::Client,
+    urls: &[String],
+    tasks: usize,
+    per_request: usize,
+    mut count_completed: impl FnMut() -> F,
+) -> f64 {
+    let completed_before = count_completed().await;
     let started = Instant::now();
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
     let mut requests = Vec::new();
@@ -95,8 +110,40 @@ pub async fn measure(
         request.await.expect("request task");
     }
     let target = completed_before + tasks as u64;
-    wait_until(|| async { completed(client, &urls[0]).await >= target }).await;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while count_completed().await < target {
+        assert!(Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     tasks as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The sum over the hosts at `urls` of the metric lines named `name` whose
+/// labels include each of `labels` (e.g. `outcome="completed"`).
+pub async fn metric_sum(
+    client: &reqwest::Client,
+    urls: &[String],
+    name: &str,
+    labels: &[&str],
+) -> u64 {
+    let mut total = 0;
+    for url in urls {
+        let text = client
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        total += text
+            .lines()
+            .filter(|line| line.starts_with(&format!("{name}{{")))
+            .filter(|line| labels.iter().all(|label| line.contains(label)))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    total
 }
 
 /// Completed tasks, as `/stats` of `url` counts them.
@@ -192,4 +239,40 @@ pub async fn start_host(
     })
     .await;
     host
+}
+
+/// A fresh schema of the benchmark's database.
+pub struct Database {
+    admin: sqlx::PgPool,
+    schema: String,
+    /// Its URL, the schema first on the search path.
+    pub url: String,
+}
+
+impl Database {
+    /// A new schema in the database at `TASKFLOW_BENCH_DATABASE_URL`
+    /// (default `postgres://postgres@127.0.0.1:5432/test`).
+    pub async fn fresh() -> Self {
+        let base = std::env::var("TASKFLOW_BENCH_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let admin = sqlx::PgPool::connect(&base)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL must be running at {base}: {e}"));
+        let schema = format!("taskflow_bench_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&admin)
+            .await
+            .expect("create schema");
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+        Self { admin, schema, url }
+    }
+
+    /// Drops the schema.
+    pub async fn drop(self) {
+        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.schema))
+            .execute(&self.admin)
+            .await
+            .expect("drop schema");
+    }
 }

@@ -21,6 +21,7 @@ pub mod postgres;
 pub mod s3;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 
 pub use claim_check::{ClaimCheck, DEFAULT_THRESHOLD};
 pub use postgres::PgBlobs;
@@ -65,8 +66,43 @@ pub trait BlobStore: Send + Sync {
     /// Deletes what is under `key`; nothing there is not an error.
     async fn delete(&self, key: &str) -> Result<(), BlobError>;
 
+    /// Deletes what is under each of `keys`; as [`delete`](Self::delete),
+    /// in as few requests as the store allows.
+    async fn delete_many(&self, keys: &[String]) -> Result<(), BlobError> {
+        for key in keys {
+            self.delete(key).await?;
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` blobs whose keys start with `prefix`, in key order,
+    /// from just after `after` (from the first when `None`).
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Listed>, BlobError>;
+
     /// Whether the store answers now (readiness).
     async fn check(&self) -> Result<(), BlobError>;
+}
+
+/// A blob as [`BlobStore::list`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its key.
+    pub key: String,
+    /// When it was last written.
+    pub written_at: DateTime<Utc>,
+}
+
+/// The task whose body is under `key` (a payload or result key), if it is one.
+pub fn task_of_key(key: &str) -> Option<TaskId> {
+    let rest = key
+        .strip_prefix("payloads/")
+        .or_else(|| key.strip_prefix("results/"))?;
+    rest.split('/').nth(1)?.parse().ok()
 }
 
 /// Key of a task's payload.

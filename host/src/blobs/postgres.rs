@@ -4,7 +4,9 @@
 use bytes::Bytes;
 use sqlx::PgPool;
 
-use super::{BlobError, BlobStore};
+use chrono::{DateTime, Utc};
+
+use super::{BlobError, BlobStore, Listed};
 
 /// The `blobs` table. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -54,6 +56,29 @@ impl BlobStore for PgBlobs {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Listed>, BlobError> {
+        let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT key, updated_at FROM blobs
+             WHERE starts_with(key, $1) AND ($2::text IS NULL OR key > $2)
+             ORDER BY key LIMIT $3",
+        )
+        .bind(prefix)
+        .bind(after)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, written_at)| Listed { key, written_at })
+            .collect())
     }
 
     async fn check(&self) -> Result<(), BlobError> {

@@ -9,7 +9,10 @@ use aws_sdk_s3::operation::head_bucket::HeadBucketError;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
-use super::{BlobError, BlobStore};
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use chrono::DateTime;
+
+use super::{BlobError, BlobStore, Listed};
 
 /// A bucket of blobs. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -86,6 +89,75 @@ impl BlobStore for S3Blobs {
             .await
             .map_err(|e| unavailable("DeleteObject", crate::aws::error_text(&e)))?;
         Ok(())
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<(), BlobError> {
+        // DeleteObjects takes a thousand keys a request.
+        for chunk in keys.chunks(1000) {
+            let objects = chunk
+                .iter()
+                .map(|key| ObjectIdentifier::builder().key(key).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| unavailable("DeleteObjects", e.to_string()))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| unavailable("DeleteObjects", e.to_string()))?;
+            let answer = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| unavailable("DeleteObjects", crate::aws::error_text(&e)))?;
+            if let Some(failed) = answer.errors().first() {
+                return Err(unavailable(
+                    "DeleteObjects",
+                    format!(
+                        "{} of {} keys not deleted, e.g. {:?}: {}",
+                        answer.errors().len(),
+                        chunk.len(),
+                        failed.key().unwrap_or_default(),
+                        failed.message().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Listed>, BlobError> {
+        let answer = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_start_after(after.map(str::to_string))
+            .max_keys(i32::try_from(limit.min(1000)).unwrap_or(1000))
+            .send()
+            .await
+            .map_err(|e| unavailable("ListObjectsV2", crate::aws::error_text(&e)))?;
+        Ok(answer
+            .contents()
+            .iter()
+            .filter_map(|object| {
+                let written_at = object.last_modified()?;
+                Some(Listed {
+                    key: object.key()?.to_string(),
+                    written_at: DateTime::from_timestamp(
+                        written_at.secs(),
+                        written_at.subsec_nanos(),
+                    )?,
+                })
+            })
+            .collect())
     }
 
     async fn check(&self) -> Result<(), BlobError> {

@@ -11,6 +11,8 @@
 //! - [`recovery`]: startup recovery, restore from a backup, release on shutdown;
 //! - [`reads`]: reading, listing and cancelling tasks, statistics;
 //! - [`plugins`]: plugin upload and removal, shared with the fleet;
+//! - [`outbox`]: sending what was stored but never queued (SQS);
+//! - [`retention`]: deleting finished tasks past their age, and their bodies;
 //! - this module: the service's state.
 //!
 //! Nothing that decides who runs a task lives in this host's memory: a task
@@ -24,9 +26,11 @@ mod outbox;
 mod plugins;
 mod reads;
 mod recovery;
+mod retention;
 mod submission;
 
 pub use execution::backoff;
+pub use retention::{Retained, Retention, SweepCursor};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8};
@@ -150,6 +154,8 @@ pub struct ServiceConfig {
     /// How long a lease lasts unless renewed: a task whose host stopped
     /// runs again elsewhere after about this long.
     pub lease: Duration,
+    /// How long finished tasks are kept.
+    pub retention: Retention,
 }
 
 impl ServiceConfig {
@@ -160,6 +166,7 @@ impl ServiceConfig {
             retry_base,
             owner: host_name(),
             lease,
+            retention: Retention::default(),
         }
     }
 }

@@ -26,14 +26,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
 use super::journal::{self, Journal, Record};
 use super::lease::{self, ChangeFn, Held, LeaseTable, Renewed, Saved, Updated};
 use super::{
-    Cursor, ListQuery, StatusCounts, StorageError, Submitted, TaskPage, TaskStore, blocking,
-    io_error,
+    Cursor, Expired, ListQuery, StatusCounts, StorageError, Submitted, TaskPage, TaskStore,
+    blocking, io_error,
 };
 use crate::fsutil::{sync_filesystem, write_atomic};
 use crate::task::{Task, TaskId, TaskStatus};
@@ -94,6 +94,11 @@ struct Handle {
 
 /// Lock stripes of [`Handle::stripes`].
 const STRIPES: usize = 256;
+
+/// The stripe of [`Handle::stripes`] that serialises changes of `id`.
+fn stripe_of(id: TaskId) -> usize {
+    usize::from(id.as_uuid().as_bytes()[15]) % STRIPES
+}
 
 struct Shared {
     root: PathBuf,
@@ -184,6 +189,10 @@ struct Summary {
     plugin: String,
     sequence: u64,
     idempotency_key: Option<String>,
+    /// When a finished task finished (its submission, should it lack one).
+    finished_at: Option<DateTime<Utc>>,
+    /// Whether it keeps a body in a blob store.
+    has_blobs: bool,
 }
 
 impl Summary {
@@ -193,7 +202,17 @@ impl Summary {
             plugin: task.plugin.clone(),
             sequence: task.sequence,
             idempotency_key: task.idempotency_key.clone(),
+            finished_at: task
+                .status
+                .is_terminal()
+                .then(|| task.finished_at.unwrap_or(task.created_at)),
+            has_blobs: task.payload_blob.is_some() || task.result_blob.is_some(),
         }
+    }
+
+    /// Its place among the finished tasks, oldest first within a status.
+    fn finished(&self, id: TaskId) -> Option<Finished> {
+        self.finished_at.map(|at| (self.status, at, id))
     }
 
     fn matches(&self, query: &ListQuery) -> bool {
@@ -209,10 +228,15 @@ fn query_matches(query: &ListQuery, status: TaskStatus, plugin: &str) -> bool {
             .is_none_or(|wanted| wanted == plugin)
 }
 
+/// A finished task by status, then by when it finished (for retention).
+type Finished = (TaskStatus, DateTime<Utc>, TaskId);
+
 struct Index {
     summaries: HashMap<TaskId, Summary>,
     /// Submission order, for listing.
     order: BTreeSet<Cursor>,
+    /// Finished tasks, oldest first within a status.
+    finished: BTreeSet<Finished>,
     by_idempotency_key: HashMap<String, TaskId>,
     counts: StatusCounts,
 }
@@ -222,6 +246,7 @@ impl Index {
         Self {
             summaries: HashMap::new(),
             order: BTreeSet::new(),
+            finished: BTreeSet::new(),
             by_idempotency_key: HashMap::new(),
             counts: TaskStatus::ALL
                 .into_iter()
@@ -238,6 +263,9 @@ impl Index {
             sequence: summary.sequence,
             id,
         });
+        if let Some(finished) = summary.finished(id) {
+            self.finished.insert(finished);
+        }
         if let Some(key) = &summary.idempotency_key {
             // Keys are unique in practice; should two tasks share one, the
             // earlier submission answers, whatever order they were read in.
@@ -265,6 +293,9 @@ impl Index {
             sequence: old.sequence,
             id,
         });
+        if let Some(finished) = old.finished(id) {
+            self.finished.remove(&finished);
+        }
         if let Some(key) = &old.idempotency_key
             && self.by_idempotency_key.get(key) == Some(&id)
         {
@@ -466,8 +497,7 @@ impl FileStore {
 
     /// Serialises the read-change-write of the task `id`.
     async fn lock(&self, id: TaskId) -> tokio::sync::MutexGuard<'_, ()> {
-        let stripe = usize::from(id.as_uuid().as_bytes()[15]) % STRIPES;
-        self.handle.stripes[stripe].lock().await
+        self.handle.stripes[stripe_of(id)].lock().await
     }
 
     /// Reads the given tasks in order, skipping any deleted meanwhile and any
@@ -587,13 +617,16 @@ impl Shared {
         // In id order, one shard directory after the other.
         snapshot.sort_unstable_by_key(|(id, ..)| *id);
         let (mut failed, mut first_failure) = (0_usize, None);
+        let mut emptied = BTreeSet::new();
         for chunk in snapshot.chunks(CHECKPOINT_CHUNK) {
             flushes.pending = true;
             let mut written = Vec::with_capacity(chunk.len());
             for (id, version, record) in chunk {
                 let result = match record {
                     Record::Put(json) => self.write_file(*id, json),
-                    Record::Delete(_) => self.remove_file(*id),
+                    Record::Delete(_) => self.remove_file(*id).inspect(|()| {
+                        emptied.insert(id.shard());
+                    }),
                 };
                 match result {
                     Ok(()) => written.push((*id, *version)),
@@ -609,6 +642,11 @@ impl Shared {
             // a writer held back by a full set long before a big checkpoint
             // ends. The journal keeps it until the files are flushed.
             self.forget_written(&written);
+        }
+        // A shard directory whose last task was deleted goes too (only
+        // checkpoints write task files: none is being created in it).
+        for shard in emptied {
+            let _ = std::fs::remove_dir(self.root.join(shard));
         }
         if self.fsync && flushes.pending {
             if self.flush_failed.load(Ordering::Relaxed) {
@@ -1164,6 +1202,82 @@ impl TaskStore for FileStore {
 
     async fn progress(&self, id: TaskId) -> Result<Option<u8>, StorageError> {
         Ok(self.handle.leases.progress(id))
+    }
+
+    async fn expire(
+        &self,
+        status: TaskStatus,
+        finished_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Expired>, StorageError> {
+        let due = |state: &State| -> Vec<TaskId> {
+            let oldest = (
+                status,
+                DateTime::<Utc>::MIN_UTC,
+                TaskId::from(uuid::Uuid::nil()),
+            );
+            let newest = (status, finished_before, TaskId::from(uuid::Uuid::nil()));
+            state
+                .index
+                .finished
+                .range(oldest..newest)
+                .take(limit)
+                .map(|(_, _, id)| *id)
+                .collect()
+        };
+        let candidates = due(&self.handle.shared.lock_state());
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Holds the stripes of these tasks, in order (so never against
+        // another holder of several), so that no update or lease holder
+        // changes one between the check below and its deletion.
+        let mut stripes: Vec<usize> = candidates.iter().map(|id| stripe_of(*id)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut held = Vec::with_capacity(stripes.len());
+        for stripe in stripes {
+            held.push(self.handle.stripes[stripe].lock().await);
+        }
+        let (ids, with_blobs): (Vec<TaskId>, Vec<TaskId>) = {
+            let state = self.handle.shared.lock_state();
+            let still_due: BTreeSet<TaskId> = due(&state).into_iter().collect();
+            let ids: Vec<TaskId> = candidates
+                .into_iter()
+                .filter(|id| still_due.contains(id))
+                .collect();
+            let with_blobs = ids
+                .iter()
+                .filter(|id| state.index.summaries.get(id).is_some_and(|s| s.has_blobs))
+                .copied()
+                .collect();
+            (ids, with_blobs)
+        };
+        let mut expired: HashMap<TaskId, Expired> = self
+            .read_tasks(with_blobs, |_| true)
+            .await?
+            .iter()
+            .map(|task| (task.id, Expired::of(task)))
+            .collect();
+        let records = ids
+            .iter()
+            .map(|id| ChangedTask {
+                id: *id,
+                record: Record::Delete(*id),
+                summary: None,
+            })
+            .collect();
+        self.persist(records).await?;
+        drop(held);
+        Ok(ids
+            .into_iter()
+            .map(|id| {
+                expired.remove(&id).unwrap_or(Expired {
+                    id,
+                    blobs: Vec::new(),
+                })
+            })
+            .collect())
     }
 }
 

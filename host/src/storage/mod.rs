@@ -13,6 +13,7 @@ pub mod postgres;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -152,6 +153,29 @@ pub struct Submitted {
     pub created: bool,
 }
 
+/// A task deleted by retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    /// The task.
+    pub id: TaskId,
+    /// Keys of its bodies in the blob store, if it kept any there.
+    pub blobs: Vec<String>,
+}
+
+impl Expired {
+    /// What deleting `task` leaves to delete in the blob store.
+    pub fn of(task: &Task) -> Self {
+        Self {
+            id: task.id,
+            blobs: [&task.payload_blob, &task.result_blob]
+                .into_iter()
+                .flatten()
+                .map(|blob| blob.key.clone())
+                .collect(),
+        }
+    }
+}
+
 /// Persistent task metadata, shared by the API and the workers. Used as
 /// `Arc<dyn TaskStore>`.
 #[async_trait::async_trait]
@@ -239,6 +263,36 @@ pub trait TaskStore: Send + Sync {
         _limit: usize,
     ) -> Result<Vec<Task>, StorageError> {
         Ok(Vec::new())
+    }
+
+    /// Retention: deletes up to `limit` tasks in the terminal `status` that
+    /// finished before `finished_before`, oldest first, and says which
+    /// (their bodies in a blob store are the caller's to delete). Tasks
+    /// another call is deleting at that moment are skipped, not waited for.
+    async fn expire(
+        &self,
+        status: TaskStatus,
+        finished_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Expired>, StorageError>;
+
+    /// Makes `owner` the one host that runs the fleet-wide `job` for `ttl`
+    /// from now (again, if it is already); `false` while another host
+    /// holds it. A store opened by one process only always says `true`.
+    async fn lead(
+        &self,
+        _job: &str,
+        _owner: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<bool, StorageError> {
+        Ok(true)
+    }
+
+    /// Folds the changes of status counts written since the last call into
+    /// the counts, where the store keeps counts that way; run by the one
+    /// host leading the retention job.
+    async fn compact_counts(&self) -> Result<(), StorageError> {
+        Ok(())
     }
 }
 

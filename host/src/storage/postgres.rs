@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 use super::lease::{Change, ChangeFn, Held, LeaseState, Renewed, Saved, Updated};
-use super::{Cursor, ListQuery, StatusCounts, StorageError, Submitted, TaskPage, TaskStore};
+use super::{
+    Cursor, Expired, ListQuery, StatusCounts, StorageError, Submitted, TaskPage, TaskStore,
+};
 use crate::task::{Task, TaskId, TaskStatus};
 
 /// Connections a host keeps open by default.
@@ -253,11 +255,16 @@ impl TaskStore for PgStore {
     }
 
     async fn counts(&self) -> Result<StatusCounts, StorageError> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, count(*) FROM tasks GROUP BY status")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(unavailable)?;
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, sum(n)::bigint FROM (
+                     SELECT status, n FROM task_counts
+                     UNION ALL
+                     SELECT status, n FROM task_count_changes
+                 ) counted GROUP BY status",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
         let found: BTreeMap<String, i64> = rows.into_iter().collect();
         Ok(TaskStatus::ALL
             .into_iter()
@@ -440,6 +447,73 @@ impl TaskStore for PgStore {
         tasks.sort_by_key(|t| (t.priority, t.sequence));
         Ok(tasks)
     }
+
+    async fn expire(
+        &self,
+        status: TaskStatus,
+        finished_before: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<Expired>, StorageError> {
+        if !status.is_terminal() {
+            return Ok(Vec::new());
+        }
+        // Only the keys of bodies are read back, not whole documents.
+        let rows: Vec<(uuid::Uuid, Option<String>, Option<String>)> = sqlx::query_as(
+            "DELETE FROM tasks WHERE id IN (
+                 SELECT id FROM tasks WHERE status = $1 AND updated_at < $2
+                 ORDER BY updated_at LIMIT $3
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING id, doc::json -> 'payload_blob' ->> 'key', doc::json -> 'result_blob' ->> 'key'",
+        )
+        .bind(status.as_str())
+        .bind(finished_before)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, payload, result)| Expired {
+                id: TaskId::from(id),
+                blobs: payload.into_iter().chain(result).collect(),
+            })
+            .collect())
+    }
+
+    async fn lead(
+        &self,
+        job: &str,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StorageError> {
+        let held: Option<String> = sqlx::query_scalar(
+            "INSERT INTO fleet_jobs (name, owner, held_until)
+             VALUES ($1, $2, now() + $3 * interval '1 millisecond')
+             ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, held_until = excluded.held_until
+             WHERE fleet_jobs.owner = excluded.owner OR fleet_jobs.held_until < now()
+             RETURNING owner",
+        )
+        .bind(job)
+        .bind(owner)
+        .bind(millis(ttl))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(held.is_some())
+    }
+
+    async fn compact_counts(&self) -> Result<(), StorageError> {
+        sqlx::query(
+            "WITH folded AS (DELETE FROM task_count_changes RETURNING status, n)
+             INSERT INTO task_counts (status, n)
+             SELECT status, sum(n) FROM folded GROUP BY status
+             ON CONFLICT (status) DO UPDATE SET n = task_counts.n + excluded.n",
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
 }
 
 /// The tasks of `(id, doc)` rows, in their order.
@@ -519,9 +593,9 @@ fn encode(task: &Task) -> Result<String, StorageError> {
 async fn upsert(connection: &mut PgConnection, task: &Task) -> Result<(), StorageError> {
     sqlx::query(
         "INSERT INTO tasks (id, sequence, plugin, priority, status, idempotency_key, doc, visible_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE($9, now()))
          ON CONFLICT (id) DO UPDATE SET sequence = $2, plugin = $3, priority = $4, status = $5,
-                idempotency_key = $6, doc = $7, visible_at = $8, updated_at = now(),
+                idempotency_key = $6, doc = $7, visible_at = $8, updated_at = COALESCE($9, now()),
                 lease_expires_at = NULL, cancel_requested = false, progress = NULL, enqueued = false,
                 sweep_after = NULL",
     )
@@ -533,6 +607,8 @@ async fn upsert(connection: &mut PgConnection, task: &Task) -> Result<(), Storag
     .bind(&task.idempotency_key)
     .bind(encode(task)?)
     .bind(visible_at(task))
+    // A finished task (restored, say) ages from when it finished.
+    .bind(task.finished_at.filter(|_| task.status.is_terminal()))
     .execute(connection)
     .await
     .map_err(unavailable)?;
