@@ -1,5 +1,7 @@
 //! Many hosts, one system: tasks per second end to end with two hosts
-//! sharing PostgreSQL as store and queue, then PostgreSQL and SQS (moto:
+//! sharing PostgreSQL as store and queue, then eight (with what they ask of
+//! the database while idle: transactions per second, of which claims, and
+//! claims per second under load), then PostgreSQL and SQS (moto:
 //! `TASKFLOW_BENCH_AWS_ENDPOINT`, or a `moto_server` started here, with the
 //! SQS requests per task the hosts count), against one embedded host
 //! (in-process queue, task files) measured in the same run on the same
@@ -18,7 +20,7 @@
 
 mod common;
 
-use common::{BATCH, CONCURRENCY, Database, Host, free_port, measure, metric_sum, start_host};
+use common::{BATCH, CONCURRENCY, Fleet, Host, free_port, measure, metric_sum, start_host};
 
 fn main() {
     common::bench("fleet", run, "TASKFLOW_FLEET_TASKS");
@@ -43,6 +45,7 @@ async fn run(tasks: usize) {
         "two hosts on the PostgreSQL queue:       {shared:>7.0} tasks/s = {:.2}x the embedded host (target: 3,000 tasks/s)",
         shared / embedded
     );
+    eight_hosts(&client, tasks, shared).await;
 
     // SQS: the emulator at TASKFLOW_BENCH_AWS_ENDPOINT, or one started here.
     let _moto;
@@ -109,26 +112,47 @@ async fn two_hosts(
     queue_args: &[&str],
     env: &[(String, String)],
 ) -> (f64, u64) {
-    let database = Database::fresh().await;
-    let url = database.url.clone();
-    let dirs: Vec<tempfile::TempDir> = (0..2)
-        .map(|_| tempfile::tempdir().expect("tempdir"))
-        .collect();
-    let mut hosts = Vec::new();
-    let mut urls = Vec::new();
-    for dir in &dirs {
-        let port = free_port();
-        let mut args = vec!["--storage", "postgres", "--database-url", url.as_str()];
-        args.extend_from_slice(queue_args);
-        hosts.push(start_host(client, dir.path(), port, &args, env).await);
-        urls.push(format!("http://127.0.0.1:{port}"));
-    }
-    let before = queue_requests(client, &urls).await;
-    let rate = measure(client, &urls, tasks, BATCH).await;
-    let requests = queue_requests(client, &urls).await - before;
-    drop(hosts);
-    database.drop().await;
+    let fleet = Fleet::start(client, 2, queue_args, env).await;
+    let before = queue_requests(client, &fleet.urls).await;
+    let rate = measure(client, &fleet.urls, tasks, BATCH).await;
+    let requests = queue_requests(client, &fleet.urls).await - before;
+    fleet.stop().await;
     (rate, requests)
+}
+
+/// Eight hosts on the PostgreSQL queue, pools of 8 connections: what they ask of the database idle
+/// (transactions/s, of which claims), then tasks/s and claims/s under load.
+async fn eight_hosts(client: &reqwest::Client, tasks: usize, two: f64) {
+    const IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+    // Eight pools of 8 and two listeners each: 80 of the server's default
+    // 100 connections (pools of 16 would need 144).
+    let args = ["--queue", "postgres", "--database-pool-size", "8"];
+    let fleet = Fleet::start(client, 8, &args, &[]).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await; // started, settled
+    let transactions = fleet.database.transactions().await;
+    let claims = queue_requests(client, &fleet.urls).await;
+    tokio::time::sleep(IDLE).await;
+    let idle_transactions =
+        (fleet.database.transactions().await - transactions) as f64 / IDLE.as_secs_f64();
+    let idle_claims =
+        (queue_requests(client, &fleet.urls).await - claims) as f64 / IDLE.as_secs_f64();
+    let before = queue_requests(client, &fleet.urls).await;
+    let transactions = fleet.database.transactions().await;
+    let rate = measure(client, &fleet.urls, tasks, BATCH).await;
+    let claims = queue_requests(client, &fleet.urls).await - before;
+    // Flushed about every second: wait for the last of the load's.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let transactions = fleet.database.transactions().await - transactions;
+    let seconds = tasks as f64 / rate;
+    println!(
+        "eight hosts on the PostgreSQL queue:     {rate:>7.0} tasks/s = {:.2}x two hosts; {:.0} claims/s ({:.3} per task), {:.2} transactions per task in all; idle: {idle_transactions:.1} transactions/s in the database ({:.2} per host), of which {idle_claims:.1} claims/s",
+        rate / two,
+        claims as f64 / seconds,
+        claims as f64 / tasks as f64,
+        transactions as f64 / tasks as f64,
+        idle_transactions / 8.0
+    );
+    fleet.stop().await;
 }
 
 /// `taskflow_queue_requests_total` of moving tasks (not the benchmark's

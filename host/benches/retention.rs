@@ -21,7 +21,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{BATCH, CONCURRENCY, Database, free_port, measure_by, metric_sum, start_host};
+use common::{BATCH, CONCURRENCY, Database, Fleet, free_port, measure_by, metric_sum, start_host};
 use taskflow::storage::{FileStore, TaskStore};
 use taskflow::task::{NewTask, TaskStatus};
 
@@ -71,28 +71,11 @@ async fn run(tasks: usize) {
     for on in [false, true] {
         let database = Database::fresh().await;
         store_backlog_in_postgres(&database, backlog).await;
-        let dirs: Vec<tempfile::TempDir> = (0..2)
-            .map(|_| tempfile::tempdir().expect("tempdir"))
-            .collect();
-        let mut hosts = Vec::new();
-        let mut urls = Vec::new();
-        for dir in &dirs {
-            let port = free_port();
-            let mut args = vec![
-                "--storage",
-                "postgres",
-                "--queue",
-                "postgres",
-                "--database-url",
-                &database.url,
-            ];
-            args.extend(retention_args(on));
-            hosts.push(start_host(&client, dir.path(), port, &args, &[]).await);
-            urls.push(format!("http://127.0.0.1:{port}"));
-        }
-        postgres.push(load(&client, &urls, tasks, on).await);
-        drop(hosts);
-        database.drop().await;
+        let mut args = vec!["--queue", "postgres"];
+        args.extend(retention_args(on));
+        let fleet = Fleet::start_in(database, &client, 2, &args, &[]).await;
+        postgres.push(load(&client, &fleet.urls, tasks, on).await);
+        fleet.stop().await;
     }
     report("two hosts on PostgreSQL", &postgres);
 }

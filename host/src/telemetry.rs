@@ -263,7 +263,7 @@ impl Metrics {
         if let Some(requests) = gauges.queue_requests {
             let _ = writeln!(
                 out,
-                "# HELP taskflow_queue_requests_total Requests this host made to the queue service (SQS), by purpose: moving tasks, or answering stats, metrics and readiness."
+                "# HELP taskflow_queue_requests_total Requests this host made to the queue service (SQS; on the PostgreSQL queue its claim and depth queries), by purpose: moving tasks, or answering stats, metrics and readiness."
             );
             let _ = writeln!(out, "# TYPE taskflow_queue_requests_total counter");
             for (purpose, count) in [("tasks", requests.tasks), ("status", requests.status)] {

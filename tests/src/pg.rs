@@ -50,6 +50,44 @@ pub async fn drop_schema(schema: &str) {
     admin.close().await;
 }
 
+/// A fresh database on the test server, for a test that must not hear the
+/// notifications of hosts in other tests' schemas (a channel is the whole
+/// database's): its name and URL.
+pub async fn fresh_database() -> (String, String) {
+    let base = database_url();
+    let name = format!("taskflow_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL must be running at {base} for these tests: {e}"));
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    admin.close().await;
+    let (address, query) = base.split_once('?').unwrap_or((&base, ""));
+    let server = address
+        .rsplit_once('/')
+        .map_or(address, |(server, _)| server);
+    let url = if query.is_empty() {
+        format!("{server}/{name}")
+    } else {
+        format!("{server}/{name}?{query}")
+    };
+    (name, url)
+}
+
+/// Removes a database made by [`fresh_database`].
+pub async fn drop_database(name: &str) {
+    let admin = sqlx::PgPool::connect(&database_url())
+        .await
+        .expect("connect");
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .expect("drop database");
+    admin.close().await;
+}
+
 /// A PostgreSQL server of a test's own (initdb in a temporary directory, a
 /// free port), for tests that restart it. Stopped when dropped.
 pub struct OwnServer {

@@ -477,3 +477,57 @@ async fn ready_fails_while_the_database_is_unreachable_and_recovers_with_it() {
     host.stop().await;
     drop_schema(&schema).await;
 }
+
+/// An idle host on the PostgreSQL queue asks the database for work about
+/// twice a second, however many workers wait (32 here: before, each of
+/// them claimed twice a second), and still takes a task as soon as it is
+/// submitted (the notification wakes it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_host_claims_about_twice_a_second_whatever_its_workers() {
+    // A database of its own: hosts of other tests notify on the same
+    // channel in a shared one, and this host would claim on each of those.
+    let (database, url) = taskflow_tests::pg::fresh_database().await;
+    let host = TestHost::start_with(32, false, |config| {
+        config.storage = StorageBackend::Postgres;
+        config.queue = QueueBackend::Postgres;
+        config.database_url = Some(url);
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let claims = || {
+        taskflow_tests::metric_sum(
+            &client,
+            &host.url,
+            "taskflow_queue_requests_total",
+            &["purpose=\"tasks\""],
+        )
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = claims().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let idle = claims().await - before;
+    assert!(
+        (4..=14).contains(&idle),
+        "{idle} claims in 4 s by an idle host with 32 workers (it polls about twice a second)"
+    );
+    let response = client
+        .post(host.at("/tasks"))
+        .json(&json!({"plugin": "echo", "payload": {"after": "idle"}}))
+        .send()
+        .await
+        .expect("submit");
+    let id = response.json::<Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let done = poll_json(
+        &client,
+        &host.at(&format!("/tasks/{id}")),
+        Duration::from_secs(10),
+        |t| t["status"] == "completed",
+    )
+    .await;
+    assert_eq!(done["result"]["value"], json!({"after": "idle"}));
+    host.stop().await;
+    taskflow_tests::pg::drop_database(&database).await;
+}

@@ -212,7 +212,7 @@ pub async fn start_host(
         echo.display()
     );
     std::fs::copy(&echo, plugins.join("echo.wasm")).expect("copy echo");
-    let host = Host(
+    let mut host = Host(
         std::process::Command::new(env!("CARGO_BIN_EXE_taskflow"))
             .args([
                 "serve",
@@ -230,14 +230,22 @@ pub async fn start_host(
             .spawn()
             .expect("start taskflow"),
     );
-    wait_until(|| async {
-        client
-            .get(format!("http://127.0.0.1:{port}/health"))
-            .send()
-            .await
-            .is_ok()
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while client
+        .get(format!("http://127.0.0.1:{port}/health"))
+        .send()
+        .await
+        .is_err()
+    {
+        if let Ok(Some(status)) = host.0.try_wait() {
+            panic!("the host stopped at start ({status}); its error is above");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the host did not answer within 2 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     host
 }
 
@@ -268,11 +276,84 @@ impl Database {
         Self { admin, schema, url }
     }
 
+    /// Transactions committed or rolled back in the database so far, by
+    /// anyone (PostgreSQL's statistics, flushed about every second).
+    pub async fn transactions(&self) -> u64 {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(&self.admin)
+        .await
+        .expect("pg_stat_database");
+        u64::try_from(count).unwrap_or(0)
+    }
+
     /// Drops the schema.
     pub async fn drop(self) {
         sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.schema))
             .execute(&self.admin)
             .await
             .expect("drop schema");
+    }
+}
+
+/// Hosts sharing a fresh PostgreSQL schema.
+pub struct Fleet {
+    /// Their schema.
+    pub database: Database,
+    hosts: Vec<Host>,
+    /// Their base URLs.
+    pub urls: Vec<String>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Fleet {
+    /// Starts `count` hosts on a fresh schema with `queue_args` and `env`.
+    pub async fn start(
+        client: &reqwest::Client,
+        count: usize,
+        queue_args: &[&str],
+        env: &[(String, String)],
+    ) -> Self {
+        Self::start_in(Database::fresh().await, client, count, queue_args, env).await
+    }
+
+    /// Starts `count` hosts on `database` with `queue_args` and `env`.
+    pub async fn start_in(
+        database: Database,
+        client: &reqwest::Client,
+        count: usize,
+        queue_args: &[&str],
+        env: &[(String, String)],
+    ) -> Self {
+        let dirs: Vec<tempfile::TempDir> = (0..count)
+            .map(|_| tempfile::tempdir().expect("tempdir"))
+            .collect();
+        let mut hosts = Vec::new();
+        let mut urls = Vec::new();
+        for dir in &dirs {
+            let port = free_port();
+            let mut args = vec![
+                "--storage",
+                "postgres",
+                "--database-url",
+                database.url.as_str(),
+            ];
+            args.extend_from_slice(queue_args);
+            hosts.push(start_host(client, dir.path(), port, &args, env).await);
+            urls.push(format!("http://127.0.0.1:{port}"));
+        }
+        Self {
+            database,
+            hosts,
+            urls,
+            _dirs: dirs,
+        }
+    }
+
+    /// Stops the hosts and drops the schema.
+    pub async fn stop(self) {
+        drop(self.hosts);
+        self.database.drop().await;
     }
 }

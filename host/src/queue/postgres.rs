@@ -10,7 +10,7 @@
 //! notifications are best effort; delayed retries wait in `visible_at`.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{Claimed, Delivery, Queue, QueueDepth, QueueEntry, QueueError, Waiting};
+use super::{Claimed, Delivery, Queue, QueueDepth, QueueEntry, QueueError, QueueRequests, Waiting};
 use crate::storage::StorageError;
 use crate::storage::postgres::{claim_ready, is_pending, pending_depth};
 use crate::task::{PRIORITY_HIGHEST, PRIORITY_LOWEST, TaskId};
@@ -31,6 +31,10 @@ const MAX_CLAIM: usize = 32;
 /// Least time between two claims of a host: workers that come free
 /// meanwhile are claimed for together, one round trip for all.
 const CLAIM_COOLDOWN: Duration = Duration::from_millis(5);
+/// After a claim that found nothing, how long a host claims again only on a
+/// notification: an idle host polls twice a second, whatever its workers.
+/// (A retry whose backoff ends is found by this poll: it notifies nothing.)
+const IDLE_POLL: Duration = Duration::from_millis(500);
 
 /// The PostgreSQL queue. Dropping it stops its listener.
 pub struct PgQueue {
@@ -48,9 +52,8 @@ struct Claims {
     ttl: Duration,
     /// Claimed for this host, not yet handed to a worker.
     claimed: Mutex<VecDeque<Claimed>>,
-    /// One claim query at a time; it claims for every waiting worker. It
-    /// holds when the last claim was made.
-    claiming: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    /// One claim query at a time; it claims for every waiting worker.
+    claiming: tokio::sync::Mutex<LastClaim>,
     /// Workers inside `pop`.
     waiting: AtomicUsize,
     /// Pending rows this host cannot read, not claimed again.
@@ -58,6 +61,30 @@ struct Claims {
     /// Wakes the workers waiting for a task: on a notification, and when a
     /// claim took some for them.
     wake: Arc<Notify>,
+    /// What the notification channel heard.
+    heard: Arc<Heard>,
+    /// Claim queries, and depth queries (stats, metrics), made so far.
+    claim_queries: AtomicU64,
+    depth_queries: AtomicU64,
+}
+
+/// The last claim of a host.
+#[derive(Debug, Default)]
+struct LastClaim {
+    /// When it was made.
+    at: Option<tokio::time::Instant>,
+    /// Set when it found nothing: the notifications heard before it, and
+    /// when. Nothing can be due before the next notification or poll.
+    empty: Option<(u64, tokio::time::Instant)>,
+}
+
+/// The notification channel as the claims see it.
+#[derive(Debug, Default)]
+struct Heard {
+    /// Notifications received so far.
+    notifications: AtomicU64,
+    /// Whether the channel is up (else every claim queries: polling).
+    listening: AtomicBool,
 }
 
 impl Claims {
@@ -75,12 +102,25 @@ impl Claims {
         if !self.buffer().is_empty() {
             return Ok(true);
         }
+        let heard = self.heard.notifications.load(Ordering::Acquire);
+        if let Some((before, at)) = last.empty
+            && before == heard
+            && self.heard.listening.load(Ordering::Acquire)
+            && at.elapsed() < IDLE_POLL
+        {
+            return Ok(false); // nothing new since a claim found nothing
+        }
         // Right after a claim, wait a moment: the workers that come free
         // meanwhile wait on the lock and are counted in.
-        if let Some(at) = *last {
+        if let Some(at) = last.at {
             tokio::time::sleep_until(at + CLAIM_COOLDOWN).await;
         }
-        *last = Some(tokio::time::Instant::now());
+        // Read before the query: a notification that comes during it makes
+        // the next claim query again.
+        let heard = self.heard.notifications.load(Ordering::Acquire);
+        let now = tokio::time::Instant::now();
+        last.at = Some(now);
+        self.claim_queries.fetch_add(1, Ordering::Relaxed);
         let want = self.waiting.load(Ordering::Relaxed).clamp(1, MAX_CLAIM);
         let mut unreadable = std::mem::take(
             &mut *self
@@ -95,6 +135,7 @@ impl Claims {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = unreadable;
         let claimed = claimed.map_err(from_storage)?;
         let count = claimed.len();
+        last.empty = (count == 0).then_some((heard, now));
         self.buffer().extend(
             claimed
                 .into_iter()
@@ -124,18 +165,23 @@ impl PgQueue {
         let mut listener = PgListener::connect_with(&pool).await.map_err(unavailable)?;
         listener.listen(CHANNEL).await.map_err(unavailable)?;
         let wake = Arc::new(Notify::new());
+        let heard = Arc::new(Heard::default());
+        heard.listening.store(true, Ordering::Release);
         let stop = CancellationToken::new();
-        tokio::spawn(listen(listener, wake.clone(), stop.clone()));
+        tokio::spawn(listen(listener, wake.clone(), heard.clone(), stop.clone()));
         Ok(Self {
             claims: Arc::new(Claims {
                 pool,
                 owner,
                 ttl,
                 claimed: Mutex::new(VecDeque::new()),
-                claiming: tokio::sync::Mutex::new(None),
+                claiming: tokio::sync::Mutex::new(LastClaim::default()),
                 waiting: AtomicUsize::new(0),
                 unreadable: Mutex::new(std::collections::HashSet::new()),
                 wake,
+                heard,
+                claim_queries: AtomicU64::new(0),
+                depth_queries: AtomicU64::new(0),
             }),
             stop,
         })
@@ -158,7 +204,12 @@ impl Drop for PgQueue {
 
 /// Wakes waiting workers on every notification, until `stop`. The listener
 /// reconnects by itself after a lost connection; workers poll meanwhile.
-async fn listen(mut listener: PgListener, wake: Arc<Notify>, stop: CancellationToken) {
+async fn listen(
+    mut listener: PgListener,
+    wake: Arc<Notify>,
+    heard: Arc<Heard>,
+    stop: CancellationToken,
+) {
     let mut failing = false;
     loop {
         let received = tokio::select! {
@@ -168,9 +219,12 @@ async fn listen(mut listener: PgListener, wake: Arc<Notify>, stop: CancellationT
         match received {
             Ok(_) => {
                 failing = false;
+                heard.notifications.fetch_add(1, Ordering::AcqRel);
+                heard.listening.store(true, Ordering::Release);
                 wake.notify_waiters();
             }
             Err(e) => {
+                heard.listening.store(false, Ordering::Release);
                 if !failing {
                     tracing::warn!(error = %e, "lost the PostgreSQL notification channel; polling until it is back");
                     failing = true;
@@ -246,6 +300,7 @@ impl Queue for PgQueue {
     }
 
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
+        self.claims.depth_queries.fetch_add(1, Ordering::Relaxed);
         let rows = pending_depth(self.pool()).await.map_err(from_storage)?;
         let mut depth = QueueDepth {
             ready: (PRIORITY_HIGHEST..=PRIORITY_LOWEST)
@@ -276,6 +331,15 @@ impl Queue for PgQueue {
             .await
             .map(|_| ())
             .map_err(unavailable)
+    }
+
+    /// Claim queries (`tasks`) and depth queries (`status`): what an idle
+    /// or a busy host asks of the database for its queue.
+    fn requests(&self) -> Option<QueueRequests> {
+        Some(QueueRequests {
+            tasks: self.claims.claim_queries.load(Ordering::Relaxed),
+            status: self.claims.depth_queries.load(Ordering::Relaxed),
+        })
     }
 
     fn is_shared(&self) -> bool {
