@@ -77,6 +77,27 @@ async fn deleted_metric(client: &reqwest::Client, host: &TestHost, what: &str) -
     .await
 }
 
+/// Waits (bounded) until this host's retention job has deleted `count` of
+/// `what`, and no more.
+async fn deleted_reaches(client: &reqwest::Client, host: &TestHost, what: &str, count: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let deleted = deleted_metric(client, host, what).await;
+        assert!(
+            deleted <= count,
+            "{deleted} {what} deleted, more than the {count} expected"
+        );
+        if deleted == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {deleted} of {count} {what} deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Shard directories under the task store and the task files in each.
 fn shards(root: &Path) -> Vec<(String, Vec<String>)> {
     let mut shards = Vec::new();
@@ -150,10 +171,7 @@ async fn on_the_files_store_expired_tasks_go_with_their_files_and_emptied_direct
         [failed[..2].to_string()].into(),
         "only the failed task's shard is left"
     );
-    assert_eq!(
-        deleted_metric(&client, &host, "completed").await,
-        completed.len() as u64
-    );
+    deleted_reaches(&client, &host, "completed", completed.len() as u64).await;
 
     // What runs after keeps running, and goes the same way (its failed task stays).
     let (later, _) = run_tasks(&client, &host, 5).await;
@@ -223,20 +241,14 @@ async fn on_postgres_and_s3_expired_tasks_go_with_their_bodies_and_orphans_are_s
     );
 
     until_no_completed(&client, &host).await;
+    // The rows go first, their bodies right after: counted then.
+    deleted_reaches(&client, &host, "bodies", 2 * completed.len() as u64).await;
     assert_eq!(
         deleted_metric(&client, &host, "completed").await,
         completed.len() as u64
     );
-    assert_eq!(
-        deleted_metric(&client, &host, "bodies").await,
-        2 * completed.len() as u64
-    );
     // Orphans go once older than TASKFLOW_RETAIN_ORPHANED_BODIES.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while deleted_metric(&client, &host, "orphaned_bodies").await < 2 {
-        assert!(Instant::now() < deadline, "the orphans were never swept");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    deleted_reaches(&client, &host, "orphaned_bodies", 2).await;
     let payloads = aws::keys(&bucket, "payloads/").await;
     let results = aws::keys(&bucket, "results/").await;
     for id in &completed {
