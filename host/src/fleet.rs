@@ -6,8 +6,9 @@
 //! Each host compiles the new version in its child compiler and swaps it in,
 //! as when a file changes in its plugin directory.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -16,9 +17,15 @@ use tokio_util::sync::CancellationToken;
 use crate::blobs::{BlobStore, plugin_key};
 use crate::runtime::{PluginError, PluginRegistry};
 use crate::storage::StorageError;
+use crate::telemetry::Metrics;
 
 /// How often a host looks for changes it was not told about.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// First wait before a version that failed to load here is tried again
+/// (doubling up to [`MAX_RETRY`]): a compile timeout or a full disk passes.
+const FIRST_RETRY: Duration = Duration::from_secs(2);
+/// Longest wait between tries at loading a version that keeps failing.
+const MAX_RETRY: Duration = Duration::from_secs(300);
 /// The channel the `plugins_changed` trigger notifies.
 const CHANNEL: &str = "taskflow_plugins";
 
@@ -35,12 +42,47 @@ impl std::fmt::Debug for PluginCatalog {
     }
 }
 
-/// One name's latest change.
+/// One name's entry in the catalog: the version every host should run, or
+/// none (removed).
 #[derive(Debug, Clone, sqlx::FromRow)]
-struct Change {
+struct Entry {
     name: String,
     digest: Option<String>,
-    version: i64,
+}
+
+/// What this host made of the catalog: the digest it last applied for each
+/// name (none: the removal), and the versions that failed to load here,
+/// with when to try each again and the wait after that.
+#[derive(Debug, Default)]
+struct Applied {
+    digests: HashMap<String, Option<String>>,
+    failed: HashMap<(String, String), (Instant, Duration)>,
+}
+
+impl Applied {
+    /// Records that `digest` of `name` failed to load: tried again later.
+    fn failed(&mut self, name: &str, digest: &str) {
+        let key = (name.to_owned(), digest.to_owned());
+        let wait = self.failed.get(&key).map_or(FIRST_RETRY, |(_, wait)| {
+            wait.saturating_mul(2).min(MAX_RETRY)
+        });
+        self.failed.insert(key, (Instant::now() + wait, wait));
+    }
+
+    /// Whether `digest` of `name` failed here and is not due for a retry.
+    fn waiting(&self, name: &str, digest: &str) -> bool {
+        self.failed
+            .get(&(name.to_owned(), digest.to_owned()))
+            .is_some_and(|(due, _)| Instant::now() < *due)
+    }
+
+    fn done(&mut self, name: &str, digest: Option<&str>) {
+        if let Some(digest) = digest {
+            self.failed.remove(&(name.to_owned(), digest.to_owned()));
+        }
+        self.digests
+            .insert(name.to_owned(), digest.map(str::to_owned));
+    }
 }
 
 fn unavailable(error: sqlx::Error) -> StorageError {
@@ -104,14 +146,12 @@ impl PluginCatalog {
         Ok(found.unwrap_or(false))
     }
 
-    async fn changes_since(&self, version: i64) -> Result<Vec<Change>, StorageError> {
-        sqlx::query_as(
-            "SELECT name, digest, version FROM plugins WHERE version > $1 ORDER BY version",
-        )
-        .bind(version)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)
+    /// The whole catalog (a row per plugin name ever published).
+    async fn entries(&self) -> Result<Vec<Entry>, StorageError> {
+        sqlx::query_as("SELECT name, digest FROM plugins ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)
     }
 
     /// The bytes of version `digest` of `name`; `None` when `name` has
@@ -138,8 +178,13 @@ impl PluginCatalog {
     }
 
     /// Applies every change to `registry` once, then keeps applying them
-    /// as they come until `stop`.
-    pub async fn sync(self, registry: Arc<PluginRegistry>, stop: CancellationToken) {
+    /// as they come until `stop`; counts its reads in `metrics`.
+    pub async fn sync(
+        self,
+        registry: Arc<PluginRegistry>,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+    ) {
         let mut listener = match PgListener::connect_with(&self.pool).await {
             Ok(mut listener) => match listener.listen(CHANNEL).await {
                 Ok(()) => Some(listener),
@@ -153,14 +198,11 @@ impl PluginCatalog {
                 None
             }
         };
-        let mut applied = 0;
+        let mut applied = Applied::default();
         let mut failing = false;
         loop {
-            match self.apply(&registry, applied).await {
-                Ok(version) => {
-                    applied = version;
-                    failing = false;
-                }
+            match self.apply(&registry, &mut applied).await {
+                Ok(()) => failing = false,
                 Err(e) if !failing => {
                     tracing::warn!(error = %e, "cannot read the fleet's plugins; retrying");
                     failing = true;
@@ -169,67 +211,90 @@ impl PluginCatalog {
             }
             let notified = async {
                 match listener.as_mut() {
-                    Some(listener) => {
-                        let _ = listener.recv().await;
-                    }
+                    // A lost connection is retried at the next poll, not
+                    // at once: an outage must not spin this loop.
+                    Some(listener) => match listener.recv().await {
+                        Ok(_) => true,
+                        Err(_) => {
+                            tokio::time::sleep(POLL_INTERVAL).await;
+                            false
+                        }
+                    },
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                () = notified => {}
-                () = tokio::time::sleep(POLL_INTERVAL) => {}
+            let cause = tokio::select! {
+                heard = notified => if heard { "notified" } else { "polled" },
+                () = tokio::time::sleep(POLL_INTERVAL) => "polled",
                 () = stop.cancelled() => return,
-            }
+            };
+            metrics.record_catalog_read(cause);
         }
     }
 
-    /// Applies the changes after `applied`; the last version applied. A
-    /// version this host cannot load is logged and skipped (the one serving
-    /// stays), as a bad file in the plugin directory is.
+    /// Brings this host to the catalog: every entry whose digest differs
+    /// from the one last applied here is applied. The whole catalog is read
+    /// each time (a row per name): a change committed after a later one is
+    /// never skipped, as it could be when reading changes by number. A
+    /// version this host cannot load is logged and tried again later (the
+    /// one serving stays), as a bad file in the plugin directory is.
     async fn apply(
         &self,
         registry: &PluginRegistry,
-        mut applied: i64,
-    ) -> Result<i64, StorageError> {
-        for change in self.changes_since(applied).await? {
-            let name = change.name.as_str();
-            match change.digest.as_deref() {
-                None => match registry.remove(name).await {
+        applied: &mut Applied,
+    ) -> Result<(), StorageError> {
+        for entry in self.entries().await? {
+            let name = entry.name.as_str();
+            if applied.digests.get(name) == Some(&entry.digest) {
+                continue;
+            }
+            let Some(digest) = entry.digest.as_deref() else {
+                match registry.remove(name).await {
                     Ok(()) => tracing::info!(plugin = name, "plugin removed by the fleet"),
                     Err(PluginError::NotFound(_)) => {}
                     Err(e) => {
                         tracing::error!(plugin = name, error = %e, "cannot remove the plugin the fleet removed")
                     }
-                },
-                Some(digest)
-                    if registry
-                        .get(name)
-                        .is_ok_and(|entry| entry.plugin.digest == digest) => {}
-                Some(digest) => match self.bytes(name, digest).await? {
-                    // Changed again since: a later change brings it.
-                    None => {}
-                    // The bytes must be the ones the catalog names: a copy
-                    // altered in the blob store never runs here.
-                    Some(bytes) if crate::runtime::plugin::digest_of(&bytes) != digest => {
-                        tracing::error!(
-                            plugin = name,
-                            digest,
-                            found = %crate::runtime::plugin::digest_of(&bytes),
-                            "the fleet's copy of a plugin does not match its digest; not loaded (upload it again)"
-                        );
+                }
+                applied.done(name, None);
+                continue;
+            };
+            if registry
+                .get(name)
+                .is_ok_and(|loaded| loaded.plugin.digest == digest)
+            {
+                applied.done(name, Some(digest));
+                continue;
+            }
+            if applied.waiting(name, digest) {
+                continue;
+            }
+            match self.bytes(name, digest).await? {
+                // Changed again since: the next round brings it.
+                None => {}
+                // The bytes must be the ones the catalog names: a copy
+                // altered in the blob store never runs here.
+                Some(bytes) if crate::runtime::plugin::digest_of(&bytes) != digest => {
+                    tracing::error!(
+                        plugin = name,
+                        digest,
+                        found = %crate::runtime::plugin::digest_of(&bytes),
+                        "the fleet's copy of a plugin does not match its digest; not loaded (upload it again)"
+                    );
+                    applied.failed(name, digest);
+                }
+                Some(bytes) => match registry.install(name, bytes).await {
+                    Ok(_) => {
+                        tracing::info!(plugin = name, digest, "plugin loaded from the fleet");
+                        applied.done(name, Some(digest));
                     }
-                    Some(bytes) => match registry.install(name, bytes).await {
-                        Ok(_) => {
-                            tracing::info!(plugin = name, digest, "plugin loaded from the fleet")
-                        }
-                        Err(e) => {
-                            tracing::error!(plugin = name, digest, error = %e, "cannot load the fleet's version of a plugin")
-                        }
-                    },
+                    Err(e) => {
+                        tracing::error!(plugin = name, digest, error = %e, "cannot load the fleet's version of a plugin; trying again later");
+                        applied.failed(name, digest);
+                    }
                 },
             }
-            applied = change.version;
         }
-        Ok(applied)
+        Ok(())
     }
 }

@@ -189,7 +189,7 @@ impl Server {
         }
         tracker.spawn(service.clone().retention(background.clone()));
         if let Some(catalog) = catalog {
-            tracker.spawn(catalog.sync(registry, background.clone()));
+            tracker.spawn(catalog.sync(registry, service.metrics().clone(), background.clone()));
         }
         if let Some(keep_fresh) = credentials {
             tracker.spawn(keep_fresh);

@@ -91,6 +91,8 @@ struct MetricsInner {
     task_durations: BTreeMap<String, Histogram>,
     /// what (a status, `bodies`, `orphaned_bodies`) → deleted by retention.
     retention_deleted: BTreeMap<&'static str, u64>,
+    /// cause (`notified`, `polled`) → reads of the fleet's plugin catalog.
+    catalog_reads: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -139,6 +141,12 @@ impl Metrics {
     /// in the blob store (`bodies` of those tasks, `orphaned_bodies`).
     pub fn record_retention(&self, what: &'static str, deleted: usize) {
         *self.lock().retention_deleted.entry(what).or_default() += deleted as u64;
+    }
+
+    /// Counts one read of the fleet's plugin catalog, by what caused it
+    /// (`notified`, `polled`).
+    pub fn record_catalog_read(&self, cause: &'static str) {
+        *self.lock().catalog_reads.entry(cause).or_default() += 1;
     }
 
     /// Renders the counters plus the gauges passed in, in the Prometheus text
@@ -214,6 +222,19 @@ impl Metrics {
                 out,
                 "taskflow_retention_deleted_total{{host=\"{host}\",what=\"{what}\"}} {count}"
             );
+        }
+        if !inner.catalog_reads.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP taskflow_catalog_reads_total Reads of the fleet's plugin catalog by this host, by cause: a notification, or the poll (no notification ever means LISTEN does not reach this host, e.g. through a pooler in transaction mode)."
+            );
+            let _ = writeln!(out, "# TYPE taskflow_catalog_reads_total counter");
+            for (cause, count) in &inner.catalog_reads {
+                let _ = writeln!(
+                    out,
+                    "taskflow_catalog_reads_total{{host=\"{host}\",cause=\"{cause}\"}} {count}"
+                );
+            }
         }
         let _ = writeln!(
             out,

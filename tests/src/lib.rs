@@ -9,6 +9,7 @@ pub mod contract;
 pub mod image;
 pub mod pg;
 pub mod process;
+pub mod proxy;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {

@@ -75,6 +75,33 @@ impl HostProcess {
         extra: &[&str],
         env: &[(String, String)],
     ) -> Self {
+        let serve = Self::shared(data, database_url, queue, extra, env);
+        Self::launch(serve, free_port()).await
+    }
+
+    /// Like [`start_shared_with`](Self::start_shared_with), its JSON log
+    /// (warnings and errors, which include what plugins log at warn) written
+    /// into `log`.
+    pub async fn start_shared_logging(
+        data: &Path,
+        database_url: &str,
+        queue: &str,
+        extra: &[&str],
+        env: &[(String, String)],
+        log: &Path,
+    ) -> Self {
+        let serve = Self::shared(data, database_url, queue, extra, env);
+        let file = std::fs::File::create(log).expect("create log file");
+        Self::spawn(serve, free_port(), "warn", Stdio::from(file)).await
+    }
+
+    fn shared(
+        data: &Path,
+        database_url: &str,
+        queue: &str,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Command {
         let mut serve = Command::new(taskflow_binary());
         serve
             .args([
@@ -91,7 +118,7 @@ impl HostProcess {
             .arg("--data-dir")
             .arg(data)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        Self::launch(serve, free_port()).await
+        serve
     }
 
     /// Runs `serve` (its settings but the address) on `port`; returns once it answers.

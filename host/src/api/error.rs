@@ -137,6 +137,14 @@ impl From<ServiceError> for ApiError {
             ServiceError::Storage(StorageError::Unavailable(_)) | ServiceError::Queue(_) => {
                 Self::unavailable(&error)
             }
+            ServiceError::Storage(StorageError::OutcomeUnknown(_)) => {
+                tracing::error!(error = %error, "the answer to a commit was lost");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "outcome_unknown",
+                    "the database stopped answering while it stored this request: it may or may not be stored; send it again with the same idempotency_key to get the stored task, or look for it before sending it again without one",
+                )
+            }
             ServiceError::Storage(_) => Self::internal(&error),
             ServiceError::Blob(BlobError::Unavailable(_)) => Self::unavailable(&error),
             ServiceError::Blob(_) => Self::internal(&error),

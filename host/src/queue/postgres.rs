@@ -7,7 +7,8 @@
 //! workers waiting here; a claim is the lease of the task (see
 //! [`crate::storage::lease`]). Hosts wake on `LISTEN/NOTIFY` (a trigger
 //! notifies when a row becomes pending) and poll as well, since
-//! notifications are best effort; delayed retries wait in `visible_at`.
+//! notifications are best effort; delayed retries wait in `visible_at`, out of
+//! the index claims walk until a claim finds them due.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

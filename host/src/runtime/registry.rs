@@ -95,6 +95,26 @@ impl std::fmt::Debug for PluginRegistry {
     }
 }
 
+/// A version compiled and checked, not serving yet (see
+/// [`PluginRegistry::prepare`]).
+pub struct Prepared {
+    loaded: LoadedPlugin,
+    limits: PluginLimits,
+    bytes: Vec<u8>,
+}
+
+impl Prepared {
+    /// The version's digest (hex SHA-256 of its bytes).
+    pub fn digest(&self) -> &str {
+        &self.loaded.digest
+    }
+
+    /// Its bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 impl PluginRegistry {
     /// Opens the plugin directory (creating it if needed) and loads every
     /// `*.wasm` in it. A file that fails to load is logged and skipped: one
@@ -198,6 +218,14 @@ impl PluginRegistry {
     /// plugin directory so it survives a restart. Nothing is written and the
     /// old version keeps serving if the new one is rejected.
     pub async fn install(&self, name: &str, bytes: Vec<u8>) -> Result<PluginEntry, PluginError> {
+        let prepared = self.prepare(name, bytes).await?;
+        self.commit(prepared).await
+    }
+
+    /// Validates and compiles `bytes` as plugin `name` without serving it
+    /// yet: [`commit`](Self::commit) swaps it in. A rejected version changes
+    /// nothing.
+    pub async fn prepare(&self, name: &str, bytes: Vec<u8>) -> Result<Prepared, PluginError> {
         plugin::validate_name(name)?;
         let _guard = self.loading.lock().await;
         let limits = self.read_limits(name)?;
@@ -205,6 +233,22 @@ impl PluginRegistry {
             .compile(name.to_owned(), bytes.clone())
             .await
             .inspect_err(|_| self.reject())?;
+        Ok(Prepared {
+            loaded,
+            limits,
+            bytes,
+        })
+    }
+
+    /// Writes a prepared version into the plugin directory and serves it.
+    pub async fn commit(&self, prepared: Prepared) -> Result<PluginEntry, PluginError> {
+        let Prepared {
+            loaded,
+            limits,
+            bytes,
+        } = prepared;
+        let _guard = self.loading.lock().await;
+        let name = loaded.name.clone();
         let path = self.dir.join(format!("{name}.wasm"));
         let write =
             tokio::task::spawn_blocking(move || fsutil::write_atomic(&path, &bytes, true)).await;

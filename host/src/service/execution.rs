@@ -24,8 +24,10 @@ const STORAGE_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// How long a task waits for its plugin to reach this host before it is
 /// claimed again.
 const PLUGIN_WAIT: Duration = Duration::from_millis(500);
-/// Tries at saving a task's outcome before giving the task back to the queue.
-const FINISH_SAVE_ATTEMPTS: u32 = 5;
+/// Longest wait between tries at saving a task's outcome.
+const MAX_SAVE_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// Delay before a task whose payload could not be read is claimed again.
+const BODY_RETRY_DELAY: Duration = Duration::from_secs(2);
 
 /// What recording an outcome did.
 enum Finished {
@@ -74,6 +76,7 @@ impl TaskService {
                     return;
                 }
                 Err(e) => {
+                    self.store_trouble.seen();
                     tracing::error!(task_id = %id, error = %e, "cannot start task; retrying shortly");
                     self.requeue(&delivery, STORAGE_RETRY_DELAY).await;
                     return;
@@ -103,7 +106,13 @@ impl TaskService {
 
         let started = Instant::now();
         let outcome = tokio::select! {
-            outcome = self.execute(&task, progress) => Some(outcome),
+            outcome = self.execute(&task, progress) => match outcome {
+                Ok(outcome) => Some(outcome),
+                Err(e) => {
+                    self.postpone_unread(task, token, &delivery, e).await;
+                    return;
+                }
+            },
             () = stop.notified() => None,
         };
         let elapsed = started.elapsed();
@@ -113,11 +122,12 @@ impl TaskService {
             return;
         }
 
-        // The outcome is kept until it is saved: a storage hiccup must not
-        // lose it. Should every try fail, the lease runs out and the reaper
-        // queues the task again.
+        // The outcome is kept until it is saved: a storage outage must not
+        // lose it, nor spend an attempt. The heartbeat keeps renewing the
+        // lease meanwhile (once the store answers), and says when it is gone.
         let mut delay = STORAGE_RETRY_DELAY;
-        for attempt in 1..=FINISH_SAVE_ATTEMPTS {
+        let mut failures = 0u32;
+        loop {
             match self
                 .finish(task.clone(), token, outcome.clone(), elapsed)
                 .await
@@ -134,17 +144,19 @@ impl TaskService {
                     self.let_go(&delivery).await;
                     return;
                 }
-                Err(e) if attempt < FINISH_SAVE_ATTEMPTS => {
-                    tracing::warn!(task_id = %id, error = %e, "cannot record the task's outcome; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = delay.saturating_mul(2);
+                Err(_) if lost.load(Ordering::Acquire) => {
+                    self.lose(&task, token, elapsed);
+                    self.let_go(&delivery).await;
+                    return;
                 }
                 Err(e) => {
-                    // Not acknowledged either: the entry comes back, or
-                    // the reaper queues the task once its lease expires.
-                    tracing::error!(task_id = %id, error = %e, "cannot record the task's outcome; it runs again once its lease expires");
-                    self.forget(id, token);
-                    return;
+                    self.store_trouble.seen();
+                    failures += 1;
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(task_id = %id, error = %e, failures, "cannot record the task's outcome; retrying while its lease holds");
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = delay.saturating_mul(2).min(MAX_SAVE_RETRY_DELAY);
                 }
             }
         }
@@ -232,35 +244,37 @@ impl TaskService {
         }
     }
 
-    /// Runs one attempt on the version of the plugin serving now.
-    async fn execute(&self, task: &Task, progress: Arc<AtomicU8>) -> Attempt {
+    /// Runs one attempt on the version of the plugin serving now; an error
+    /// when the payload's store does not answer (nothing ran).
+    async fn execute(&self, task: &Task, progress: Arc<AtomicU8>) -> Result<Attempt, BlobError> {
         let Ok(entry) = self.registry.get(&task.plugin) else {
             let message = format!("plugin {:?} is no longer loaded", task.plugin);
-            return Attempt {
+            return Ok(Attempt {
                 digest: None,
                 result: Err(Failure {
                     kind: FailureKind::PluginNotFound,
                     message,
                 }),
-            };
+            });
         };
         let limits = self.limits_for(task, &entry.limits);
         let payload = match self.bodies.payload(task).await {
             Ok(payload) => payload,
+            // A store that does not answer may later: not an attempt.
+            Err(e @ BlobError::Unavailable(_)) => return Err(e),
             Err(e) => {
-                // A store that does not answer may later; a body that is
-                // gone or altered will not come back.
+                // A body that is gone or altered will not come back.
                 let kind = match e {
-                    BlobError::Unavailable(_) | BlobError::NoStore(_) => FailureKind::Retryable,
-                    BlobError::Missing(_) | BlobError::Corrupt { .. } => FailureKind::Fatal,
+                    BlobError::NoStore(_) => FailureKind::Retryable,
+                    _ => FailureKind::Fatal,
                 };
-                return Attempt {
+                return Ok(Attempt {
                     digest: None,
                     result: Err(Failure {
                         kind,
                         message: format!("cannot read the payload: {e}"),
                     }),
-                };
+                });
             }
         };
         let input = TaskInput {
@@ -275,9 +289,27 @@ impl TaskService {
             .runtime()
             .run(&entry.plugin, input, limits, Some(progress))
             .await;
-        Attempt {
+        Ok(Attempt {
             digest: Some(entry.plugin.digest.clone()),
             result,
+        })
+    }
+
+    /// Gives back a task whose payload could not be read (its store did not
+    /// answer): nothing ran, so the attempt is not counted; it is claimed
+    /// again after a short wait, here or elsewhere.
+    async fn postpone_unread(&self, task: Task, token: u64, delivery: &Delivery, e: BlobError) {
+        self.forget(task.id, token);
+        tracing::warn!(task_id = %task.id, error = %e, "cannot read the task's payload; it waits, its attempt not counted");
+        let why = TaskError {
+            kind: FailureKind::Retryable,
+            message: format!("cannot read the payload (not counted as an attempt): {e}"),
+        };
+        if let Err(e) = self
+            .hand_back(task, token, delivery, BODY_RETRY_DELAY, Some(why))
+            .await
+        {
+            tracing::warn!(task_id = %delivery.entry.id, error = %e, "cannot give back a task whose payload could not be read; it runs once its lease expires");
         }
     }
 

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
@@ -15,8 +15,37 @@ use crate::queue::{Claimed, QueueEntry};
 use crate::storage::{Change, Held, LeaseState, StorageError};
 use crate::task::{Begin, Task, TaskId, TaskStatus};
 
+/// The reaper's name in the store's table of fleet jobs.
+const REAPER_JOB: &str = "reaper";
 /// Expired leases taken back per reaper round.
 const REAP_BATCH: usize = 256;
+
+/// When this host last saw the store fail. Through an outage no host can
+/// renew its leases, and they run out though their hosts still run their
+/// tasks: the reaper of a host that saw the store fail holds off for a
+/// lease, which gives every live host's heartbeat (a third of a lease) time
+/// to renew. A host cut off alone sees the failures; the others do not, and
+/// take its tasks back as they should.
+#[derive(Debug, Default)]
+pub(super) struct StoreTrouble(std::sync::Mutex<Option<Instant>>);
+
+impl StoreTrouble {
+    /// The store just failed here.
+    pub(super) fn seen(&self) {
+        *self.lock() = Some(Instant::now());
+    }
+
+    /// Whether the store failed here within `window`.
+    fn within(&self, window: Duration) -> bool {
+        self.lock().is_some_and(|at| at.elapsed() < window)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// What a claim found.
 pub(super) enum Claim {
@@ -129,6 +158,7 @@ impl TaskService {
             {
                 Ok(renewed) => renewed,
                 Err(e) => {
+                    self.store_trouble.seen();
                     if !failing {
                         tracing::warn!(error = %e, "cannot renew the leases of running tasks; retrying");
                         failing = true;
@@ -172,28 +202,48 @@ impl TaskService {
         (self.config.lease / 2).max(Duration::from_millis(200))
     }
 
-    /// Takes back expired leases every reaper interval, until `stop`.
+    /// Takes back expired leases every reaper interval, until `stop`, while
+    /// this host leads the reaper.
     pub async fn reaper(self: Arc<Self>, stop: CancellationToken) {
         let mut ticks = ticks(self.reaper_interval());
         let mut failing = false;
         while next_tick(&mut ticks, &stop).await {
-            let reaped = match self.reap().await {
-                Ok(_) => self.fail_dead_letters().await,
-                Err(e) => Err(e),
-            };
+            if self.store_trouble.within(self.config.lease) {
+                // Leases that ran out in an outage are being renewed now.
+                continue;
+            }
+            let reaped = self.reap_if_leading().await;
             match reaped {
                 Ok(()) if failing => {
                     tracing::info!("the reaper works again");
                     failing = false;
                 }
                 Ok(()) => {}
-                Err(e) if !failing => {
-                    tracing::warn!(error = %e, "cannot take back expired leases; retrying");
-                    failing = true;
+                Err(e) => {
+                    self.store_trouble.seen();
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot take back expired leases; retrying");
+                        failing = true;
+                    }
                 }
-                Err(_) => {}
             }
         }
+    }
+
+    /// One round of the reaper, if this host leads it (one host of a fleet
+    /// at a time, so reapers do not queue on each other's row locks; should
+    /// the leader stop, another takes over within a lease).
+    async fn reap_if_leading(&self) -> Result<(), ServiceError> {
+        let owner = &self.config.owner;
+        if !self
+            .store
+            .lead(REAPER_JOB, owner, self.config.lease)
+            .await?
+        {
+            return Ok(());
+        }
+        self.reap().await?;
+        self.fail_dead_letters().await
     }
 
     /// Takes back every running task whose lease expired: pending again

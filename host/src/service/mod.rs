@@ -234,6 +234,8 @@ pub struct TaskService {
     catalog: Option<crate::fleet::PluginCatalog>,
     /// Where large payloads and results are kept.
     bodies: ClaimCheck,
+    /// When this host last saw the store fail (the reaper holds off after).
+    store_trouble: leases::StoreTrouble,
     started_at: Instant,
 }
 
@@ -263,6 +265,7 @@ impl TaskService {
             running: Mutex::new(HashMap::new()),
             catalog: None,
             bodies: ClaimCheck::inline(),
+            store_trouble: leases::StoreTrouble::default(),
             started_at: Instant::now(),
         }
     }

@@ -14,19 +14,22 @@ impl TaskService {
         self
     }
 
-    /// Loads `bytes` as plugin `name` here (checked and compiled first: a
-    /// rejected version changes nothing), then, on shared backends, makes it
-    /// the version of every host.
+    /// Checks and compiles `bytes` as plugin `name` (a rejected version
+    /// changes nothing), on shared backends makes it the version of every
+    /// host, then serves it here. A version the fleet could not record is
+    /// served nowhere: no host runs a version the others do not have.
     pub async fn install_plugin(
         &self,
         name: &str,
         bytes: Vec<u8>,
     ) -> Result<PluginEntry, ServiceError> {
-        let entry = self.registry.install(name, bytes.clone()).await?;
+        let prepared = self.registry.prepare(name, bytes).await?;
         if let Some(catalog) = &self.catalog {
-            catalog.publish(name, &entry.plugin.digest, &bytes).await?;
+            catalog
+                .publish(name, prepared.digest(), prepared.bytes())
+                .await?;
         }
-        Ok(entry)
+        Ok(self.registry.commit(prepared).await?)
     }
 
     /// Unloads plugin `name` here and, on shared backends, on every host.

@@ -84,6 +84,9 @@ impl TaskService {
                 }
                 let mut submitted = match this.store.insert(tasks).await {
                     Ok(submitted) => submitted,
+                    // The tasks may be stored: their bodies stay (the orphan
+                    // sweep takes them if no task points to them).
+                    Err(e @ StorageError::OutcomeUnknown(_)) => return Err((0, e.into())),
                     Err(e) => {
                         for (_, blob) in moved.iter().flatten() {
                             this.bodies.discard(blob).await;

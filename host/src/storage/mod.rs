@@ -141,6 +141,10 @@ pub enum StorageError {
     /// The backend cannot serve requests.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// A write was sent to be committed and its answer was lost: it may or
+    /// may not be stored.
+    #[error("the outcome of a commit is unknown: {0}")]
+    OutcomeUnknown(String),
 }
 
 /// One task of a submission: the task, and whether it was created now

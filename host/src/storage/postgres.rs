@@ -70,6 +70,15 @@ fn unavailable(error: sqlx::Error) -> StorageError {
     StorageError::Unavailable(format!("PostgreSQL: {error}"))
 }
 
+/// A failed `COMMIT`: refused by the server (rolled back), or unanswered
+/// (the connection broke after it was sent: it may have been applied).
+fn commit_unknown(error: sqlx::Error) -> StorageError {
+    match error {
+        sqlx::Error::Database(_) => unavailable(error),
+        error => StorageError::OutcomeUnknown(format!("PostgreSQL: {error}")),
+    }
+}
+
 fn task_of(id: TaskId, doc: &str) -> Result<Task, StorageError> {
     serde_json::from_str(doc).map_err(|source| StorageError::Corrupt {
         path: format!("postgres:tasks/{id}").into(),
@@ -165,7 +174,7 @@ impl TaskStore for PgStore {
                 created: false,
             });
         }
-        transaction.commit().await.map_err(unavailable)?;
+        transaction.commit().await.map_err(commit_unknown)?;
         Ok(submitted)
     }
 
@@ -634,12 +643,23 @@ pub async fn claim_ready(
 ) -> Result<Vec<(Task, u64)>, StorageError> {
     let mut transaction = pool.begin().await.map_err(unavailable)?;
     let skipped: Vec<uuid::Uuid> = unreadable.iter().copied().collect();
+    // Waiting tasks now due join the ready ones (up to 1000 a claim), and
+    // the best of both are taken: neither scan steps over a waiting task.
     let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
-        "SELECT id, doc FROM tasks
-         WHERE status = 'pending' AND (visible_at IS NULL OR visible_at <= now())
-           AND NOT (id = ANY($2))
-         ORDER BY priority, sequence
-         LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "WITH promoted AS (
+             UPDATE tasks SET visible_at = NULL WHERE id IN (
+                 SELECT id FROM tasks WHERE status = 'pending' AND visible_at <= now()
+                 ORDER BY visible_at LIMIT 1000 FOR UPDATE SKIP LOCKED)
+             RETURNING id, priority, sequence, doc),
+         ready AS (
+             SELECT id, priority, sequence, doc FROM tasks
+             WHERE status = 'pending' AND visible_at IS NULL AND NOT (id = ANY($2))
+             ORDER BY priority, sequence
+             LIMIT $1 FOR UPDATE SKIP LOCKED)
+         SELECT id, doc FROM (
+             SELECT * FROM promoted WHERE NOT (id = ANY($2))
+             UNION ALL SELECT * FROM ready) candidates
+         ORDER BY priority, sequence LIMIT $1",
     )
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
     .bind(skipped)
@@ -647,6 +667,8 @@ pub async fn claim_ready(
     .await
     .map_err(unavailable)?;
     if rows.is_empty() {
+        // What was promoted stays ready for the next claim.
+        transaction.commit().await.map_err(unavailable)?;
         return Ok(Vec::new());
     }
     let mut started = Vec::with_capacity(rows.len());
