@@ -375,8 +375,25 @@ pub async fn leases_fence_their_holders(store: &dyn TaskStore) {
         store.load(id).await.expect("load").expect("stored").status,
         TaskStatus::Completed
     );
+    // The same outcome saved again (its first answer lost) finds it there;
+    // any other is refused.
+    let mut again = done.clone();
+    again.finished_at = Some(chrono::Utc::now());
     assert_eq!(
-        store.save_leased(&done, second).await.expect("write again"),
+        store
+            .save_leased(&again, second)
+            .await
+            .expect("write again"),
+        Saved::Written,
+        "the holder's own outcome, saved again"
+    );
+    let mut other = done.clone();
+    other.status = TaskStatus::Failed;
+    assert_eq!(
+        store
+            .save_leased(&other, second)
+            .await
+            .expect("write another"),
         Saved::Lost,
         "a finished task has no lease"
     );

@@ -412,6 +412,53 @@ async fn a_submission_whose_commit_answer_is_lost_keeps_its_payload() {
     fleet.stop().await;
 }
 
+/// The answer to the statement that records an outcome is lost after
+/// PostgreSQL applied it: the host saves it again (as it does through an
+/// outage), and that second save finds its own write in place, not a lost
+/// lease. The task completes once, counted as completed, not `lease_lost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_whose_answer_is_lost_is_saved_again_as_written() {
+    let endpoint = taskflow_tests::aws::endpoint();
+    let fleet = Faulty::start(QueueKind::Postgres, &endpoint, 1, 1, 5).await;
+    let client = reqwest::Client::new();
+    let urls = fleet.urls();
+    // The batch completer's statement is prepared on a connection (its
+    // text, once), then run with the task's document, which carries the
+    // marker: the answer to that run is lost.
+    fleet.db[0].lose_answer_after(&[b"cancel_doc", b"answer-lost-marker"]);
+    let task = json!({"plugin": "hostile", "payload": {"mode": "execution", "n": 7, "marker": "answer-lost-marker"}, "idempotency_key": "answer-lost"});
+    let (id, n) = input(&submit_until_accepted(&client, &urls, &task).await);
+    let ids = HashMap::from([(id, n)]);
+    let tasks = wait_final(&client, &urls, &ids, Duration::from_secs(60)).await;
+    assert_eq!(
+        fleet.db[0].answers_lost(),
+        1,
+        "the outcome's answer was dropped"
+    );
+    each_ran_once(&tasks, &ids, &fleet.executions());
+    // The task reads completed from the first write; the host counts the
+    // attempt once its second save answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let counted = |outcome: &'static str| {
+        let (client, url) = (client.clone(), fleet.url(0).to_string());
+        async move {
+            let label = format!("outcome=\"{outcome}\"");
+            metric_sum(&client, &url, "taskflow_task_attempts_total", &[&label]).await
+        }
+    };
+    while counted("completed").await + counted("lease_lost").await == 0 {
+        assert!(Instant::now() < deadline, "the attempt was never counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counted("completed").await, 1);
+    assert_eq!(
+        counted("lease_lost").await,
+        0,
+        "its own write taken for a lost lease"
+    );
+    fleet.stop().await;
+}
+
 /// Item 4: S3 out of reach when a task with a large payload starts: nothing
 /// runs and no attempt is spent; the task waits, says why, and runs once
 /// S3 answers again.

@@ -1156,13 +1156,16 @@ impl TaskStore for FileStore {
 
     async fn save_leased(&self, task: &Task, token: u64) -> Result<Saved, StorageError> {
         let _locked = self.lock(task.id).await;
-        let running = self
-            .load(task.id)
-            .await?
+        let stored = self.load(task.id).await?;
+        let running = stored
+            .as_ref()
             .is_some_and(|stored| stored.status == TaskStatus::Running);
         let Some(cancel_requested) = self.handle.leases.holds(task.id, token).filter(|_| running)
         else {
-            return Ok(Saved::Lost);
+            return Ok(match stored {
+                Some(stored) if Saved::already(&stored, task) => Saved::Written,
+                _ => Saved::Lost,
+            });
         };
         let (written, saved) = match Saved::outcome(task, cancel_requested) {
             Some(cancelled) => (cancelled, Saved::Cancelled),

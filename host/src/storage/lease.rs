@@ -86,6 +86,19 @@ impl Saved {
             cancelled
         })
     }
+
+    /// Whether `stored` already holds the outcome `saving` records, but for
+    /// the times a holder stamps anew each time it tries to save (when it
+    /// finished, when to retry): a save tried again after its answer was
+    /// lost finds its own write, and is answered [`Saved::Written`].
+    pub fn already(stored: &Task, saving: &Task) -> bool {
+        let unstamped = |task: &Task| Task {
+            finished_at: None,
+            retry_at: None,
+            ..task.clone()
+        };
+        stored.status != crate::task::TaskStatus::Running && unstamped(stored) == unstamped(saving)
+    }
 }
 
 /// A lease a host holds, as it renews it.

@@ -135,7 +135,11 @@ async fn write(pool: &PgPool, batch: Vec<Outcome>) {
         replies.push((outcome.id, outcome.reply));
     }
     // `locked` reads each row's cancel request under its lock: a retry
-    // (`c.cancel_doc` set) meeting one is written as the cancel.
+    // (`c.cancel_doc` set) meeting one is written as the cancel. A row that
+    // already holds this very outcome under this token (but for the times
+    // the writer stamps anew at each try) took it before: the answer to that
+    // statement was lost and the writer tries again. It is written. (The
+    // CASE keeps the documents unparsed in the usual case, a running row.)
     let written: Result<Vec<(uuid::Uuid, bool)>, sqlx::Error> = sqlx::query_as(
         "WITH u AS (
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[], $6::text[])
@@ -155,7 +159,10 @@ async fn write(pool: &PgPool, batch: Vec<Outcome>) {
                 cancel_requested = c.status = 'running' AND t.cancel_requested,
                 progress = CASE WHEN c.status = 'running' THEN t.progress END
          FROM c
-         WHERE t.id = c.id AND t.lease_token = c.token AND t.status = 'running'
+         WHERE t.id = c.id AND t.lease_token = c.token
+           AND CASE WHEN t.status = 'running' THEN true
+                    ELSE t.status <> 'running'
+                        AND (t.doc::jsonb - 'finished_at' - 'retry_at') = (c.doc::jsonb - 'finished_at' - 'retry_at') END
          RETURNING t.id, c.cancels",
     )
     .bind(ids)
