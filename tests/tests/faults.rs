@@ -135,6 +135,16 @@ impl Faulty {
         self.hosts.iter().map(|h| h.url.clone()).collect()
     }
 
+    /// The index of the host a running `task` names.
+    async fn runner(&self, client: &reqwest::Client, task: &Value) -> usize {
+        for (index, host) in self.hosts.iter().enumerate() {
+            if host.stats(client).await["host"]["name"] == task["host"] {
+                return index;
+            }
+        }
+        panic!("the task names no host of the fleet: {task}");
+    }
+
     /// How many log lines of every host carry `message`.
     fn logged(&self, message: &str) -> usize {
         self.logs
@@ -563,6 +573,43 @@ async fn a_postgresql_outage_spends_no_attempt_and_runs_nothing_twice() {
     each_ran_once(&tasks, &ids, &fleet.executions());
     assert_eq!(leases_lost(&client, &urls).await, 0, "a host lost a lease");
     fleet.stop().await;
+}
+
+/// One host's link to SQS stalls past the lease while it runs a task: its
+/// queue cannot extend the message, but the store's lease is renewed all
+/// the same (the extension runs beside the heartbeat), so the task, seen
+/// again by the other host when its message comes back, is not taken over
+/// and runs once. (Found by the SQS chaos run: a stalled extension held the
+/// heartbeat, the lease ran out, and the other host ran the task again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_queue_does_not_cost_a_running_task_its_lease() {
+    let emulator = taskflow_tests::aws::OwnEmulator::start().await;
+    let fleet = Faulty::start(QueueKind::Sqs, &emulator.endpoint, 2, 1, 3).await;
+    let client = reqwest::Client::new();
+    let urls = fleet.urls();
+    let task = json!({"plugin": "hostile", "payload": execution(9, 9000, 0), "idempotency_key": "stalled-queue"});
+    let (id, n) = input(&submit_until_accepted(&client, &urls, &task).await);
+    let running = poll_json(
+        &client,
+        &format!("{}/tasks/{id}", fleet.url(0)),
+        Duration::from_secs(30),
+        |t| t["status"] == "running",
+    )
+    .await;
+    let runner = fleet.runner(&client, &running).await;
+    fleet.aws[runner].stall();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    fleet.aws[runner].heal();
+    let ids = HashMap::from([(id, n)]);
+    let tasks = wait_final(&client, &urls, &ids, Duration::from_secs(60)).await;
+    each_ran_once(&tasks, &ids, &fleet.executions());
+    assert_eq!(
+        leases_lost(&client, &urls).await,
+        0,
+        "the runner lost its lease"
+    );
+    fleet.stop().await;
+    drop(emulator);
 }
 
 /// Item 7: an upload the fleet's catalog cannot record (PostgreSQL out of

@@ -138,6 +138,7 @@ impl TaskService {
     pub async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
         let mut ticks = ticks(self.heartbeat_interval());
         let mut failing = false;
+        let mut extending: Option<tokio::task::JoinHandle<()>> = None;
         while next_tick(&mut ticks, &stop).await {
             let held: Vec<Held> = self
                 .running_lock()
@@ -177,8 +178,23 @@ impl TaskService {
                     .filter_map(|r| running.get(&r.id).map(|run| run.delivery.clone()))
                     .collect()
             };
-            if let Err(e) = self.queue.extend(&still_held, self.config.lease).await {
-                tracing::warn!(error = %e, "cannot keep the queue entries of running tasks invisible");
+            // The queue's extension runs beside the heartbeat: a queue that
+            // hangs (its link stalled) must not hold up the store's renewals,
+            // which are what keeps a task this host's. One at a time.
+            if extending
+                .as_ref()
+                .is_none_or(tokio::task::JoinHandle::is_finished)
+            {
+                let this = self.clone();
+                extending = Some(tokio::spawn(async move {
+                    if let Err(e) = this.queue.extend(&still_held, this.config.lease).await {
+                        tracing::warn!(error = %e, "cannot keep the queue entries of running tasks invisible");
+                    }
+                }));
+            } else {
+                tracing::warn!(
+                    "the queue has not answered the last extension yet; skipping this one"
+                );
             }
             let running = self.running_lock();
             for h in &held {
@@ -194,6 +210,9 @@ impl TaskService {
                     }
                 }
             }
+        }
+        if let Some(extending) = extending {
+            extending.abort();
         }
     }
 
