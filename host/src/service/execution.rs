@@ -265,8 +265,8 @@ impl TaskService {
             Err(e) => {
                 // A body that is gone or altered will not come back.
                 let kind = match e {
-                    BlobError::NoStore(_) => FailureKind::Retryable,
-                    _ => FailureKind::Fatal,
+                    BlobError::NoStore(_) | BlobError::Unavailable(_) => FailureKind::Retryable,
+                    BlobError::Missing(_) | BlobError::Corrupt { .. } => FailureKind::Fatal,
                 };
                 return Ok(Attempt {
                     digest: None,

@@ -192,7 +192,7 @@ impl TaskService {
                     }
                 }));
             } else {
-                tracing::warn!(
+                tracing::debug!(
                     "the queue has not answered the last extension yet; skipping this one"
                 );
             }
