@@ -125,13 +125,11 @@ impl Server {
             QueueBackend::Local => Arc::new(LocalQueue::new()),
             QueueBackend::Postgres => {
                 // `validate` made sure the store is PostgreSQL.
-                let pool = postgres
-                    .as_ref()
-                    .context("TASKFLOW_QUEUE=postgres needs TASKFLOW_STORAGE=postgres")?
-                    .pool()
-                    .clone();
+                let store = postgres
+                    .clone()
+                    .context("TASKFLOW_QUEUE=postgres needs TASKFLOW_STORAGE=postgres")?;
                 Arc::new(
-                    PgQueue::start(pool, settings.owner.clone(), settings.lease)
+                    PgQueue::start(store, settings.owner.clone(), settings.lease)
                         .await
                         .context("cannot listen for tasks in PostgreSQL (TASKFLOW_DATABASE_URL)")?,
                 )

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use taskflow::storage::{
-    Change, Held, LeaseState, ListQuery, Renewed, Saved, StorageError, TaskStore,
+    Change, Claim, Held, LeaseState, ListQuery, Renewed, Saved, StorageError, TaskStore,
 };
 use taskflow::task::{Begin, NewTask, Task, TaskId, TaskStatus};
 
@@ -216,6 +216,120 @@ pub async fn claim(store: &dyn TaskStore, id: TaskId, owner: &str, ttl: Duration
         .expect("update")
         .expect("task exists");
     matches!(updated.change, Change::Claim { .. }).then_some(updated.token)
+}
+
+/// The store's claim, the one every worker makes: it says what it found
+/// (run it, wait, skip, busy elsewhere) and takes over a task whose lease
+/// ran out, or fails it when no attempt is left.
+pub async fn claims_say_what_they_found(store: &dyn TaskStore) {
+    let long = Duration::from_secs(60);
+    assert_eq!(
+        store
+            .claim(TaskId::new(), "host-a", long)
+            .await
+            .expect("claim"),
+        Claim::Skip,
+        "an unknown task is not run"
+    );
+    let mut waiting = task("echo", 0);
+    waiting.retry_at = Some(chrono::Utc::now() + chrono::Duration::seconds(30));
+    let mut last_try = task("echo", 0);
+    last_try.max_attempts = 1;
+    let ids: Vec<TaskId> = store
+        .insert(vec![task("echo", 0), waiting, last_try])
+        .await
+        .expect("insert")
+        .into_iter()
+        .map(|s| s.task.id)
+        .collect();
+    let (id, waiting, last_try) = (ids[0], ids[1], ids[2]);
+
+    let Claim::Run(first) = store.claim(id, "host-a", long).await.expect("claim") else {
+        panic!("a pending task is claimed");
+    };
+    assert_eq!(
+        (
+            first.task.status,
+            first.task.attempts,
+            first.task.host.as_deref()
+        ),
+        (TaskStatus::Running, 1, Some("host-a"))
+    );
+    assert_eq!(
+        store.load(id).await.expect("load").expect("stored"),
+        first.task,
+        "the claimed task is the stored one"
+    );
+    assert_eq!(
+        store.claim(id, "host-b", long).await.expect("claim"),
+        Claim::Busy,
+        "a task running under a live lease is another host's"
+    );
+    match store.claim(waiting, "host-a", long).await.expect("claim") {
+        Claim::NotDue(wait) => assert!(
+            wait > Duration::from_secs(20) && wait <= Duration::from_secs(30),
+            "waits out its backoff: {wait:?}"
+        ),
+        other => panic!("a task waiting out a backoff is not due: {other:?}"),
+    }
+
+    // Its host stops renewing: the lease runs out, the next claim takes over.
+    let Claim::Run(stopped) = store
+        .claim(last_try, "host-a", Duration::from_millis(1))
+        .await
+        .expect("claim")
+    else {
+        panic!("a pending task is claimed");
+    };
+    let mut done = first.task.clone();
+    done.status = TaskStatus::Completed;
+    done.finished_at = Some(chrono::Utc::now());
+    assert_eq!(
+        store.save_leased(&done, first.token).await.expect("save"),
+        Saved::Written
+    );
+    assert_eq!(
+        store.claim(id, "host-b", long).await.expect("claim"),
+        Claim::Skip,
+        "a finished task is not run again"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        store.claim(last_try, "host-b", long).await.expect("claim"),
+        Claim::Skip,
+        "a task whose last attempt was lost with its host is not run again"
+    );
+    let failed = store.load(last_try).await.expect("load").expect("stored");
+    assert_eq!(failed.status, TaskStatus::Failed, "{failed:?}");
+    assert_eq!(
+        store
+            .save_leased(&stopped.task, stopped.token)
+            .await
+            .expect("save"),
+        Saved::Lost,
+        "the stopped host's lease is gone"
+    );
+
+    let retried = store.insert(vec![task("echo", 0)]).await.expect("insert")[0]
+        .task
+        .id;
+    let Claim::Run(gone) = store
+        .claim(retried, "host-a", Duration::from_millis(1))
+        .await
+        .expect("claim")
+    else {
+        panic!("a pending task is claimed");
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let Claim::Run(taken) = store.claim(retried, "host-b", long).await.expect("claim") else {
+        panic!("a task whose lease ran out is taken over");
+    };
+    assert!(taken.token > gone.token, "under a greater token");
+    assert_eq!(
+        (taken.task.attempts, taken.task.host.as_deref()),
+        (2, Some("host-b")),
+        "its next attempt, on the host that took it over"
+    );
 }
 
 /// A lease fences its holder: one claim at a time, renewals and writes only
@@ -614,7 +728,7 @@ pub mod queue {
     use std::time::{Duration, Instant};
 
     use taskflow::queue::{Delivery, Queue, QueueEntry};
-    use taskflow::storage::{Change, LeaseState, Saved, TaskStore};
+    use taskflow::storage::{Change, Claim, LeaseState, Saved, TaskStore};
     use taskflow::task::{Task, TaskId, TaskStatus};
 
     use super::task;
@@ -647,8 +761,28 @@ pub mod queue {
         pub store: Arc<dyn TaskStore>,
         /// What it promises.
         pub promises: Promises,
-        /// Another host's queue on the same backend, for a shared queue.
+        /// Another host's queue on the same backend, for a shared queue,
+        /// claiming for [`OTHER_OWNER`].
         pub other: Option<Arc<dyn Queue>>,
+        /// The host that claims the deliveries of `queue`.
+        pub owner: &'static str,
+    }
+
+    /// The host a subject's queue claims for.
+    pub const OWNER: &str = "contract";
+    /// The host the other queue of a shared subject claims for.
+    pub const OTHER_OWNER: &str = "contract-2";
+
+    impl Subject {
+        /// The other host's view of a shared queue.
+        fn other_host(&self) -> Option<Subject> {
+            self.other.clone().map(|queue| Subject {
+                queue,
+                owner: OTHER_OWNER,
+                other: None,
+                ..self.clone()
+            })
+        }
     }
 
     /// The first delivery within `limit`, asked for in short waits (a long
@@ -727,23 +861,19 @@ pub mod queue {
         }
     }
 
-    /// Starts the task of `delivery` as a worker does: the queue's own claim,
-    /// or one made in the store.
+    /// Starts the task of `delivery` as a worker does: the store's claim of
+    /// the delivered id.
     async fn start(subject: &Subject, delivery: &Delivery) -> (Task, u64) {
-        if let Some(claimed) = &delivery.claimed {
-            return (claimed.task.clone(), claimed.token);
-        }
         let id = delivery.entry.id;
-        let token = super::claim(
-            subject.store.as_ref(),
-            id,
-            "contract",
-            subject.promises.lease,
-        )
-        .await
-        .unwrap_or_else(|| panic!("task {id} is claimable when delivered"));
-        let task = subject.store.load(id).await.expect("load").expect("stored");
-        (task, token)
+        match subject
+            .store
+            .claim(id, subject.owner, subject.promises.lease)
+            .await
+            .expect("claim")
+        {
+            Claim::Run(claimed) => (claimed.task, claimed.token),
+            other => panic!("task {id} is claimable when delivered: {other:?}"),
+        }
     }
 
     /// Runs the task of `delivery` to completed and acknowledges it.
@@ -836,7 +966,7 @@ pub mod queue {
     /// one host takes one, another host gets the other two at once, not
     /// once the first host's lease has run out.
     pub async fn a_host_holds_no_delivery_it_is_not_running(subject: Subject) {
-        let Some(other) = subject.other.clone() else {
+        let Some(other) = subject.other_host() else {
             return;
         };
         let tasks = queued(&subject, (0..3).map(|_| at_priority(5)).collect()).await;
@@ -845,13 +975,13 @@ pub mod queue {
             .expect("a delivery");
         let mut delivered = vec![first.entry.id];
         for _ in 0..2 {
-            let delivery = pop_within(other.as_ref(), subject.promises.lease / 2)
+            let delivery = pop_within(other.queue.as_ref(), subject.promises.lease / 2)
                 .await
                 .unwrap_or_else(|| {
                     panic!("the other host gets nothing: the first holds what it does not run")
                 });
             delivered.push(delivery.entry.id);
-            complete(&subject, &delivery).await;
+            complete(&other, &delivery).await;
         }
         complete(&subject, &first).await;
         delivered.sort();
@@ -932,23 +1062,17 @@ pub mod queue {
         complete(&subject, &last).await;
     }
 
-    /// Gives back `delivery` as a stopping host does: a task claimed for
-    /// it pending again (the attempt not counted), then the entry delivered
+    /// Gives back `delivery` as a stopping host does: its task claimed,
+    /// pending again (the attempt not counted), then the entry delivered
     /// again at once.
     async fn give_back(subject: &Subject, delivery: &Delivery) {
-        if let Some(claimed) = &delivery.claimed {
-            let mut task = claimed.task.clone();
-            task.status = TaskStatus::Pending;
-            task.attempts = task.attempts.saturating_sub(1);
-            assert_eq!(
-                subject
-                    .store
-                    .save_leased(&task, claimed.token)
-                    .await
-                    .expect("save"),
-                Saved::Written
-            );
-        }
+        let (mut task, token) = start(subject, delivery).await;
+        task.status = TaskStatus::Pending;
+        task.attempts = task.attempts.saturating_sub(1);
+        assert_eq!(
+            subject.store.save_leased(&task, token).await.expect("save"),
+            Saved::Written
+        );
         subject
             .queue
             .retry(delivery, Duration::ZERO)
@@ -985,10 +1109,7 @@ pub mod queue {
         for delivery in &held {
             give_back(&subject, delivery).await;
         }
-        let receiver = Subject {
-            queue: subject.other.clone().unwrap_or(subject.queue.clone()),
-            ..subject.clone()
-        };
+        let receiver = subject.other_host().unwrap_or_else(|| subject.clone());
         let mut rest = Vec::new();
         while running.len() + rest.len() < tasks.len()
             && let Some(delivery) =

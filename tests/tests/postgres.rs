@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sqlx::postgres::PgConnectOptions;
 use taskflow::config::{QueueBackend, StorageBackend};
-use taskflow::storage::{PgStore, TaskStore};
+use taskflow::storage::{Claim, PgStore, TaskStore};
 use taskflow::task::{TaskId, TaskStatus};
 use taskflow_tests::contract::{self, task};
 use taskflow_tests::pg::{database_url, drop_schema, fresh_schema, schema_url};
@@ -94,6 +94,84 @@ async fn insert_numbers_tasks_and_honours_idempotency_keys() {
 async fn racing_inserts_with_one_key_create_one_task() {
     let (store, schema) = store().await;
     contract::racing_inserts_with_one_key_create_one_task(std::sync::Arc::new(store)).await;
+    drop_schema(&schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_claims_say_what_they_found() {
+    let (store, schema) = store().await;
+    contract::claims_say_what_they_found(&store).await;
+    drop_schema(&schema).await;
+}
+
+/// The tasks-table queue's claim is the store's: `claim_due` claims due
+/// tasks in priority then submission order and keeps each claim for the
+/// claim of its id by the same host, once; any other host finds it busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_claims_due_tasks_in_order_for_the_claim_of_their_ids() {
+    let (store, schema) = store().await;
+    let long = Duration::from_secs(60);
+    let mut urgent = task("echo", 0);
+    urgent.priority = 1;
+    let mut later = task("echo", 0);
+    later.retry_at = Some(chrono::Utc::now() + chrono::Duration::seconds(30));
+    let ids: Vec<TaskId> = store
+        .insert(vec![task("echo", 0), later, task("echo", 0), urgent])
+        .await
+        .expect("insert")
+        .iter()
+        .map(|s| s.task.id)
+        .collect();
+    let claimed: Vec<TaskId> = store
+        .claim_due("host-a", long, 10)
+        .await
+        .expect("claim due")
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(
+        claimed,
+        vec![ids[3], ids[0], ids[2]],
+        "priority first, then submission order; the task waiting out a backoff is not due"
+    );
+    let row: (String, Option<String>) =
+        sqlx::query_as("SELECT status, owner FROM tasks WHERE id = $1")
+            .bind(ids[0].as_uuid())
+            .fetch_one(store.pool())
+            .await
+            .expect("row");
+    assert_eq!(
+        row,
+        ("running".into(), Some("host-a".into())),
+        "claimed in the store"
+    );
+
+    assert_eq!(
+        store.claim(ids[0], "host-b", long).await.expect("claim"),
+        Claim::Busy,
+        "another host finds it running"
+    );
+    let Claim::Run(first) = store.claim(ids[0], "host-a", long).await.expect("claim") else {
+        panic!("the claiming host's claim of the id hands the claim over");
+    };
+    assert_eq!((first.task.id, first.task.attempts), (ids[0], 1));
+    assert_eq!(
+        store.load(ids[0]).await.expect("load").expect("stored"),
+        first.task
+    );
+    assert_eq!(
+        store.claim(ids[0], "host-a", long).await.expect("claim"),
+        Claim::Busy,
+        "handed over once: it runs under the lease it was claimed with"
+    );
+    assert!(
+        store
+            .claim_due("host-b", long, 10)
+            .await
+            .expect("claim due")
+            .is_empty(),
+        "nothing else is due"
+    );
     drop_schema(&schema).await;
 }
 

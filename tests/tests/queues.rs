@@ -11,7 +11,7 @@ use taskflow::queue::sqs::{SqsSettings, parse_bands};
 use taskflow::queue::{LocalQueue, PgQueue, Queue, SqsQueue};
 use taskflow::storage::{FileStore, PgStore, TaskStore};
 use taskflow_tests::contract::queue::broken::{Broken, Fault};
-use taskflow_tests::contract::queue::{self as contract, Promises, Subject};
+use taskflow_tests::contract::queue::{self as contract, OTHER_OWNER, OWNER, Promises, Subject};
 use taskflow_tests::{aws, pg};
 
 /// Every queue's lease here.
@@ -52,6 +52,7 @@ impl Harness {
                 store,
                 promises: IN_ORDER,
                 other: None,
+                owner: OWNER,
             },
             schema: None,
             _dir: Some(dir),
@@ -63,10 +64,10 @@ impl Harness {
         let store = PgStore::connect(options, 8)
             .await
             .expect("PostgreSQL store");
-        let queue = PgQueue::start(store.pool().clone(), "contract".into(), LEASE)
+        let queue = PgQueue::start(store.clone(), OWNER.into(), LEASE)
             .await
             .expect("PostgreSQL queue");
-        let other = PgQueue::start(store.pool().clone(), "contract-2".into(), LEASE)
+        let other = PgQueue::start(store.clone(), OTHER_OWNER.into(), LEASE)
             .await
             .expect("PostgreSQL queue");
         Self {
@@ -76,6 +77,7 @@ impl Harness {
                 store: Arc::new(store),
                 promises: IN_ORDER,
                 other: Some(Arc::new(other)),
+                owner: OWNER,
             },
             schema: Some(schema),
             _dir: None,
@@ -117,6 +119,7 @@ impl Harness {
                     max_receives: Some(MAX_RECEIVES),
                 },
                 other: Some(Arc::new(other)),
+                owner: OWNER,
             },
             schema: Some(schema),
             _dir: None,

@@ -41,6 +41,15 @@ async fn file_store_leases_fence_their_holders() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_store_claims_say_what_they_found() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FileStore::open(dir.path(), false)
+        .await
+        .expect("open store");
+    contract::claims_say_what_they_found(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_saved_after_a_cancel_request_in_the_file_store_is_a_cancel() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = FileStore::open(dir.path(), false)

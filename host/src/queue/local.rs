@@ -163,10 +163,7 @@ impl State {
             }
             let slot = self.index.remove(&item.id)?;
             self.ready_counts[usize::from(item.priority)] -= 1;
-            return Some(Delivery::unclaimed(
-                slot.entry,
-                format!("local:{}", item.token),
-            ));
+            return Some(Delivery::first(slot.entry, format!("local:{}", item.token)));
         }
         None
     }

@@ -56,21 +56,17 @@ pub struct Delivery {
     /// Identifies this delivery to [`Queue::ack`] (an SQS receipt handle in
     /// the distributed backend).
     pub receipt: String,
-    /// The task, already claimed for this host, when the queue claims as it
-    /// delivers (the tasks-table queue); `None`: the worker claims it.
-    pub claimed: Option<Claimed>,
     /// How many times this entry was delivered, this time included (more
     /// than one after a retry or a host that never acknowledged it).
     pub receive_count: u32,
 }
 
 impl Delivery {
-    /// A first delivery of `entry` that the worker still has to claim.
-    pub fn unclaimed(entry: QueueEntry, receipt: String) -> Self {
+    /// A first delivery of `entry`.
+    pub fn first(entry: QueueEntry, receipt: String) -> Self {
         Self {
             entry,
             receipt,
-            claimed: None,
             receive_count: 1,
         }
     }
@@ -86,16 +82,6 @@ pub struct DeadLetter {
     pub receive_count: u32,
     /// Identifies it to [`Queue::bury`].
     pub receipt: String,
-}
-
-/// A task claimed for this host: its state after the claim, and the claim's
-/// fencing token.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Claimed {
-    /// The task, running its new attempt.
-    pub task: Task,
-    /// The claim's fencing token.
-    pub token: u64,
 }
 
 /// How many entries a queue holds.

@@ -1,11 +1,12 @@
 //! The tasks table as the queue (`TASKFLOW_QUEUE=postgres`), for fleets that
 //! have PostgreSQL and nothing else.
 //!
-//! A pending row is a queued task: there is nothing to push. A worker claims
-//! due rows with `FOR UPDATE SKIP LOCKED` in priority then submission order,
-//! so the order is exact across every host, several at a time for the
-//! workers waiting here; a claim is the lease of the task (see
-//! [`crate::storage::lease`]). Hosts wake on `LISTEN/NOTIFY` (a trigger
+//! A pending row is a queued task: there is nothing to push. The store
+//! claims due rows with `FOR UPDATE SKIP LOCKED` in priority then submission
+//! order ([`PgStore::claim_due`]), so the order is exact across every host,
+//! several at a time for the workers waiting here, and the queue delivers
+//! their ids: a worker's claim of a delivered id takes the store's claim as
+//! made (see [`crate::storage::lease`]). Hosts wake on `LISTEN/NOTIFY` (a trigger
 //! notifies when a row becomes pending) and poll as well, since
 //! notifications are best effort; delayed retries wait in `visible_at`, out of
 //! the index claims walk until a claim finds them due.
@@ -20,9 +21,9 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{Claimed, Delivery, Queue, QueueDepth, QueueEntry, QueueError, QueueRequests, Waiting};
-use crate::storage::StorageError;
-use crate::storage::postgres::{claim_ready, is_pending, pending_depth};
+use super::{Delivery, Queue, QueueDepth, QueueEntry, QueueError, QueueRequests, Waiting};
+use crate::storage::postgres::{is_pending, pending_depth};
+use crate::storage::{PgStore, StorageError};
 use crate::task::{PRIORITY_HIGHEST, PRIORITY_LOWEST, TaskId};
 
 /// The channel the `tasks_pending` trigger notifies.
@@ -48,17 +49,15 @@ pub struct PgQueue {
 /// nothing: what it claimed waits in the buffer, for the next `pop` or for
 /// [`Queue::held`].
 struct Claims {
-    pool: PgPool,
+    store: PgStore,
     owner: String,
     ttl: Duration,
     /// Claimed for this host, not yet handed to a worker.
-    claimed: Mutex<VecDeque<Claimed>>,
+    claimed: Mutex<VecDeque<QueueEntry>>,
     /// One claim query at a time; it claims for every waiting worker.
     claiming: tokio::sync::Mutex<LastClaim>,
     /// Workers inside `pop`.
     waiting: AtomicUsize,
-    /// Pending rows this host cannot read, not claimed again.
-    unreadable: Mutex<std::collections::HashSet<uuid::Uuid>>,
     /// Wakes the workers waiting for a task: on a notification, and when a
     /// claim took some for them.
     wake: Arc<Notify>,
@@ -89,7 +88,7 @@ struct Heard {
 }
 
 impl Claims {
-    fn buffer(&self) -> std::sync::MutexGuard<'_, VecDeque<Claimed>> {
+    fn buffer(&self) -> std::sync::MutexGuard<'_, VecDeque<QueueEntry>> {
         self.claimed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -123,25 +122,14 @@ impl Claims {
         last.at = Some(now);
         self.claim_queries.fetch_add(1, Ordering::Relaxed);
         let want = self.waiting.load(Ordering::Relaxed).clamp(1, MAX_CLAIM);
-        let mut unreadable = std::mem::take(
-            &mut *self
-                .unreadable
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        let claimed = claim_ready(&self.pool, &self.owner, self.ttl, want, &mut unreadable).await;
-        *self
-            .unreadable
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = unreadable;
-        let claimed = claimed.map_err(from_storage)?;
+        let claimed = self
+            .store
+            .claim_due(&self.owner, self.ttl, want)
+            .await
+            .map_err(from_storage)?;
         let count = claimed.len();
         last.empty = (count == 0).then_some((heard, now));
-        self.buffer().extend(
-            claimed
-                .into_iter()
-                .map(|(task, token)| Claimed { task, token }),
-        );
+        self.buffer().extend(claimed.iter().map(QueueEntry::from));
         if count > 1 {
             // Claimed for workers that wait for a notification too.
             self.wake.notify_waiters();
@@ -150,20 +138,18 @@ impl Claims {
     }
 }
 
-fn delivery_of(claimed: Claimed) -> Delivery {
-    Delivery {
-        receipt: format!("postgres:{}", claimed.token),
-        entry: QueueEntry::from(&claimed.task),
-        claimed: Some(claimed),
-        receive_count: 1,
-    }
+fn delivery_of(entry: QueueEntry) -> Delivery {
+    let receipt = format!("postgres:{}", entry.id);
+    Delivery::first(entry, receipt)
 }
 
 impl PgQueue {
-    /// A queue over the tasks table of `pool`, claiming for `owner` with
-    /// leases of `ttl`; starts listening for new tasks.
-    pub async fn start(pool: PgPool, owner: String, ttl: Duration) -> Result<Self, QueueError> {
-        let mut listener = PgListener::connect_with(&pool).await.map_err(unavailable)?;
+    /// A queue over the tasks table of `store`, which claims for `owner`
+    /// with leases of `ttl`; starts listening for new tasks.
+    pub async fn start(store: PgStore, owner: String, ttl: Duration) -> Result<Self, QueueError> {
+        let mut listener = PgListener::connect_with(store.pool())
+            .await
+            .map_err(unavailable)?;
         listener.listen(CHANNEL).await.map_err(unavailable)?;
         let wake = Arc::new(Notify::new());
         let heard = Arc::new(Heard::default());
@@ -172,13 +158,12 @@ impl PgQueue {
         tokio::spawn(listen(listener, wake.clone(), heard.clone(), stop.clone()));
         Ok(Self {
             claims: Arc::new(Claims {
-                pool,
+                store,
                 owner,
                 ttl,
                 claimed: Mutex::new(VecDeque::new()),
                 claiming: tokio::sync::Mutex::new(LastClaim::default()),
                 waiting: AtomicUsize::new(0),
-                unreadable: Mutex::new(std::collections::HashSet::new()),
                 wake,
                 heard,
                 claim_queries: AtomicU64::new(0),
@@ -193,7 +178,7 @@ impl PgQueue {
     }
 
     fn pool(&self) -> &PgPool {
-        &self.claims.pool
+        self.claims.store.pool()
     }
 }
 

@@ -352,7 +352,6 @@ impl Receiving {
             deliveries.push(Delivery {
                 entry,
                 receipt: format!("{band}:{handle}"),
-                claimed: None,
                 receive_count,
             });
         }

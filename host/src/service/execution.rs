@@ -9,12 +9,11 @@ use chrono::Utc;
 use rand::Rng;
 use tokio::sync::Notify;
 
-use super::leases::Claim;
 use super::{Running, ServiceError, TaskService};
 use crate::blobs::BlobError;
-use crate::queue::{Claimed, Delivery};
+use crate::queue::Delivery;
 use crate::runtime::{Failure, FailureKind, Limits, TaskInput};
-use crate::storage::Saved;
+use crate::storage::{Claim, Claimed, Saved};
 use crate::task::{Task, TaskError, TaskId, TaskStatus};
 
 /// Longest retry backoff.
@@ -48,40 +47,45 @@ struct Attempt {
 }
 
 impl TaskService {
+    /// Claims the task of `delivery` for this host; `None` when it is not
+    /// to run now, the delivery then answered for as the claim requires.
+    async fn start(&self, delivery: &Delivery) -> Option<Claimed> {
+        match self.claim(delivery.entry.id).await {
+            Ok(Claim::Run(claimed)) => Some(*claimed),
+            Ok(Claim::NotDue(wait)) => {
+                self.requeue(delivery, wait).await;
+                None
+            }
+            Ok(Claim::Skip) => {
+                // Cancelled, finished or deleted since it was queued.
+                self.ack(delivery).await;
+                None
+            }
+            Ok(Claim::Busy) => {
+                // Another host runs it: a queue that redelivers keeps this
+                // entry, should that host stop before it finishes.
+                if self.queue.redelivers() {
+                    self.requeue(delivery, self.config.lease).await;
+                } else {
+                    self.ack(delivery).await;
+                }
+                None
+            }
+            Err(e) => {
+                self.store_trouble.seen();
+                tracing::error!(task_id = %delivery.entry.id, error = %e, "cannot start task; retrying shortly");
+                self.requeue(delivery, STORAGE_RETRY_DELAY).await;
+                None
+            }
+        }
+    }
+
     /// Runs the task of one queue delivery to its next state. Called by the
     /// workers; never fails: every problem is recorded on the task or logged.
-    pub async fn process(&self, mut delivery: Delivery) {
+    pub async fn process(&self, delivery: Delivery) {
         let id = delivery.entry.id;
-        let claimed = match delivery.claimed.take() {
-            Some(claimed) => claimed,
-            None => match self.claim(id).await {
-                Ok(Claim::Run(claimed)) => *claimed,
-                Ok(Claim::NotDue(wait)) => {
-                    self.requeue(&delivery, wait).await;
-                    return;
-                }
-                Ok(Claim::Skip) => {
-                    // Cancelled, finished or deleted since it was queued.
-                    self.ack(&delivery).await;
-                    return;
-                }
-                Ok(Claim::Busy) => {
-                    // Another host runs it: a queue that redelivers keeps
-                    // this entry, should that host stop before it finishes.
-                    if self.queue.redelivers() {
-                        self.requeue(&delivery, self.config.lease).await;
-                    } else {
-                        self.ack(&delivery).await;
-                    }
-                    return;
-                }
-                Err(e) => {
-                    self.store_trouble.seen();
-                    tracing::error!(task_id = %id, error = %e, "cannot start task; retrying shortly");
-                    self.requeue(&delivery, STORAGE_RETRY_DELAY).await;
-                    return;
-                }
-            },
+        let Some(claimed) = self.start(&delivery).await else {
+            return;
         };
         let Claimed { task, token } = claimed;
         if self.plugin_on_its_way(&task.plugin).await {
@@ -211,20 +215,17 @@ impl TaskService {
     }
 
     /// Gives back a delivery this host fetched and will not run (it is
-    /// stopping): a claimed task is handed back, an unclaimed entry
-    /// delivered again at once.
+    /// stopping): its task, claimed here, goes back to pending with the
+    /// attempt not counted, its entry delivered again at once.
     pub async fn give_back(&self, delivery: Delivery) {
-        match &delivery.claimed {
-            Some(claimed) => {
-                let (task, token) = (claimed.task.clone(), claimed.token);
-                if let Err(e) = self
-                    .hand_back(task, token, &delivery, Duration::ZERO, None)
-                    .await
-                {
-                    tracing::warn!(task_id = %delivery.entry.id, error = %e, "cannot give back a task claimed here; it runs once its lease expires");
-                }
-            }
-            None => self.requeue(&delivery, Duration::ZERO).await,
+        let Some(Claimed { task, token }) = self.start(&delivery).await else {
+            return;
+        };
+        if let Err(e) = self
+            .hand_back(task, token, &delivery, Duration::ZERO, None)
+            .await
+        {
+            tracing::warn!(task_id = %delivery.entry.id, error = %e, "cannot give back a task claimed here; it runs once its lease expires");
         }
     }
 

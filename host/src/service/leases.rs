@@ -1,7 +1,8 @@
-//! Ownership of running tasks: the claim that starts an attempt under a
-//! lease, the heartbeat that renews this host's leases (and hears cancel
-//! requests), and the reaper that takes back the tasks of hosts that stopped
-//! renewing theirs.
+//! Ownership of running tasks: this host's claim (the store's
+//! [`TaskStore::claim`](crate::storage::TaskStore::claim), which starts an
+//! attempt under a lease), the heartbeat that renews this host's leases (and
+//! hears cancel requests), and the reaper that takes back the tasks of hosts
+//! that stopped renewing theirs.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,9 +12,9 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::{ServiceError, TaskService};
-use crate::queue::{Claimed, QueueEntry};
-use crate::storage::{Change, Held, LeaseState, StorageError};
-use crate::task::{Begin, Task, TaskId, TaskStatus};
+use crate::queue::QueueEntry;
+use crate::storage::{Change, Claim, Held, LeaseState, StorageError};
+use crate::task::{Task, TaskId, TaskStatus};
 
 /// The reaper's name in the store's table of fleet jobs.
 const REAPER_JOB: &str = "reaper";
@@ -47,83 +48,12 @@ impl StoreTrouble {
     }
 }
 
-/// What a claim found.
-pub(super) enum Claim {
-    /// Claimed for this host: run it.
-    Run(Box<Claimed>),
-    /// Waiting out a retry backoff for this much longer.
-    NotDue(Duration),
-    /// Not to be run: cancelled, finished, gone, or failed now for want of
-    /// attempts.
-    Skip,
-    /// Running on another host, which holds its lease.
-    Busy,
-}
-
-/// The change that claims a pending task for `owner`; a task still marked
-/// running whose lease expired (its host stopped, and its queue entry came
-/// back before the reaper) is taken over.
-pub fn claim_change(
-    task: &mut Task,
-    lease: &LeaseState,
-    owner: &str,
-    ttl: Duration,
-) -> (Begin, Change) {
-    if task.status == TaskStatus::Running && lease.expired {
-        if lease.cancel_requested {
-            task.cancel(Utc::now());
-            return (Begin::NotPending, Change::Save);
-        }
-        if !task.interrupt(Utc::now()) {
-            return (Begin::Exhausted, Change::Save);
-        }
-    }
-    match task.begin_attempt(owner, Utc::now()) {
-        Begin::Started => (
-            Begin::Started,
-            Change::Claim {
-                owner: owner.to_string(),
-                ttl,
-            },
-        ),
-        Begin::Exhausted => (Begin::Exhausted, Change::Save),
-        other => (other, Change::Keep),
-    }
-}
-
 impl TaskService {
     /// Claims the task `id` for this host, starting its next attempt.
     pub(super) async fn claim(&self, id: TaskId) -> Result<Claim, StorageError> {
-        let (owner, ttl) = (self.config.owner.clone(), self.config.lease);
-        let begun = Arc::new(std::sync::Mutex::new(Some(Begin::NotPending)));
-        let seen = begun.clone();
-        let change = Box::new(move |task: &mut Task, lease: &LeaseState| {
-            let running = task.status == TaskStatus::Running;
-            let (begin, change) = claim_change(task, lease, &owner, ttl);
-            let begin = match begin {
-                Begin::NotPending if running && change == Change::Keep => None,
-                begin => Some(begin),
-            };
-            *seen
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = begin;
-            change
-        });
-        let Some(updated) = self.store.update(id, change).await? else {
-            return Ok(Claim::Skip);
-        };
-        let begin = *begun
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Ok(match begin {
-            Some(Begin::Started) => Claim::Run(Box::new(Claimed {
-                task: updated.task,
-                token: updated.token,
-            })),
-            Some(Begin::NotDue(wait)) => Claim::NotDue(wait),
-            Some(Begin::Exhausted | Begin::NotPending) => Claim::Skip,
-            None => Claim::Busy,
-        })
+        self.store
+            .claim(id, &self.config.owner, self.config.lease)
+            .await
     }
 
     /// Interval of the heartbeat: a third of the lease, at most 2 s (it also

@@ -11,7 +11,105 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::task::{Task, TaskId};
+use chrono::Utc;
+
+use super::{StorageError, TaskStore};
+use crate::task::{Begin, Task, TaskId, TaskStatus};
+
+/// A task claimed for a host: its state after the claim, and the claim's
+/// fencing token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    /// The task, running its new attempt.
+    pub task: Task,
+    /// The claim's fencing token.
+    pub token: u64,
+}
+
+/// What [`claim`](super::TaskStore::claim) found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// Claimed for the asking host: run it.
+    Run(Box<Claimed>),
+    /// Waiting out a retry backoff for this much longer.
+    NotDue(Duration),
+    /// Not to be run: cancelled, finished, gone, or failed now for want of
+    /// attempts.
+    Skip,
+    /// Running on another host, which holds its lease.
+    Busy,
+}
+
+/// The change that claims a pending task for `owner`; a task still marked
+/// running whose lease expired (its host stopped, and its queue entry came
+/// back before the reaper) is taken over.
+fn claim_change(
+    task: &mut Task,
+    lease: &LeaseState,
+    owner: &str,
+    ttl: Duration,
+) -> (Begin, Change) {
+    if task.status == TaskStatus::Running && lease.expired {
+        if lease.cancel_requested {
+            task.cancel(Utc::now());
+            return (Begin::NotPending, Change::Save);
+        }
+        if !task.interrupt(Utc::now()) {
+            return (Begin::Exhausted, Change::Save);
+        }
+    }
+    match task.begin_attempt(owner, Utc::now()) {
+        Begin::Started => (
+            Begin::Started,
+            Change::Claim {
+                owner: owner.to_string(),
+                ttl,
+            },
+        ),
+        Begin::Exhausted => (Begin::Exhausted, Change::Save),
+        other => (other, Change::Keep),
+    }
+}
+
+/// [`TaskStore::claim`] made of [`TaskStore::update`]: the claim of every
+/// store, the one place that sets owner, lease and token.
+pub async fn claim_by_update<S: TaskStore + ?Sized>(
+    store: &S,
+    id: TaskId,
+    owner: &str,
+    ttl: Duration,
+) -> Result<Claim, StorageError> {
+    let owner = owner.to_string();
+    let begun = std::sync::Arc::new(Mutex::new(Some(Begin::NotPending)));
+    let seen = begun.clone();
+    let change = Box::new(move |task: &mut Task, lease: &LeaseState| {
+        let running = task.status == TaskStatus::Running;
+        let (begin, change) = claim_change(task, lease, &owner, ttl);
+        let begin = match begin {
+            Begin::NotPending if running && change == Change::Keep => None,
+            begin => Some(begin),
+        };
+        *seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = begin;
+        change
+    });
+    let Some(updated) = store.update(id, change).await? else {
+        return Ok(Claim::Skip);
+    };
+    let begin = *begun
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Ok(match begin {
+        Some(Begin::Started) => Claim::Run(Box::new(Claimed {
+            task: updated.task,
+            token: updated.token,
+        })),
+        Some(Begin::NotDue(wait)) => Claim::NotDue(wait),
+        Some(Begin::Exhausted | Begin::NotPending) => Claim::Skip,
+        None => Claim::Busy,
+    })
+}
 
 /// A task's lease as stored, as [`update`](super::TaskStore::update) shows it
 /// to the change function.

@@ -12,6 +12,7 @@ pub mod postgres;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -20,7 +21,7 @@ use utoipa::ToSchema;
 use crate::task::{Task, TaskId, TaskStatus};
 
 pub use files::FileStore;
-pub use lease::{Change, ChangeFn, Held, LeaseState, Renewed, Saved, Updated};
+pub use lease::{Change, ChangeFn, Claim, Claimed, Held, LeaseState, Renewed, Saved, Updated};
 pub use postgres::PgStore;
 
 /// Number of tasks in each status; every status is present.
@@ -224,6 +225,14 @@ pub trait TaskStore: Send + Sync {
     /// every other `update` and [`save_leased`](Self::save_leased) from any
     /// host; `None` when there is no such task.
     async fn update(&self, id: TaskId, change: ChangeFn) -> Result<Option<Updated>, StorageError>;
+
+    /// Claims the task `id` for `owner`, starting its next attempt under a
+    /// lease of `ttl` and a new fencing token: the one claim of every
+    /// queue's deliveries. A running task whose lease expired is taken over
+    /// (or cancelled, or failed when no attempt is left).
+    async fn claim(&self, id: TaskId, owner: &str, ttl: Duration) -> Result<Claim, StorageError> {
+        lease::claim_by_update(self, id, owner, ttl).await
+    }
 
     /// The lease holder's write: saves `task` only if it is still running in
     /// the store under the claim `token`; a status other than running ends

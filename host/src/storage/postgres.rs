@@ -7,13 +7,14 @@
 
 mod completer;
 pub mod connect;
+mod due;
 pub mod fleet_settings;
 
 use std::collections::BTreeMap;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
-use super::lease::{Change, ChangeFn, Held, LeaseState, Renewed, Saved, Updated};
+use super::lease::{Change, ChangeFn, Claim, Held, LeaseState, Renewed, Saved, Updated};
 use super::{
     Cursor, Expired, ListQuery, StatusCounts, StorageError, Submitted, TaskPage, TaskStore,
 };
@@ -29,6 +30,8 @@ pub struct PgStore {
     pool: PgPool,
     /// Writes the outcomes of this host's tasks in batches.
     completer: completer::Completer,
+    /// Claims of the tasks-table queue not yet asked for.
+    due: std::sync::Arc<due::Due>,
 }
 
 impl PgStore {
@@ -50,7 +53,11 @@ impl PgStore {
                 ))
             })?;
         let completer = completer::Completer::start(pool.clone());
-        Ok(Self { pool, completer })
+        Ok(Self {
+            pool,
+            completer,
+            due: std::sync::Arc::default(),
+        })
     }
 
     /// The connection pool (the PostgreSQL queue shares it).
@@ -349,6 +356,20 @@ impl TaskStore for PgStore {
         }))
     }
 
+    /// A task [`claim_due`](Self::claim_due) claimed for `owner` is handed
+    /// over as claimed; any other is claimed by [`update`](TaskStore::update).
+    async fn claim(
+        &self,
+        id: TaskId,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Claim, StorageError> {
+        match self.claimed_due(id, owner) {
+            Some(claim) => Ok(claim),
+            None => super::lease::claim_by_update(self, id, owner, ttl).await,
+        }
+    }
+
     async fn save_leased(&self, task: &Task, token: u64) -> Result<Saved, StorageError> {
         self.completer.save(task, token).await
     }
@@ -622,107 +643,6 @@ async fn upsert(connection: &mut PgConnection, task: &Task) -> Result<(), Storag
     .await
     .map_err(unavailable)?;
     Ok(())
-}
-
-/// Claims up to `limit` pending tasks that are due, highest priority then
-/// oldest submission first, for `owner` (the tasks table as a queue): each
-/// starts its next attempt under a new lease. Rows other hosts are claiming
-/// at the same moment are skipped, not waited for. A task with no attempt
-/// left fails instead and is not returned.
-///
-/// A row this host cannot read (written by a newer version during a rolling
-/// upgrade, say) is left as it is for a host that can, its id added to
-/// `unreadable`, and rows in `unreadable` are not asked for again: one such
-/// row never stops this host claiming the others.
-pub async fn claim_ready(
-    pool: &PgPool,
-    owner: &str,
-    ttl: std::time::Duration,
-    limit: usize,
-    unreadable: &mut std::collections::HashSet<uuid::Uuid>,
-) -> Result<Vec<(Task, u64)>, StorageError> {
-    let mut transaction = pool.begin().await.map_err(unavailable)?;
-    let skipped: Vec<uuid::Uuid> = unreadable.iter().copied().collect();
-    // Waiting tasks now due join the ready ones (up to 1000 a claim), and
-    // the best of both are taken: neither scan steps over a waiting task.
-    let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
-        "WITH promoted AS (
-             UPDATE tasks SET visible_at = NULL WHERE id IN (
-                 SELECT id FROM tasks WHERE status = 'pending' AND visible_at <= now()
-                 ORDER BY visible_at LIMIT 1000 FOR UPDATE SKIP LOCKED)
-             RETURNING id, priority, sequence, doc),
-         ready AS (
-             SELECT id, priority, sequence, doc FROM tasks
-             WHERE status = 'pending' AND visible_at IS NULL AND NOT (id = ANY($2))
-             ORDER BY priority, sequence
-             LIMIT $1 FOR UPDATE SKIP LOCKED)
-         SELECT id, doc FROM (
-             SELECT * FROM promoted WHERE NOT (id = ANY($2))
-             UNION ALL SELECT * FROM ready) candidates
-         ORDER BY priority, sequence LIMIT $1",
-    )
-    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-    .bind(skipped)
-    .fetch_all(&mut *transaction)
-    .await
-    .map_err(unavailable)?;
-    if rows.is_empty() {
-        // What was promoted stays ready for the next claim.
-        transaction.commit().await.map_err(unavailable)?;
-        return Ok(Vec::new());
-    }
-    let mut started = Vec::with_capacity(rows.len());
-    for (id, doc) in rows {
-        let mut task = match task_of(TaskId::from(id), &doc) {
-            Ok(task) => task,
-            Err(e) => {
-                tracing::error!(task_id = %id, error = %e, "cannot read a pending task; leaving it to a host that can");
-                unreadable.insert(id);
-                continue;
-            }
-        };
-        // The database found it due; the clock of this host has no say.
-        let now = task
-            .retry_at
-            .map_or_else(chrono::Utc::now, |at| at.max(chrono::Utc::now()));
-        match task.begin_attempt(owner, now) {
-            crate::task::Begin::Started => started.push(task),
-            crate::task::Begin::Exhausted => {
-                write_changed(&mut transaction, &task).await?;
-            }
-            crate::task::Begin::NotDue(_) | crate::task::Begin::NotPending => {}
-        }
-    }
-    let ids: Vec<uuid::Uuid> = started.iter().map(|t| *t.id.as_uuid()).collect();
-    let docs = started
-        .iter()
-        .map(encode)
-        .collect::<Result<Vec<String>, _>>()?;
-    let tokens: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
-        "UPDATE tasks t SET status = 'running', doc = u.doc, visible_at = NULL, updated_at = now(), owner = $1,
-                lease_token = t.lease_token + 1, lease_expires_at = now() + $2 * interval '1 millisecond',
-                cancel_requested = false, progress = 0
-         FROM unnest($3::uuid[], $4::text[]) AS u(id, doc)
-         WHERE t.id = u.id
-         RETURNING t.id, t.lease_token",
-    )
-    .bind(owner)
-    .bind(millis(ttl))
-    .bind(ids)
-    .bind(docs)
-    .fetch_all(&mut *transaction)
-    .await
-    .map_err(unavailable)?;
-    transaction.commit().await.map_err(unavailable)?;
-    let tokens: std::collections::HashMap<uuid::Uuid, i64> = tokens.into_iter().collect();
-    Ok(started
-        .into_iter()
-        .filter_map(|task| {
-            tokens
-                .get(task.id.as_uuid())
-                .map(|token| (task, token_of(*token)))
-        })
-        .collect())
 }
 
 /// Pending tasks of the tasks-table queue: (priority, due now, waiting out a backoff).
