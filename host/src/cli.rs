@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::client::{Client, ClientError};
+#[cfg(feature = "server")]
 use crate::config::ServeConfig;
 use crate::task::{NewTask, TaskStatus};
 use crate::telemetry::LogFormat;
@@ -45,10 +46,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a host: API, queue, workers and plugin runtime.
+    #[cfg(feature = "server")]
     Serve(Box<ServeConfig>),
     /// Run a round-robin load balancer in front of several hosts.
+    #[cfg(feature = "server")]
     Lb(crate::lb::LbConfig),
     /// Create or update the AWS stack (CloudFormation) and write its settings into .env.
+    #[cfg(feature = "server")]
     Deploy(crate::deploy::DeployArgs),
     /// Submit one task, or many from a JSON-lines file.
     Submit(SubmitArgs),
@@ -84,6 +88,7 @@ pub enum Command {
         file: PathBuf,
     },
     /// Compile a plugin for a host: run by `serve`, not by people.
+    #[cfg(feature = "server")]
     #[command(name = crate::runtime::compiler::SUBCOMMAND, hide = true)]
     CompilePlugin {
         /// The host's engine settings, as JSON.
@@ -136,6 +141,7 @@ impl ServerArgs {
     async fn client_with(&self, secret: Option<&str>) -> anyhow::Result<Client> {
         let token = match (&self.token, secret) {
             (Some(token), _) => Some(token.clone()),
+            #[cfg(feature = "server")]
             (None, Some(id)) => {
                 let sdk = crate::aws::sdk_config().await;
                 let client = aws_sdk_secretsmanager::Client::new(&sdk);
@@ -144,6 +150,10 @@ impl ServerArgs {
                     .context("cannot read the API token (pass --token, or fix TASKFLOW_TOKEN_SECRET / TASKFLOW_ADMIN_TOKEN_SECRET)")?;
                 Some(token)
             }
+            #[cfg(not(feature = "server"))]
+            (None, Some(_)) => bail!(
+                "this taskflow is a client-only build, which cannot read AWS Secrets Manager: pass --token (or set TASKFLOW_TOKEN)"
+            ),
             (None, None) => None,
         };
         Ok(Client::new(&self.server, token))
@@ -228,10 +238,13 @@ pub enum PluginsCommand {
     },
     /// Run one task on a `.wasm` plugin here, with no server: the same
     /// runtime, sandbox and limits as a host.
+    #[cfg(feature = "server")]
     Run(crate::author::RunArgs),
     /// Create a plugin project, ready to build, in Rust, Python or JavaScript.
+    #[cfg(feature = "server")]
     New(crate::author::NewArgs),
     /// Build the plugin project in a directory into `<dir>/<name>.wasm`.
+    #[cfg(feature = "server")]
     Build(crate::author::BuildArgs),
 }
 
@@ -264,6 +277,8 @@ fn explain_unauthorized(error: anyhow::Error, has_token: bool) -> anyhow::Error 
     }
 }
 
+// `deploy` alone reads the env file's path and what came from it.
+#[cfg_attr(not(feature = "server"), allow(unused_variables))]
 async fn run_command(
     command: Command,
     server: ServerArgs,
@@ -271,12 +286,15 @@ async fn run_command(
     from_env_file: &[String],
 ) -> anyhow::Result<()> {
     match command {
+        #[cfg(feature = "server")]
         Command::Serve(mut config) => {
             config.compiler = std::env::current_exe().ok();
             let server = crate::server::Server::start(*config).await?;
             server.run(crate::server::shutdown_signal()).await
         }
+        #[cfg(feature = "server")]
         Command::Lb(config) => crate::lb::run(config, crate::server::shutdown_signal()).await,
+        #[cfg(feature = "server")]
         Command::Deploy(args) => crate::deploy::run(args, env_file, from_env_file).await,
         Command::Health(args) => health(args).await,
         Command::Submit(args) => submit(args, &server).await,
@@ -343,13 +361,17 @@ async fn run_command(
             out!("removed {name}");
             Ok(())
         }
+        #[cfg(feature = "server")]
         Command::Plugins(PluginsCommand::Run(args)) => crate::author::run(args).await,
+        #[cfg(feature = "server")]
         Command::Plugins(PluginsCommand::New(args)) => crate::author::new(&args),
+        #[cfg(feature = "server")]
         Command::Plugins(PluginsCommand::Build(args)) => {
             tokio::task::block_in_place(|| crate::author::build(&args))
         }
         Command::Backup { output } => backup(output, &server).await,
         Command::Restore { file } => restore(file, &server).await,
+        #[cfg(feature = "server")]
         Command::CompilePlugin { engine, output } => {
             // Compiling is CPU-bound; nothing else runs in this process.
             tokio::task::block_in_place(|| crate::runtime::compiler::run_child(&engine, &output))
@@ -428,7 +450,7 @@ async fn submit_file(client: &Client, file: &std::path::Path) -> anyhow::Result<
 async fn backup(output: Option<PathBuf>, server: &ServerArgs) -> anyhow::Result<()> {
     let spinner = spinner("downloading backup".into());
     let document = server.admin_client().await?.backup().await?;
-    let tasks = crate::storage::backup::parse_backup(&document)
+    let tasks = taskflow_model::backup::parse_backup(&document)
         .map_err(|reason| anyhow::anyhow!("the server sent an invalid backup: {reason}"))?;
     let path = output.unwrap_or_else(|| {
         PathBuf::from(format!(
@@ -446,7 +468,7 @@ async fn backup(output: Option<PathBuf>, server: &ServerArgs) -> anyhow::Result<
 async fn restore(file: PathBuf, server: &ServerArgs) -> anyhow::Result<()> {
     let document =
         std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-    let tasks = crate::storage::backup::parse_backup(&document)
+    let tasks = taskflow_model::backup::parse_backup(&document)
         .map_err(|reason| anyhow::anyhow!("{} is not a valid backup: {reason}", file.display()))?;
     let spinner = spinner(format!("restoring {} tasks", tasks.len()));
     let summary = server.admin_client().await?.restore(document).await?;

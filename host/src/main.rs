@@ -1,10 +1,11 @@
 //! The `taskflow` binary: parse arguments, set up logging, run the library.
 
 use clap::Parser;
-use taskflow::cli::{Cli, Command, PluginsCommand};
+use taskflow::cli::Cli;
 use taskflow::telemetry::{LogTarget, init_logging};
 
 fn main() -> std::process::ExitCode {
+    #[cfg(feature = "server")]
     taskflow::heap::limit_arenas();
     let cli = match parse() {
         Ok(cli) => cli,
@@ -41,8 +42,14 @@ async fn run((mut cli, from_env_file): (Cli, Vec<String>)) -> std::process::Exit
     // result on stdout; client commands print their results and log only
     // when asked (RUST_LOG).
     match cli.command {
-        Command::Serve(_) | Command::Lb(_) => init_logging(cli.log_format, LogTarget::Stdout),
-        Command::Plugins(PluginsCommand::Run(_)) => init_logging(cli.log_format, LogTarget::Stderr),
+        #[cfg(feature = "server")]
+        taskflow::cli::Command::Serve(_) | taskflow::cli::Command::Lb(_) => {
+            init_logging(cli.log_format, LogTarget::Stdout)
+        }
+        #[cfg(feature = "server")]
+        taskflow::cli::Command::Plugins(taskflow::cli::PluginsCommand::Run(_)) => {
+            init_logging(cli.log_format, LogTarget::Stderr)
+        }
         _ if std::env::var_os("RUST_LOG").is_some() => {
             init_logging(cli.log_format, LogTarget::Stdout)
         }
@@ -88,15 +95,27 @@ fn refuse(error: &clap::Error) -> std::process::ExitCode {
     }
     let rendered = error.render().to_string();
     let first = rendered.lines().next().unwrap_or_default();
-    let serve =
-        <taskflow::config::ServeConfig as clap::Args>::augment_args(clap::Command::new("serve"));
-    let variable = serve
-        .get_arguments()
-        .find(|arg| arg.get_long() == Some(flag.trim_start_matches("--")))
-        .and_then(|arg| arg.get_env().map(|env| env.to_string_lossy().into_owned()));
+    let variable = serve_variable(&flag);
     match variable {
         Some(variable) => eprintln!("{first} (set by {flag} or {variable})"),
         None => eprintln!("{first}"),
     }
     std::process::ExitCode::from(2)
+}
+
+/// The environment variable of the `serve` flag `flag`, if it has one.
+#[cfg(feature = "server")]
+fn serve_variable(flag: &str) -> Option<String> {
+    let serve =
+        <taskflow::config::ServeConfig as clap::Args>::augment_args(clap::Command::new("serve"));
+    serve
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(flag.trim_start_matches("--")))
+        .and_then(|arg| arg.get_env().map(|env| env.to_string_lossy().into_owned()))
+}
+
+/// A client-only build has no `serve` flags.
+#[cfg(not(feature = "server"))]
+fn serve_variable(_flag: &str) -> Option<String> {
+    None
 }

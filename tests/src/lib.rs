@@ -338,10 +338,106 @@ pub async fn metric_sum(client: &reqwest::Client, url: &str, name: &str, labels:
         .text()
         .await
         .expect("metrics text");
-    let series = format!("{name}{{");
+    let wanted: Vec<(&str, &str)> = labels
+        .iter()
+        .map(|label| {
+            let (key, value) = label
+                .split_once('=')
+                .unwrap_or_else(|| panic!("a label is key=\"value\": {label}"));
+            (key, value.trim_matches('"'))
+        })
+        .collect();
+    // Counters: whole numbers.
+    sample_sum(&parse_metrics(&text), name, &wanted) as u64
+}
+
+/// One sample of a metrics text (Prometheus or OpenMetrics).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The series name, e.g. `taskflow_tasks`.
+    pub name: String,
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Its value.
+    pub value: f64,
+}
+
+/// The samples of a metrics text, in order; comments left out. Label values
+/// may hold any character (`route="/tasks/{id}"`), escapes included.
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
     text.lines()
-        .filter(|line| line.starts_with(&series))
-        .filter(|line| labels.iter().all(|label| line.contains(label)))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| parse_sample(line).unwrap_or_else(|| panic!("not a metrics sample: {line}")))
+        .collect()
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let name_end = line.find(['{', ' '])?;
+    let name = line[..name_end].to_owned();
+    let mut labels = std::collections::BTreeMap::new();
+    let mut rest = &line[name_end..];
+    if let Some(after) = rest.strip_prefix('{') {
+        rest = after;
+        loop {
+            if let Some(after) = rest.strip_prefix('}') {
+                rest = after;
+                break;
+            }
+            let (key, after) = rest.split_once("=\"")?;
+            let mut value = String::new();
+            let mut chars = after.char_indices();
+            let end = loop {
+                match chars.next()? {
+                    (_, '\\') => match chars.next()?.1 {
+                        'n' => value.push('\n'),
+                        other => value.push(other),
+                    },
+                    (at, '"') => break at,
+                    (_, c) => value.push(c),
+                }
+            };
+            labels.insert(key.to_owned(), value);
+            rest = &after[end + 1..];
+            rest = rest.strip_prefix(',').unwrap_or(rest);
+        }
+    }
+    let value = rest.split_whitespace().next()?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        value => value.parse().ok()?,
+    };
+    Some(Sample {
+        name,
+        labels,
+        value,
+    })
+}
+
+/// The sum of the samples named `name` that carry each of `labels`.
+pub fn sample_sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|sample| sample.name == name)
+        .filter(|sample| {
+            labels
+                .iter()
+                .all(|(key, value)| sample.labels.get(*key).is_some_and(|v| v == value))
+        })
+        .map(|sample| sample.value)
         .sum()
+}
+
+/// The one sample named `name` with exactly `labels`, if there is one.
+pub fn sample_value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|sample| {
+            sample.name == name
+                && sample.labels.len() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(key, value)| sample.labels.get(*key).is_some_and(|v| v == value))
+        })
+        .map(|sample| sample.value)
 }

@@ -986,21 +986,36 @@ async fn stats_and_metrics_describe_the_host(backend: Backend) {
         .expect("text");
     // Series of this host carry its name; the system's do not.
     let name = stats["host"]["name"].as_str().expect("host name");
-    for needle in [
-        format!(
-            "taskflow_http_requests_total{{host=\"{name}\",method=\"POST\",route=\"/tasks\",status=\"202\"}} 1"
+    let samples = taskflow_tests::parse_metrics(&metrics);
+    for (series, labels, value) in [
+        (
+            "taskflow_http_requests_total",
+            vec![
+                ("host", name),
+                ("method", "POST"),
+                ("route", "/tasks"),
+                ("status", "202"),
+            ],
+            1.0,
         ),
-        format!(
-            "taskflow_task_attempts_total{{host=\"{name}\",plugin=\"echo\",outcome=\"completed\"}} 1"
+        (
+            "taskflow_task_attempts_total",
+            vec![("host", name), ("plugin", "echo"), ("outcome", "completed")],
+            1.0,
         ),
-        format!("taskflow_task_duration_seconds_count{{host=\"{name}\",plugin=\"echo\"}} 1"),
-        "taskflow_tasks{status=\"completed\"} 1".to_string(),
-        "taskflow_queue_depth{priority=\"1\"} 0".to_string(),
-        format!("taskflow_plugins_loaded{{host=\"{name}\"}} 4"),
+        (
+            "taskflow_task_duration_seconds_count",
+            vec![("host", name), ("plugin", "echo")],
+            1.0,
+        ),
+        ("taskflow_tasks", vec![("status", "completed")], 1.0),
+        ("taskflow_queue_depth", vec![("priority", "1")], 0.0),
+        ("taskflow_plugins_loaded", vec![("host", name)], 4.0),
     ] {
-        assert!(
-            metrics.contains(&needle),
-            "metrics lack {needle}:\n{metrics}"
+        assert_eq!(
+            taskflow_tests::sample_value(&samples, series, &labels),
+            Some(value),
+            "{series} {labels:?} in:\n{metrics}"
         );
     }
     let openapi: Value = client

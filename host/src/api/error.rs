@@ -1,118 +1,17 @@
 //! The API's error type: every failure becomes `{"error": code, "message":
-//! what to fix}` with the right status, and internal details stay in the log.
+//! what to fix}` with the right status ([`crate::http::HttpError`], shared
+//! with the load balancer), and internal details stay in the log. Here: how
+//! each error of the service and of a request's parsing is answered.
 
-use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use utoipa::ToSchema;
 
 use crate::blobs::BlobError;
 use crate::runtime::PluginError;
 use crate::service::ServiceError;
 use crate::storage::StorageError;
 
-/// The body of every error response.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// Machine-readable code, e.g. `invalid_request`, `not_found`.
-    pub error: &'static str,
-    /// What went wrong and what to do about it.
-    pub message: String,
-}
-
-/// An error answered to an API client.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    /// Seconds the client should wait before trying again.
-    retry_after: Option<u32>,
-}
-
-impl ApiError {
-    /// An error with an explicit status and code.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    /// The same error, telling the client when to try again (`Retry-After`).
-    pub fn with_retry_after(mut self, seconds: u32) -> Self {
-        self.retry_after = Some(seconds);
-        self
-    }
-
-    /// 400 with code `invalid_request`.
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
-    }
-
-    /// 404 with code `not_found`.
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
-    }
-
-    /// 500 that hides the cause from the client and logs it.
-    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the server failed to handle the request; see its log",
-        )
-    }
-
-    /// 503 that hides the cause from the client and logs it.
-    pub fn unavailable(cause: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "backend unavailable");
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "a backend is unavailable; retry later",
-        )
-    }
-
-    /// The status code.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
-    /// The machine-readable code.
-    pub fn code(&self) -> &'static str {
-        self.code
-    }
-
-    /// The message for the client.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(ErrorBody {
-                error: self.code,
-                message: self.message,
-            }),
-        )
-            .into_response();
-        if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, seconds.into());
-        }
-        response
-    }
-}
+pub use crate::http::{ErrorBody, HttpError as ApiError};
 
 impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> Self {

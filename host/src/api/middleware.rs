@@ -3,26 +3,14 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
 use super::AppState;
 use super::error::ApiError;
-
-/// Header carrying the request id in both directions.
-pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The client's `X-Request-Id` when it is sane (1 to 128 visible ASCII
-/// characters), else a new one.
-pub fn request_id_of(headers: &axum::http::HeaderMap) -> String {
-    headers
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
-}
+use crate::http::{REQUEST_ID, request_id_of};
 
 /// Takes the client's `X-Request-Id` (if sane) or makes one, runs the request
 /// inside a span carrying it, so every log line of the request has it,

@@ -298,7 +298,7 @@ mod tests {
             Arc::new(LocalQueue::new()),
             Arc::new(store),
             registry,
-            Arc::new(Metrics::default()),
+            Arc::new(Metrics::new("test")),
             ServiceConfig::new(
                 1,
                 std::time::Duration::from_millis(10),

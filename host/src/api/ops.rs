@@ -48,25 +48,9 @@ pub async fn health() -> Json<Health> {
         (status = 503, description = "A backend is unreachable", body = Health),
     ))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
-    let service = &state.service;
-    let blobs = async {
-        match service.claim_check().blobs() {
-            Some(blobs) => Some(blobs.check().await),
-            None => None,
-        }
-    };
-    let (queue, storage, blobs) =
-        tokio::join!(service.queue().check(), service.store().check(), blobs);
     let mut backends = std::collections::BTreeMap::new();
     let mut down = Vec::new();
-    let blobs = blobs.map(|outcome| ("blobs", outcome.map_err(|e| e.to_string())));
-    for (name, outcome) in [
-        ("queue", queue.map_err(|e| e.to_string())),
-        ("storage", storage.map_err(|e| e.to_string())),
-    ]
-    .into_iter()
-    .chain(blobs)
-    {
+    for (name, outcome) in state.service.readiness().await {
         let status = match outcome {
             Ok(()) => "ok",
             Err(reason) => {
@@ -109,13 +93,13 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<Stats>, ApiErro
 
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+    responses((status = 200, description = "OpenMetrics text format", body = String, content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let text = state.service.render_metrics().await?;
     Ok((
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         text,
     ))

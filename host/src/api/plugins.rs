@@ -5,19 +5,11 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Serialize;
-use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use crate::runtime::plugin::{MAX_PLUGIN_BYTES, PluginInfo};
-
-/// The loaded plugins.
-#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
-pub struct PluginList {
-    /// One entry per plugin, by name.
-    pub plugins: Vec<PluginInfo>,
-}
+pub use taskflow_model::plugin::PluginList;
 
 /// List loaded plugins with their versions (digest, size, load time).
 #[utoipa::path(get, path = "/plugins", tag = "plugins",
@@ -26,7 +18,7 @@ pub struct PluginList {
 )]
 pub async fn list(State(state): State<AppState>) -> Json<PluginList> {
     Json(PluginList {
-        plugins: state.service.registry().list(),
+        plugins: state.service.plugins(),
     })
 }
 

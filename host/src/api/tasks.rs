@@ -4,14 +4,15 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use crate::service::{ServiceError, TaskView};
 use crate::storage::{Cursor, ListQuery, StorageError, TaskPage};
 use crate::task::{NewTask, Task, TaskId, TaskStatus};
+pub use taskflow_model::api::{BatchRequest, BatchResponse};
 
 /// Most tasks one batch may hold.
 pub const MAX_BATCH: usize = 1000;
@@ -55,22 +56,6 @@ fn with_location(status: StatusCode, task: &Task) -> Response {
         response.headers_mut().insert(header::LOCATION, location);
     }
     response
-}
-
-/// Many tasks in one request.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BatchRequest {
-    /// The tasks, 1 to 1000.
-    #[schema(min_items = 1, max_items = 1000)]
-    pub tasks: Vec<NewTask>,
-}
-
-/// The accepted tasks, in request order.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct BatchResponse {
-    /// The tasks.
-    pub tasks: Vec<Task>,
 }
 
 /// Submit up to 1000 tasks at once.

@@ -43,8 +43,7 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::timeout::TimeoutBody;
 
-use crate::api::error::ApiError;
-use crate::api::middleware::{REQUEST_ID, request_id_of};
+use crate::http::{HttpError, REQUEST_ID, request_id_of};
 
 /// `taskflow lb` settings.
 #[derive(Debug, Clone, Args)]
@@ -334,7 +333,7 @@ impl Balancer {
         pool: &Arc<Pool>,
         client: &HeaderValue,
         request: Request,
-    ) -> Result<Response, ApiError> {
+    ) -> Result<Response, HttpError> {
         let (parts, body) = request.into_parts();
         // Held until the answer's headers are back: released on return.
         let (body, _held) = if body.is_end_stream() {
@@ -344,7 +343,7 @@ impl Balancer {
             tokio::time::timeout(self.body_timeout, self.read_body(body))
                 .await
                 .map_err(|_| {
-                    ApiError::new(
+                    HttpError::new(
                         StatusCode::REQUEST_TIMEOUT,
                         "request_timeout",
                         format!(
@@ -372,7 +371,7 @@ impl Balancer {
                     headers.clone(),
                     body.clone(),
                 )
-                .ok_or_else(|| ApiError::bad_request("the request's path cannot be forwarded"))?;
+                .ok_or_else(|| HttpError::bad_request("the request's path cannot be forwarded"))?;
             backend.requests.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
             let sent = tokio::time::timeout(
@@ -402,7 +401,7 @@ impl Balancer {
                 // Slow, not down: sending the work elsewhere would repeat it.
                 Err(_) => {
                     tracing::warn!(backend = %backend.url, %request_id, path = %path_and_query, "backend did not answer in time");
-                    return Err(ApiError::new(
+                    return Err(HttpError::new(
                         StatusCode::GATEWAY_TIMEOUT,
                         "gateway_timeout",
                         format!("the backend did not answer in time (request id {request_id})"),
@@ -416,7 +415,7 @@ impl Balancer {
                 // A POST the backend may have acted on: repeating could do it twice.
                 Ok(Err(e)) => {
                     tracing::error!(backend = %backend.url, %request_id, path = %path_and_query, error = %e, "backend failed mid-request");
-                    return Err(ApiError::new(
+                    return Err(HttpError::new(
                         StatusCode::BAD_GATEWAY,
                         "bad_gateway",
                         format!(
@@ -426,7 +425,7 @@ impl Balancer {
                 }
             }
         }
-        Err(ApiError::new(
+        Err(HttpError::new(
             StatusCode::BAD_GATEWAY,
             "no_backend",
             format!("no backend could take the request (request id {request_id}); retry shortly"),
@@ -440,7 +439,7 @@ impl Balancer {
     async fn read_body(
         &self,
         mut body: Body,
-    ) -> Result<(Bytes, Option<OwnedSemaphorePermit>), ApiError> {
+    ) -> Result<(Bytes, Option<OwnedSemaphorePermit>), HttpError> {
         // A body that arrives as one frame (most) is kept as it came; only
         // a second frame starts a buffer.
         let mut first: Option<Bytes> = None;
@@ -448,7 +447,7 @@ impl Balancer {
         let mut held: Option<OwnedSemaphorePermit> = None;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|_| {
-                ApiError::new(
+                HttpError::new(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
                     "the request body could not be read",
@@ -459,7 +458,7 @@ impl Balancer {
             };
             let so_far = first.as_ref().map_or(bytes.len(), Bytes::len);
             if so_far + chunk.len() > self.max_body_bytes {
-                return Err(ApiError::new(
+                return Err(HttpError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "payload_too_large",
                     format!(
@@ -492,8 +491,8 @@ impl Balancer {
 }
 
 /// The answer when the balancer already holds as many body bytes as it may.
-fn busy() -> ApiError {
-    ApiError::new(
+fn busy() -> HttpError {
+    HttpError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "busy",
         "the balancer is holding as many request bodies as it may; retry shortly",

@@ -9,18 +9,17 @@ pub mod local;
 pub mod postgres;
 pub mod sqs;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::task::{Task, TaskId};
 
 pub use local::LocalQueue;
 pub use postgres::PgQueue;
 pub use sqs::SqsQueue;
+pub use taskflow_model::api::QueueDepth;
 
 /// What the queue orders by: priority 1 first, then lowest sequence
 /// (submission order) first.
@@ -82,18 +81,6 @@ pub struct DeadLetter {
     pub receive_count: u32,
     /// Identifies it to [`Queue::bury`].
     pub receipt: String,
-}
-
-/// How many entries a queue holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct QueueDepth {
-    /// Entries ready to run, by priority; every priority 1 to 10 is present.
-    #[schema(value_type = std::collections::HashMap<String, u64>)]
-    pub ready: BTreeMap<u8, u64>,
-    /// Entries waiting out a retry backoff.
-    pub delayed: u64,
-    /// Ready plus delayed.
-    pub total: u64,
 }
 
 /// Why a queue operation failed.

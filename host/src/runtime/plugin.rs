@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
 use super::bindings::ProcessorPre;
 use super::{Runtime, compiler, contract};
 use crate::fsutil;
+pub use taskflow_model::plugin::{InvalidName, PluginInfo};
 
 /// Largest plugin file accepted, in bytes. Components built from Python or
 /// JavaScript run to tens of megabytes.
@@ -22,10 +22,8 @@ pub const MAX_PLUGIN_BYTES: usize = 100 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
     /// The name does not match `[a-z0-9][a-z0-9_-]{0,63}`.
-    #[error(
-        "invalid plugin name {0:?}: use 1 to 64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
-    )]
-    InvalidName(String),
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
     /// No plugin of that name is loaded.
     #[error("no plugin named {0:?} is loaded")]
     NotFound(String),
@@ -77,17 +75,7 @@ impl PluginError {
 
 /// Checks a plugin name: `[a-z0-9][a-z0-9_-]{0,63}`.
 pub fn validate_name(name: &str) -> Result<(), PluginError> {
-    let mut chars = name.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let rest_ok =
-        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if first_ok && rest_ok && name.len() <= 64 {
-        Ok(())
-    } else {
-        Err(PluginError::InvalidName(name.to_owned()))
-    }
+    Ok(taskflow_model::plugin::validate_name(name)?)
 }
 
 /// An immutable, ready-to-run plugin version. Tasks hold an `Arc` of the
@@ -117,25 +105,6 @@ impl std::fmt::Debug for LoadedPlugin {
             .field("digest", &self.digest)
             .finish_non_exhaustive()
     }
-}
-
-/// What the API and `/stats` show of a loaded plugin.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct PluginInfo {
-    /// Plugin name.
-    pub name: String,
-    /// Hex SHA-256 of the component file.
-    pub digest: String,
-    /// Size of the component file in bytes.
-    pub size: usize,
-    /// When this version was loaded.
-    pub loaded_at: DateTime<Utc>,
-    /// The version of the `taskflow:plugin` contract it was built for
-    /// (empty from a host older than contract 0.2.0).
-    #[serde(default)]
-    pub contract: String,
-    /// Limits from its sidecar file, `<name>.limits.json` (unset: the host's defaults).
-    pub limits: super::registry::PluginLimits,
 }
 
 impl LoadedPlugin {
@@ -369,26 +338,6 @@ pub fn compile(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn plugin_names_follow_the_documented_pattern() {
-        for good in ["echo", "a", "word-count_2", "0abc", &"x".repeat(64)] {
-            assert!(validate_name(good).is_ok(), "{good} should be valid");
-        }
-        for bad in [
-            "",
-            "Echo",
-            "-echo",
-            "_x",
-            "a/b",
-            "../etc",
-            "a.b",
-            "é",
-            &"x".repeat(65),
-        ] {
-            assert!(validate_name(bad).is_err(), "{bad} should be invalid");
-        }
-    }
 
     #[test]
     fn header_check_names_the_problem() {

@@ -12,31 +12,16 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc};
 
 use super::Runtime;
 use super::plugin::{self, ArtifactCache, CompileCounters, LoadedPlugin, PluginError, PluginInfo};
 use crate::fsutil;
+pub use taskflow_model::plugin::{PluginLimits, RegistryStats};
 
 /// Quiet time after the last file event before a changed file is loaded, so
 /// a file still being copied is read once, complete.
 const DEBOUNCE: Duration = Duration::from_millis(200);
-
-/// Limits a plugin may set for its own tasks in an optional sidecar file
-/// `<name>.limits.json` beside `<name>.wasm`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PluginLimits {
-    /// Default timeout of this plugin's tasks, in milliseconds.
-    pub timeout_ms: Option<u64>,
-    /// Memory cap of this plugin's tasks, in MiB.
-    pub memory_mb: Option<usize>,
-    /// How many tasks one instance may run, one after another (unset or 1:
-    /// a fresh instance for every task). State left in the instance by one
-    /// task is seen by the next: only for plugins written for it.
-    pub reuse_tasks: Option<u32>,
-}
 
 /// A loaded version together with the limits it was loaded with.
 #[derive(Debug, Clone)]
@@ -60,21 +45,6 @@ impl PluginEntry {
             limits: self.limits,
         }
     }
-}
-
-/// Counters for `/stats`, `/metrics` and tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct RegistryStats {
-    /// Plugins currently loaded.
-    pub loaded: usize,
-    /// Components compiled since start.
-    pub compiled: u64,
-    /// Of those, components compiled in a child process.
-    pub compiled_in_child: u64,
-    /// Components loaded from the compile cache since start.
-    pub cache_hits: u64,
-    /// Versions rejected since start.
-    pub rejected: u64,
 }
 
 /// Name → loaded version, with hot reload from a directory.

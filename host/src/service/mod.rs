@@ -37,19 +37,17 @@ use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::Notify;
-use utoipa::ToSchema;
 
 use crate::blobs::{BlobError, ClaimCheck};
-use crate::queue::{Queue, QueueDepth, QueueError};
-use crate::runtime::plugin::PluginInfo;
-use crate::runtime::{PluginError, PluginRegistry, RegistryStats};
+use crate::queue::{Queue, QueueError};
+use crate::runtime::{PluginError, PluginRegistry};
 pub use crate::storage::Submitted;
 pub use crate::storage::backup::RestoreSummary;
-use crate::storage::{StatusCounts, StorageError, TaskStore};
-use crate::task::{Task, TaskId, TaskStatus, ValidationError};
+use crate::storage::{StorageError, TaskStore};
+use crate::task::{TaskId, TaskStatus, ValidationError};
 use crate::telemetry::Metrics;
+pub use taskflow_model::api::{HostStats, Stats, SystemStats, TaskView};
 
 /// Why a service call failed. The API turns each into a status code.
 #[derive(Debug, thiserror::Error)]
@@ -83,53 +81,6 @@ pub enum ServiceError {
     /// The blob store of large bodies failed.
     #[error(transparent)]
     Blob(#[from] BlobError),
-}
-
-/// A task as shown to clients: the record plus live progress while it runs.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
-pub struct TaskView {
-    /// The task record.
-    #[serde(flatten)]
-    pub task: Task,
-    /// Percent done, as last reported by the plugin, while running.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub progress: Option<u8>,
-}
-
-/// `GET /stats`: the system as this host sees it, and this host.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
-pub struct Stats {
-    /// Every host sharing this one's backends reports the same.
-    pub system: SystemStats,
-    /// This host alone.
-    pub host: HostStats,
-}
-
-/// What every host of a system sees alike.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
-pub struct SystemStats {
-    /// Queued tasks by priority.
-    pub queue: QueueDepth,
-    /// Tasks by status.
-    #[schema(value_type = HashMap<String, u64>)]
-    pub tasks: StatusCounts,
-}
-
-/// One host.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
-pub struct HostStats {
-    /// This host's name, as tasks it runs record it in `host`.
-    pub name: String,
-    /// Worker count.
-    pub workers: usize,
-    /// Tasks running on this host now.
-    pub running: usize,
-    /// Plugins loaded here and their versions.
-    pub plugins: Vec<PluginInfo>,
-    /// Plugin registry counters.
-    pub registry: RegistryStats,
-    /// Seconds since the host started.
-    pub uptime_seconds: u64,
 }
 
 /// What startup recovery did.
@@ -276,12 +227,8 @@ impl TaskService {
         self
     }
 
-    /// Where large payloads and results are kept.
-    pub fn claim_check(&self) -> &ClaimCheck {
-        &self.bodies
-    }
-
-    /// The plugin registry.
+    /// The plugin registry (the host watches its directory; the API lists
+    /// plugins through [`plugins`](Self::plugins)).
     pub fn registry(&self) -> &Arc<PluginRegistry> {
         &self.registry
     }
@@ -291,14 +238,9 @@ impl TaskService {
         &self.metrics
     }
 
-    /// The queue.
+    /// The queue (the workers take their deliveries from it).
     pub fn queue(&self) -> &Arc<dyn Queue> {
         &self.queue
-    }
-
-    /// The store.
-    pub fn store(&self) -> &Arc<dyn TaskStore> {
-        &self.store
     }
 
     /// Runs `work` in its own task and waits for it. A request whose client

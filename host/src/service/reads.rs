@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use chrono::Utc;
 
 use super::{HostStats, ServiceError, Stats, SystemStats, TaskService, TaskView};
+use crate::runtime::plugin::PluginInfo;
 use crate::storage::{Change, LeaseState, ListQuery, TaskPage};
 use crate::task::{Task, TaskId, TaskStatus};
 use crate::telemetry::Gauges;
@@ -101,6 +102,29 @@ impl TaskService {
         })
     }
 
+    /// The plugins loaded on this host, by name.
+    pub fn plugins(&self) -> Vec<PluginInfo> {
+        self.registry.list()
+    }
+
+    /// Readiness: whether each backend answers now (`blobs` only where
+    /// large bodies go to a blob store), asked all at once.
+    pub async fn readiness(&self) -> Vec<(&'static str, Result<(), String>)> {
+        let blobs = async {
+            match self.bodies.blobs() {
+                Some(blobs) => Some(blobs.check().await.map_err(|e| e.to_string())),
+                None => None,
+            }
+        };
+        let (queue, storage, blobs) = tokio::join!(self.queue.check(), self.store.check(), blobs);
+        let mut backends = vec![
+            ("queue", queue.map_err(|e| e.to_string())),
+            ("storage", storage.map_err(|e| e.to_string())),
+        ];
+        backends.extend(blobs.map(|outcome| ("blobs", outcome)));
+        backends
+    }
+
     /// Queue, task and plugin statistics.
     pub async fn stats(&self) -> Result<Stats, ServiceError> {
         Ok(Stats {
@@ -124,8 +148,10 @@ impl TaskService {
         let depth = self.queue.depth().await?;
         let counts = self.store.counts().await?;
         let gauges = Gauges {
-            host: self.config.owner.clone(),
-            queue_requests: self.queue.requests(),
+            queue_requests: self
+                .queue
+                .requests()
+                .map(|requests| (requests.tasks, requests.status)),
             tasks_by_status: counts
                 .iter()
                 .map(|(status, n)| (status.to_string(), *n))

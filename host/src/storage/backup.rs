@@ -9,16 +9,13 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
 
 use super::{StorageError, TaskStore, blocking};
 use crate::fsutil::write_atomic;
 use crate::task::{Task, TaskStatus};
+pub use taskflow_model::api::RestoreSummary;
 
-/// The `format` field of every backup file.
-pub const BACKUP_FORMAT: &str = "taskflow-backup";
-/// The backup format version this build writes and reads.
-pub const BACKUP_VERSION: u64 = 1;
+pub use taskflow_model::backup::{BACKUP_FORMAT, BACKUP_VERSION, parse_backup};
 
 #[derive(Serialize)]
 struct BackupFile<'a> {
@@ -26,17 +23,6 @@ struct BackupFile<'a> {
     version: u64,
     created_at: DateTime<Utc>,
     tasks: &'a [Task],
-}
-
-/// What a restore did, as `POST /admin/restore` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct RestoreSummary {
-    /// Tasks saved.
-    pub restored: usize,
-    /// Pending tasks queued again.
-    pub queued: usize,
-    /// Tasks left alone because they are pending or running on this host.
-    pub skipped: usize,
 }
 
 /// Writes every task of `store` into a new file
@@ -101,48 +87,6 @@ pub fn encode_backup(tasks: &[Task], created_at: DateTime<Utc>) -> Result<Vec<u8
         what: "the backup".into(),
         source,
     })
-}
-
-/// Parses a backup document, checking its format and version; the error
-/// says what is wrong with it.
-pub fn parse_backup(bytes: &[u8]) -> Result<Vec<Task>, String> {
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("it is not valid JSON ({e})"))?;
-    let Value::Object(mut file) = value else {
-        return Err("expected a JSON object with \"format\", \"version\" and \"tasks\"".into());
-    };
-    match file.get("format").and_then(Value::as_str) {
-        Some(BACKUP_FORMAT) => {}
-        Some(other) => {
-            return Err(format!(
-                "its format is {other:?}, expected {BACKUP_FORMAT:?}"
-            ));
-        }
-        None => {
-            return Err(format!(
-                "it has no \"format\" field; a backup has \"format\": {BACKUP_FORMAT:?}"
-            ));
-        }
-    }
-    match file.get("version").and_then(Value::as_u64) {
-        Some(BACKUP_VERSION) => {}
-        Some(other) => {
-            return Err(format!(
-                "its version is {other}; this TaskFlow reads version {BACKUP_VERSION}, so use a matching TaskFlow"
-            ));
-        }
-        None => return Err("it has no numeric \"version\" field".into()),
-    }
-    let Some(Value::Array(tasks)) = file.remove("tasks") else {
-        return Err("it has no \"tasks\" array".into());
-    };
-    tasks
-        .into_iter()
-        .enumerate()
-        .map(|(position, task)| {
-            serde_json::from_value(task).map_err(|e| format!("task #{position} is invalid: {e}"))
-        })
-        .collect()
 }
 
 /// A task as it is restored: one backed up while `running` comes back

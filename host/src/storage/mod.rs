@@ -10,22 +10,17 @@ pub mod journal;
 pub mod lease;
 pub mod postgres;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use utoipa::ToSchema;
 
 use crate::task::{Task, TaskId, TaskStatus};
 
 pub use files::FileStore;
 pub use lease::{Change, ChangeFn, Claim, Claimed, Held, LeaseState, Renewed, Saved, Updated};
 pub use postgres::PgStore;
-
-/// Number of tasks in each status; every status is present.
-pub type StatusCounts = BTreeMap<TaskStatus, u64>;
+pub use taskflow_model::api::{StatusCounts, TaskPage};
 
 /// Which tasks to list, and which page.
 #[derive(Debug, Clone, Default)]
@@ -38,15 +33,6 @@ pub struct ListQuery {
     pub limit: usize,
     /// `next_cursor` of the previous page; `None` for the first page.
     pub cursor: Option<String>,
-}
-
-/// One page of tasks in submission order.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
-pub struct TaskPage {
-    /// The tasks, oldest submission first.
-    pub tasks: Vec<Task>,
-    /// Pass as `cursor` to get the next page; absent on the last page.
-    pub next_cursor: Option<String>,
 }
 
 /// Position in submission order, as handed to clients in `next_cursor`.

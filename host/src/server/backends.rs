@@ -1,67 +1,67 @@
-//! `taskflow serve`: wires the configured backends, the runtime, the workers
-//! and the HTTP API together, and shuts them down in order.
+//! The backends a host's configuration names, opened: setup as data.
+//!
+//! Each backend reads its own settings: the files store `TASKFLOW_DATA_DIR`
+//! and `TASKFLOW_FSYNC`; PostgreSQL `TASKFLOW_DATABASE_URL`,
+//! `TASKFLOW_DATABASE_CA`, `TASKFLOW_DATABASE_SECRET` and
+//! `TASKFLOW_DATABASE_POOL_SIZE`; SQS `TASKFLOW_SQS_QUEUE_PREFIX` and
+//! `TASKFLOW_SQS_BANDS`; S3 `TASKFLOW_S3_BUCKET` and
+//! `TASKFLOW_BLOB_THRESHOLD_BYTES`; the AWS SDK its own (`AWS_REGION`,
+//! credentials, `AWS_ENDPOINT_URL`). [`ServeConfig::validate`] has refused
+//! the combinations that cannot work before anything opens.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::api::{self, AuthConfig};
 use crate::blobs::{BlobStore, ClaimCheck, PgBlobs, S3Blobs};
 use crate::config::{BlobBackend, QueueBackend, ServeConfig, StorageBackend};
 use crate::fleet::PluginCatalog;
 use crate::queue::sqs::SqsSettings;
 use crate::queue::{LocalQueue, PgQueue, Queue, SqsQueue};
-use crate::runtime::{PluginRegistry, Runtime};
 use crate::secrets::DatabaseSecret;
-use crate::service::{ServiceConfig, TaskService};
 use crate::storage::postgres::connect::with_credentials;
 use crate::storage::{FileStore, PgStore, TaskStore};
-use crate::telemetry::Metrics;
-use crate::worker::WorkerPool;
 
-/// A started host: the service and the address it listens on.
-pub struct Server {
-    service: Arc<TaskService>,
-    listener: TcpListener,
-    router: axum::Router,
-    workers: WorkerPool,
-    /// Stops the heartbeat and the reaper, which run until the workers are done.
-    background: CancellationToken,
-    tracker: TaskTracker,
-    _watch: crate::runtime::registry::WatchGuard,
-    grace: Duration,
+/// Work that runs beside the host until its stop signal.
+pub type Background = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// A host's backends, open.
+pub struct Backends {
+    /// Where tasks are recorded.
+    pub store: Arc<dyn TaskStore>,
+    /// Where tasks wait for a worker.
+    pub queue: Arc<dyn Queue>,
+    /// Where bodies above the threshold go, when not inline.
+    pub bodies: Option<ClaimCheck>,
+    /// The fleet's plugin catalog, on shared backends.
+    pub catalog: Option<PluginCatalog>,
+    /// Keeps the database credentials in step with their secret, when they
+    /// come from one.
+    pub credentials: Option<Background>,
 }
 
-impl std::fmt::Debug for Server {
+impl std::fmt::Debug for Backends {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server")
-            .field("addr", &self.listener.local_addr().ok())
+        f.debug_struct("Backends")
+            .field("queue_shared", &self.queue.is_shared())
+            .field("bodies", &self.bodies.is_some())
+            .field("catalog", &self.catalog.is_some())
             .finish_non_exhaustive()
     }
 }
 
-impl Server {
-    /// Opens the backends, loads the plugins, recovers unfinished tasks,
-    /// starts the workers and binds the listener. Any wrong setting stops here
-    /// with a message that names it.
-    pub async fn start(config: ServeConfig) -> anyhow::Result<Self> {
-        config.validate()?;
-        let runtime = Runtime::new(config.runtime_config())?;
-        let registry = PluginRegistry::open(runtime, config.plugin_dir(), Some(config.cache_dir()))
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot open the plugin directory {}",
-                    config.plugin_dir().display()
-                )
-            })?;
-        let watch = registry.watch()?;
-        tracing::info!(plugins = registry.list().len(), dir = %config.plugin_dir().display(), "plugins loaded");
-
+impl Backends {
+    /// Opens the backends `config` names for the host `owner`, whose leases
+    /// last `lease`; what runs beside them stops with `stop`. A backend that
+    /// cannot be opened stops here with the setting to fix.
+    pub async fn open(
+        config: &ServeConfig,
+        owner: &str,
+        lease: Duration,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let aws = if config.queue == QueueBackend::Sqs
             || config.blobs == BlobBackend::S3
             || config.database_secret.is_some()
@@ -70,21 +70,20 @@ impl Server {
         } else {
             None
         };
-        // Stops the background tasks (heartbeat, reaper, sweeper, retention,
-        // catalog, credentials), which run until the workers are done.
-        let background = CancellationToken::new();
         let (postgres, credentials) = match config.storage {
             StorageBackend::Postgres => {
-                let (store, keep_fresh) =
-                    connect_postgres(&config, aws.as_ref(), background.clone()).await?;
-                (Some(store), keep_fresh)
+                let (store, keep_fresh) = connect_postgres(config, aws.as_ref(), stop).await?;
+                (
+                    Some(store),
+                    keep_fresh.map(|work| Box::pin(work) as Background),
+                )
             }
             StorageBackend::Files => (None, None),
         };
         if let Some(postgres) = &postgres {
             crate::storage::postgres::fleet_settings::agree(
                 postgres.pool(),
-                &fleet_settings(&config),
+                &fleet_settings(config),
             )
             .await
             .context("cannot join the fleet")?;
@@ -102,16 +101,6 @@ impl Server {
                     })?,
             ),
         };
-        let workers = config.worker_count();
-        let mut settings = ServiceConfig::new(
-            workers,
-            Duration::from_millis(config.retry_base_ms),
-            Duration::from_secs(config.lease_secs),
-        );
-        if let Some(id) = &config.host_id {
-            settings.owner.clone_from(id);
-        }
-        settings.retention = config.retention();
         let s3: Option<Arc<dyn BlobStore>> = match (&aws, config.blobs) {
             (Some(aws), BlobBackend::S3) => {
                 let bucket = config.s3_bucket.as_deref().unwrap_or_default();
@@ -129,7 +118,7 @@ impl Server {
                     .clone()
                     .context("TASKFLOW_QUEUE=postgres needs TASKFLOW_STORAGE=postgres")?;
                 Arc::new(
-                    PgQueue::start(store, settings.owner.clone(), settings.lease)
+                    PgQueue::start(store, owner.to_string(), lease)
                         .await
                         .context("cannot listen for tasks in PostgreSQL (TASKFLOW_DATABASE_URL)")?,
                 )
@@ -140,21 +129,9 @@ impl Server {
                 let aws = aws
                     .as_ref()
                     .context("TASKFLOW_QUEUE=sqs needs the AWS settings")?;
-                Arc::new(connect_sqs(&config, aws, settings.lease).await?)
+                Arc::new(connect_sqs(config, aws, lease).await?)
             }
         };
-        tracing::info!(host = %settings.owner, queue = ?config.queue, storage = ?config.storage, blobs = ?config.blobs, "backends open");
-        let mut service = TaskService::new(
-            queue,
-            store,
-            registry.clone(),
-            Arc::new(Metrics::default()),
-            settings,
-        );
-        if let Some(s3) = &s3 {
-            service =
-                service.with_claim_check(ClaimCheck::new(s3.clone(), config.blob_threshold()));
-        }
         // On shared backends the fleet shares its plugins too, their bytes
         // in S3 when there is S3.
         let catalog = postgres.as_ref().map(|postgres| {
@@ -163,88 +140,14 @@ impl Server {
                 .unwrap_or_else(|| Arc::new(PgBlobs::new(postgres.pool().clone())));
             PluginCatalog::new(postgres.pool().clone(), blobs)
         });
-        if let Some(catalog) = &catalog {
-            service = service.with_catalog(catalog.clone());
-        }
-        let service = Arc::new(service);
-        let recovery = service
-            .recover()
-            .await
-            .context("cannot recover unfinished tasks")?;
-        if recovery.requeued > 0 {
-            tracing::info!(
-                requeued = recovery.requeued,
-                interrupted = recovery.interrupted,
-                "unfinished tasks queued again"
-            );
-        }
-        let pool = WorkerPool::start(service.clone(), workers);
-        let tracker = TaskTracker::new();
-        tracker.spawn(service.clone().heartbeat(background.clone()));
-        tracker.spawn(service.clone().reaper(background.clone()));
-        if service.queue().needs_outbox() {
-            tracker.spawn(service.clone().sweep(background.clone()));
-        }
-        tracker.spawn(service.clone().retention(background.clone()));
-        if let Some(catalog) = catalog {
-            tracker.spawn(catalog.sync(registry, service.metrics().clone(), background.clone()));
-        }
-        if let Some(keep_fresh) = credentials {
-            tracker.spawn(keep_fresh);
-        }
-        tracker.close();
-
-        let auth = AuthConfig {
-            api_token: config.api_token.clone(),
-            admin_token: config.admin_token.clone(),
-        };
-        let router = api::router(service.clone(), auth, config.max_body_bytes);
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let bodies = s3.map(|s3| ClaimCheck::new(s3, config.blob_threshold()));
         Ok(Self {
-            service,
-            listener,
-            router,
-            workers: pool,
-            background,
-            tracker,
-            _watch: watch,
-            grace: Duration::from_secs(config.shutdown_grace_secs),
+            store,
+            queue,
+            bodies,
+            catalog,
+            credentials,
         })
-    }
-
-    /// The address the API listens on.
-    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// The task service.
-    pub fn service(&self) -> &Arc<TaskService> {
-        &self.service
-    }
-
-    /// Serves until `shutdown` resolves, then stops taking requests, lets
-    /// running tasks finish within the grace period, and returns.
-    pub async fn run(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let addr = self.local_addr()?;
-        tracing::info!(%addr, "TaskFlow listening");
-        axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("the HTTP server failed")?;
-        tracing::info!("shutting down: finishing running tasks");
-        self.workers.shutdown(self.grace).await;
-        self.background.cancel();
-        self.tracker.wait().await;
-        Ok(())
     }
 }
 
@@ -342,33 +245,4 @@ async fn connect_sqs(
     SqsQueue::start(aws_sdk_sqs::Client::new(sdk), settings)
         .await
         .context("cannot open the SQS queues (TASKFLOW_QUEUE=sqs)")
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutdown signal received");
 }

@@ -1,14 +1,15 @@
-//! A small client of the HTTP API, used by the `taskflow` CLI.
+//! A typed client of TaskFlow's HTTP API, used by the `taskflow` CLI and
+//! the tests: [`Client`] has a method per endpoint and answers with the
+//! model's types; [`ClientError`] says what to do about a failure.
+//!
+//! It needs only the model (`taskflow-model`) and reqwest: no engine, no
+//! database, no cloud SDK.
 
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
-
-use crate::api::plugins::PluginList;
-use crate::api::tasks::{BatchRequest, BatchResponse};
-use crate::runtime::plugin::PluginInfo;
-use crate::service::{RestoreSummary, Stats, TaskView};
-use crate::storage::TaskPage;
-use crate::task::{NewTask, Task};
+use taskflow_model::api::{BatchRequest, BatchResponse, RestoreSummary, Stats, TaskPage, TaskView};
+use taskflow_model::plugin::{PluginInfo, PluginList};
+use taskflow_model::task::{NewTask, Task};
 
 /// Why a call failed, in words a CLI user can act on.
 #[derive(Debug, thiserror::Error)]

@@ -12,12 +12,13 @@ use std::time::Duration;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+#[cfg(feature = "openapi")]
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+#[cfg(feature = "openapi")]
 use utoipa::openapi::{KnownFormat, RefOr, SchemaFormat};
 use uuid::Uuid;
 
-use crate::runtime::FailureKind;
+use crate::failure::FailureKind;
 
 /// Highest priority.
 pub const PRIORITY_HIGHEST: u8 = 1;
@@ -46,11 +47,10 @@ pub const IDEMPOTENCY_KEY_PATTERN: &str = r"^[\x20-\x7E]{1,256}$";
 
 /// A task id: a random (v4) UUID, so its leading hex digits, which pick the
 /// storage shard, are spread evenly.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
-#[schema(value_type = String, format = Uuid)]
+#[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
 pub struct TaskId(Uuid);
 
 impl TaskId {
@@ -108,9 +108,8 @@ impl FromStr for TaskId {
 }
 
 /// Where a task is in its lifecycle.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     /// Queued, waiting for a worker (possibly for its retry backoff).
@@ -174,7 +173,8 @@ impl FromStr for TaskStatus {
 }
 
 /// Why the last attempt failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskError {
     /// What kind of failure it was.
     pub kind: FailureKind,
@@ -183,7 +183,8 @@ pub struct TaskError {
 }
 
 /// A task's output: JSON when the plugin returned JSON, base64 otherwise.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "encoding", content = "value", rename_all = "snake_case")]
 pub enum TaskOutput {
     /// The plugin returned valid JSON.
@@ -203,57 +204,64 @@ impl TaskOutput {
 }
 
 /// A task and everything recorded about it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Task {
     /// Unique id.
     pub id: TaskId,
     /// Name of the plugin that processes it.
-    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$"))]
     pub plugin: String,
     /// 1 (highest) to 10 (lowest).
-    #[schema(minimum = 1, maximum = 10)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10))]
     pub priority: u8,
     /// The payload handed to the plugin.
     pub payload: serde_json::Value,
     /// Lifecycle status.
     pub status: TaskStatus,
     /// Attempts started so far: at most `max_attempts`.
-    #[schema(minimum = 0, maximum = 100)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100))]
     pub attempts: u32,
     /// Most attempts before the task fails, 1 to 100.
-    #[schema(minimum = 1, maximum = 100)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub max_attempts: u32,
     /// Timeout of one attempt in milliseconds, if the task set one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 3_600_000)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 3_600_000))]
     pub timeout_ms: Option<u64>,
     /// Client-chosen key: a second submission with the same key returns this task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 256, pattern = r"^[\x20-\x7E]{1,256}$")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 256, pattern = r"^[\x20-\x7E]{1,256}$")
+    )]
     pub idempotency_key: Option<String>,
     /// Submission order, used to keep equal priorities first-in first-out.
-    #[schema(minimum = 0, maximum = 18_446_744_073_709_551_615_u64)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 18_446_744_073_709_551_615_u64)
+    )]
     pub sequence: u64,
     /// When it was accepted.
     pub created_at: DateTime<Utc>,
     /// When its latest attempt started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = nullable_date_time)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = nullable_date_time))]
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached a terminal status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = nullable_date_time)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = nullable_date_time))]
     pub finished_at: Option<DateTime<Utc>>,
     /// Earliest time of the next attempt (retry backoff).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(schema_with = nullable_date_time)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = nullable_date_time))]
     pub retry_at: Option<DateTime<Utc>>,
     /// Digest of the plugin version that ran the latest attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin_digest: Option<String>,
     /// The host that runs or ran the latest attempt (its `TASKFLOW_HOST_ID`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 200)]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub host: Option<String>,
     /// Why the latest attempt failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -274,7 +282,8 @@ pub struct Task {
 
 /// A body kept in the blob store instead of the task record (a claim
 /// check): its key there, its size and its SHA-256, checked when it is read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BlobRef {
     /// Key in the blob store.
     pub key: String,
@@ -285,32 +294,39 @@ pub struct BlobRef {
 }
 
 /// What a client submits.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
     /// Plugin name, e.g. `"echo"`.
-    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "echo")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "echo")
+    )]
     pub plugin: String,
     /// Any JSON value; handed to the plugin as UTF-8 JSON bytes.
     #[serde(default)]
     pub payload: serde_json::Value,
     /// 1 (highest) to 10 (lowest); default 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 10)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10))]
     pub priority: Option<u8>,
     /// 1 to 100; default 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 100)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub max_attempts: Option<u32>,
     /// Timeout of one attempt in milliseconds (1 ms to 1 hour).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 3_600_000)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 3_600_000))]
     pub timeout_ms: Option<u64>,
     /// Makes retried submissions safe: the same key returns the same task.
     /// 1 to 256 printable ASCII characters (space to `~`), as in the IETF
     /// `Idempotency-Key` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 256, pattern = r"^[\x20-\x7E]{1,256}$")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 256, pattern = r"^[\x20-\x7E]{1,256}$")
+    )]
     pub idempotency_key: Option<String>,
 }
 
@@ -335,8 +351,7 @@ impl NewTask {
     /// Checks every field and builds the pending task with `sequence`.
     /// Whether the plugin exists is checked by the caller, who knows the registry.
     pub fn validate(self, sequence: u64) -> Result<Task, ValidationError> {
-        crate::runtime::plugin::validate_name(&self.plugin)
-            .map_err(|e| invalid("plugin", e.to_string()))?;
+        crate::plugin::validate_name(&self.plugin).map_err(|e| invalid("plugin", e.to_string()))?;
         let priority = self.priority.unwrap_or(PRIORITY_DEFAULT);
         if !(PRIORITY_HIGHEST..=PRIORITY_LOWEST).contains(&priority) {
             return Err(invalid(
@@ -549,6 +564,7 @@ pub enum Begin {
 ///
 /// Stated as `oneOf` rather than `type: [string, null]`, with which
 /// generators lose the format (and produce `""`, which is no date-time).
+#[cfg(feature = "openapi")]
 fn nullable_date_time() -> RefOr<Schema> {
     let date_time = SchemaFormat::KnownFormat(KnownFormat::DateTime);
     OneOfBuilder::new()
