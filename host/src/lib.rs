@@ -46,9 +46,9 @@ pub mod deploy;
 pub mod envfile;
 #[cfg(feature = "server")]
 pub mod fleet;
-pub mod fsutil;
+pub use taskflow_fs as fsutil;
 #[cfg(feature = "server")]
-pub mod heap;
+pub use taskflow_runtime::heap;
 #[cfg(feature = "server")]
 pub mod http;
 #[cfg(feature = "server")]
@@ -56,7 +56,7 @@ pub mod lb;
 #[cfg(feature = "server")]
 pub mod queue;
 #[cfg(feature = "server")]
-pub mod runtime;
+pub use taskflow_runtime as runtime;
 #[cfg(feature = "server")]
 pub mod secrets;
 #[cfg(feature = "server")]

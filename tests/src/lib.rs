@@ -255,6 +255,19 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value 
         .unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }
 
+/// Waits until `check` holds, looking every 20 ms; panics naming `what`
+/// after 30 s (what a watcher or a background job applies asynchronously).
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `GET url` until `done` accepts the JSON body (bounded: panics after `limit`).
 pub async fn poll_json(
     client: &reqwest::Client,

@@ -1,7 +1,8 @@
 //! The crates' arrows, read from cargo's own dependency graph: the model and
 //! the client link no engine, database driver, AWS SDK or HTTP server, and
 //! neither does the `taskflow` binary built as a client only
-//! (`--no-default-features`, as the README documents).
+//! (`--no-default-features`, as the README documents); the runtime links no
+//! backend.
 
 use std::process::Command;
 use std::time::Duration;
@@ -63,6 +64,19 @@ fn the_client_links_nothing_of_the_server() {
 #[test]
 fn a_client_only_build_of_the_binary_links_nothing_of_the_server() {
     assert_client_only(&["-p", "taskflow-host", "--no-default-features"]);
+}
+
+/// The runtime knows tasks as the model states them, and nothing of the
+/// backends or the API.
+#[test]
+fn the_runtime_links_no_backend_and_no_http_server() {
+    let packages = linked(&["-p", "taskflow-runtime"]);
+    assert!(packages.iter().any(|p| p == "wasmtime"), "{packages:?}");
+    let backends: Vec<&String> = packages
+        .iter()
+        .filter(|p| p.starts_with("aws-") || ["sqlx", "axum", "hyper-util"].contains(&p.as_str()))
+        .collect();
+    assert!(backends.is_empty(), "taskflow-runtime links {backends:?}");
 }
 
 /// The check sees what it looks for: the server build links all of it.

@@ -2,12 +2,13 @@
 //! the old one keeps serving, hot reload under load, and the compile cache.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use taskflow::runtime::{Limits, PluginError, PluginRegistry, Runtime, RuntimeConfig, TaskInput};
 use taskflow_tests::{
-    TestHost, file_digest, fixture_wasm, install_plugins, plugin_wasm, poll_json, wasm_bytes,
+    TestHost, eventually, file_digest, fixture_wasm, install_plugins, plugin_wasm, poll_json,
+    wasm_bytes,
 };
 
 fn runtime() -> Runtime {
@@ -21,15 +22,6 @@ fn task(plugin: &str, payload: &Value) -> TaskInput {
         priority: 5,
         attempt: 1,
         payload: serde_json::to_vec(payload).expect("json"),
-    }
-}
-
-/// Waits (bounded) until `check` holds; the watcher applies changes asynchronously.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use taskflow::config::Age;
-use taskflow_tests::{Backend, TestHost, aws, get_json, metric_sum, poll_json, submit_batch};
+use taskflow_tests::{
+    Backend, TestHost, aws, eventually, get_json, metric_sum, poll_json, submit_batch,
+};
 
 /// Retention settings for a test: completed tasks kept 2 s, failed ones
 /// forever, the job every second.
@@ -113,15 +115,6 @@ fn shards(root: &Path) -> Vec<(String, Vec<String>)> {
         }
     }
     shards
-}
-
-/// Waits (bounded) until `check` holds.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,6 +83,12 @@ const TASK_INTEGER_FIELDS: [&str; 5] = [
 /// results are copied untouched: they are the plugins' data. Returns `None`
 /// when nothing needs rewriting or the bytes are not a JSON object (the
 /// parser that follows reports what is wrong).
+///
+/// Why a scanner and not serde: a `deserialize_with` on these fields sees a
+/// float already rounded (`18446744073709551615.0` is no longer exact), and
+/// serde_json's `arbitrary_precision`, which would show the text, changes
+/// how every JSON number in the process is parsed (feature unification),
+/// the hot path of every submission included.
 pub fn backup_with_integers(bytes: &[u8]) -> Option<Vec<u8>> {
     let mut scan = Scan {
         bytes,

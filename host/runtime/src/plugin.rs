@@ -11,7 +11,7 @@ use wasmtime::component::Component;
 
 use super::bindings::ProcessorPre;
 use super::{Runtime, compiler, contract};
-use crate::fsutil;
+use taskflow_fs as fsutil;
 pub use taskflow_model::plugin::{InvalidName, PluginInfo};
 
 /// Largest plugin file accepted, in bytes. Components built from Python or

@@ -15,7 +15,7 @@ use super::sandbox::Sandbox;
 mod current {
     wasmtime::component::bindgen!({
         world: "processor",
-        path: "../wit",
+        path: "../../wit",
         exports: { default: async },
     });
 }
@@ -23,7 +23,7 @@ mod current {
 mod previous {
     wasmtime::component::bindgen!({
         world: "processor",
-        path: "../wit/0.1",
+        path: "../../wit/0.1",
         exports: { default: async },
     });
 }

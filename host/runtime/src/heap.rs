@@ -2,7 +2,7 @@
 //!
 //! glibc gives threads their own arenas (up to eight per CPU) and keeps what
 //! they freed. `taskflow serve` compiles plugins in a child process for that
-//! reason (see [`crate::runtime::compiler`]); these two measures bound what
+//! reason (see [`crate::compiler`]); these two measures bound what
 //! is left: loading artifacts, and compiling in-process where there is no
 //! child (an embedding program, or a child that could not be started).
 

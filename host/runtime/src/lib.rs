@@ -1,12 +1,16 @@
-//! The WebAssembly runtime: one engine for the process, plugins compiled once
-//! and pre-linked once, a fresh sandboxed instance for every task (or, for a
-//! plugin that opts in, one instance for several tasks in sequence).
+//! `taskflow-runtime`, the WebAssembly runtime: one engine for the process,
+//! plugins compiled once and pre-linked once, a fresh sandboxed instance for
+//! every task (or, for a plugin that opts in, one instance for several tasks
+//! in sequence). It knows tasks only as the model states them
+//! (`taskflow-model`) and nothing of queues, stores or HTTP. Start reading at
+//! [`Runtime::run`], then [`registry::PluginRegistry`].
 //!
 //! - [`engine`]: engine, linker and the epoch ticker behind timeouts;
 //! - [`sandbox`]: per-task store state (WASI granting nothing, limits, stdio);
 //! - `reuse`: instances kept between tasks;
 //! - [`plugin`]: compiling, validating and caching one plugin version;
 //! - [`registry`]: the name → version map with hot reload;
+//! - [`compiler`]: compiling in a child process; [`heap`]: the C allocator's arenas;
 //! - this module: running one task under its limits.
 
 #[doc(hidden)]
@@ -14,6 +18,7 @@ pub mod bindings;
 pub mod compiler;
 pub mod contract;
 pub mod engine;
+pub mod heap;
 pub mod plugin;
 pub mod registry;
 mod reuse;
@@ -237,7 +242,7 @@ impl Runtime {
     }
 
     /// The list of idle instances of a new plugin version.
-    pub(in crate::runtime) fn idle_instances(&self) -> reuse::IdleInstances {
+    pub(crate) fn idle_instances(&self) -> reuse::IdleInstances {
         let most = self.inner.config.max_concurrent_instances as usize / 2;
         reuse::IdleInstances::new(self.inner.idle_held.clone(), most)
     }

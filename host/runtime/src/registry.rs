@@ -16,7 +16,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use super::Runtime;
 use super::plugin::{self, ArtifactCache, CompileCounters, LoadedPlugin, PluginError, PluginInfo};
-use crate::fsutil;
+use taskflow_fs as fsutil;
 pub use taskflow_model::plugin::{PluginLimits, RegistryStats};
 
 /// Quiet time after the last file event before a changed file is loaded, so

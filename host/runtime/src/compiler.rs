@@ -17,7 +17,7 @@ use wasmtime::component::Component;
 
 use super::RuntimeConfig;
 use super::engine::build_engine;
-use crate::fsutil;
+use taskflow_fs as fsutil;
 
 /// How often a running compiler is checked on.
 const POLL: Duration = Duration::from_millis(10);
