@@ -166,8 +166,11 @@ echo "    registry at $TASKFLOW_TEST_REGISTRY"
 echo "==> building plugins and fixtures (wasm32-wasip2)"
 plugins/build.sh
 
-echo "==> building the taskflow binary (the end-to-end tests run it)"
-cargo build --bins
+echo "==> building the taskflow binary (the end-to-end tests run it) and the tests"
+# One cargo invocation for both: the tests' dev-dependencies turn on features
+# of shared crates (chrono, the AWS SDK's, sqlx, ...), and built apart the
+# binary would compile those crates a second time with other features.
+cargo build --bins --tests
 
 echo "==> running the tests (host, sdk, end-to-end)"
 # The workspace's default members: the native crates, not the plugins.

@@ -25,8 +25,8 @@ use std::time::Instant;
 
 use common::{Host, completed, free_port, wait_until};
 use serde_json::{Value, json};
-use taskflow::runtime::plugin::{ArtifactCache, CompileCounters, LoadedPlugin, compile};
-use taskflow::runtime::{Limits, Runtime, RuntimeConfig, TaskInput};
+use taskflow_runtime::plugin::{ArtifactCache, CompileCounters, LoadedPlugin, compile};
+use taskflow_runtime::{Limits, Runtime, RuntimeConfig, TaskInput};
 
 /// Tasks timed one after another in this process, per plugin and mode.
 const IN_PROCESS_TASKS: u32 = 300;

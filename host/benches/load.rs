@@ -129,7 +129,7 @@ fn atomic_write_rate(dir: &Path, count: usize) -> f64 {
         let path = dir
             .join(format!("{:02x}", i % 256))
             .join(format!("{i:08}.json"));
-        taskflow::fsutil::write_atomic(&path, &body, false).expect("write");
+        taskflow_fs::write_atomic(&path, &body, false).expect("write");
     }
     count as f64 / started.elapsed().as_secs_f64()
 }

@@ -22,8 +22,9 @@ mod common;
 use std::path::Path;
 
 use common::{BATCH, CONCURRENCY, Database, Fleet, free_port, measure_by, metric_sum, start_host};
-use taskflow::storage::{FileStore, TaskStore};
-use taskflow::task::{NewTask, TaskStatus};
+use taskflow_backend::storage::TaskStore;
+use taskflow_files::FileStore;
+use taskflow_model::task::{NewTask, TaskStatus};
 
 fn main() {
     common::bench("retention", run, "TASKFLOW_RETENTION_TASKS");
@@ -130,7 +131,7 @@ fn report(what: &str, runs: &[Run]) {
 }
 
 /// A completed echo task, numbered `n`, that finished 30 days ago.
-fn old_task(n: usize) -> taskflow::task::Task {
+fn old_task(n: usize) -> taskflow_model::task::Task {
     let new = NewTask {
         plugin: "echo".into(),
         payload: serde_json::json!({ "n": n }),
@@ -168,7 +169,7 @@ async fn store_backlog_in_files(root: &Path, backlog: usize) {
 /// that many tasks would leave them.
 async fn store_backlog_in_postgres(database: &Database, backlog: usize) {
     let options: sqlx::postgres::PgConnectOptions = database.url.parse().expect("database URL");
-    let store = taskflow::storage::PgStore::connect(options, 2)
+    let store = taskflow_postgres::PgStore::connect(options, 2)
         .await
         .expect("the PostgreSQL store");
     sqlx::query(
@@ -194,7 +195,7 @@ async fn store_backlog_in_postgres(database: &Database, backlog: usize) {
         "the backlog is counted"
     );
     let sample = store
-        .list(&taskflow::storage::ListQuery {
+        .list(&taskflow_backend::storage::ListQuery {
             limit: 1,
             ..Default::default()
         })

@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use criterion::Criterion;
-use taskflow::runtime::bindings::WitTask;
-use taskflow::runtime::plugin::{CompileCounters, LoadedPlugin, compile};
-use taskflow::runtime::sandbox::{CapturedOutput, Sandbox};
-use taskflow::runtime::{Limits, Runtime, RuntimeConfig, TaskInput};
+use taskflow_runtime::bindings::WitTask;
+use taskflow_runtime::plugin::{CompileCounters, LoadedPlugin, compile};
+use taskflow_runtime::sandbox::{CapturedOutput, Sandbox};
+use taskflow_runtime::{Limits, Runtime, RuntimeConfig, TaskInput};
 use wasmtime::Store;
 
 const GROUP: &str = "per_task";

@@ -1,12 +1,24 @@
-//! The `taskflow` binary: parse arguments, set up logging, run the library.
+//! The `taskflow` command, a thin binary over TaskFlow's crates: `serve`
+//! (`taskflow-server`), `lb` (`taskflow-lb`), `deploy` (`taskflow-deploy`),
+//! `plugins new|build|run` (`taskflow-author`), and the client commands
+//! (`taskflow-client`). Start at [`commands::run`]; each command is a file
+//! under `commands/`.
+//!
+//! Everything but the client commands is the `server` feature (on by
+//! default); `cargo build -p taskflow-host --no-default-features` builds
+//! `taskflow` as a client of a running host that links no engine, database
+//! driver, AWS SDK or HTTP server.
 
+mod commands;
+mod logging;
+
+use crate::commands::Cli;
+use crate::logging::{LogTarget, init_logging};
 use clap::Parser;
-use taskflow::cli::Cli;
-use taskflow::telemetry::{LogTarget, init_logging};
 
 fn main() -> std::process::ExitCode {
     #[cfg(feature = "server")]
-    taskflow::heap::limit_arenas();
+    taskflow_runtime::heap::limit_arenas();
     let cli = match parse() {
         Ok(cli) => cli,
         Err(code) => return code,
@@ -26,7 +38,7 @@ fn main() -> std::process::ExitCode {
 /// other thread exists, as changing the environment requires.
 fn parse() -> Result<(Cli, Vec<String>), std::process::ExitCode> {
     let cli = Cli::try_parse().map_err(|error| refuse(&error))?;
-    let loaded = taskflow::envfile::load(cli.env_file.as_deref()).map_err(|error| {
+    let loaded = taskflow_fs::envfile::load(cli.env_file.as_deref()).map_err(|error| {
         eprintln!("error: {error}");
         std::process::ExitCode::FAILURE
     })?;
@@ -43,11 +55,11 @@ async fn run((mut cli, from_env_file): (Cli, Vec<String>)) -> std::process::Exit
     // when asked (RUST_LOG).
     match cli.command {
         #[cfg(feature = "server")]
-        taskflow::cli::Command::Serve(_) | taskflow::cli::Command::Lb(_) => {
+        crate::commands::Command::Serve(_) | crate::commands::Command::Lb(_) => {
             init_logging(cli.log_format, LogTarget::Stdout)
         }
         #[cfg(feature = "server")]
-        taskflow::cli::Command::Plugins(taskflow::cli::PluginsCommand::Run(_)) => {
+        crate::commands::Command::Plugins(crate::commands::PluginsCommand::Run(_)) => {
             init_logging(cli.log_format, LogTarget::Stderr)
         }
         _ if std::env::var_os("RUST_LOG").is_some() => {
@@ -59,11 +71,11 @@ async fn run((mut cli, from_env_file): (Cli, Vec<String>)) -> std::process::Exit
         let file = cli
             .env_file
             .clone()
-            .unwrap_or_else(|| taskflow::envfile::DEFAULT.into());
+            .unwrap_or_else(|| taskflow_fs::envfile::DEFAULT.into());
         tracing::info!(file = %file.display(), settings = from_env_file.join(","), "settings from the env file");
     }
     cli.from_env_file = from_env_file;
-    match taskflow::cli::run(cli).await {
+    match crate::commands::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -106,8 +118,9 @@ fn refuse(error: &clap::Error) -> std::process::ExitCode {
 /// The environment variable of the `serve` flag `flag`, if it has one.
 #[cfg(feature = "server")]
 fn serve_variable(flag: &str) -> Option<String> {
-    let serve =
-        <taskflow::config::ServeConfig as clap::Args>::augment_args(clap::Command::new("serve"));
+    let serve = <taskflow_server::config::ServeConfig as clap::Args>::augment_args(
+        clap::Command::new("serve"),
+    );
     serve
         .get_arguments()
         .find(|arg| arg.get_long() == Some(flag.trim_start_matches("--")))

@@ -1,11 +1,15 @@
 //! Helpers shared by TaskFlow's end-to-end tests: where the built plugins and
-//! fixtures are, and how to get a runtime and registry over a scratch
-//! directory.
+//! fixtures are, a host on a scratch directory ([`TestHost`]), and the API
+//! through the project's typed client: [`submit`], [`wait_for`],
+//! [`eventually`], and one metrics parser ([`parse_metrics`]).
 
 use std::path::{Path, PathBuf};
 
+pub use taskflow_client::Client;
+use taskflow_model::api::TaskView;
+use taskflow_model::task::{NewTask, Task, TaskId};
+
 pub mod aws;
-pub mod contract;
 pub mod image;
 pub mod pg;
 pub mod process;
@@ -64,7 +68,7 @@ pub fn install_plugins(dir: &Path, names: &[&str]) {
 
 /// Hex SHA-256 of a file, as the registry reports digests.
 pub fn file_digest(path: &Path) -> String {
-    taskflow::runtime::plugin::digest_of(&wasm_bytes(path))
+    taskflow_runtime::plugin::digest_of(&wasm_bytes(path))
 }
 
 /// A host running in this test process on a scratch data directory, with
@@ -75,7 +79,7 @@ pub struct TestHost {
     /// The data directory (deleted on drop).
     pub data: tempfile::TempDir,
     /// The running service, for white-box checks.
-    pub service: std::sync::Arc<taskflow::service::TaskService>,
+    pub service: std::sync::Arc<taskflow_server::service::TaskService>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,
     schema: Option<String>,
@@ -112,7 +116,7 @@ impl TestHost {
         backend: Backend,
         workers: usize,
         hostile: bool,
-        adjust: impl FnOnce(&mut taskflow::config::ServeConfig),
+        adjust: impl FnOnce(&mut taskflow_server::config::ServeConfig),
     ) -> Self {
         match backend {
             Backend::Files => Self::start_with(workers, hostile, adjust).await,
@@ -128,16 +132,16 @@ impl TestHost {
                 let s3_bucket = bucket.clone();
                 let mut host = Self::start_with(workers, hostile, |config| {
                     if let Some(bucket) = s3_bucket {
-                        config.blobs = taskflow::config::BlobBackend::S3;
-                        config.s3_bucket = Some(bucket);
+                        config.blobs = taskflow_server::config::BlobBackend::S3;
+                        config.s3.s3_bucket = Some(bucket);
                     }
-                    config.storage = taskflow::config::StorageBackend::Postgres;
+                    config.storage = taskflow_server::config::StorageBackend::Postgres;
                     config.queue = match backend {
-                        Backend::Sqs => taskflow::config::QueueBackend::Sqs,
-                        _ => taskflow::config::QueueBackend::Postgres,
+                        Backend::Sqs => taskflow_server::config::QueueBackend::Sqs,
+                        _ => taskflow_server::config::QueueBackend::Postgres,
                     };
-                    config.sqs_queue_prefix = prefix;
-                    config.database_url = Some(pg::schema_url(&schema));
+                    config.sqs.sqs_queue_prefix = prefix;
+                    config.postgres.database_url = Some(pg::schema_url(&schema));
                     adjust(config);
                 })
                 .await;
@@ -152,7 +156,7 @@ impl TestHost {
     pub async fn start_with(
         workers: usize,
         hostile: bool,
-        adjust: impl FnOnce(&mut taskflow::config::ServeConfig),
+        adjust: impl FnOnce(&mut taskflow_server::config::ServeConfig),
     ) -> Self {
         let data = tempfile::tempdir().expect("tempdir");
         let plugins = data.path().join("plugins");
@@ -163,7 +167,7 @@ impl TestHost {
         }
         let mut config = serve_config(data.path(), workers);
         adjust(&mut config);
-        let server = taskflow::server::Server::start(config)
+        let server = taskflow_server::Server::start(config)
             .await
             .expect("host starts");
         let url = format!("http://{}", server.local_addr().expect("addr"));
@@ -206,15 +210,77 @@ impl TestHost {
     pub fn at(&self, path: &str) -> String {
         format!("{}{path}", self.url)
     }
+
+    /// The typed client of this host (no token).
+    pub fn client(&self) -> Client {
+        api(&self.url)
+    }
+}
+
+/// The typed client (`taskflow-client`, the one the CLI uses) of the host
+/// or load balancer at `url`, with no token.
+pub fn api(url: &str) -> Client {
+    Client::new(url, None)
+}
+
+/// A task of `plugin` with `payload`, every other setting the host's default.
+pub fn new_task(plugin: &str, payload: serde_json::Value) -> NewTask {
+    NewTask {
+        plugin: plugin.into(),
+        payload,
+        ..NewTask::default()
+    }
+}
+
+/// The task a `POST /tasks` body describes (`{"plugin": …, "payload": …,
+/// "priority": …}`), for tests that write tasks as JSON.
+pub fn as_task(body: serde_json::Value) -> NewTask {
+    serde_json::from_value(body.clone()).unwrap_or_else(|e| panic!("{body} is no task: {e}"))
+}
+
+/// Submits `task`, which the host must accept; the task as accepted.
+pub async fn submit(client: &Client, task: &NewTask) -> Task {
+    client
+        .submit(task)
+        .await
+        .unwrap_or_else(|e| panic!("submit a {} task: {e}", task.plugin))
+}
+
+/// Reads task `id` until `done` accepts it, every 25 ms; panics after
+/// `limit`, showing the task as last read.
+pub async fn wait_for(
+    client: &Client,
+    id: TaskId,
+    limit: std::time::Duration,
+    mut done: impl FnMut(&TaskView) -> bool,
+) -> TaskView {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let last = match client.get(&id.to_string()).await {
+            Ok(view) if done(&view) => return view,
+            Ok(view) => format!("{:?}", view.task),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task {id} not there within {limit:?}; last read: {last}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits (at most `limit`) until task `id` is completed, failed or cancelled.
+pub async fn wait_terminal(client: &Client, id: TaskId, limit: std::time::Duration) -> TaskView {
+    wait_for(client, id, limit, |view| view.task.status.is_terminal()).await
 }
 
 /// Settings of a test host on `data_dir`: loopback, a free port, no fsync.
-pub fn serve_config(data_dir: &Path, workers: usize) -> taskflow::config::ServeConfig {
+pub fn serve_config(data_dir: &Path, workers: usize) -> taskflow_server::config::ServeConfig {
     use clap::Parser;
     #[derive(Parser)]
     struct Wrapper {
         #[command(flatten)]
-        config: taskflow::config::ServeConfig,
+        config: taskflow_server::config::ServeConfig,
     }
     let mut config = Wrapper::parse_from(["taskflow"]).config;
     config.listen = "127.0.0.1:0".parse().expect("addr");

@@ -197,6 +197,23 @@ impl HostProcess {
     }
 }
 
+/// Which of `hosts` (`None`: one stopped) ran `task`, a task's JSON whose
+/// `host` names its runner; panics if none of them did.
+pub async fn runner_of(
+    client: &reqwest::Client,
+    hosts: &[Option<&HostProcess>],
+    task: &Value,
+) -> usize {
+    for (index, host) in hosts.iter().enumerate() {
+        if let Some(host) = host
+            && host.stats(client).await["host"]["name"] == task["host"]
+        {
+            return index;
+        }
+    }
+    panic!("the task names no host of the fleet: {task}");
+}
+
 impl Drop for HostProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -2,7 +2,9 @@
 //! the client link no engine, database driver, AWS SDK or HTTP server, and
 //! neither does the `taskflow` binary built as a client only
 //! (`--no-default-features`, as the README documents); the runtime links no
-//! backend.
+//! backend; the backend seams link no backend; each backend crate links the
+//! seams and its own driver, never another backend's; the load balancer
+//! links nothing of the engine, the backends or the API.
 
 use std::process::Command;
 use std::time::Duration;
@@ -77,6 +79,73 @@ fn the_runtime_links_no_backend_and_no_http_server() {
         .filter(|p| p.starts_with("aws-") || ["sqlx", "axum", "hyper-util"].contains(&p.as_str()))
         .collect();
     assert!(backends.is_empty(), "taskflow-runtime links {backends:?}");
+}
+
+/// The `taskflow-*` crates and the packages among `watched` that `package`
+/// links, each sorted, each package once.
+fn links_of(package: &str, watched: &[&str]) -> (Vec<String>, Vec<String>) {
+    let packages: std::collections::BTreeSet<String> =
+        linked(&["-p", package]).into_iter().collect();
+    let ours = packages
+        .iter()
+        .filter(|p| p.starts_with("taskflow-") && *p != package)
+        .cloned()
+        .collect();
+    let found = packages
+        .iter()
+        .filter(|p| watched.contains(&p.as_str()))
+        .cloned()
+        .collect();
+    (ours, found)
+}
+
+/// The engine, each backend's driver, and the HTTP server.
+const WATCHED: [&str; 6] = [
+    "wasmtime",
+    "sqlx",
+    "aws-sdk-sqs",
+    "aws-sdk-s3",
+    "axum",
+    "taskflow-runtime",
+];
+
+/// The seams and the backends: a backend crate stands on the seams and the
+/// model (and the file helpers), links its own driver and no other's, and
+/// nothing of the engine or the HTTP server.
+#[test]
+fn backends_stand_side_by_side_on_the_seams() {
+    let cases: [(&str, &[&str], &[&str]); 4] = [
+        ("taskflow-backend", &["taskflow-model"], &[]),
+        (
+            "taskflow-files",
+            &["taskflow-backend", "taskflow-fs", "taskflow-model"],
+            &[],
+        ),
+        (
+            "taskflow-postgres",
+            &["taskflow-backend", "taskflow-model"],
+            &["sqlx"],
+        ),
+        (
+            "taskflow-aws",
+            &["taskflow-backend", "taskflow-model"],
+            &["aws-sdk-s3", "aws-sdk-sqs"],
+        ),
+    ];
+    for (package, ours, drivers) in cases {
+        let (linked_ours, found) = links_of(package, &WATCHED);
+        assert_eq!(linked_ours, ours, "the TaskFlow crates {package} links");
+        assert_eq!(found, drivers, "the drivers and engines {package} links");
+    }
+}
+
+/// The load balancer shares the HTTP plumbing, and nothing else of the
+/// host: no engine, no backend, no API.
+#[test]
+fn the_load_balancer_links_no_engine_backend_or_api() {
+    let (ours, found) = links_of("taskflow-lb", &WATCHED);
+    assert_eq!(ours, ["taskflow-http"]);
+    assert_eq!(found, ["axum"], "its HTTP server, and nothing else watched");
 }
 
 /// The check sees what it looks for: the server build links all of it.

@@ -1,11 +1,12 @@
-//! One behavioural contract for every blob store (`tests/src/contract.rs`),
+//! One behavioural contract for every blob store (`taskflow_backend::contract::blobs`),
 //! run against each: S3 (moto, a fresh bucket) and the PostgreSQL table.
 
 use std::sync::Arc;
 
-use taskflow::blobs::{BlobStore, PgBlobs, S3Blobs};
-use taskflow::storage::PgStore;
-use taskflow_tests::contract::blobs as contract;
+use taskflow_aws::S3Blobs;
+use taskflow_backend::blobs::BlobStore;
+use taskflow_backend::contract::blobs as contract;
+use taskflow_postgres::{PgBlobs, PgStore};
 use taskflow_tests::{aws, pg};
 
 /// The stores under test, with the schema to drop afterwards.

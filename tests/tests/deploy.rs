@@ -131,7 +131,7 @@ async fn deploy_creates_the_stack_writes_env_and_a_host_started_from_it_complete
         queue_names(&stack).await.is_empty(),
         "no queue before the answer yes"
     );
-    let stacks = taskflow::deploy::Stacks::new(&aws::sdk().await);
+    let stacks = taskflow_deploy::Stacks::new(&aws::sdk().await);
     assert!(
         stacks.describe(&stack).await.expect("describe").is_none(),
         "the review left no stack behind"
@@ -383,7 +383,7 @@ async fn a_deploy_interrupted_while_the_stack_is_created_is_followed_again_with_
         !shown.contains("Stack create:") && !dir.path().join(".env").exists(),
         "it stopped before the end:\n{shown}{said}"
     );
-    let stacks = taskflow::deploy::Stacks::new(&aws::sdk().await);
+    let stacks = taskflow_deploy::Stacks::new(&aws::sdk().await);
     let state = stacks
         .describe(&stack)
         .await
@@ -457,7 +457,7 @@ async fn deploy_refuses_what_it_cannot_do_and_says_why() {
         "{out}"
     );
     assert!(
-        taskflow::deploy::Stacks::new(&aws::sdk().await)
+        taskflow_deploy::Stacks::new(&aws::sdk().await)
             .describe(&stack)
             .await
             .expect("describe")
@@ -536,4 +536,40 @@ async fn deploy_refuses_what_it_cannot_do_and_says_why() {
         !ok && out.contains("the env file nope.env does not exist"),
         "{out}"
     );
+}
+
+/// Every setting `deploy` writes from a stack's outputs is one that
+/// `taskflow serve` (or the CLI, or the AWS SDK) reads.
+#[test]
+fn every_setting_deploy_writes_is_read_by_serve() {
+    let outputs: Vec<(String, String)> = [
+        ("SqsQueuePrefix", "prod"),
+        ("S3Bucket", "prod-blobs"),
+        ("Region", "eu-west-1"),
+        ("DatabaseUrl", "postgres://taskflow@db:5432/taskflow"),
+        ("ApiUrl", "https://taskflow.example"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let settings =
+        taskflow_deploy::settings_from_outputs(&outputs).expect("all required outputs are there");
+    let serve = <taskflow_server::config::ServeConfig as clap::Args>::augment_args(
+        clap::Command::new("serve"),
+    );
+    let read: Vec<String> = serve
+        .get_arguments()
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .chain([
+            "TASKFLOW_SERVER".into(),
+            "TASKFLOW_TOKEN_SECRET".into(),
+            "TASKFLOW_ADMIN_TOKEN_SECRET".into(),
+            "AWS_REGION".into(),
+            "AWS_ENDPOINT_URL".into(),
+        ])
+        .collect();
+    assert!(settings.len() >= 7, "{settings:?}");
+    for key in settings.keys() {
+        assert!(read.contains(key), "{key} is read by nobody");
+    }
 }

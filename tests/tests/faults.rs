@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use taskflow_tests::pg::{drop_schema, fresh_schema, schema_url};
-use taskflow_tests::process::HostProcess;
+use taskflow_tests::process::{HostProcess, runner_of};
 use taskflow_tests::proxy::Proxy;
 use taskflow_tests::{fixture_wasm, get_json, install_plugins, list_all, metric_sum, poll_json};
 
@@ -137,12 +137,8 @@ impl Faulty {
 
     /// The index of the host a running `task` names.
     async fn runner(&self, client: &reqwest::Client, task: &Value) -> usize {
-        for (index, host) in self.hosts.iter().enumerate() {
-            if host.stats(client).await["host"]["name"] == task["host"] {
-                return index;
-            }
-        }
-        panic!("the task names no host of the fleet: {task}");
+        let hosts: Vec<Option<&HostProcess>> = self.hosts.iter().map(Some).collect();
+        runner_of(client, &hosts, task).await
     }
 
     /// How many log lines of every host carry `message`.

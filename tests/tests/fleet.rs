@@ -10,10 +10,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use taskflow_model::task::TaskId;
 use taskflow_tests::pg::{drop_schema, fresh_schema, schema_url};
-use taskflow_tests::process::HostProcess;
+use taskflow_tests::process::{HostProcess, runner_of};
 use taskflow_tests::{
-    fixture_wasm, get_json, install_plugins, list_all, metric_sum, poll_json, submit_batch,
+    api, as_task, fixture_wasm, get_json, install_plugins, list_all, metric_sum, poll_json, submit,
+    submit_batch,
 };
 
 /// Hosts on one fresh schema, each with its own data directory.
@@ -132,15 +134,10 @@ impl Fleet {
     }
 
     /// The index of the host a running `task` names.
+    /// The index of the host a running `task` names.
     async fn runner(&self, client: &reqwest::Client, task: &Value) -> usize {
-        for (index, host) in self.hosts.iter().enumerate() {
-            if let Some(host) = host
-                && host.stats(client).await["host"]["name"] == task["host"]
-            {
-                return index;
-            }
-        }
-        panic!("the task names no host of the fleet: {task}");
+        let hosts: Vec<Option<&HostProcess>> = self.hosts.iter().map(Option::as_ref).collect();
+        runner_of(client, &hosts, task).await
     }
 
     async fn stop(mut self) {
@@ -173,20 +170,6 @@ async fn attempts(client: &reqwest::Client, url: &str, plugin: &str, outcome: &s
         ],
     )
     .await
-}
-
-async fn submit(client: &reqwest::Client, url: &str, task: Value) -> String {
-    let response = client
-        .post(format!("{url}/tasks"))
-        .json(&task)
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
-    response.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_string()
 }
 
 /// Whether the host at `url` lists `plugin` as loaded.
@@ -293,10 +276,10 @@ async fn priority_order_holds_across_hosts_on_the_postgres_queue() {
     let fleet = Fleet::start(3, 1, 30).await;
     let client = reqwest::Client::new();
     // Occupy the three workers, so that the batch below is all queued first.
-    let blockers: Vec<String> = {
+    let blockers: Vec<TaskId> = {
         let mut ids = Vec::new();
         for index in 0..3 {
-            ids.push(submit(&client, fleet.url(index), json!({"plugin": "hostile", "payload": {"mode": "sleep", "seconds": 2}, "priority": 1})).await);
+            ids.push(submit(&api(fleet.url(index)), &as_task(json!({"plugin": "hostile", "payload": {"mode": "sleep", "seconds": 2}, "priority": 1}))).await.id);
         }
         ids
     };
@@ -443,11 +426,13 @@ async fn a_host_paused_past_its_lease_cannot_overwrite_the_others(queue: SharedQ
     let client = reqwest::Client::new();
     // Host 1 is busy for a while, so host 0 takes the task below.
     let blocker = submit(
-        &client,
-        fleet.url(1),
-        json!({"plugin": "hostile", "payload": {"mode": "sleep", "seconds": 3}, "priority": 1}),
+        &api(fleet.url(1)),
+        &as_task(
+            json!({"plugin": "hostile", "payload": {"mode": "sleep", "seconds": 3}, "priority": 1}),
+        ),
     )
-    .await;
+    .await
+    .id;
     poll_json(
         &client,
         &format!("{}/tasks/{blocker}", fleet.url(1)),
@@ -462,11 +447,13 @@ async fn a_host_paused_past_its_lease_cannot_overwrite_the_others(queue: SharedQ
     };
     let other = 1 - blocker_host;
     let id = submit(
-        &client,
-        fleet.url(other),
-        json!({"plugin": "hostile", "payload": {"mode": "sleep", "seconds": 2}, "priority": 2}),
+        &api(fleet.url(other)),
+        &as_task(
+            json!({"plugin": "hostile", "payload": {"mode": "sleep", "seconds": 2}, "priority": 2}),
+        ),
     )
-    .await;
+    .await
+    .id;
     poll_json(
         &client,
         &format!("{}/tasks/{id}", fleet.url(other)),
@@ -518,11 +505,11 @@ async fn cancel_and_progress_reach_the_host_running_the_task() {
     let fleet = Fleet::start(2, 1, 3).await;
     let client = reqwest::Client::new();
     let id = submit(
-        &client,
-        fleet.url(0),
-        json!({"plugin": "hostile", "payload": {"mode": "slow", "seconds": 60}}),
+        &api(fleet.url(0)),
+        &as_task(json!({"plugin": "hostile", "payload": {"mode": "slow", "seconds": 60}})),
     )
-    .await;
+    .await
+    .id;
     let running = poll_json(
         &client,
         &format!("{}/tasks/{id}", fleet.url(0)),
@@ -590,12 +577,9 @@ async fn a_cancel_that_meets_a_retryable_failure_ends_cancelled(queue: SharedQue
     // Leases of 30 s: a heartbeat every 2 s.
     let fleet = Fleet::start_on(queue, 2, 1, 30).await;
     let client = reqwest::Client::new();
-    let id = submit(
-        &client,
-        fleet.url(0),
-        json!({"plugin": "hostile", "payload": {"mode": "slow-then-retryable", "seconds": 5}, "max_attempts": 3}),
-    )
-    .await;
+    let id = submit(&api(fleet.url(0)), &as_task(json!({"plugin": "hostile", "payload": {"mode": "slow-then-retryable", "seconds": 5}, "max_attempts": 3})))
+    .await
+    .id;
     let running = poll_json(
         &client,
         &format!("{}/tasks/{id}", fleet.url(0)),
@@ -684,7 +668,7 @@ async fn a_plugin_uploaded_through_one_host_reaches_every_host(queue: SharedQueu
     if let Some(bucket) = &bucket {
         let key = format!(
             "plugins/{}.wasm",
-            taskflow::runtime::plugin::digest_of(&wasm)
+            taskflow_runtime::plugin::digest_of(&wasm)
         );
         assert_eq!(
             taskflow_tests::aws::keys(bucket, "plugins/").await,
@@ -698,11 +682,13 @@ async fn a_plugin_uploaded_through_one_host_reaches_every_host(queue: SharedQueu
         let text = format!("host {index} says hello hello");
         ids.push(
             submit(
-                &client,
-                fleet.url(index),
-                json!({"plugin": "wordcount", "payload": {"text": text}, "max_attempts": 1}),
+                &api(fleet.url(index)),
+                &as_task(
+                    json!({"plugin": "wordcount", "payload": {"text": text}, "max_attempts": 1}),
+                ),
             )
-            .await,
+            .await
+            .id,
         );
     }
     for index in 0..3 {
@@ -818,12 +804,9 @@ async fn a_fresh_host_compiling_the_fleets_interpreter_plugins_runs_every_task_o
     let mut ids = Vec::new();
     for n in 0..20 {
         ids.push(
-            submit(
-                &client,
-                second.url(0),
-                json!({"plugin": "greeter", "payload": {"name": format!("user {n}")}, "max_attempts": 3}),
-            )
-            .await,
+            submit(&api(second.url(0)), &as_task(json!({"plugin": "greeter", "payload": {"name": format!("user {n}")}, "max_attempts": 3})))
+            .await
+            .id,
         );
     }
     for (n, id) in ids.iter().enumerate() {
@@ -892,7 +875,7 @@ async fn a_host_loads_no_plugin_whose_bytes_do_not_match_the_catalog() {
         )))
         .bind(format!(
             "plugins/{}.wasm",
-            taskflow::runtime::plugin::digest_of(&wordcount)
+            taskflow_runtime::plugin::digest_of(&wordcount)
         ))
         .execute(&pool)
         .await
@@ -945,7 +928,7 @@ async fn a_catalog_change_committed_after_a_later_one_still_reaches_the_hosts() 
     upload(&client, fleet.url(0), "later", "flaky").await;
     wait_until_loaded(&client, fleet.url(1), "later", Duration::from_secs(60)).await;
     // Both hosts read the catalog past "later" (a poll is 2 s).
-    tokio::time::sleep(taskflow::fleet::POLL_INTERVAL * 2).await;
+    tokio::time::sleep(taskflow_server::fleet::POLL_INTERVAL * 2).await;
     removal.commit().await.expect("commit the removal");
     pool.close().await;
 
@@ -973,7 +956,7 @@ async fn a_version_that_failed_to_load_on_a_host_is_tried_again() {
     std::fs::create_dir(&blocked).expect("a directory in the plugin file's place");
     upload(&client, fleet.url(0), "retried", "wordcount").await;
     // The first try fails on host 1 (and is logged); the plugin is not loaded.
-    tokio::time::sleep(taskflow::fleet::POLL_INTERVAL * 2).await;
+    tokio::time::sleep(taskflow_server::fleet::POLL_INTERVAL * 2).await;
     assert!(
         !loads(&client, fleet.url(1), "retried").await,
         "loaded though its file could not be written"
@@ -1000,11 +983,11 @@ async fn a_5_mib_payload_goes_through_s3_and_back_through_another_host() {
         .collect();
     let payload = json!({"data": data, "rounds": 1});
     let id = submit(
-        &client,
-        fleet.url(0),
-        json!({"plugin": "hash", "payload": payload, "max_attempts": 1}),
+        &api(fleet.url(0)),
+        &as_task(json!({"plugin": "hash", "payload": payload, "max_attempts": 1})),
     )
-    .await;
+    .await
+    .id;
     let done = poll_json(
         &client,
         &format!("{}/tasks/{id}", fleet.url(2)),
@@ -1017,10 +1000,10 @@ async fn a_5_mib_payload_goes_through_s3_and_back_through_another_host() {
     assert_eq!(done["result"]["value"]["bytes"], data.len());
     assert_eq!(
         done["result"]["value"]["sha256"],
-        taskflow::runtime::plugin::digest_of(data.as_bytes()),
+        taskflow_runtime::plugin::digest_of(data.as_bytes()),
         "the plugin saw every byte"
     );
-    let shard = &id[..2];
+    let shard = id.shard();
     assert_eq!(
         taskflow_tests::aws::keys(&bucket, &format!("payloads/{shard}/{id}")).await,
         vec![format!("payloads/{shard}/{id}")],

@@ -155,7 +155,7 @@ async fn the_image_serves_as_uid_10001_runs_a_plugin_and_is_served_by_digest() {
     assert_eq!(response.status(), reqwest::StatusCode::OK, "{manifest_url}");
     let body = response.bytes().await.expect("manifest body");
     assert_eq!(
-        format!("sha256:{}", taskflow::runtime::plugin::digest_of(&body)),
+        format!("sha256:{}", taskflow_runtime::plugin::digest_of(&body)),
         image.digest,
         "the manifest's bytes hash to its digest"
     );
@@ -264,7 +264,7 @@ async fn deploy_pushes_the_image_and_deploys_it_by_digest() {
         "--yes",
     ]);
     let ran = run_ok(deploy, Duration::from_secs(300));
-    let stacks = taskflow::deploy::Stacks::new(&taskflow_tests::aws::sdk().await);
+    let stacks = taskflow_deploy::Stacks::new(&taskflow_tests::aws::sdk().await);
     let state = stacks
         .describe(&stack)
         .await
@@ -302,7 +302,7 @@ async fn deploy_pushes_the_image_and_deploys_it_by_digest() {
         .expect("ask the registry");
     assert_eq!(manifest.status(), 200, "{reference} is in the registry");
     let body = manifest.bytes().await.expect("manifest");
-    let hashed = format!("sha256:{}", taskflow::runtime::plugin::digest_of(&body));
+    let hashed = format!("sha256:{}", taskflow_runtime::plugin::digest_of(&body));
     assert_eq!(hashed, digest, "the manifest hashes to the digest deployed");
 
     // The hosts' task definition runs that reference, as ECS holds it.

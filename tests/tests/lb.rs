@@ -12,7 +12,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use taskflow::lb::{Balancer, LbConfig};
+use taskflow_lb::{Balancer, LbConfig};
 use taskflow_tests::process::{HostProcess, free_port};
 use taskflow_tests::{get_json, install_plugins, list_all, poll_json, taskflow_binary};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -198,7 +198,7 @@ async fn start_balancer(config: &LbConfig) -> String {
     );
     let listener = TcpListener::bind(any_port()).await.expect("bind balancer");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(taskflow::lb::serve(
+    tokio::spawn(taskflow_lb::serve(
         balancer,
         listener,
         std::future::pending(),

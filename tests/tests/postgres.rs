@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::postgres::PgConnectOptions;
-use taskflow::config::{QueueBackend, StorageBackend};
-use taskflow::storage::{Claim, PgStore, TaskStore};
-use taskflow::task::{TaskId, TaskStatus};
-use taskflow_tests::contract::{self, task};
+use taskflow_backend::contract::{self, task};
+use taskflow_backend::storage::{Claim, TaskStore};
+use taskflow_model::task::{TaskId, TaskStatus};
+use taskflow_postgres::PgStore;
+use taskflow_server::config::{QueueBackend, StorageBackend};
 use taskflow_tests::pg::{database_url, drop_schema, fresh_schema, schema_url};
 use taskflow_tests::{TestHost, poll_json};
 
@@ -73,34 +74,6 @@ async fn tasks_save_load_update_and_delete() {
     assert!(!store.delete(saved.id).await.expect("delete again"));
     assert_eq!(store.load(saved.id).await.expect("load"), None);
     store.check().await.expect("ready");
-    drop_schema(&schema).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lists_filter_and_page_in_submission_order() {
-    let (store, schema) = store().await;
-    contract::lists_filter_and_page_in_submission_order(&store).await;
-    drop_schema(&schema).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn insert_numbers_tasks_and_honours_idempotency_keys() {
-    let (store, schema) = store().await;
-    contract::insert_numbers_tasks_and_honours_idempotency_keys(&store).await;
-    drop_schema(&schema).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_inserts_with_one_key_create_one_task() {
-    let (store, schema) = store().await;
-    contract::racing_inserts_with_one_key_create_one_task(std::sync::Arc::new(store)).await;
-    drop_schema(&schema).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_claims_say_what_they_found() {
-    let (store, schema) = store().await;
-    contract::claims_say_what_they_found(&store).await;
     drop_schema(&schema).await;
 }
 
@@ -175,27 +148,6 @@ async fn postgres_claims_due_tasks_in_order_for_the_claim_of_their_ids() {
     drop_schema(&schema).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_leases_fence_their_holders() {
-    let (store, schema) = store().await;
-    contract::leases_fence_their_holders(&store).await;
-    drop_schema(&schema).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_saved_after_a_cancel_request_in_postgres_is_a_cancel() {
-    let (store, schema) = store().await;
-    contract::a_retry_saved_after_a_cancel_request_is_a_cancel(&store).await;
-    drop_schema(&schema).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_expires_only_finished_tasks_past_their_age() {
-    let (store, schema) = store().await;
-    contract::expire_deletes_only_finished_tasks_past_their_age(&store).await;
-    drop_schema(&schema).await;
-}
-
 /// The fleet's jobs (retention) run on one host at a time: the lead is
 /// its holder's while it renews it, and another host's once it lapses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,13 +180,6 @@ async fn one_host_at_a_time_leads_a_fleet_job() {
             .expect("take over")
     );
     assert!(!store.lead("retention", "host-a", hold).await.expect("lead"));
-    drop_schema(&schema).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unsent_tasks_in_postgres_go_to_one_sweeper_at_a_time() {
-    let (store, schema) = store().await;
-    contract::unsent_tasks_go_to_one_sweeper_at_a_time(std::sync::Arc::new(store)).await;
     drop_schema(&schema).await;
 }
 
@@ -323,14 +268,14 @@ async fn a_host_whose_settings_differ_from_its_fleets_refuses_to_start() {
     let config = |n: usize, queue: QueueBackend| {
         let mut config = taskflow_tests::serve_config(dirs[n].path(), 1);
         config.storage = StorageBackend::Postgres;
-        config.database_url = Some(schema_url(&schema));
+        config.postgres.database_url = Some(schema_url(&schema));
         config.queue = queue;
         config
     };
-    let first = taskflow::server::Server::start(config(0, QueueBackend::Postgres))
+    let first = taskflow_server::Server::start(config(0, QueueBackend::Postgres))
         .await
         .expect("the first host records the fleet's settings");
-    let refused = taskflow::server::Server::start(config(1, QueueBackend::Local))
+    let refused = taskflow_server::Server::start(config(1, QueueBackend::Local))
         .await
         .map(|_| ())
         .expect_err("other settings");
@@ -339,7 +284,7 @@ async fn a_host_whose_settings_differ_from_its_fleets_refuses_to_start() {
         message.contains("TASKFLOW_QUEUE is local here, postgres in the fleet"),
         "{message}"
     );
-    let joined = taskflow::server::Server::start(config(2, QueueBackend::Postgres))
+    let joined = taskflow_server::Server::start(config(2, QueueBackend::Postgres))
         .await
         .expect("the same settings join");
     drop((first, joined));
@@ -347,19 +292,12 @@ async fn a_host_whose_settings_differ_from_its_fleets_refuses_to_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_claims_in_postgres_have_one_winner() {
-    let (store, schema) = store().await;
-    contract::racing_claims_have_one_winner(std::sync::Arc::new(store)).await;
-    drop_schema(&schema).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_on_postgres_runs_tasks_and_finds_them_after_a_restart() {
     let (schema, _) = fresh_schema().await;
     let url = schema_url(&schema);
-    let postgres = |config: &mut taskflow::config::ServeConfig| {
+    let postgres = |config: &mut taskflow_server::config::ServeConfig| {
         config.storage = StorageBackend::Postgres;
-        config.database_url = Some(url.clone());
+        config.postgres.database_url = Some(url.clone());
     };
     let host = TestHost::start_with(2, false, postgres).await;
     let client = reqwest::Client::new();
@@ -429,8 +367,8 @@ async fn a_wrong_database_url_stops_the_host_with_a_clear_message() {
     let data = tempfile::tempdir().expect("tempdir");
     let mut config = taskflow_tests::serve_config(data.path(), 1);
     config.storage = StorageBackend::Postgres;
-    config.database_url = None;
-    let missing = taskflow::server::Server::start(config.clone())
+    config.postgres.database_url = None;
+    let missing = taskflow_server::Server::start(config.clone())
         .await
         .map(|_| ())
         .expect_err("no URL");
@@ -438,8 +376,8 @@ async fn a_wrong_database_url_stops_the_host_with_a_clear_message() {
         format!("{missing:#}").contains("TASKFLOW_DATABASE_URL"),
         "{missing:#}"
     );
-    config.database_url = Some("mysql://root@127.0.0.1/test".into());
-    let wrong = taskflow::server::Server::start(config.clone())
+    config.postgres.database_url = Some("mysql://root@127.0.0.1/test".into());
+    let wrong = taskflow_server::Server::start(config.clone())
         .await
         .map(|_| ())
         .expect_err("not PostgreSQL");
@@ -448,13 +386,13 @@ async fn a_wrong_database_url_stops_the_host_with_a_clear_message() {
         "{wrong:#}"
     );
     let server: PgConnectOptions = database_url().parse().expect("test URL");
-    config.database_url = Some(format!(
+    config.postgres.database_url = Some(format!(
         "postgres://no_such_role_here@{}:{}/{}",
         server.get_host(),
         server.get_port(),
         server.get_database().unwrap_or("test")
     ));
-    let refused = taskflow::server::Server::start(config)
+    let refused = taskflow_server::Server::start(config)
         .await
         .map(|_| ())
         .expect_err("unknown role");
@@ -502,8 +440,8 @@ async fn ready_fails_while_the_database_is_unreachable_and_recovers_with_it() {
     );
     let host = TestHost::start_with(1, false, |config| {
         config.storage = StorageBackend::Postgres;
-        config.queue = taskflow::config::QueueBackend::Postgres;
-        config.database_url = Some(url.clone());
+        config.queue = taskflow_server::config::QueueBackend::Postgres;
+        config.postgres.database_url = Some(url.clone());
     })
     .await;
     let client = reqwest::Client::new();
@@ -568,7 +506,7 @@ async fn an_idle_host_claims_about_twice_a_second_whatever_its_workers() {
     let host = TestHost::start_with(32, false, |config| {
         config.storage = StorageBackend::Postgres;
         config.queue = QueueBackend::Postgres;
-        config.database_url = Some(url);
+        config.postgres.database_url = Some(url);
     })
     .await;
     let client = reqwest::Client::new();

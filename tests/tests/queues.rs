@@ -1,4 +1,4 @@
-//! One behavioural contract for every queue (`tests/src/contract.rs`),
+//! One behavioural contract for every queue (`taskflow_backend::contract::queue`),
 //! run against each: the in-process heap, the PostgreSQL tasks table, and
 //! SQS (moto) with PostgreSQL beside it, each with leases of 2 s; and each
 //! check run once more on a queue broken on purpose in the way it checks,
@@ -7,11 +7,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use taskflow::queue::sqs::{SqsSettings, parse_bands};
-use taskflow::queue::{LocalQueue, PgQueue, Queue, SqsQueue};
-use taskflow::storage::{FileStore, PgStore, TaskStore};
-use taskflow_tests::contract::queue::broken::{Broken, Fault};
-use taskflow_tests::contract::queue::{self as contract, OTHER_OWNER, OWNER, Promises, Subject};
+use taskflow_aws::SqsQueue;
+use taskflow_aws::sqs::{SqsSettings, parse_bands};
+use taskflow_backend::contract::queue::broken::{Broken, Fault};
+use taskflow_backend::contract::queue::{self as contract, OTHER_OWNER, OWNER, Promises, Subject};
+use taskflow_backend::queue::Queue;
+use taskflow_backend::storage::TaskStore;
+use taskflow_files::{FileStore, LocalQueue};
+use taskflow_postgres::{PgQueue, PgStore};
 use taskflow_tests::{aws, pg};
 
 /// Every queue's lease here.

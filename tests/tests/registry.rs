@@ -5,11 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use taskflow::runtime::{Limits, PluginError, PluginRegistry, Runtime, RuntimeConfig, TaskInput};
+use taskflow_model::FailureKind;
+use taskflow_model::task::{TaskOutput, TaskStatus};
+use taskflow_runtime::{Limits, PluginError, PluginRegistry, Runtime, RuntimeConfig, TaskInput};
 use taskflow_tests::{
-    TestHost, eventually, file_digest, fixture_wasm, install_plugins, plugin_wasm, poll_json,
-    wasm_bytes,
+    TestHost, as_task, eventually, file_digest, fixture_wasm, install_plugins, plugin_wasm,
+    poll_json, submit, wait_for, wait_terminal, wasm_bytes,
 };
+
+/// How long a task of these tests may take.
+const LONG: Duration = Duration::from_secs(60);
 
 fn runtime() -> Runtime {
     Runtime::new(RuntimeConfig::default()).expect("runtime")
@@ -126,8 +131,8 @@ async fn hot_reload_swaps_versions_without_failing_a_task() {
     let v1 = wasm_bytes(&plugin_wasm("hash"));
     let v2 = wasm_bytes(&plugin_wasm("wordcount"));
     let (v1_digest, v2_digest) = (
-        taskflow::runtime::plugin::digest_of(&v1),
-        taskflow::runtime::plugin::digest_of(&v2),
+        taskflow_runtime::plugin::digest_of(&v1),
+        taskflow_runtime::plugin::digest_of(&v2),
     );
     std::fs::write(&path, &v1).expect("write v1");
 
@@ -289,7 +294,7 @@ async fn deliver(
     name: &str,
     bytes: Vec<u8>,
 ) {
-    let digest = taskflow::runtime::plugin::digest_of(&bytes);
+    let digest = taskflow_runtime::plugin::digest_of(&bytes);
     match how {
         Delivery::File => std::fs::write(
             host.data
@@ -324,30 +329,6 @@ async fn deliver(
     .await;
 }
 
-async fn submit(client: &reqwest::Client, host: &TestHost, body: Value) -> String {
-    let response = client
-        .post(host.at("/tasks"))
-        .json(&body)
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED, "{body}");
-    response.json::<Value>().await.expect("json")["id"]
-        .as_str()
-        .expect("id")
-        .to_owned()
-}
-
-async fn task_when(client: &reqwest::Client, host: &TestHost, id: &str, status: &[&str]) -> Value {
-    poll_json(
-        client,
-        &host.at(&format!("/tasks/{id}")),
-        Duration::from_secs(60),
-        |t| status.iter().any(|s| t["status"] == *s),
-    )
-    .await
-}
-
 /// On a running host: tasks running on v1 when v2 arrives finish on v1 and
 /// record v1, a success and a failure alike; a task started after the swap
 /// runs on v2 and records v2.
@@ -357,59 +338,72 @@ async fn tasks_keep_the_version_they_started_on(how: Delivery) {
     let v1 = wasm_bytes(&fixture_wasm("hostile"));
     let v2 = wasm_bytes(&plugin_wasm("echo"));
     let (v1_digest, v2_digest) = (
-        taskflow::runtime::plugin::digest_of(&v1),
-        taskflow::runtime::plugin::digest_of(&v2),
+        taskflow_runtime::plugin::digest_of(&v1),
+        taskflow_runtime::plugin::digest_of(&v2),
     );
     deliver(&client, &host, how, "hot", v1).await;
 
     // On v1: one task that succeeds after two seconds, one that fails at its timeout.
+    let api = host.client();
     let succeeds = submit(
-        &client,
-        &host,
-        json!({"plugin": "hot", "payload": {"mode": "sleep", "seconds": 2}}),
+        &api,
+        &as_task(json!({"plugin": "hot", "payload": {"mode": "sleep", "seconds": 2}})),
     )
-    .await;
-    let fails = submit(&client, &host, json!({"plugin": "hot", "payload": {"mode": "loop"}, "timeout_ms": 2000, "max_attempts": 1})).await;
-    for id in [&succeeds, &fails] {
-        task_when(&client, &host, id, &["running"]).await;
+    .await
+    .id;
+    let fails = submit(
+        &api,
+        &as_task(json!({"plugin": "hot", "payload": {"mode": "loop"}, "timeout_ms": 2000, "max_attempts": 1})),
+    )
+    .await
+    .id;
+    for id in [succeeds, fails] {
+        wait_for(&api, id, LONG, |t| t.task.status == TaskStatus::Running).await;
     }
     deliver(&client, &host, how, "hot", v2).await;
     let after_swap = submit(
-        &client,
-        &host,
-        json!({"plugin": "hot", "payload": {"mode": "sleep", "seconds": 2}}),
+        &api,
+        &as_task(json!({"plugin": "hot", "payload": {"mode": "sleep", "seconds": 2}})),
     )
-    .await;
+    .await
+    .id;
 
-    let done = task_when(&client, &host, &succeeds, &["completed", "failed"]).await;
+    let done = wait_terminal(&api, succeeds, LONG).await.task;
     assert_eq!(
-        (&done["status"], &done["result"]["value"]),
-        (&json!("completed"), &json!("woke up")),
-        "{how:?}: {done}"
+        (done.status, done.result.as_ref()),
+        (
+            TaskStatus::Completed,
+            Some(&TaskOutput::Json(json!("woke up")))
+        ),
+        "{how:?}: {done:?}"
     );
     assert_eq!(
-        done["plugin_digest"],
-        v1_digest.as_str(),
+        done.plugin_digest.as_deref(),
+        Some(v1_digest.as_str()),
         "{how:?}: a task finishes on the version it started on"
     );
-    let done = task_when(&client, &host, &fails, &["completed", "failed"]).await;
+    let done = wait_terminal(&api, fails, LONG).await.task;
     assert_eq!(
-        (&done["status"], &done["last_error"]["kind"]),
-        (&json!("failed"), &json!("timeout")),
-        "{how:?}: {done}"
+        (done.status, done.last_error.as_ref().map(|e| e.kind)),
+        (TaskStatus::Failed, Some(FailureKind::Timeout)),
+        "{how:?}: {done:?}"
     );
     assert_eq!(
-        done["plugin_digest"],
-        v1_digest.as_str(),
+        done.plugin_digest.as_deref(),
+        Some(v1_digest.as_str()),
         "{how:?}: a failure is recorded against the version that failed"
     );
-    let done = task_when(&client, &host, &after_swap, &["completed", "failed"]).await;
+    let done = wait_terminal(&api, after_swap, LONG).await.task;
     assert_eq!(
-        done["result"]["value"],
-        json!({"mode": "sleep", "seconds": 2}),
-        "{how:?}: v2 (echo) ran it: {done}"
+        done.result,
+        Some(TaskOutput::Json(json!({"mode": "sleep", "seconds": 2}))),
+        "{how:?}: v2 (echo) ran it: {done:?}"
     );
-    assert_eq!(done["plugin_digest"], v2_digest.as_str(), "{how:?}");
+    assert_eq!(
+        done.plugin_digest.as_deref(),
+        Some(v2_digest.as_str()),
+        "{how:?}"
+    );
     host.stop().await;
 }
 
@@ -441,16 +435,15 @@ async fn the_watcher_picks_up_a_changed_sidecar() {
         },
     )
     .await;
-    let id = submit(
-        &client,
-        &host,
-        json!({"plugin": "hostile", "payload": {"mode": "loop"}, "max_attempts": 1}),
-    )
-    .await;
-    let done = task_when(&client, &host, &id, &["failed", "completed"]).await;
+    let api = host.client();
+    let task =
+        as_task(json!({"plugin": "hostile", "payload": {"mode": "loop"}, "max_attempts": 1}));
+    let id = submit(&api, &task).await.id;
+    let done = wait_terminal(&api, id, LONG).await.task;
     assert_eq!(
-        done["last_error"]["message"], "task exceeded its timeout of 300 ms",
-        "{done}"
+        done.last_error.as_ref().map(|e| e.message.as_str()),
+        Some("task exceeded its timeout of 300 ms"),
+        "{done:?}"
     );
     host.stop().await;
 }

@@ -8,14 +8,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use taskflow::config::Age;
+use taskflow_server::config::Age;
 use taskflow_tests::{
     Backend, TestHost, aws, eventually, get_json, metric_sum, poll_json, submit_batch,
 };
 
 /// Retention settings for a test: completed tasks kept 2 s, failed ones
 /// forever, the job every second.
-fn short_retention(config: &mut taskflow::config::ServeConfig) {
+fn short_retention(config: &mut taskflow_server::config::ServeConfig) {
     config.retain_completed = Age(Some(Duration::from_secs(2)));
     config.retain_failed = Age(None);
     config.retain_cancelled = Age(None);
@@ -206,7 +206,7 @@ async fn on_postgres_and_s3_expired_tasks_go_with_their_bodies_and_orphans_are_s
     let s3 = aws::s3().await;
     // Bodies no task points to: a payload whose task was never stored, and
     // a result written under a claim that lost its lease.
-    let never_stored = format!("payloads/ab/{}", taskflow::task::TaskId::new());
+    let never_stored = format!("payloads/ab/{}", taskflow_model::task::TaskId::new());
     let stale_result = format!("results/{}/{failed}/999", &failed[..2]);
     for key in [&never_stored, &stale_result] {
         s3.put_object()

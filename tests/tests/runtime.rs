@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use taskflow::runtime::plugin::{ArtifactCache, CompileCounters, PluginError, compile};
-use taskflow::runtime::{
+use taskflow_runtime::plugin::{ArtifactCache, CompileCounters, PluginError, compile};
+use taskflow_runtime::{
     Failure, FailureKind, Limits, LoadedPlugin, PluginRegistry, Runtime, RuntimeConfig, Success,
     TaskInput,
 };
@@ -138,7 +138,7 @@ async fn example_plugins_process_tasks() {
 async fn oversized_results_are_refused() {
     let runtime = runtime();
     let echo = load(&runtime, "echo", &plugin_wasm("echo"));
-    let big = "x".repeat(taskflow::runtime::MAX_RESULT_BYTES);
+    let big = "x".repeat(taskflow_runtime::MAX_RESULT_BYTES);
     let err = run(&runtime, &echo, json!(big), Limits::default())
         .await
         .expect_err("too large");
@@ -388,12 +388,12 @@ async fn the_engine_falls_back_to_on_demand_allocation() {
     let runtime = Runtime::new(config).expect("runtime with fallback");
     assert_eq!(
         runtime.allocator(),
-        taskflow::runtime::AllocatorKind::OnDemand
+        taskflow_runtime::AllocatorKind::OnDemand
     );
     assert_still_serves(&runtime).await;
     assert_eq!(
         self::runtime().allocator(),
-        taskflow::runtime::AllocatorKind::Pooling,
+        taskflow_runtime::AllocatorKind::Pooling,
         "pooling works on this machine"
     );
 }

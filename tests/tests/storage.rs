@@ -1,70 +1,99 @@
-//! The embedded file store against the storage contract every backend
-//! meets (PostgreSQL's suite runs the same contract).
+//! The store contract (`taskflow_backend::contract`) run against every
+//! [`TaskStore`]: the embedded file store (a fresh directory) and PostgreSQL
+//! (a fresh schema), each test on both; then what only the file store
+//! promises (PostgreSQL's own promises are in `postgres.rs`).
 
-use taskflow::storage::{FileStore, TaskStore};
-use taskflow_tests::contract;
+use std::sync::Arc;
 
-#[tokio::test]
-async fn the_file_store_lists_filters_and_pages_in_submission_order() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = FileStore::open(dir.path(), false)
-        .await
-        .expect("open store");
-    contract::lists_filter_and_page_in_submission_order(&store).await;
+use taskflow_backend::contract;
+use taskflow_backend::storage::TaskStore;
+use taskflow_files::FileStore;
+use taskflow_postgres::PgStore;
+use taskflow_tests::pg;
+
+/// Runs `check` against a fresh store of each backend, naming the backend
+/// first (a failure's output says which one broke the contract).
+async fn each(check: impl AsyncFn(Arc<dyn TaskStore>)) {
+    on_files(&check).await;
+    on_postgres(&check).await;
 }
 
-#[tokio::test]
-async fn the_file_store_numbers_inserts_and_honours_idempotency_keys() {
+async fn on_files(check: &impl AsyncFn(Arc<dyn TaskStore>)) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = FileStore::open(dir.path(), false)
+    let files = FileStore::open(dir.path(), false)
         .await
-        .expect("open store");
-    contract::insert_numbers_tasks_and_honours_idempotency_keys(&store).await;
+        .expect("open the file store");
+    eprintln!("store contract on files");
+    check(Arc::new(files)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_inserts_into_the_file_store_with_one_key_create_one_task() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = FileStore::open(dir.path(), false)
+async fn on_postgres(check: &impl AsyncFn(Arc<dyn TaskStore>)) {
+    let (schema, options) = pg::fresh_schema().await;
+    let postgres = PgStore::connect(options, 8)
         .await
-        .expect("open store");
-    contract::racing_inserts_with_one_key_create_one_task(std::sync::Arc::new(store)).await;
-}
-
-#[tokio::test]
-async fn file_store_leases_fence_their_holders() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = FileStore::open(dir.path(), false)
-        .await
-        .expect("open store");
-    contract::leases_fence_their_holders(&store).await;
+        .expect("connect and migrate");
+    eprintln!("store contract on postgres");
+    check(Arc::new(postgres)).await;
+    pg::drop_schema(&schema).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn file_store_claims_say_what_they_found() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = FileStore::open(dir.path(), false)
-        .await
-        .expect("open store");
-    contract::claims_say_what_they_found(&store).await;
+async fn lists_filter_and_page_in_submission_order() {
+    each(async |store| contract::lists_filter_and_page_in_submission_order(store.as_ref()).await)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_saved_after_a_cancel_request_in_the_file_store_is_a_cancel() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = FileStore::open(dir.path(), false)
-        .await
-        .expect("open store");
-    contract::a_retry_saved_after_a_cancel_request_is_a_cancel(&store).await;
+async fn inserts_are_numbered_and_honour_idempotency_keys() {
+    each(async |store| {
+        contract::insert_numbers_tasks_and_honours_idempotency_keys(store.as_ref()).await
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_claims_in_the_file_store_have_one_winner() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = FileStore::open(dir.path(), false)
-        .await
-        .expect("open store");
-    contract::racing_claims_have_one_winner(std::sync::Arc::new(store)).await;
+async fn racing_inserts_with_one_key_create_one_task() {
+    each(async |store| contract::racing_inserts_with_one_key_create_one_task(store).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_say_what_they_found() {
+    each(async |store| contract::claims_say_what_they_found(store.as_ref()).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_fence_their_holders() {
+    each(async |store| contract::leases_fence_their_holders(store.as_ref()).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_saved_after_a_cancel_request_is_a_cancel() {
+    each(async |store| {
+        contract::a_retry_saved_after_a_cancel_request_is_a_cancel(store.as_ref()).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_claims_have_one_winner() {
+    each(async |store| contract::racing_claims_have_one_winner(store).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsent_tasks_go_to_one_sweeper_at_a_time() {
+    // Only a store that keeps an outbox (for a queue outside it, SQS) is
+    // bound by this; the file store keeps none: its queue is filled again
+    // from it at startup.
+    on_postgres(&async |store| contract::unsent_tasks_go_to_one_sweeper_at_a_time(store).await)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expire_deletes_only_finished_tasks_past_their_age() {
+    each(async |store| {
+        contract::expire_deletes_only_finished_tasks_past_their_age(store.as_ref()).await
+    })
+    .await;
 }
 
 /// The file store's leases live in memory: a task it holds as running when
@@ -120,13 +149,4 @@ async fn the_file_store_numbers_inserts_after_what_it_holds_when_reopened() {
         next.task.sequence,
         last.task.sequence
     );
-}
-
-#[tokio::test]
-async fn the_file_store_expires_only_finished_tasks_past_their_age() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = FileStore::open(dir.path(), false)
-        .await
-        .expect("open store");
-    contract::expire_deletes_only_finished_tasks_past_their_age(&store).await;
 }

@@ -1,5 +1,23 @@
-//! Small file-system helpers shared by storage, backups and the plugin
-//! directory.
+//! TaskFlow's files, shared by storage, backups, the plugin directory and
+//! the command line: atomic replace ([`write_atomic`]), file-system sync,
+//! the [`envfile`] (`.env`) that settings come from, and the commands'
+//! output to stdout ([`out!`]).
+
+pub mod envfile;
+
+/// Prints a line to stdout. A closed pipe (`taskflow list | head`) ends the
+/// output quietly instead of panicking like `println!`; the enclosing
+/// function returns any other write error (converted with `into()`).
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        match writeln!(std::io::stdout().lock(), $($arg)*) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+            _ => {}
+        }
+    }};
+}
 
 use std::io::Write;
 use std::path::Path;

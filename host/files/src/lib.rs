@@ -1,0 +1,15 @@
+//! TaskFlow's embedded backends, one process and no service to run:
+//!
+//! - [`FileStore`] ([`store`]): the task store on sharded JSON files, with
+//!   its write-ahead [`journal`] (group commit, checkpoints);
+//! - [`LocalQueue`] ([`queue`]): the in-memory priority heap.
+//!
+//! Settings read: the data directory's `tasks/` folder and `TASKFLOW_FSYNC`
+//! (passed in by the server as [`FileStore::open`]'s arguments).
+
+pub mod journal;
+pub mod queue;
+pub mod store;
+
+pub use queue::LocalQueue;
+pub use store::FileStore;

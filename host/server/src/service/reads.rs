@@ -1,0 +1,166 @@
+//! Reading, listing and cancelling tasks; statistics and metrics.
+
+use std::sync::atomic::Ordering;
+
+use chrono::Utc;
+
+use super::{HostStats, ServiceError, Stats, SystemStats, TaskService, TaskView};
+use crate::metrics::Gauges;
+use taskflow_backend::storage::{Change, LeaseState, ListQuery, TaskPage};
+use taskflow_model::task::{Task, TaskId, TaskStatus};
+use taskflow_runtime::plugin::PluginInfo;
+
+impl TaskService {
+    /// The task with `id`, with its bodies (from the blob store if need
+    /// be) and its progress while it runs (live when it runs here, as last
+    /// published by its host otherwise).
+    pub async fn get(&self, id: TaskId) -> Result<TaskView, ServiceError> {
+        let mut task = self
+            .store
+            .load(id)
+            .await?
+            .ok_or(ServiceError::NotFound(id))?;
+        let here = self
+            .running_lock()
+            .get(&id)
+            .map(|r| r.progress.load(Ordering::Relaxed));
+        let progress = match (task.status, here) {
+            (TaskStatus::Running, Some(here)) => Some(here),
+            (TaskStatus::Running, None) => self.store.progress(id).await?,
+            _ => None,
+        };
+        self.bodies.resolve(&mut task).await?;
+        Ok(TaskView { task, progress })
+    }
+
+    /// A page of tasks. Bodies kept in the blob store are left there (the
+    /// tasks show `payload_blob` and `result_blob`): pages stay small.
+    pub async fn list(&self, query: &ListQuery) -> Result<TaskPage, ServiceError> {
+        Ok(self.store.list(query).await?)
+    }
+
+    /// Every task with its bodies (from the blob store if need be), for a
+    /// backup that stands on its own.
+    pub async fn export(&self) -> Result<Vec<Task>, ServiceError> {
+        let mut tasks = self.store.all().await?;
+        for task in &mut tasks {
+            self.bodies.resolve(task).await?;
+        }
+        Ok(tasks)
+    }
+
+    /// Cancels a pending task at once, or interrupts a running one on
+    /// whichever host runs it (its worker records the cancellation when the
+    /// instance has stopped). A running task whose host is gone is
+    /// cancelled at once.
+    pub async fn cancel(&self, id: TaskId) -> Result<TaskView, ServiceError> {
+        let change = Box::new(|task: &mut Task, lease: &LeaseState| match task.status {
+            TaskStatus::Pending => {
+                task.cancel(Utc::now());
+                Change::Save
+            }
+            TaskStatus::Running if lease.expired => {
+                task.cancel(Utc::now());
+                Change::Save
+            }
+            TaskStatus::Running => Change::RequestCancel,
+            _ => Change::Keep,
+        });
+        let updated = self
+            .store
+            .update(id, change)
+            .await?
+            .ok_or(ServiceError::NotFound(id))?;
+        let mut task = updated.task;
+        match updated.change {
+            Change::Save => {
+                self.queue.remove(id).await?;
+                tracing::info!(task_id = %id, "task cancelled");
+            }
+            Change::RequestCancel => {
+                // Here at once; on another host at its next heartbeat.
+                if let Some(run) = self
+                    .running_lock()
+                    .get(&id)
+                    .filter(|r| r.token == updated.token)
+                {
+                    run.stop.notify_one();
+                }
+                tracing::info!(task_id = %id, "cancelling running task");
+            }
+            Change::Keep | Change::Claim { .. } => {
+                return Err(ServiceError::NotCancellable {
+                    id,
+                    status: task.status,
+                });
+            }
+        }
+        self.bodies.resolve(&mut task).await?;
+        Ok(TaskView {
+            task,
+            progress: None,
+        })
+    }
+
+    /// The plugins loaded on this host, by name.
+    pub fn plugins(&self) -> Vec<PluginInfo> {
+        self.registry.list()
+    }
+
+    /// Readiness: whether each backend answers now (`blobs` only where
+    /// large bodies go to a blob store), asked all at once.
+    pub async fn readiness(&self) -> Vec<(&'static str, Result<(), String>)> {
+        let blobs = async {
+            match self.bodies.blobs() {
+                Some(blobs) => Some(blobs.check().await.map_err(|e| e.to_string())),
+                None => None,
+            }
+        };
+        let (queue, storage, blobs) = tokio::join!(self.queue.check(), self.store.check(), blobs);
+        let mut backends = vec![
+            ("queue", queue.map_err(|e| e.to_string())),
+            ("storage", storage.map_err(|e| e.to_string())),
+        ];
+        backends.extend(blobs.map(|outcome| ("blobs", outcome)));
+        backends
+    }
+
+    /// Queue, task and plugin statistics.
+    pub async fn stats(&self) -> Result<Stats, ServiceError> {
+        Ok(Stats {
+            system: SystemStats {
+                queue: self.queue.depth().await?,
+                tasks: self.store.counts().await?,
+            },
+            host: HostStats {
+                name: self.config.owner.clone(),
+                workers: self.config.workers,
+                running: self.running_count(),
+                plugins: self.registry.list(),
+                registry: self.registry.stats(),
+                uptime_seconds: self.started_at.elapsed().as_secs(),
+            },
+        })
+    }
+
+    /// Prometheus text for `GET /metrics`.
+    pub async fn render_metrics(&self) -> Result<String, ServiceError> {
+        let depth = self.queue.depth().await?;
+        let counts = self.store.counts().await?;
+        let gauges = Gauges {
+            queue_requests: self
+                .queue
+                .requests()
+                .map(|requests| (requests.tasks, requests.status)),
+            tasks_by_status: counts
+                .iter()
+                .map(|(status, n)| (status.to_string(), *n))
+                .collect(),
+            queue_depth: depth.ready.iter().map(|(p, n)| (*p, *n)).collect(),
+            delayed: depth.delayed,
+            running: self.running_count(),
+            plugins: self.registry.stats().loaded,
+        };
+        Ok(self.metrics.render(&gauges))
+    }
+}

@@ -1,0 +1,154 @@
+//! The task commands: `submit` (one, or a JSON-lines file in batches) and
+//! `list`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use taskflow_client::Client;
+use taskflow_model::task::{NewTask, TaskStatus};
+
+use super::{ServerArgs, print_json, spinner};
+use taskflow_fs::out;
+
+/// `taskflow submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Plugin to run (not used with --file).
+    #[arg(required_unless_present = "file")]
+    pub plugin: Option<String>,
+    /// JSON payload.
+    #[arg(long, short, default_value = "null")]
+    pub payload: String,
+    /// Priority, 1 (highest) to 10.
+    #[arg(long)]
+    pub priority: Option<u8>,
+    /// Attempts before the task fails.
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Timeout of one attempt in milliseconds.
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// Idempotency key.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Wait until the task finishes and print it.
+    #[arg(long)]
+    pub wait: bool,
+    /// Submit every task of a JSON-lines file (one `{"plugin": …}` per line), in batches.
+    #[arg(long, conflicts_with_all = ["plugin", "wait"])]
+    pub file: Option<PathBuf>,
+}
+
+/// `taskflow list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this status.
+    #[arg(long)]
+    pub status: Option<TaskStatus>,
+    /// Only this plugin.
+    #[arg(long)]
+    pub plugin: Option<String>,
+    /// Tasks to show.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+}
+
+/// Tasks per request when submitting a file.
+const SUBMIT_BATCH: usize = 500;
+
+/// `taskflow submit`: one task (and, with `--wait`, its outcome), or every
+/// task of a file.
+pub async fn submit(args: SubmitArgs, server: &ServerArgs) -> anyhow::Result<()> {
+    let client = server.client().await?;
+    if let Some(file) = args.file {
+        return submit_file(&client, &file).await;
+    }
+    let payload = serde_json::from_str(&args.payload).context("--payload is not valid JSON")?;
+    let new = NewTask {
+        plugin: args.plugin.unwrap_or_default(),
+        payload,
+        priority: args.priority,
+        max_attempts: args.max_attempts,
+        timeout_ms: args.timeout_ms,
+        idempotency_key: args.idempotency_key,
+    };
+    let task = client.submit(&new).await?;
+    if !args.wait {
+        return print_json(&task);
+    }
+    let spinner = spinner(format!("waiting for task {}", task.id));
+    loop {
+        let view = client.get(&task.id.to_string()).await?;
+        if view.task.status.is_terminal() {
+            spinner.finish_and_clear();
+            return print_json(&view);
+        }
+        if let Some(progress) = view.progress {
+            spinner.set_message(format!("task {} running: {progress}%", task.id));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn submit_file(client: &Client, file: &std::path::Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut tasks = Vec::new();
+    for (number, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let task: NewTask = serde_json::from_str(line).with_context(|| {
+            format!(
+                "{}:{}: not a task (expected {{\"plugin\": …, \"payload\": …}})",
+                file.display(),
+                number + 1
+            )
+        })?;
+        tasks.push(task);
+    }
+    if tasks.is_empty() {
+        bail!("{} holds no tasks", file.display());
+    }
+    let bar = ProgressBar::new(tasks.len() as u64).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} tasks submitted ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let total = tasks.len();
+    for chunk in tasks.chunks(SUBMIT_BATCH) {
+        let accepted = client.submit_batch(chunk.to_vec()).await?;
+        bar.inc(accepted.len() as u64);
+    }
+    bar.finish();
+    out!("submitted {total} tasks");
+    Ok(())
+}
+
+/// `taskflow list`: a line per task.
+pub async fn list(args: ListArgs, server: &ServerArgs) -> anyhow::Result<()> {
+    let mut query = vec![("limit", args.limit.to_string())];
+    if let Some(status) = args.status {
+        query.push(("status", status.to_string()));
+    }
+    if let Some(plugin) = args.plugin {
+        query.push(("plugin", plugin));
+    }
+    let page = server.client().await?.list(&query).await?;
+    for task in &page.tasks {
+        out!(
+            "{}  {:<9}  p{:<2}  {}",
+            task.id,
+            task.status,
+            task.priority,
+            task.plugin
+        );
+    }
+    if page.next_cursor.is_some() {
+        out!("… more: raise --limit");
+    }
+    Ok(())
+}
