@@ -735,9 +735,10 @@ pub mod queue {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
+    use taskflow_model::task::{Task, TaskId, TaskStatus};
+
     use crate::queue::{Delivery, Queue, QueueEntry};
     use crate::storage::{Change, Claim, LeaseState, Saved, TaskStore};
-    use taskflow_model::task::{Task, TaskId, TaskStatus};
 
     use super::task;
 
@@ -1355,8 +1356,9 @@ pub mod queue {
         use std::sync::{Arc, Mutex};
         use std::time::Duration;
 
-        use crate::queue::{DeadLetter, Delivery, Queue, QueueDepth, QueueEntry, QueueError};
         use taskflow_model::task::TaskId;
+
+        use crate::queue::{DeadLetter, Delivery, Queue, QueueDepth, QueueEntry, QueueError};
 
         /// The one way a [`Broken`] queue breaks the contract.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1537,10 +1539,11 @@ pub mod queue {
 pub mod blobs {
     use std::sync::Arc;
 
-    use crate::blobs::{BlobError, BlobStore, ClaimCheck, payload_key, plugin_key, result_key};
     use bytes::Bytes;
     use serde_json::json;
     use taskflow_model::task::{TaskId, TaskOutput};
+
+    use crate::blobs::{BlobError, BlobStore, ClaimCheck, payload_key, plugin_key, result_key};
 
     use super::task;
 

@@ -5,9 +5,9 @@
 use std::io::{BufRead, Write};
 
 use anyhow::Context;
+use taskflow_fs::out;
 
 use super::ResourceChange;
-use taskflow_fs::out;
 
 /// Resource types whose replacement or removal loses what they hold, and
 /// what is lost.

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::StackState;
 use taskflow_fs::out;
+
+use super::StackState;
 
 /// The comment above the settings `deploy` adds to the env file.
 pub const ENV_HEADER: &str = "Written by `taskflow deploy` from stack";

@@ -1288,8 +1288,9 @@ impl TaskStore for FileStore {
 mod tests {
     use std::collections::HashSet;
 
-    use super::*;
     use taskflow_model::task::{NewTask, TaskOutput};
+
+    use super::*;
 
     fn task(plugin: &str, sequence: u64) -> Task {
         let new = NewTask {

@@ -102,10 +102,11 @@ pub fn as_restored(mut task: Task) -> Task {
 mod tests {
     use chrono::TimeDelta;
 
-    use super::*;
     use taskflow_files::FileStore;
     use taskflow_model::task::{NewTask, TaskError, TaskOutput};
     use taskflow_runtime::FailureKind;
+
+    use super::*;
 
     /// Tasks in every status with every optional field in use.
     fn varied_tasks() -> Vec<Task> {

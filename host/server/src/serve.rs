@@ -10,13 +10,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use taskflow_runtime::{PluginRegistry, Runtime};
+
 use crate::api::{self, AuthConfig};
 use crate::backends::Backends;
 use crate::config::ServeConfig;
 use crate::metrics::Metrics;
 use crate::service::{ServiceConfig, TaskService};
 use crate::worker::WorkerPool;
-use taskflow_runtime::{PluginRegistry, Runtime};
 
 /// A started host: the service and the address it listens on.
 pub struct Server {

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use taskflow_fs::out;
 
 use super::{ServerArgs, spinner};
-use taskflow_fs::out;
 
 /// `taskflow backup`: downloads the server's backup into a file.
 pub async fn backup(output: Option<PathBuf>, server: &ServerArgs) -> anyhow::Result<()> {

@@ -15,6 +15,7 @@ mod serve;
 mod tasks;
 
 use taskflow_client::{Client, ClientError};
+use taskflow_fs::out;
 #[cfg(feature = "server")]
 use taskflow_server::config::ServeConfig;
 
@@ -23,7 +24,6 @@ pub use plugins::PluginsCommand;
 pub use tasks::{ListArgs, SubmitArgs};
 
 use crate::logging::LogFormat;
-use taskflow_fs::out;
 
 /// TaskFlow: priority task processing with sandboxed WebAssembly plugins.
 #[derive(Debug, Parser)]

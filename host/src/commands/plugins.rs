@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
+use taskflow_fs::out;
 
 use super::ServerArgs;
-use taskflow_fs::out;
 
 /// `taskflow plugins …`.
 #[derive(Debug, Subcommand)]

@@ -8,10 +8,10 @@ use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use taskflow_client::Client;
+use taskflow_fs::out;
 use taskflow_model::task::{NewTask, TaskStatus};
 
 use super::{ServerArgs, print_json, spinner};
-use taskflow_fs::out;
 
 /// `taskflow submit`.
 #[derive(Debug, Args)]

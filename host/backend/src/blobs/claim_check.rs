@@ -8,8 +8,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::{BlobError, BlobStore, payload_key, result_key};
 use taskflow_model::task::{BlobRef, Task, TaskOutput};
+
+use super::{BlobError, BlobStore, payload_key, result_key};
 
 /// Bodies larger than this many bytes go to the blob store by default.
 pub const DEFAULT_THRESHOLD: usize = 64 * 1024;

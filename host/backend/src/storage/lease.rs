@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use super::{StorageError, TaskStore};
 use taskflow_model::task::{Begin, Task, TaskId, TaskStatus};
+
+use super::{StorageError, TaskStore};
 
 /// A task claimed for a host: its state after the claim, and the claim's
 /// fencing token.

@@ -15,9 +15,10 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::{encode, visible_at};
 use taskflow_backend::storage::{Saved, StorageError};
 use taskflow_model::task::Task;
+
+use super::{encode, visible_at};
 
 /// Most outcomes in one statement.
 const MAX_BATCH: usize = 256;

@@ -12,10 +12,11 @@ use std::sync::Mutex;
 
 use sqlx::PgPool;
 
-use super::{PgStore, encode, millis, task_of, token_of, unavailable, write_changed};
 use taskflow_backend::storage::StorageError;
 use taskflow_backend::storage::lease::{Claim, Claimed};
 use taskflow_model::task::{Begin, Task, TaskId};
+
+use super::{PgStore, encode, millis, task_of, token_of, unavailable, write_changed};
 
 /// Claims made by [`PgStore::claim_due`] that no worker has asked for yet,
 /// and rows this host cannot read. Shared by the clones of a store.

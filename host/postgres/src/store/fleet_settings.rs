@@ -9,8 +9,9 @@ use std::collections::BTreeMap;
 
 use sqlx::PgPool;
 
-use super::unavailable;
 use taskflow_backend::storage::StorageError;
+
+use super::unavailable;
 
 /// The settings a fleet shares, by their environment variable names.
 pub type FleetSettings = BTreeMap<String, String>;

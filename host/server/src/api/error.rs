@@ -9,10 +9,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use taskflow_http::HttpError;
 
-use crate::service::ServiceError;
 use taskflow_backend::blobs::BlobError;
 use taskflow_backend::storage::StorageError;
 use taskflow_runtime::PluginError;
+
+use crate::service::ServiceError;
 
 pub use taskflow_http::ErrorBody;
 

@@ -23,9 +23,10 @@ use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 
-use crate::service::TaskService;
 use error::ApiError;
 use taskflow_runtime::plugin::MAX_PLUGIN_BYTES;
+
+use crate::service::TaskService;
 
 /// Largest backup document `POST /admin/restore` accepts.
 const MAX_RESTORE_BYTES: usize = 1024 * 1024 * 1024;
@@ -293,12 +294,13 @@ mod tests {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
-    use super::*;
-    use crate::metrics::Metrics;
-    use crate::service::ServiceConfig;
     use taskflow_files::FileStore;
     use taskflow_files::LocalQueue;
     use taskflow_runtime::{PluginRegistry, Runtime, RuntimeConfig};
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::service::ServiceConfig;
 
     /// A router over real (empty) backends in a scratch directory.
     async fn app(auth: AuthConfig) -> (Router, tempfile::TempDir) {

@@ -6,10 +6,11 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
-use super::AppState;
-use super::error::{ApiError, ErrorBody};
 pub use taskflow_model::plugin::PluginList;
 use taskflow_runtime::plugin::{MAX_PLUGIN_BYTES, PluginInfo};
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
 
 /// List loaded plugins with their versions (digest, size, load time).
 #[utoipa::path(get, path = "/plugins", tag = "plugins",

@@ -7,8 +7,9 @@ use utoipa::openapi::schema::{
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 
-use crate::backup::{BACKUP_FORMAT, BACKUP_VERSION};
 use taskflow_model::task::{MAX_ATTEMPTS_LIMIT, Task};
+
+use crate::backup::{BACKUP_FORMAT, BACKUP_VERSION};
 
 /// A backup document: every task of a host, as `GET /admin/backup` returns
 /// it, backup files hold it and `POST /admin/restore` takes it.

@@ -7,12 +7,13 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::AppState;
-use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
-use crate::service::{ServiceError, TaskView};
 use taskflow_backend::storage::{Cursor, ListQuery, StorageError, TaskPage};
 pub use taskflow_model::api::{BatchRequest, BatchResponse};
 use taskflow_model::task::{NewTask, Task, TaskId, TaskStatus};
+
+use super::AppState;
+use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
+use crate::service::{ServiceError, TaskView};
 
 /// Most tasks one batch may hold.
 pub const MAX_BATCH: usize = 1000;

@@ -9,12 +9,13 @@ use chrono::Utc;
 use rand::Rng;
 use tokio::sync::Notify;
 
-use super::{Running, ServiceError, TaskService};
 use taskflow_backend::blobs::BlobError;
 use taskflow_backend::queue::Delivery;
 use taskflow_backend::storage::{Claim, Claimed, Saved};
 use taskflow_model::task::{Task, TaskError, TaskId, TaskStatus};
 use taskflow_runtime::{Failure, FailureKind, Limits, TaskInput};
+
+use super::{Running, ServiceError, TaskService};
 
 /// Longest retry backoff.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use super::{ServiceError, TaskService};
 use taskflow_backend::queue::QueueEntry;
 use taskflow_backend::storage::{Change, Claim, Held, LeaseState, StorageError};
 use taskflow_model::task::{Task, TaskId, TaskStatus};
+
+use super::{ServiceError, TaskService};
 
 /// The reaper's name in the store's table of fleet jobs.
 const REAPER_JOB: &str = "reaper";

@@ -39,8 +39,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-pub use crate::backup::RestoreSummary;
-use crate::metrics::Metrics;
 use taskflow_backend::blobs::{BlobError, ClaimCheck};
 use taskflow_backend::queue::{Queue, QueueError};
 pub use taskflow_backend::storage::Submitted;
@@ -48,6 +46,9 @@ use taskflow_backend::storage::{StorageError, TaskStore};
 pub use taskflow_model::api::{HostStats, Stats, SystemStats, TaskView};
 use taskflow_model::task::{TaskId, TaskStatus, ValidationError};
 use taskflow_runtime::{PluginError, PluginRegistry};
+
+pub use crate::backup::RestoreSummary;
+use crate::metrics::Metrics;
 
 /// Why a service call failed. The API turns each into a status code.
 #[derive(Debug, thiserror::Error)]

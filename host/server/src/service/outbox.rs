@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{ServiceError, TaskService};
 use taskflow_backend::queue::QueueEntry;
 use taskflow_model::task::TaskId;
+
+use super::{ServiceError, TaskService};
 
 /// How often the sweeper looks for tasks never sent.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);

@@ -2,10 +2,11 @@
 //! or a removal on this host is published to the fleet's catalog, so every
 //! host converges on it (see [`crate::fleet`]).
 
-use super::{ServiceError, TaskService};
 use taskflow_postgres::PluginCatalog;
 use taskflow_runtime::PluginError;
 use taskflow_runtime::registry::PluginEntry;
+
+use super::{ServiceError, TaskService};
 
 impl TaskService {
     /// Shares plugin uploads and removals with the hosts of `catalog`.

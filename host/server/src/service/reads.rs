@@ -4,11 +4,12 @@ use std::sync::atomic::Ordering;
 
 use chrono::Utc;
 
-use super::{HostStats, ServiceError, Stats, SystemStats, TaskService, TaskView};
-use crate::metrics::Gauges;
 use taskflow_backend::storage::{Change, LeaseState, ListQuery, TaskPage};
 use taskflow_model::task::{Task, TaskId, TaskStatus};
 use taskflow_runtime::plugin::PluginInfo;
+
+use super::{HostStats, ServiceError, Stats, SystemStats, TaskService, TaskView};
+use crate::metrics::Gauges;
 
 impl TaskService {
     /// The task with `id`, with its bodies (from the blob store if need

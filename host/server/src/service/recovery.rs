@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use super::{Recovery, RestoreSummary, ServiceError, TaskService};
 use taskflow_backend::queue::{Delivery, QueueEntry};
 use taskflow_model::task::{Task, TaskError, TaskId, TaskStatus};
 use taskflow_runtime::FailureKind;
+
+use super::{Recovery, RestoreSummary, ServiceError, TaskService};
 
 impl TaskService {
     /// Startup: takes back the running tasks whose lease expired (with a

@@ -15,9 +15,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::{ServiceError, TaskService};
 use taskflow_backend::blobs::{self, BlobStore};
 use taskflow_model::task::TaskStatus;
+
+use super::{ServiceError, TaskService};
 
 /// The name of the job in the store's leadership table.
 const JOB: &str = "retention";

@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
-use super::{DetachedError, ServiceError, Submitted, TaskService};
 use taskflow_backend::queue::QueueEntry;
 use taskflow_backend::storage::StorageError;
 use taskflow_model::task::{NewTask, ValidationError};
+
+use super::{DetachedError, ServiceError, Submitted, TaskService};
 
 impl TaskService {
     /// Validates and accepts a task: stored, then queued. A task with an
