@@ -223,15 +223,6 @@ pub fn api(url: &str) -> Client {
     Client::new(url, None)
 }
 
-/// A task of `plugin` with `payload`, every other setting the host's default.
-pub fn new_task(plugin: &str, payload: serde_json::Value) -> NewTask {
-    NewTask {
-        plugin: plugin.into(),
-        payload,
-        ..NewTask::default()
-    }
-}
-
 /// The task a `POST /tasks` body describes (`{"plugin": …, "payload": …,
 /// "priority": …}`), for tests that write tasks as JSON.
 pub fn as_task(body: serde_json::Value) -> NewTask {
