@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use taskflow_client::ClientError;
 use taskflow_model::api::TaskView;
+use taskflow_model::attempt::{AttemptOutcome, LogStream};
 use taskflow_model::task::{TaskOutput, TaskStatus};
 use taskflow_tests::{
     Backend, TestHost, as_task, fixture_wasm, get_json, plugin_wasm, poll_json, submit,
@@ -167,11 +169,48 @@ async fn retryable_failures_are_retried_until_attempts_run_out(backend: Backend)
     assert_eq!(done.task.status, TaskStatus::Completed, "{done:?}");
     assert_eq!(done.task.attempts, 3);
     assert_eq!(*result(&done), json!({"succeeded_on_attempt": 3}));
+    // Every attempt is in the history, with the plugin's own lines.
+    let logs = host
+        .client()
+        .logs(&eventually_ok.id.to_string())
+        .await
+        .expect("logs");
+    let outcomes: Vec<_> = logs.history.iter().map(|a| (a.number, a.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            (1, AttemptOutcome::Retried),
+            (2, AttemptOutcome::Retried),
+            (3, AttemptOutcome::Completed)
+        ]
+    );
+    for attempt in &logs.history {
+        let lines: Vec<_> = attempt
+            .logs
+            .iter()
+            .map(|l| (l.stream, l.message.as_str()))
+            .collect();
+        let said = format!("attempt {}, set to succeed on attempt 3", attempt.number);
+        let printed = format!("flaky stdout of attempt {}", attempt.number);
+        assert_eq!(
+            lines,
+            [
+                (LogStream::Log, said.as_str()),
+                (LogStream::Stdout, printed.as_str())
+            ]
+        );
+        assert_eq!(attempt.plugin_digest, done.task.plugin_digest);
+        assert!(attempt.finished_at.is_some(), "{attempt:?}");
+        assert_eq!(
+            attempt.error.is_some(),
+            attempt.outcome == AttemptOutcome::Retried
+        );
+    }
 
     let gives_up = submit(
         &host.client(),
         &as_task(
-            json!({"plugin": "flaky", "payload": {"succeed_on_attempt": 5}, "max_attempts": 2}),
+            json!({"plugin": "flaky", "payload": {"succeed_on_attempt": 3}, "max_attempts": 2}),
         ),
     )
     .await;
@@ -179,6 +218,44 @@ async fn retryable_failures_are_retried_until_attempts_run_out(backend: Backend)
     assert_eq!(done.task.status, TaskStatus::Failed, "{done:?}");
     assert_eq!(done.task.attempts, 2);
     assert_eq!(error_kind(&done), "retryable");
+
+    // A retry by request: one more attempt, which succeeds, with its own lines.
+    let gives_up_id = gives_up.id.to_string();
+    let retried = host.client().retry(&gives_up_id).await.expect("retry");
+    assert!(
+        !retried.task.status.is_terminal(),
+        "queued again: {retried:?}"
+    );
+    let done = wait_terminal(&host.client(), gives_up.id, LONG).await;
+    assert_eq!(done.task.status, TaskStatus::Completed, "{done:?}");
+    assert_eq!(done.task.attempts, 3);
+    let logs = host.client().logs(&gives_up_id).await.expect("logs");
+    let outcomes: Vec<_> = logs.history.iter().map(|a| a.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            AttemptOutcome::Retried,
+            AttemptOutcome::Failed,
+            AttemptOutcome::Completed
+        ]
+    );
+    assert_eq!(
+        logs.history[2].logs[0].message,
+        "attempt 3, set to succeed on attempt 3"
+    );
+    // Only failed or cancelled tasks are retried.
+    match host.client().retry(&gives_up_id).await {
+        Err(ClientError::Api {
+            status, message, ..
+        }) => {
+            assert_eq!(status, StatusCode::CONFLICT);
+            assert!(
+                message.contains("only a failed or cancelled task"),
+                "{message}"
+            );
+        }
+        other => panic!("a completed task was retried: {other:?}"),
+    }
 
     // Not retryable: fails on the first attempt.
     let invalid = submit(
@@ -415,6 +492,16 @@ async fn pending_and_running_tasks_can_be_cancelled(backend: Backend) {
         TaskStatus::Cancelled,
         "the running instance was interrupted: {done:?}"
     );
+    let ended: Vec<_> = done.task.history.iter().map(|a| a.outcome).collect();
+    assert_eq!(ended, [AttemptOutcome::Cancelled], "{done:?}");
+    // A pending task cancelled before it ran has no attempt, and a
+    // cancelled task can be retried.
+    let retried = host
+        .client()
+        .retry(&waiting.id.to_string())
+        .await
+        .expect("retry the cancelled task");
+    assert!(retried.task.history.is_empty(), "{retried:?}");
 
     // The worker is free again.
     let next = submit(

@@ -100,6 +100,64 @@ async fn the_cli_submits_reads_backs_up_and_restores() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_shows_each_attempt_and_follows_a_retry_to_its_end() {
+    let data = tempfile::tempdir().expect("tempdir");
+    install_plugins(&data.path().join("plugins"), &["flaky"]);
+    let host = HostProcess::start(data.path(), free_port()).await;
+    let url = Some(host.url.as_str());
+
+    let run = cli(
+        url,
+        &[
+            "submit",
+            "flaky",
+            "--payload",
+            r#"{"succeed_on_attempt": 2}"#,
+            "--max-attempts",
+            "1",
+            "--wait",
+        ],
+    );
+    let id = submitted(&run);
+    let run = cli(url, &["logs", &id]);
+    assert!(run.ok, "{run:?}");
+    assert!(
+        run.stdout.contains("── attempt 1 · failed · ")
+            && run
+                .stdout
+                .contains("retryable: attempt 1 of a task set to succeed on attempt 2")
+            && run
+                .stdout
+                .contains("info   attempt 1, set to succeed on attempt 2")
+            && run.stdout.contains("stdout flaky stdout of attempt 1"),
+        "{run:?}"
+    );
+
+    // A retry by request, followed to its end: the second attempt's lines.
+    let retried = printed(&cli(url, &["retry", &id]));
+    assert_eq!(retried["status"], "pending", "{retried}");
+    let run = cli(url, &["logs", &id, "--follow"]);
+    assert!(run.ok, "{run:?}");
+    assert!(
+        run.stdout.contains("── attempt 2 · completed · ")
+            && run
+                .stdout
+                .contains("info   attempt 2, set to succeed on attempt 2"),
+        "{run:?}"
+    );
+    let json = printed(&cli(url, &["logs", &id, "--json"]));
+    assert_eq!(json["history"].as_array().map(Vec::len), Some(2), "{json}");
+    let run = cli(url, &["retry", &id]);
+    assert!(
+        !run.ok
+            && run
+                .stderr
+                .contains("only a failed or cancelled task can be retried"),
+        "{run:?}"
+    );
+}
+
 /// The task a `submit` printed; its id.
 fn submitted(run: &CliRun) -> String {
     assert!(run.ok, "{run:?}");

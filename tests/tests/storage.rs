@@ -44,6 +44,16 @@ async fn lists_filter_and_page_in_submission_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_and_their_logs_are_kept() {
+    each(async |store| contract::attempts_and_their_logs_are_kept(store.as_ref()).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_report_their_heartbeats() {
+    each(async |store| contract::hosts_report_their_heartbeats(store.as_ref()).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inserts_are_numbered_and_honour_idempotency_keys() {
     each(async |store| {
         contract::insert_numbers_tasks_and_honours_idempotency_keys(store.as_ref()).await

@@ -40,6 +40,201 @@ async fn page_through(store: &dyn TaskStore, mut query: ListQuery) -> Vec<u64> {
     }
 }
 
+/// A task's history (every attempt with its host, outcome, error and the
+/// plugin's log lines, untrusted text and all) is kept whole through claims,
+/// leased saves and a retry; a claim starts the next attempt in it.
+pub async fn attempts_and_their_logs_are_kept(store: &dyn TaskStore) {
+    use taskflow_model::FailureKind;
+    use taskflow_model::attempt::{AttemptOutcome, LogLevel, LogLine, LogStream, RunLogs};
+    use taskflow_model::task::TaskError;
+
+    let ttl = Duration::from_secs(60);
+    let submitted = store
+        .insert(vec![task("echo", 0)])
+        .await
+        .expect("insert")
+        .remove(0)
+        .task;
+    let id = submitted.id;
+    let line = |message: &str, stream| LogLine {
+        at: chrono::Utc::now(),
+        stream,
+        level: (stream == LogStream::Log).then_some(LogLevel::Warn),
+        message: message.into(),
+    };
+    // The claim every worker makes.
+    let claim = async |owner: &str| match store.claim(id, owner, ttl).await.expect("claim") {
+        Claim::Run(claimed) => claimed.token,
+        other => panic!("{owner} could not claim the task: {other:?}"),
+    };
+    let hostile = "<script>alert('x')</script> & \u{0} \"quoted\" ünïcode";
+
+    // Attempt 1 on host-a fails and is retried.
+    let token = claim("host-a").await;
+    let mut running = store.load(id).await.expect("load").expect("stored");
+    assert_eq!(
+        running.history.len(),
+        1,
+        "a claim starts an attempt in the history"
+    );
+    assert_eq!(running.history[0].outcome, AttemptOutcome::Running);
+    assert_eq!(running.history[0].host, "host-a");
+    assert_eq!(running.history[0].number, 1);
+    running.last_error = Some(TaskError {
+        kind: FailureKind::Retryable,
+        message: hostile.into(),
+    });
+    running.end_attempt(
+        AttemptOutcome::Retried,
+        Some("digest-1"),
+        RunLogs {
+            lines: vec![
+                line(hostile, LogStream::Log),
+                line("out", LogStream::Stdout),
+            ],
+            dropped: 3,
+        },
+        chrono::Utc::now(),
+    );
+    running.status = TaskStatus::Pending;
+    assert_eq!(
+        store.save_leased(&running, token).await.expect("save"),
+        Saved::Written
+    );
+
+    // Attempt 2 on host-b fails for good; then a retry and attempt 3.
+    let token = claim("host-b").await;
+    let mut running = store.load(id).await.expect("load").expect("stored");
+    running.end_attempt(
+        AttemptOutcome::Failed,
+        Some("digest-2"),
+        RunLogs::default(),
+        chrono::Utc::now(),
+    );
+    running.status = TaskStatus::Failed;
+    running.finished_at = Some(chrono::Utc::now());
+    store.save_leased(&running, token).await.expect("save");
+    let retried = store
+        .update(
+            id,
+            Box::new(|task: &mut Task, _: &LeaseState| match task.retry() {
+                Ok(()) => Change::Save,
+                Err(_) => Change::Keep,
+            }),
+        )
+        .await
+        .expect("update")
+        .expect("stored");
+    assert!(
+        matches!(retried.change, Change::Save),
+        "a failed task can be retried"
+    );
+    claim("host-c").await;
+
+    let stored = store.load(id).await.expect("load").expect("stored");
+    let outcomes: Vec<_> = stored
+        .history
+        .iter()
+        .map(|a| (a.number, a.host.as_str(), a.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (1, "host-a", AttemptOutcome::Retried),
+            (2, "host-b", AttemptOutcome::Failed),
+            (3, "host-c", AttemptOutcome::Running),
+        ]
+    );
+    let first = &stored.history[0];
+    assert_eq!(first.plugin_digest.as_deref(), Some("digest-1"));
+    assert_eq!(
+        first.error.as_ref().map(|e| e.message.as_str()),
+        Some(hostile)
+    );
+    assert_eq!(first.logs.len(), 2);
+    assert_eq!(
+        first.logs[0].message, hostile,
+        "log text is kept as written"
+    );
+    assert_eq!(first.logs[0].level, Some(LogLevel::Warn));
+    assert_eq!(first.logs[1].stream, LogStream::Stdout);
+    assert_eq!(first.logs_dropped, 3);
+    assert!(first.finished_at.is_some() && first.duration().is_some());
+    assert_eq!(stored.attempts, 3);
+    assert!(stored.max_attempts >= 3, "a retry allows one more attempt");
+}
+
+/// Heartbeats: the latest of each host is listed, by name; a host silent
+/// since `since` is left out, and one silent since `forget_before` is
+/// deleted.
+pub async fn hosts_report_their_heartbeats(store: &dyn TaskStore) {
+    use taskflow_model::api::{HostBeat, PluginVersion};
+
+    let now = chrono::Utc::now();
+    let beat = |name: &str, running: usize, ago: i64| HostBeat {
+        name: name.into(),
+        version: "1.2.3".into(),
+        workers: 4,
+        running,
+        plugins: vec![PluginVersion {
+            name: "echo".into(),
+            digest: "ab".repeat(32),
+        }],
+        started_at: now - chrono::Duration::hours(1),
+        seen_at: now - chrono::Duration::seconds(ago),
+    };
+    let long_ago = now - chrono::Duration::days(1);
+    store
+        .beat(&beat("host-b", 1, 0), long_ago)
+        .await
+        .expect("beat");
+    store
+        .beat(&beat("host-a", 2, 5), long_ago)
+        .await
+        .expect("beat");
+    store
+        .beat(&beat("host-a", 3, 0), long_ago)
+        .await
+        .expect("beat again");
+    let hosts = store
+        .hosts(now - chrono::Duration::minutes(1))
+        .await
+        .expect("hosts");
+    assert_eq!(hosts, [beat("host-a", 3, 0), beat("host-b", 1, 0)]);
+
+    // host-c went quiet ten minutes ago: not alive in the last minute, still
+    // known for the last hour, and forgotten once heartbeats say so.
+    store
+        .beat(&beat("host-c", 0, 600), long_ago)
+        .await
+        .expect("beat");
+    let names = async |since: chrono::Duration| -> Vec<String> {
+        store
+            .hosts(now - since)
+            .await
+            .expect("hosts")
+            .into_iter()
+            .map(|h| h.name)
+            .collect()
+    };
+    assert_eq!(
+        names(chrono::Duration::minutes(1)).await,
+        ["host-a", "host-b"]
+    );
+    assert_eq!(
+        names(chrono::Duration::hours(1)).await,
+        ["host-a", "host-b", "host-c"]
+    );
+    store
+        .beat(&beat("host-a", 0, 0), now - chrono::Duration::minutes(5))
+        .await
+        .expect("beat");
+    assert_eq!(
+        names(chrono::Duration::hours(1)).await,
+        ["host-a", "host-b"]
+    );
+}
+
 /// Lists come in submission order, filtered by status and plugin, in pages
 /// that neither skip nor repeat; bad cursors and limits are refused.
 pub async fn lists_filter_and_page_in_submission_order(store: &dyn TaskStore) {

@@ -7,7 +7,9 @@
 
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
-use taskflow_model::api::{BatchRequest, BatchResponse, RestoreSummary, Stats, TaskPage, TaskView};
+use taskflow_model::api::{
+    BatchRequest, BatchResponse, RestoreSummary, Stats, TaskLogs, TaskPage, TaskView,
+};
 use taskflow_model::plugin::{PluginInfo, PluginList};
 use taskflow_model::task::{NewTask, Task};
 
@@ -122,6 +124,18 @@ impl Client {
     /// `POST /tasks/{id}/cancel`.
     pub async fn cancel(&self, id: &str) -> Result<TaskView, ClientError> {
         self.json(self.request(Method::POST, &format!("/tasks/{id}/cancel")))
+            .await
+    }
+
+    /// `POST /tasks/{id}/retry`.
+    pub async fn retry(&self, id: &str) -> Result<TaskView, ClientError> {
+        self.json(self.request(Method::POST, &format!("/tasks/{id}/retry")))
+            .await
+    }
+
+    /// `GET /tasks/{id}/logs`.
+    pub async fn logs(&self, id: &str) -> Result<TaskLogs, ClientError> {
+        self.json(self.request(Method::GET, &format!("/tasks/{id}/logs")))
             .await
     }
 

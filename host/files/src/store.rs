@@ -32,8 +32,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::journal::{self, Journal, Record};
 use taskflow_backend::storage::lease::{self, ChangeFn, Held, LeaseTable, Renewed, Saved, Updated};
 use taskflow_backend::storage::{
-    Cursor, Expired, ListQuery, StatusCounts, StorageError, Submitted, TaskPage, TaskStore,
-    blocking, io_error,
+    Cursor, Expired, HostBeat, ListQuery, StatusCounts, StorageError, Submitted, TaskPage,
+    TaskStore, blocking, io_error,
 };
 use taskflow_fs::{sync_filesystem, write_atomic};
 use taskflow_model::task::{Task, TaskId, TaskStatus};
@@ -90,6 +90,8 @@ struct Handle {
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// Leases of running tasks: in memory, since one process opens the store.
     leases: LeaseTable,
+    /// Heartbeats of the hosts: this process's only, since one opens the store.
+    hosts: Mutex<HashMap<String, HostBeat>>,
 }
 
 /// Lock stripes of [`Handle::stripes`].
@@ -432,6 +434,7 @@ impl FileStore {
                 keyed_inserts: tokio::sync::Mutex::new(()),
                 stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
                 leases: LeaseTable::default(),
+                hosts: Mutex::default(),
             };
             Ok(Self {
                 handle: Arc::new(handle),
@@ -1041,6 +1044,36 @@ impl TaskStore for FileStore {
             summary: None,
         }])
         .await
+    }
+
+    async fn beat(
+        &self,
+        beat: &HostBeat,
+        forget_before: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
+        let mut hosts = self
+            .handle
+            .hosts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        hosts.retain(|_, known| known.seen_at >= forget_before);
+        hosts.insert(beat.name.clone(), beat.clone());
+        Ok(())
+    }
+
+    async fn hosts(&self, since: DateTime<Utc>) -> Result<Vec<HostBeat>, StorageError> {
+        let hosts = self
+            .handle
+            .hosts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut seen: Vec<HostBeat> = hosts
+            .values()
+            .filter(|beat| beat.seen_at >= since)
+            .cloned()
+            .collect();
+        seen.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(seen)
     }
 
     async fn list(&self, query: &ListQuery) -> Result<TaskPage, StorageError> {

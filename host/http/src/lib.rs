@@ -140,3 +140,26 @@ impl IntoResponse for HttpError {
         response
     }
 }
+
+/// Whether a presented token is the expected one, in time that does not
+/// depend on where they differ.
+pub fn tokens_match(presented: &str, expected: &str) -> bool {
+    presented.len() == expected.len()
+        && presented
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tokens_match;
+
+    #[test]
+    fn token_comparison() {
+        assert!(tokens_match("secret-token-123", "secret-token-123"));
+        assert!(!tokens_match("secret-token-123", "secret-token-124"));
+        assert!(!tokens_match("short", "secret-token-123"));
+    }
+}

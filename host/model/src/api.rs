@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::attempt::Attempt;
 use crate::plugin::{PluginInfo, RegistryStats};
-use crate::task::{NewTask, Task, TaskStatus};
+use crate::task::{NewTask, Task, TaskId, TaskStatus};
 
 /// Number of tasks in each status; every status is present.
 pub type StatusCounts = BTreeMap<TaskStatus, u64>;
@@ -38,6 +39,21 @@ pub struct TaskView {
     /// Percent done, as last reported by the plugin, while running.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progress: Option<u8>,
+}
+
+/// `GET /tasks/{id}/logs`: what the plugin logged and printed in each
+/// attempt the task keeps in its history.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TaskLogs {
+    /// The task.
+    pub id: TaskId,
+    /// Its status now (the logs are complete once it is terminal).
+    pub status: TaskStatus,
+    /// Attempts started in all (the history keeps the latest ones).
+    pub attempts: u32,
+    /// The attempts kept, oldest first, each with its log lines.
+    pub history: Vec<Attempt>,
 }
 
 /// `GET /tasks`: one page of tasks in submission order.
@@ -87,6 +103,37 @@ pub struct HostStats {
     pub registry: RegistryStats,
     /// Seconds since the host started.
     pub uptime_seconds: u64,
+}
+
+/// A host of the fleet as it last reported itself (every few seconds, into
+/// the store all hosts share): the dashboard's list of hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HostBeat {
+    /// Its name (`TASKFLOW_HOST_ID`), as the tasks it runs record it.
+    pub name: String,
+    /// The taskflow version it runs.
+    pub version: String,
+    /// Its workers.
+    pub workers: usize,
+    /// Tasks it ran at that moment.
+    pub running: usize,
+    /// The plugins it had loaded.
+    pub plugins: Vec<PluginVersion>,
+    /// When it started.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// When it reported this.
+    pub seen_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A plugin version a host has loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PluginVersion {
+    /// Plugin name.
+    pub name: String,
+    /// Hex SHA-256 of its component.
+    pub digest: String,
 }
 
 /// How many entries a queue holds.

@@ -9,10 +9,12 @@
 //! server publishes. Start reading at [`task::Task`].
 
 pub mod api;
+pub mod attempt;
 pub mod backup;
 pub mod failure;
 pub mod plugin;
 pub mod task;
 
+pub use attempt::{Attempt, AttemptOutcome, LogLine};
 pub use failure::FailureKind;
 pub use task::{NewTask, Task, TaskId, TaskStatus};

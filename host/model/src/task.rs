@@ -18,6 +18,7 @@ use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::{KnownFormat, RefOr, SchemaFormat};
 use uuid::Uuid;
 
+use crate::attempt::{Attempt, AttemptOutcome, MAX_ATTEMPTS_KEPT, RunLogs};
 use crate::failure::FailureKind;
 
 /// Highest priority.
@@ -278,6 +279,12 @@ pub struct Task {
     /// (`result` is then absent); as `payload_blob`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_blob: Option<BlobRef>,
+    /// Its latest attempts, oldest first, each with the plugin's log lines
+    /// (bounded: see [`crate::attempt`]). Written by the host; a backup
+    /// carries it back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(read_only))]
+    pub history: Vec<Attempt>,
 }
 
 /// A body kept in the blob store instead of the task record (a claim
@@ -410,6 +417,7 @@ impl NewTask {
             result: None,
             payload_blob: None,
             result_blob: None,
+            history: Vec::new(),
         })
     }
 }
@@ -452,6 +460,19 @@ impl Task {
                     "a backup carries bodies inline (GET /admin/backup writes them so): remove it and put the body in the task",
                 )));
             }
+        }
+        if let Some(attempt) = self.history.iter().find(|attempt| {
+            !(1..=MAX_ATTEMPTS_LIMIT).contains(&attempt.number)
+                || attempt.logs_dropped > i32::MAX as u32
+        }) {
+            return Err(context(invalid(
+                "history",
+                format!(
+                    "attempt numbers are 1 to {MAX_ATTEMPTS_LIMIT} and logs_dropped at most {} (attempt {})",
+                    i32::MAX,
+                    attempt.number
+                ),
+            )));
         }
         if self
             .host
@@ -504,7 +525,107 @@ impl Task {
         self.started_at = Some(now);
         self.retry_at = None;
         self.host = Some(host.to_string());
+        self.history.push(Attempt {
+            number: self.attempts,
+            host: host.to_string(),
+            started_at: now,
+            finished_at: None,
+            outcome: AttemptOutcome::Running,
+            plugin_digest: None,
+            error: None,
+            logs: Vec::new(),
+            logs_dropped: 0,
+        });
+        if self.history.len() > MAX_ATTEMPTS_KEPT {
+            self.history.drain(..self.history.len() - MAX_ATTEMPTS_KEPT);
+        }
         Begin::Started
+    }
+
+    /// Holds the history to its bounds (a restored task's may exceed
+    /// them): the latest [`MAX_ATTEMPTS_KEPT`] attempts, each with its logs
+    /// within [`crate::attempt::MAX_LOG_LINES`] and [`crate::attempt::MAX_LOG_BYTES`].
+    pub fn bound_history(&mut self) {
+        if self.history.len() > MAX_ATTEMPTS_KEPT {
+            self.history.drain(..self.history.len() - MAX_ATTEMPTS_KEPT);
+        }
+        for attempt in &mut self.history {
+            let lines = std::mem::take(&mut attempt.logs);
+            attempt.add_logs(lines, 0);
+        }
+    }
+
+    /// The attempt running now, if any.
+    pub fn running_attempt(&mut self) -> Option<&mut Attempt> {
+        self.history
+            .last_mut()
+            .filter(|attempt| attempt.outcome == AttemptOutcome::Running)
+    }
+
+    /// Records how the running attempt ended (with the last error, the
+    /// plugin version and what the plugin logged); nothing when none runs.
+    pub fn end_attempt(
+        &mut self,
+        outcome: AttemptOutcome,
+        digest: Option<&str>,
+        logs: RunLogs,
+        now: DateTime<Utc>,
+    ) {
+        let failed = matches!(
+            outcome,
+            AttemptOutcome::Retried | AttemptOutcome::Failed | AttemptOutcome::Interrupted
+        );
+        let error = failed.then(|| self.last_error.clone()).flatten();
+        if let Some(attempt) = self.running_attempt() {
+            attempt.outcome = outcome;
+            attempt.finished_at = Some(now);
+            attempt.error = error;
+            if let Some(digest) = digest {
+                attempt.plugin_digest = Some(digest.to_owned());
+            }
+            attempt.add_logs(logs.lines, logs.dropped);
+        }
+    }
+
+    /// Takes back the attempt just begun, as if it had not started (its
+    /// host gives the task back unrun): pending again, not counted.
+    pub fn uncount_attempt(&mut self) {
+        if self.running_attempt().is_some() {
+            self.history.pop();
+        }
+        self.status = TaskStatus::Pending;
+        self.attempts = self.attempts.saturating_sub(1);
+    }
+
+    /// Queues a failed or cancelled task again for one more attempt (with
+    /// the same payload, `max_attempts` raised to allow it); its earlier
+    /// attempts stay in its history. An error says why it cannot be.
+    pub fn retry(&mut self) -> Result<(), ValidationError> {
+        if !matches!(self.status, TaskStatus::Failed | TaskStatus::Cancelled) {
+            return Err(invalid(
+                "status",
+                format!(
+                    "only a failed or cancelled task can be retried; this one is {}",
+                    self.status
+                ),
+            ));
+        }
+        if self.attempts >= MAX_ATTEMPTS_LIMIT {
+            return Err(invalid(
+                "attempts",
+                format!(
+                    "the task has had {} attempts, the most a task may have; submit it anew",
+                    self.attempts
+                ),
+            ));
+        }
+        self.max_attempts = self.max_attempts.max(self.attempts + 1);
+        self.status = TaskStatus::Pending;
+        self.finished_at = None;
+        self.retry_at = None;
+        self.result = None;
+        self.result_blob = None;
+        Ok(())
     }
 
     /// Ends a running task whose host stopped or lost its lease: pending
@@ -519,6 +640,7 @@ impl Task {
                 message: "its host stopped or lost contact while it ran; it was queued again"
                     .into(),
             });
+            self.end_attempt(AttemptOutcome::Interrupted, None, RunLogs::default(), now);
             true
         } else {
             self.fail_interrupted(
@@ -534,6 +656,7 @@ impl Task {
         self.status = TaskStatus::Cancelled;
         self.finished_at = Some(now);
         self.retry_at = None;
+        self.end_attempt(AttemptOutcome::Cancelled, None, RunLogs::default(), now);
     }
 
     fn fail_interrupted(&mut self, message: &str, now: DateTime<Utc>) {
@@ -544,6 +667,7 @@ impl Task {
             kind: FailureKind::Interrupted,
             message: message.into(),
         });
+        self.end_attempt(AttemptOutcome::Interrupted, None, RunLogs::default(), now);
     }
 }
 
@@ -565,7 +689,7 @@ pub enum Begin {
 /// Stated as `oneOf` rather than `type: [string, null]`, with which
 /// generators lose the format (and produce `""`, which is no date-time).
 #[cfg(feature = "openapi")]
-fn nullable_date_time() -> RefOr<Schema> {
+pub(crate) fn nullable_date_time() -> RefOr<Schema> {
     let date_time = SchemaFormat::KnownFormat(KnownFormat::DateTime);
     OneOfBuilder::new()
         .item(ObjectBuilder::new().schema_type(Type::Null))

@@ -12,13 +12,15 @@ pub mod fleet_settings;
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 use taskflow_backend::storage::lease::{
     Change, ChangeFn, Claim, Held, LeaseState, Renewed, Saved, Updated,
 };
 use taskflow_backend::storage::{
-    Cursor, Expired, ListQuery, StatusCounts, StorageError, Submitted, TaskPage, TaskStore,
+    Cursor, Expired, HostBeat, ListQuery, StatusCounts, StorageError, Submitted, TaskPage,
+    TaskStore,
 };
 use taskflow_model::task::{Task, TaskId, TaskStatus};
 
@@ -532,6 +534,47 @@ impl TaskStore for PgStore {
         .await
         .map_err(unavailable)?;
         Ok(held.is_some())
+    }
+
+    async fn beat(
+        &self,
+        beat: &HostBeat,
+        forget_before: DateTime<Utc>,
+    ) -> Result<(), StorageError> {
+        let doc = serde_json::to_string(beat).map_err(|source| StorageError::Encode {
+            what: format!("the heartbeat of host {}", beat.name),
+            source,
+        })?;
+        sqlx::query(
+            "INSERT INTO hosts (name, beat, seen_at) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET beat = excluded.beat, seen_at = excluded.seen_at",
+        )
+        .bind(&beat.name)
+        .bind(doc)
+        .bind(beat.seen_at)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        sqlx::query("DELETE FROM hosts WHERE seen_at < $1")
+            .bind(forget_before)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn hosts(&self, since: DateTime<Utc>) -> Result<Vec<HostBeat>, StorageError> {
+        let docs: Vec<String> =
+            sqlx::query_scalar("SELECT beat FROM hosts WHERE seen_at >= $1 ORDER BY name")
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        // A row no host of this version can read is left out, not fatal.
+        Ok(docs
+            .iter()
+            .filter_map(|doc| serde_json::from_str(doc).ok())
+            .collect())
     }
 
     async fn compact_counts(&self) -> Result<(), StorageError> {

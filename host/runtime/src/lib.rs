@@ -36,6 +36,8 @@ pub use engine::AllocatorKind;
 pub use plugin::{LoadedPlugin, PluginError};
 pub use registry::{PluginRegistry, RegistryStats};
 pub use taskflow_model::FailureKind;
+pub use taskflow_model::attempt::RunLogs;
+use taskflow_model::attempt::{LogLine, LogStream};
 
 use bindings::{WitTask, WitTaskError};
 use sandbox::{CapturedOutput, Sandbox};
@@ -160,6 +162,15 @@ pub struct Stdio {
     pub dropped_bytes: u64,
 }
 
+/// A run's outcome with what the plugin logged and printed meanwhile.
+#[derive(Debug, Clone)]
+pub struct Ran {
+    /// The outcome.
+    pub result: Result<Success, Failure>,
+    /// The plugin's log lines, then its stdout and stderr by line.
+    pub logs: RunLogs,
+}
+
 /// Why a task did not succeed. `kind` decides whether a retry may help.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind}: {message}")]
@@ -255,9 +266,22 @@ impl Runtime {
         &self,
         plugin: &LoadedPlugin,
         task: TaskInput,
-        mut limits: Limits,
+        limits: Limits,
         progress: Option<Arc<AtomicU8>>,
     ) -> Result<Success, Failure> {
+        self.run_logged(plugin, task, limits, progress).await.result
+    }
+
+    /// [`run`](Self::run), also handing over what the plugin logged and
+    /// wrote to stdout and stderr, whatever the outcome (for the attempt's
+    /// history).
+    pub async fn run_logged(
+        &self,
+        plugin: &LoadedPlugin,
+        task: TaskInput,
+        mut limits: Limits,
+        progress: Option<Arc<AtomicU8>>,
+    ) -> Ran {
         // The engine's pool bounds every memory; a failure must name the cap that applied.
         limits.memory_bytes = limits.memory_bytes.min(self.inner.config.max_memory_bytes);
         let started = Instant::now();
@@ -316,6 +340,7 @@ impl Runtime {
         let outcome = tokio::time::timeout(limits.timeout + OUTER_TIMEOUT_GRACE, call).await;
         let memory_hit = store.data().limiter.hit;
         let stdio = collect_stdio(&task_id, &plugin.name, store.data());
+        let logs = collect_logs(store.data_mut(), &stdio);
         // Only an instance whose call returned (with a result or the
         // plugin's own error) may serve again: after a trap, a timeout or
         // the memory cap, its state is not to be trusted.
@@ -376,7 +401,7 @@ impl Runtime {
         if let Err(failure) = &result {
             tracing::debug!(task_id, plugin = %plugin.name, kind = %failure.kind, message = %failure.message, "task failed in plugin");
         }
-        result
+        Ran { result, logs }
     }
 }
 
@@ -481,6 +506,34 @@ fn collect_stdio(task_id: &str, plugin: &str, sandbox: &Sandbox) -> Stdio {
         stderr,
         dropped_bytes: stdout_dropped + stderr_dropped,
     }
+}
+
+/// Takes the task's log lines from the sandbox and adds its stdout and
+/// stderr, line by line, stamped now; what the sandbox dropped is counted.
+fn collect_logs(sandbox: &mut Sandbox, stdio: &Stdio) -> RunLogs {
+    let mut lines = std::mem::take(&mut sandbox.logs);
+    let mut dropped = sandbox.log_calls().saturating_sub(lines.len() as u32);
+    let now = chrono::Utc::now();
+    for (stream, bytes) in [
+        (LogStream::Stdout, &stdio.stdout),
+        (LogStream::Stderr, &stdio.stderr),
+    ] {
+        lines.extend(
+            String::from_utf8_lossy(bytes)
+                .lines()
+                .filter(|line| !line.is_empty())
+                .map(|line| LogLine {
+                    at: now,
+                    stream,
+                    level: None,
+                    message: line.to_owned(),
+                }),
+        );
+    }
+    if stdio.dropped_bytes > 0 {
+        dropped = dropped.saturating_add(1);
+    }
+    RunLogs { lines, dropped }
 }
 
 /// How much of a plugin's stdout or stderr goes into one log line.

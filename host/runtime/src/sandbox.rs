@@ -12,6 +12,8 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use taskflow_model::attempt::{self, LogLine, LogStream};
+
 use super::bindings::{Host, LogLevel, TypesHost};
 
 /// How many `log` calls one task may make before further ones are dropped,
@@ -39,6 +41,8 @@ pub struct Sandbox {
     task_id: String,
     plugin: String,
     log_calls: u32,
+    /// The task's log lines, kept for its attempt's history (bounded).
+    pub(super) logs: Vec<LogLine>,
     progress: Option<Arc<AtomicU8>>,
     pub(super) stdout: CapturedOutput,
     pub(super) stderr: CapturedOutput,
@@ -78,6 +82,7 @@ impl Sandbox {
             task_id,
             plugin,
             log_calls: 0,
+            logs: Vec::new(),
             progress,
             stdout,
             stderr,
@@ -101,11 +106,19 @@ impl Sandbox {
         self.progress = progress;
         self.deadline = deadline;
         self.log_calls = 0;
+        self.logs.clear();
         self.stdout.take();
         self.stderr.take();
         self.limiter.limit = memory_limit;
         self.limiter.hit = false;
         self.limiter.total <= memory_limit
+    }
+}
+
+impl Sandbox {
+    /// `log` calls the current task made, kept or not.
+    pub(super) fn log_calls(&self) -> u32 {
+        self.log_calls
     }
 }
 
@@ -130,6 +143,20 @@ impl Host for Sandbox {
             return;
         }
         truncate_at_char_boundary(&mut message, MAX_LOG_MESSAGE);
+        if self.logs.len() < attempt::MAX_LOG_LINES {
+            self.logs.push(LogLine {
+                at: chrono::Utc::now(),
+                stream: LogStream::Log,
+                level: Some(match level {
+                    LogLevel::Trace => attempt::LogLevel::Trace,
+                    LogLevel::Debug => attempt::LogLevel::Debug,
+                    LogLevel::Info => attempt::LogLevel::Info,
+                    LogLevel::Warn => attempt::LogLevel::Warn,
+                    LogLevel::Error => attempt::LogLevel::Error,
+                }),
+                message: message.clone(),
+            });
+        }
         let (task_id, plugin) = (&self.task_id, &self.plugin);
         match level {
             LogLevel::Trace => tracing::trace!(task_id, plugin, source = "plugin", "{message}"),

@@ -13,6 +13,7 @@ use serde::Serialize;
 use taskflow_backend::storage::{StorageError, TaskStore, blocking};
 use taskflow_fs::write_atomic;
 pub use taskflow_model::api::RestoreSummary;
+use taskflow_model::attempt::{AttemptOutcome, RunLogs};
 use taskflow_model::task::{Task, TaskStatus};
 
 pub use taskflow_model::backup::{BACKUP_FORMAT, BACKUP_VERSION, parse_backup};
@@ -90,10 +91,17 @@ pub fn encode_backup(tasks: &[Task], created_at: DateTime<Utc>) -> Result<Vec<u8
 }
 
 /// A task as it is restored: one backed up while `running` comes back
-/// `pending`, since its run was cut off.
+/// `pending`, since its run was cut off; its history held to its bounds.
 pub fn as_restored(mut task: Task) -> Task {
+    task.bound_history();
     if task.status == TaskStatus::Running {
         task.status = TaskStatus::Pending;
+        task.end_attempt(
+            AttemptOutcome::Interrupted,
+            None,
+            RunLogs::default(),
+            Utc::now(),
+        );
     }
     task
 }

@@ -6,7 +6,8 @@
 //! - [`service`]: every state change of a task (submission, execution,
 //!   leases, recovery, retention, the outbox), over the three seams;
 //! - [`worker`]: the pool that runs tasks; [`api`]: the HTTP API, which
-//!   reaches the service only; [`metrics`]: `/metrics`;
+//!   reaches the service only, and serves the dashboard ([`ui`]: the
+//!   service as `taskflow-ui` asks for it) at `/ui`; [`metrics`]: `/metrics`;
 //! - [`config`]: `serve`'s settings; [`backends`]: what they open;
 //!   [`fleet`]: plugins kept in step across hosts; [`secrets`]: the
 //!   database's rotating credentials; [`backup`]: export and restore of any
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod secrets;
 mod serve;
 pub mod service;
+pub mod ui;
 pub mod worker;
 
 pub use serve::{Server, shutdown_signal};

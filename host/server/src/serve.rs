@@ -108,6 +108,7 @@ impl Server {
         let tracker = TaskTracker::new();
         tracker.spawn(service.clone().heartbeat(background.clone()));
         tracker.spawn(service.clone().reaper(background.clone()));
+        tracker.spawn(service.clone().announce(background.clone()));
         if service.queue().needs_outbox() {
             tracker.spawn(service.clone().sweep(background.clone()));
         }

@@ -21,7 +21,7 @@ use taskflow_server::config::ServeConfig;
 
 pub use health::HealthArgs;
 pub use plugins::PluginsCommand;
-pub use tasks::{ListArgs, SubmitArgs};
+pub use tasks::{ListArgs, LogsArgs, SubmitArgs};
 
 use crate::logging::LogFormat;
 
@@ -79,6 +79,13 @@ pub enum Command {
         /// Task id.
         id: String,
     },
+    /// Queue a failed or cancelled task again for one more attempt.
+    Retry {
+        /// Task id.
+        id: String,
+    },
+    /// Print what a task's plugin logged and printed, attempt by attempt.
+    Logs(LogsArgs),
     /// Show queue, task and plugin statistics.
     Stats,
     /// Check that the host on this machine answers `GET /health` (the
@@ -220,6 +227,8 @@ async fn run_command(
         Command::Get { id } => print_json(&server.client().await?.get(&task_id(&id)?).await?),
         Command::List(args) => tasks::list(args, &server).await,
         Command::Cancel { id } => print_json(&server.client().await?.cancel(&task_id(&id)?).await?),
+        Command::Retry { id } => print_json(&server.client().await?.retry(&task_id(&id)?).await?),
+        Command::Logs(args) => tasks::logs(args, &server).await,
         Command::Stats => print_json(&server.client().await?.stats().await?),
         Command::Plugins(command) => plugins::run(command, &server).await,
         Command::Backup { output } => backup::backup(output, &server).await,

@@ -1,5 +1,5 @@
-//! The task commands: `submit` (one, or a JSON-lines file in batches) and
-//! `list`.
+//! The task commands: `submit` (one, or a JSON-lines file in batches),
+//! `list` and `logs`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use taskflow_client::Client;
 use taskflow_fs::out;
+use taskflow_model::attempt::{Attempt, AttemptOutcome};
 use taskflow_model::task::{NewTask, TaskStatus};
 
 use super::{ServerArgs, print_json, spinner};
@@ -55,6 +56,23 @@ pub struct ListArgs {
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
 }
+
+/// `taskflow logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Task id.
+    pub id: String,
+    /// Keep printing each attempt's lines as it ends, until the task is
+    /// finished.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Print the logs as JSON (`GET /tasks/{id}/logs`) instead.
+    #[arg(long, conflicts_with = "follow")]
+    pub json: bool,
+}
+
+/// How often `logs --follow` asks.
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 
 /// Tasks per request when submitting a file.
 const SUBMIT_BATCH: usize = 500;
@@ -151,4 +169,101 @@ pub async fn list(args: ListArgs, server: &ServerArgs) -> anyhow::Result<()> {
         out!("… more: raise --limit");
     }
     Ok(())
+}
+
+/// `taskflow logs`: each attempt's header, then its lines; with `--follow`,
+/// what each later poll adds, until the task is finished.
+pub async fn logs(args: LogsArgs, server: &ServerArgs) -> anyhow::Result<()> {
+    let id = super::task_id(&args.id)?;
+    let client = server.client().await?;
+    if args.json {
+        return print_json(&client.logs(&id).await?);
+    }
+    // Per attempt number: whether its header and how many lines were printed.
+    let mut printed: std::collections::BTreeMap<u32, (bool, usize)> = Default::default();
+    loop {
+        let logs = client.logs(&id).await?;
+        for attempt in &logs.history {
+            let (header, lines) = printed.entry(attempt.number).or_default();
+            if !*header {
+                out!("{}", attempt_header(attempt));
+                *header = true;
+            }
+            for line in attempt.logs.iter().skip(*lines) {
+                let level = line.level.map_or(line.stream.as_str(), |l| l.as_str());
+                out!(
+                    "{}  {:<6} {}",
+                    line.at.format("%H:%M:%S%.3f"),
+                    level,
+                    printable(&line.message)
+                );
+            }
+            *lines = (*lines).max(attempt.logs.len());
+        }
+        let running = logs
+            .history
+            .last()
+            .is_some_and(|a| a.outcome == AttemptOutcome::Running);
+        if !args.follow || (logs.status.is_terminal() && !running) {
+            if logs.history.is_empty() {
+                out!("task {id} is {} and has no attempt yet", logs.status);
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(FOLLOW_EVERY).await;
+    }
+}
+
+/// `attempt 2 · failed · host-a · 12 ms · plugin 3f2a… · retryable: message`.
+fn attempt_header(attempt: &Attempt) -> String {
+    let mut header = format!(
+        "── attempt {} · {} · {} · started {}",
+        attempt.number,
+        attempt.outcome,
+        printable(&attempt.host),
+        attempt.started_at.format("%Y-%m-%d %H:%M:%S%.3f UTC")
+    );
+    if let Some(duration) = attempt.duration() {
+        header.push_str(&format!(" · {} ms", duration.num_milliseconds()));
+    }
+    if let Some(digest) = &attempt.plugin_digest {
+        header.push_str(&format!(
+            " · plugin {}",
+            digest.chars().take(12).collect::<String>()
+        ));
+    }
+    if let Some(error) = &attempt.error {
+        header.push_str(&format!(" · {}: {}", error.kind, printable(&error.message)));
+    }
+    if attempt.logs_dropped > 0 {
+        header.push_str(&format!(" · {} lines dropped", attempt.logs_dropped));
+    }
+    header
+}
+
+/// A plugin's text with control characters escaped, so it cannot drive the
+/// terminal (colours, cursor moves, a cleared screen).
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escape = c.is_control() && c != '\t';
+            let shown: Vec<char> = if escape {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            shown
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn plugin_text_cannot_drive_the_terminal() {
+        assert_eq!(printable("ok\x1b[2Jgone\r"), "ok\\u{1b}[2Jgone\\r");
+        assert_eq!(printable("tab\tand ünïcode"), "tab\tand ünïcode");
+    }
 }

@@ -25,6 +25,13 @@ struct Flaky;
 impl Plugin for Flaky {
     fn process(task: Task) -> Result<Vec<u8>> {
         let input: Input = task.json()?;
+        // One log line and one line of stdout per attempt: the host keeps
+        // both in the attempt's history.
+        taskflow_sdk::info(&format!(
+            "attempt {}, set to succeed on attempt {}",
+            task.attempt, input.succeed_on_attempt
+        ));
+        println!("flaky stdout of attempt {}", task.attempt);
         if task.attempt < input.succeed_on_attempt {
             return Err(Error::retryable(format!(
                 "attempt {} of a task set to succeed on attempt {}",

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use taskflow_model::task::{Task, TaskId, TaskStatus};
 
 pub use lease::{Change, ChangeFn, Claim, Claimed, Held, LeaseState, Renewed, Saved, Updated};
-pub use taskflow_model::api::{StatusCounts, TaskPage};
+pub use taskflow_model::api::{HostBeat, StatusCounts, TaskPage};
 
 /// Which tasks to list, and which page.
 #[derive(Debug, Clone, Default)]
@@ -279,6 +279,14 @@ pub trait TaskStore: Send + Sync {
     ) -> Result<bool, StorageError> {
         Ok(true)
     }
+
+    /// Records a host's heartbeat for the fleet's list of hosts (replacing
+    /// its previous one), and forgets hosts silent since `forget_before`.
+    async fn beat(&self, beat: &HostBeat, forget_before: DateTime<Utc>)
+    -> Result<(), StorageError>;
+
+    /// The hosts whose last heartbeat is at or after `since`, by name.
+    async fn hosts(&self, since: DateTime<Utc>) -> Result<Vec<HostBeat>, StorageError>;
 
     /// Folds the changes of status counts written since the last call into
     /// the counts, where the store keeps counts that way; run by the one

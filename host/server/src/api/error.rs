@@ -92,6 +92,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotCancellable { .. } => {
                 Self::new(StatusCode::CONFLICT, "not_cancellable", error.to_string())
             }
+            ServiceError::NotRetryable { .. } => {
+                Self::new(StatusCode::CONFLICT, "not_retryable", error.to_string())
+            }
             ServiceError::Storage(StorageError::InvalidCursor(_) | StorageError::InvalidLimit) => {
                 Self::bad_request(error.to_string())
             }

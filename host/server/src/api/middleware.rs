@@ -77,7 +77,12 @@ pub async fn require_api_token(
         state.auth.admin_token.as_deref(),
     ];
     if state.auth.api_token.is_none()
-        || presented(&request).is_some_and(|t| tokens.into_iter().flatten().any(|k| same(t, k)))
+        || presented(&request).is_some_and(|t| {
+            tokens
+                .into_iter()
+                .flatten()
+                .any(|k| taskflow_http::tokens_match(t, k))
+        })
     {
         return next.run(request).await;
     }
@@ -98,7 +103,9 @@ pub async fn require_admin_token(
         .or(state.auth.api_token.as_deref());
     match required {
         None => next.run(request).await,
-        Some(token) if presented(&request).is_some_and(|t| same(t, token)) => {
+        Some(token)
+            if presented(&request).is_some_and(|t| taskflow_http::tokens_match(t, token)) =>
+        {
             next.run(request).await
         }
         Some(_) => {
@@ -130,14 +137,6 @@ fn bearer_token(value: &str) -> Option<&str> {
 }
 
 /// Compares in time independent of where the strings differ.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 fn unauthorized(message: &str) -> Response {
     let mut response =
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
@@ -149,7 +148,7 @@ fn unauthorized(message: &str) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::{bearer_token, same};
+    use super::bearer_token;
 
     #[test]
     fn the_bearer_scheme_is_case_insensitive_and_other_schemes_are_refused() {
@@ -176,12 +175,5 @@ mod tests {
         ] {
             assert_eq!(bearer_token(value), None, "{value:?}");
         }
-    }
-
-    #[test]
-    fn token_comparison() {
-        assert!(same("secret-token-123", "secret-token-123"));
-        assert!(!same("secret-token-123", "secret-token-124"));
-        assert!(!same("short", "secret-token-123"));
     }
 }

@@ -61,6 +61,8 @@ pub fn router(service: Arc<TaskService>, auth: AuthConfig, max_body_bytes: usize
         .route("/tasks/batch", post(tasks::submit_batch))
         .route("/tasks/{id}", get(tasks::get))
         .route("/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/tasks/{id}/retry", post(tasks::retry))
+        .route("/tasks/{id}/logs", get(tasks::logs))
         .route("/stats", get(ops::stats))
         .route("/plugins", get(plugins::list))
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -92,10 +94,19 @@ pub fn router(service: Arc<TaskService>, auth: AuthConfig, max_body_bytes: usize
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(openapi_json));
 
+    let dashboard = taskflow_ui::router(
+        Arc::new(crate::ui::Dashboard(state.service.clone())),
+        taskflow_ui::UiAuth {
+            api_token: state.auth.api_token.clone(),
+            admin_token: state.auth.admin_token.clone(),
+        },
+    );
+
     Router::new()
         .merge(api)
         .merge(admin)
         .merge(open)
+        .nest_service(taskflow_ui::PREFIX, dashboard)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -147,7 +158,7 @@ pub const ADMIN_TOKEN_SCHEME: &str = "admin_token";
 #[openapi(
     info(title = "TaskFlow", description = "Priority task processing with sandboxed WebAssembly plugins."),
     paths(
-        tasks::submit, tasks::submit_batch, tasks::list, tasks::get, tasks::cancel,
+        tasks::submit, tasks::submit_batch, tasks::list, tasks::get, tasks::cancel, tasks::retry, tasks::logs,
         plugins::list, plugins::upload, plugins::remove,
         ops::health, ops::ready, ops::stats, ops::metrics, ops::export_backup, ops::restore,
     ),

@@ -73,9 +73,13 @@ const TASK_INTEGER_FIELDS: [&str; 5] = [
     "sequence",
 ];
 
+/// Fields of the attempts in a task's `history` that hold integers.
+const ATTEMPT_INTEGER_FIELDS: [&str; 2] = ["number", "logs_dropped"];
+
 /// Rewrites whole numbers written as floats (`16.0`, `1.6e1`) in the integer
-/// fields of a backup document (`version`, and each task's
-/// [`TASK_INTEGER_FIELDS`]) as integers (`16`).
+/// fields of a backup document (`version`, each task's
+/// [`TASK_INTEGER_FIELDS`] and its attempts' [`ATTEMPT_INTEGER_FIELDS`]) as
+/// integers (`16`).
 ///
 /// JSON Schema (from draft 6, so in OpenAPI 3.1) counts `16.0` as an
 /// integer, but serde does not take it for a `u32`; after this, a document
@@ -103,6 +107,16 @@ pub fn backup_with_integers(bytes: &[u8]) -> Option<Vec<u8>> {
             scan.object(|scan, key| {
                 if TASK_INTEGER_FIELDS.contains(&key.as_str()) {
                     scan.number_or_value()
+                } else if key == "history" {
+                    scan.array(|scan| {
+                        scan.object(|scan, key| {
+                            if ATTEMPT_INTEGER_FIELDS.contains(&key.as_str()) {
+                                scan.number_or_value()
+                            } else {
+                                scan.value()
+                            }
+                        })
+                    })
                 } else {
                     scan.value()
                 }

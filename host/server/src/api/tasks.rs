@@ -1,4 +1,4 @@
-//! `/tasks`: submit, read, list and cancel.
+//! `/tasks`: submit, read, list, cancel and retry; a task's plugin logs.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -8,7 +8,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use taskflow_backend::storage::{Cursor, ListQuery, StorageError, TaskPage};
-pub use taskflow_model::api::{BatchRequest, BatchResponse};
+pub use taskflow_model::api::{BatchRequest, BatchResponse, TaskLogs};
 use taskflow_model::task::{NewTask, Task, TaskId, TaskStatus};
 
 use super::AppState;
@@ -153,6 +153,44 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, ApiError> {
     Ok(Json(state.service.cancel(parse_id(&id)?).await?))
+}
+
+/// Retry a failed or cancelled task: one more attempt with the same
+/// payload (`max_attempts` is raised to allow it), its earlier attempts kept
+/// in its history.
+#[utoipa::path(post, path = "/tasks/{id}/retry", tag = "tasks", params(IdPath),
+    responses(
+        (status = 200, description = "Queued again", body = TaskView),
+        (status = 400, description = "Not a task id", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "The task is not failed or cancelled, or has had 100 attempts", body = ErrorBody),
+    ),
+    security(("api_token" = []), ("admin_token" = []))
+)]
+pub async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
+    Ok(Json(state.service.retry(parse_id(&id)?).await?))
+}
+
+/// What the task's plugin logged and wrote to stdout and stderr, attempt by
+/// attempt (the latest 20 attempts; at most 200 lines and 32 KiB per
+/// attempt, `logs_dropped` counting the rest). An attempt's lines arrive
+/// when it ends.
+#[utoipa::path(get, path = "/tasks/{id}/logs", tag = "tasks", params(IdPath),
+    responses(
+        (status = 200, description = "The task's attempts with their log lines", body = TaskLogs),
+        (status = 400, description = "Not a task id", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+    ),
+    security(("api_token" = []), ("admin_token" = []))
+)]
+pub async fn logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskLogs>, ApiError> {
+    Ok(Json(state.service.logs(parse_id(&id)?).await?))
 }
 
 /// Filters and page of `GET /tasks`.

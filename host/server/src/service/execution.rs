@@ -12,8 +12,9 @@ use tokio::sync::Notify;
 use taskflow_backend::blobs::BlobError;
 use taskflow_backend::queue::Delivery;
 use taskflow_backend::storage::{Claim, Claimed, Saved};
+use taskflow_model::attempt::AttemptOutcome;
 use taskflow_model::task::{Task, TaskError, TaskId, TaskStatus};
-use taskflow_runtime::{Failure, FailureKind, Limits, TaskInput};
+use taskflow_runtime::{Failure, FailureKind, Limits, Ran, RunLogs, TaskInput};
 
 use super::{Running, ServiceError, TaskService};
 
@@ -45,6 +46,7 @@ enum Finished {
 struct Attempt {
     digest: Option<String>,
     result: Result<taskflow_runtime::Success, Failure>,
+    logs: RunLogs,
 }
 
 impl TaskService {
@@ -194,8 +196,7 @@ impl TaskService {
         delay: Duration,
         why: Option<TaskError>,
     ) -> Result<Saved, ServiceError> {
-        task.status = TaskStatus::Pending;
-        task.attempts = task.attempts.saturating_sub(1);
+        task.uncount_attempt();
         task.retry_at = (!delay.is_zero())
             .then(|| {
                 chrono::Duration::from_std(delay)
@@ -257,6 +258,7 @@ impl TaskService {
                     kind: FailureKind::PluginNotFound,
                     message,
                 }),
+                logs: RunLogs::default(),
             });
         };
         let limits = self.limits_for(task, &entry.limits);
@@ -276,6 +278,7 @@ impl TaskService {
                         kind,
                         message: format!("cannot read the payload: {e}"),
                     }),
+                    logs: RunLogs::default(),
                 });
             }
         };
@@ -286,14 +289,15 @@ impl TaskService {
             attempt: task.attempts,
             payload,
         };
-        let result = self
+        let Ran { result, logs } = self
             .registry
             .runtime()
-            .run(&entry.plugin, input, limits, Some(progress))
+            .run_logged(&entry.plugin, input, limits, Some(progress))
             .await;
         Ok(Attempt {
             digest: Some(entry.plugin.digest.clone()),
             result,
+            logs,
         })
     }
 
@@ -350,10 +354,17 @@ impl TaskService {
             }
             Some(Attempt {
                 result: Ok(success),
+                logs,
                 ..
             }) => {
                 task.status = TaskStatus::Completed;
                 task.finished_at = Some(now);
+                task.end_attempt(
+                    AttemptOutcome::Completed,
+                    Some(&success.plugin_digest),
+                    logs,
+                    now,
+                );
                 task.plugin_digest = Some(success.plugin_digest);
                 // In the blob store before the record says completed.
                 self.bodies
@@ -365,16 +376,23 @@ impl TaskService {
             Some(Attempt {
                 digest,
                 result: Err(failure),
+                logs,
             }) => {
-                // The version that failed, not whichever serves now.
-                if digest.is_some() {
-                    task.plugin_digest = digest;
-                }
                 let retryable = failure.kind.is_retryable() && task.attempts < task.max_attempts;
                 task.last_error = Some(TaskError {
                     kind: failure.kind,
                     message: failure.message,
                 });
+                let ended = if retryable {
+                    AttemptOutcome::Retried
+                } else {
+                    AttemptOutcome::Failed
+                };
+                task.end_attempt(ended, digest.as_deref(), logs, now);
+                // The version that failed, not whichever serves now.
+                if digest.is_some() {
+                    task.plugin_digest = digest;
+                }
                 if retryable {
                     let delay = backoff(self.config.retry_base, task.attempts);
                     task.status = TaskStatus::Pending;

@@ -9,7 +9,9 @@
 //! - [`leases`]: ownership of running tasks: the claim, the heartbeat that
 //!   renews this host's leases, the reaper that takes back expired ones;
 //! - [`recovery`]: startup recovery, restore from a backup, release on shutdown;
-//! - [`reads`]: reading, listing and cancelling tasks, statistics;
+//! - [`reads`]: reading, listing, cancelling and retrying tasks, their
+//!   logs, statistics;
+//! - [`hosts`]: this host's heartbeat in the fleet's list of hosts;
 //! - [`plugins`]: plugin upload and removal, shared with the fleet;
 //! - [`outbox`]: sending what was stored but never queued (SQS);
 //! - [`retention`]: deleting finished tasks past their age, and their bodies;
@@ -21,6 +23,7 @@
 //! serves to renew their leases, interrupt them and show their progress.
 
 mod execution;
+mod hosts;
 mod leases;
 mod outbox;
 mod plugins;
@@ -69,6 +72,14 @@ pub enum ServiceError {
         id: TaskId,
         /// Its status.
         status: TaskStatus,
+    },
+    /// The task's status does not allow a retry (the message says why).
+    #[error("task {id} cannot be retried: {reason}")]
+    NotRetryable {
+        /// The task.
+        id: TaskId,
+        /// Why not.
+        reason: String,
     },
     /// Storage failed.
     #[error(transparent)]

@@ -1,10 +1,12 @@
-//! Reading, listing and cancelling tasks; statistics and metrics.
+//! Reading, listing, cancelling and retrying tasks; statistics and metrics.
 
 use std::sync::atomic::Ordering;
 
 use chrono::Utc;
 
+use taskflow_backend::queue::QueueEntry;
 use taskflow_backend::storage::{Change, LeaseState, ListQuery, TaskPage};
+use taskflow_model::api::TaskLogs;
 use taskflow_model::task::{Task, TaskId, TaskStatus};
 use taskflow_runtime::plugin::PluginInfo;
 
@@ -35,9 +37,15 @@ impl TaskService {
     }
 
     /// A page of tasks. Bodies kept in the blob store are left there (the
-    /// tasks show `payload_blob` and `result_blob`): pages stay small.
+    /// tasks show `payload_blob` and `result_blob`), and the attempts of
+    /// their history come without log lines ([`logs`](Self::logs) has
+    /// them): pages stay small.
     pub async fn list(&self, query: &ListQuery) -> Result<TaskPage, ServiceError> {
-        Ok(self.store.list(query).await?)
+        let mut page = self.store.list(query).await?;
+        for attempt in page.tasks.iter_mut().flat_map(|task| &mut task.history) {
+            attempt.logs = Vec::new();
+        }
+        Ok(page)
     }
 
     /// Every task with its bodies (from the blob store if need be), for a
@@ -100,6 +108,50 @@ impl TaskService {
         Ok(TaskView {
             task,
             progress: None,
+        })
+    }
+
+    /// Queues a failed or cancelled task again for one more attempt, with
+    /// the same payload; its history keeps the earlier attempts.
+    pub async fn retry(&self, id: TaskId) -> Result<TaskView, ServiceError> {
+        let change = Box::new(|task: &mut Task, _: &LeaseState| match task.retry() {
+            Ok(()) => Change::Save,
+            Err(_) => Change::Keep,
+        });
+        let updated = self
+            .store
+            .update(id, change)
+            .await?
+            .ok_or(ServiceError::NotFound(id))?;
+        let mut task = updated.task;
+        if !matches!(updated.change, Change::Save) {
+            let reason = task.clone().retry().err().map_or_else(
+                || "it changed meanwhile; try again".to_owned(),
+                |e| e.message,
+            );
+            return Err(ServiceError::NotRetryable { id, reason });
+        }
+        self.queue_stored(vec![QueueEntry::from(&task)]).await;
+        tracing::info!(task_id = %id, attempt = task.attempts + 1, "task queued again by request");
+        self.bodies.resolve(&mut task).await?;
+        Ok(TaskView {
+            task,
+            progress: None,
+        })
+    }
+
+    /// The plugin's log lines of each attempt of the task kept in its history.
+    pub async fn logs(&self, id: TaskId) -> Result<TaskLogs, ServiceError> {
+        let task = self
+            .store
+            .load(id)
+            .await?
+            .ok_or(ServiceError::NotFound(id))?;
+        Ok(TaskLogs {
+            id,
+            status: task.status,
+            attempts: task.attempts,
+            history: task.history,
         })
     }
 

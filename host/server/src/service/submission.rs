@@ -131,6 +131,12 @@ impl TaskService {
             .filter(|s| s.created)
             .map(|s| QueueEntry::from(&s.task))
             .collect();
+        self.queue_stored(created).await;
+    }
+
+    /// Queues tasks the store holds pending already (as [`enqueue`](Self::enqueue)
+    /// says: a refusal now is made good later).
+    pub(super) async fn queue_stored(&self, created: Vec<QueueEntry>) {
         if created.is_empty() {
             return;
         }

@@ -1,0 +1,308 @@
+//! The dashboard at `/ui` over HTTP, as a browser would ask for it (the
+//! browser itself drives it in `browser.rs`): sign-in with the API token,
+//! refusal of every page, data endpoint and action without it, refusal of
+//! actions from another origin or without the form token, the security
+//! headers, and untrusted task data shown as text.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_SECURITY_POLICY, COOKIE, LOCATION, SET_COOKIE};
+use serde_json::json;
+use taskflow_model::task::TaskStatus;
+use taskflow_tests::{TestHost, as_task, submit, wait_terminal};
+
+const API_TOKEN: &str = "api-token-0123456789abcdef";
+const LONG: Duration = Duration::from_secs(60);
+const MARKUP: &str = "<script>window.pwned=1</script><b>bold</b>";
+
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+async fn host() -> TestHost {
+    TestHost::start_with(1, true, |config| {
+        config.api_token = Some(API_TOKEN.to_owned());
+    })
+    .await
+}
+
+/// The session cookie a login with `token` sets.
+async fn login(client: &reqwest::Client, host: &TestHost, token: &str) -> reqwest::Response {
+    client
+        .post(host.at("/ui/login"))
+        .header("origin", host.at(""))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .expect("login")
+}
+
+/// The typed client with the API token.
+fn api_client(host: &TestHost) -> taskflow_client::Client {
+    taskflow_client::Client::new(&host.at(""), Some(API_TOKEN.to_owned()))
+}
+
+fn session_cookie() -> String {
+    format!("{}={}", taskflow_ui::COOKIE, hex_of(API_TOKEN))
+}
+
+/// The HTML of a dashboard page, signed in.
+async fn signed_in_html(client: &reqwest::Client, host: &TestHost, path: &str) -> String {
+    client
+        .get(host.at(path))
+        .header(COOKIE, session_cookie())
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html")
+}
+
+fn hex_of(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_token_every_page_data_endpoint_and_action_is_refused() {
+    let host = host().await;
+    let client = browser();
+    let task = submit(
+        &api_client(&host),
+        &as_task(json!({"plugin": "echo", "payload": 1})),
+    )
+    .await;
+
+    for page in [
+        "/ui".to_owned(),
+        "/ui/tasks".to_owned(),
+        format!("/ui/tasks/{}", task.id),
+        "/ui/submit".to_owned(),
+        "/ui/plugins".to_owned(),
+    ] {
+        let response = client.get(host.at(&page)).send().await.expect("get");
+        assert_eq!(response.status(), StatusCode::SEE_OTHER, "{page}");
+        assert_eq!(response.headers()[LOCATION], "/ui/login", "{page}");
+    }
+    for data in [
+        "/ui/api/overview".to_owned(),
+        format!("/ui/tasks/{}/payload.json", task.id),
+        format!("/ui/tasks/{}/result.json", task.id),
+    ] {
+        let response = client.get(host.at(&data)).send().await.expect("get");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{data}");
+    }
+    let form_token = taskflow_ui::form_token(API_TOKEN);
+    for action in [
+        format!("/ui/tasks/{}/cancel", task.id),
+        format!("/ui/tasks/{}/retry", task.id),
+        "/ui/tasks/bulk".to_owned(),
+        "/ui/submit".to_owned(),
+        "/ui/logout".to_owned(),
+    ] {
+        // Even with the right form token: the session is what is missing.
+        let response = client
+            .post(host.at(&action))
+            .header("origin", host.at(""))
+            .form(&[
+                (taskflow_ui::FORM_TOKEN, form_token.as_str()),
+                ("plugin", "echo"),
+            ])
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{action}");
+    }
+    // A wrong token, or a cookie with one, gets nothing either.
+    assert_eq!(
+        login(&client, &host, "not-the-token").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let forged = client
+        .get(host.at("/ui/api/overview"))
+        .header(
+            COOKIE,
+            format!("{}={}", taskflow_ui::COOKIE, hex_of("guess")),
+        )
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_sets_an_http_only_same_site_cookie_and_pages_carry_a_strict_csp() {
+    let host = host().await;
+    let client = browser();
+    let response = login(&client, &host, API_TOKEN).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        response.headers()[LOCATION],
+        "/ui",
+        "the token is never in a URL"
+    );
+    let cookie = response.headers()[SET_COOKIE]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(cookie.starts_with(&session_cookie()), "{cookie}");
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(cookie.contains(attribute), "{cookie} lacks {attribute}");
+    }
+
+    let page = client
+        .get(host.at("/ui"))
+        .header(COOKIE, session_cookie())
+        .send()
+        .await
+        .expect("overview");
+    assert_eq!(page.status(), StatusCode::OK);
+    let csp = page.headers()[CONTENT_SECURITY_POLICY]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "frame-ancestors 'none'",
+        "form-action 'self'",
+    ] {
+        assert!(csp.contains(directive), "{csp} lacks {directive}");
+    }
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(page.headers()["x-content-type-options"], "nosniff");
+    let html = page.text().await.expect("html");
+    assert!(
+        html.contains("Overview") && html.contains("id=\"hosts\""),
+        "{html}"
+    );
+    assert!(!html.contains("<script>"), "no inline script: {html}");
+    // The overview's data, for its live charts.
+    let data: serde_json::Value = client
+        .get(host.at("/ui/api/overview"))
+        .header(COOKIE, session_cookie())
+        .send()
+        .await
+        .expect("data")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(data["hosts"].as_array().map(Vec::len), Some(1), "{data}");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_from_another_origin_or_without_the_form_token_are_refused() {
+    let host = host().await;
+    let client = browser();
+    let spinning = submit(
+        &api_client(&host),
+        &as_task(json!({"plugin": "hostile", "payload": {"mode": "loop"}, "timeout_ms": 60000})),
+    )
+    .await;
+    let cancel = host.at(&format!("/ui/tasks/{}/cancel", spinning.id));
+    let form_token = taskflow_ui::form_token(API_TOKEN);
+    let post = |origin: Option<&str>, site: Option<&str>, token: Option<&str>| {
+        let mut request = client.post(&cancel).header(COOKIE, session_cookie());
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        if let Some(site) = site {
+            request = request.header("sec-fetch-site", site);
+        }
+        let form: Vec<(&str, &str)> = token
+            .map(|t| vec![(taskflow_ui::FORM_TOKEN, t)])
+            .unwrap_or_default();
+        request.form(&form).send()
+    };
+    let own = host.at("");
+    for (origin, site, token) in [
+        (
+            Some("https://evil.example"),
+            None,
+            Some(form_token.as_str()),
+        ),
+        (None, Some("cross-site"), Some(form_token.as_str())),
+        (
+            Some(own.as_str()),
+            Some("same-site"),
+            Some(form_token.as_str()),
+        ),
+        (Some(own.as_str()), Some("same-origin"), None),
+        (Some(own.as_str()), Some("same-origin"), Some("0123")),
+    ] {
+        let response = post(origin, site, token).await.expect("post");
+        assert_eq!(
+            response.status(),
+            StatusCode::FORBIDDEN,
+            "origin {origin:?}, sec-fetch-site {site:?}, token {token:?}"
+        );
+    }
+    let view = api_client(&host)
+        .get(&spinning.id.to_string())
+        .await
+        .expect("get");
+    assert!(
+        !view.task.status.is_terminal(),
+        "nothing was cancelled: {view:?}"
+    );
+
+    // From the dashboard itself, with its form token: cancelled.
+    let response = post(
+        Some(own.as_str()),
+        Some("same-origin"),
+        Some(form_token.as_str()),
+    )
+    .await
+    .expect("post");
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let done = wait_terminal(&api_client(&host), spinning.id, LONG).await;
+    assert_eq!(done.task.status, TaskStatus::Cancelled);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_log_lines_and_errors_are_shown_as_text() {
+    let host = host().await;
+    let client = browser();
+    let task = submit(
+        &api_client(&host),
+        &as_task(json!({"plugin": "hostile", "payload": {"mode": MARKUP}, "max_attempts": 1})),
+    )
+    .await;
+    let done = wait_terminal(&api_client(&host), task.id, LONG).await;
+    assert_eq!(done.task.status, TaskStatus::Failed);
+    let logged = &done.task.history[0].logs;
+    assert!(
+        logged.iter().any(|line| line.message.contains(MARKUP)),
+        "the plugin logged the markup: {logged:?}"
+    );
+    assert!(
+        done.task
+            .last_error
+            .as_ref()
+            .is_some_and(|e| e.message.contains(MARKUP))
+    );
+
+    for page in [format!("/ui/tasks/{}", task.id), "/ui/tasks".to_owned()] {
+        let html = signed_in_html(&client, &host, &page).await;
+        assert!(
+            !html.contains("<script>window.pwned"),
+            "{page} lets markup through: {html}"
+        );
+        assert!(!html.contains("<b>bold"), "{page}: {html}");
+    }
+    let html = signed_in_html(&client, &host, &format!("/ui/tasks/{}", task.id)).await;
+    // Payload, log line and error message each show the markup as text.
+    let escaped = "&lt;script&gt;window.pwned=1&lt;/script&gt;&lt;b&gt;bold&lt;/b&gt;";
+    assert!(
+        html.matches(escaped).count() >= 3,
+        "payload, log line and error each show the markup escaped: {html}"
+    );
+    host.stop().await;
+}
