@@ -109,21 +109,24 @@ export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-test}" AWS_SECRET_ACCESS_KEY="${A
 export AWS_REGION="${AWS_REGION:-us-east-1}"
 echo "    moto at $TASKFLOW_TEST_AWS_ENDPOINT"
 
-echo "==> podman, mmdebstrap and a local registry for the image test"
+echo "==> podman, mmdebstrap and a local registry for the image test; Chromium for the dashboard's"
 # tests/tests/image.rs builds the host image (host/image/build-local.sh: the
 # runtime stage of host/Dockerfile over a Debian base made with mmdebstrap),
-# runs it with podman and pushes it to a registry; without these tools it
-# fails, it never skips. Debian packages, installed only when missing.
-image_packages=()
-for tool_package in mmdebstrap:mmdebstrap podman:podman runc:runc docker-registry:docker-registry; do
-    command -v "${tool_package%%:*}" >/dev/null 2>&1 || image_packages+=("${tool_package#*:}")
+# runs it with podman and pushes it to a registry; tests/tests/browser.rs
+# drives the dashboard in headless Chromium through chromedriver. Without
+# these tools they fail, they never skip. Debian packages, installed only
+# when missing.
+tool_packages=()
+for tool_package in mmdebstrap:mmdebstrap podman:podman runc:runc docker-registry:docker-registry \
+    chromium:chromium chromedriver:chromium-driver; do
+    command -v "${tool_package%%:*}" >/dev/null 2>&1 || tool_packages+=("${tool_package#*:}")
 done
-if [ "${#image_packages[@]}" -gt 0 ]; then
-    echo "    apt-get install ${image_packages[*]}"
+if [ "${#tool_packages[@]}" -gt 0 ]; then
+    echo "    apt-get install ${tool_packages[*]}"
     as_root=()
     [ "$(id -u)" = 0 ] || as_root=(sudo)
     "${as_root[@]}" apt-get update -qq
-    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${image_packages[@]}" >/dev/null
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tool_packages[@]}" >/dev/null
 fi
 # What podman needs on this machine class: no default ulimits (the
 # containers may not raise them), cgroupfs rather than systemd's cgroup

@@ -285,7 +285,7 @@ async fn the_description_declares_the_authentication_the_host_enforces() {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 14, "operations in the description");
+        assert_eq!(checked, 16, "operations in the description");
         host.stop().await;
     }
 }

@@ -103,6 +103,7 @@ async fn without_the_token_every_page_data_endpoint_and_action_is_refused() {
         "/ui/tasks/bulk".to_owned(),
         "/ui/submit".to_owned(),
         "/ui/logout".to_owned(),
+        "/ui/plugins/uploaded".to_owned(),
     ] {
         // Even with the right form token: the session is what is missing.
         let response = client
@@ -304,5 +305,44 @@ async fn payloads_log_lines_and_errors_are_shown_as_text() {
         html.matches(escaped).count() >= 3,
         "payload, log line and error each show the markup escaped: {html}"
     );
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploading_a_plugin_takes_a_session_with_the_admin_token() {
+    const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
+    let host = TestHost::start_with(1, false, |config| {
+        config.api_token = Some(API_TOKEN.to_owned());
+        config.admin_token = Some(ADMIN_TOKEN.to_owned());
+    })
+    .await;
+    let client = browser();
+    let wasm = taskflow_tests::wasm_bytes(&taskflow_tests::plugin_wasm("echo"));
+    let upload = |token: &'static str| {
+        client
+            .post(host.at("/ui/plugins/uploaded"))
+            .header(COOKIE, format!("{}={}", taskflow_ui::COOKIE, hex_of(token)))
+            .header("sec-fetch-site", "same-origin")
+            .header("x-form-token", taskflow_ui::form_token(token))
+            .body(wasm.clone())
+            .send()
+    };
+    let refused = upload(API_TOKEN).await.expect("upload");
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let html = signed_in_html(&client, &host, "/ui/plugins").await;
+    assert!(html.contains("needs the admin token"), "{html}");
+
+    let loaded = upload(ADMIN_TOKEN).await.expect("upload");
+    assert_eq!(loaded.status(), StatusCode::OK);
+    let info: serde_json::Value = loaded.json().await.expect("json");
+    assert_eq!(info["name"], "uploaded");
+    let names: Vec<String> = api_client(&host)
+        .plugins()
+        .await
+        .expect("plugins")
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert!(names.contains(&"uploaded".to_owned()), "{names:?}");
     host.stop().await;
 }

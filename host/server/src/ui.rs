@@ -63,4 +63,16 @@ impl UiService for Dashboard {
     fn plugins(&self) -> Vec<PluginInfo> {
         self.0.plugins()
     }
+
+    async fn upload_plugin(&self, name: &str, wasm: Vec<u8>) -> Result<PluginInfo, UiError> {
+        taskflow_runtime::plugin::validate_name(name).map_err(|e| UiError {
+            status: 422,
+            message: e.to_string(),
+        })?;
+        self.0
+            .install_plugin(name, wasm)
+            .await
+            .map(|loaded| loaded.info())
+            .map_err(refusal)
+    }
 }

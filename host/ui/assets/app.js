@@ -105,6 +105,36 @@
     check();
   }
 
+  // --- Plugin upload: the file as the request body, the form token in a header. ---
+  const upload = document.getElementById("upload");
+  if (upload) {
+    const result = document.getElementById("upload-result");
+    upload.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const name = document.getElementById("upload-name").value.trim();
+      const file = document.getElementById("upload-file").files[0];
+      if (!name || !file) return;
+      result.textContent = `Uploading ${file.name} (${file.size} bytes)…`;
+      try {
+        const response = await fetch(upload.dataset.upload + encodeURIComponent(name), {
+          method: "POST",
+          credentials: "same-origin",
+          headers: { "content-type": "application/wasm", "x-form-token": upload.dataset.formToken },
+          body: file,
+        });
+        const body = await response.json().catch(() => ({}));
+        if (response.ok) {
+          result.textContent = `Loaded ${body.name}, digest ${String(body.digest).slice(0, 12)}: every host loads it next.`;
+          setTimeout(() => window.location.reload(), 1500);
+        } else {
+          result.textContent = `Refused (${response.status}): ${body.message ?? response.statusText}`;
+        }
+      } catch (e) {
+        result.textContent = `Upload failed: ${e.message}`;
+      }
+    });
+  }
+
   // --- Task list: select all. ---
   for (const all of document.querySelectorAll("input[data-select-all]")) {
     all.addEventListener("change", () => {

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::pages::layout;
-use crate::{PREFIX, UiState};
+use crate::{PREFIX, UiAuth, UiState};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "taskflow_session";
@@ -37,13 +37,22 @@ pub struct Session {
     pub form_token: String,
     /// Whether a login is needed at all (a logout button then makes sense).
     pub signed_in: bool,
+    /// Whether it may administer plugins: signed in with the admin token,
+    /// or with the API token on a host without one, or on an open host.
+    pub admin: bool,
 }
 
 impl Session {
-    fn new(token: Option<&str>) -> Self {
+    fn new(token: Option<&str>, auth: &UiAuth) -> Self {
+        let admin = match (token, auth.admin_token.as_deref()) {
+            (Some(token), Some(admin)) => taskflow_http::tokens_match(token, admin),
+            (None, Some(_)) => false,
+            (_, None) => true,
+        };
         Self {
             form_token: form_token(token.unwrap_or_default()),
             signed_in: token.is_some(),
+            admin,
         }
     }
 }
@@ -88,9 +97,9 @@ pub async fn require_session(
     next: Next,
 ) -> Response {
     let session = match &state.auth.api_token {
-        None => Session::new(None),
+        None => Session::new(None, &state.auth),
         Some(_) => match session_token(request.headers()) {
-            Some(token) if accepted(&state, &token) => Session::new(Some(&token)),
+            Some(token) if accepted(&state, &token) => Session::new(Some(&token), &state.auth),
             _ => {
                 if request.method() == axum::http::Method::GET
                     && !request.uri().path().contains("/api/")
@@ -120,10 +129,11 @@ pub async fn require_session(
 /// behind `taskflow lb`, else `Host`).
 pub fn check_same_origin(headers: &HeaderMap) -> Result<(), &'static str> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(site) = text("sec-fetch-site")
-        && site != "same-origin"
-    {
-        return Err("this action must come from a page of the dashboard itself");
+    // A browser that says where the request comes from is believed.
+    match text("sec-fetch-site") {
+        Some("same-origin") => return Ok(()),
+        Some(_) => return Err("this action must come from a page of the dashboard itself"),
+        None => {}
     }
     if let Some(origin) = text("origin") {
         let origin_host = origin

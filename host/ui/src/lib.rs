@@ -25,10 +25,14 @@ mod port;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 pub use auth::{COOKIE, FORM_TOKEN, form_token};
 pub use port::{TaskFilter, UiError, UiService};
+
+/// Largest plugin the upload form takes (the runtime's own limit).
+const MAX_UPLOAD_BYTES: usize = 100 * 1024 * 1024;
 
 /// Where the dashboard is mounted on a host.
 pub const PREFIX: &str = "/ui";
@@ -70,6 +74,10 @@ pub fn router(service: Arc<dyn UiService>, auth: UiAuth) -> Router {
             get(pages::submit::page).post(pages::submit::post),
         )
         .route("/plugins", get(pages::plugins::page))
+        .route(
+            "/plugins/{name}",
+            post(pages::plugins::upload).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
+        )
         .route("/logout", post(auth::logout))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

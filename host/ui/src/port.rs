@@ -67,4 +67,7 @@ pub trait UiService: Send + Sync {
     async fn submit(&self, task: NewTask) -> Result<Task, UiError>;
     /// The plugins loaded on this host.
     fn plugins(&self) -> Vec<PluginInfo>;
+    /// Checks, loads and (on shared backends) publishes a plugin version to
+    /// every host.
+    async fn upload_plugin(&self, name: &str, wasm: Vec<u8>) -> Result<PluginInfo, UiError>;
 }

@@ -191,16 +191,10 @@ impl Saved {
     /// finished, when to retry): a save tried again after its answer was
     /// lost finds its own write, and is answered [`Saved::Written`].
     pub fn already(stored: &Task, saving: &Task) -> bool {
-        let unstamped = |task: &Task| {
-            let mut task = Task {
-                finished_at: None,
-                retry_at: None,
-                ..task.clone()
-            };
-            for attempt in &mut task.history {
-                attempt.finished_at = None;
-            }
-            task
+        let unstamped = |task: &Task| Task {
+            finished_at: None,
+            retry_at: None,
+            ..task.clone()
         };
         stored.status != taskflow_model::task::TaskStatus::Running
             && unstamped(stored) == unstamped(saving)

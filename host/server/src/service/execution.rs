@@ -123,6 +123,10 @@ impl TaskService {
             () = stop.notified() => None,
         };
         let elapsed = started.elapsed();
+        // When the attempt ended, as its history records it: the same at
+        // every try to save the outcome, so that a save tried again after
+        // its answer was lost finds its own write.
+        let ended_at = Utc::now();
         if lost.load(Ordering::Acquire) {
             self.lose(&task, token, elapsed);
             self.let_go(&delivery).await;
@@ -136,7 +140,7 @@ impl TaskService {
         let mut failures = 0u32;
         loop {
             match self
-                .finish(task.clone(), token, outcome.clone(), elapsed)
+                .finish(task.clone(), token, outcome.clone(), elapsed, ended_at)
                 .await
             {
                 Ok(Finished::Done) => break,
@@ -344,12 +348,13 @@ impl TaskService {
         token: u64,
         outcome: Option<Attempt>,
         elapsed: Duration,
+        ended_at: chrono::DateTime<Utc>,
     ) -> Result<Finished, ServiceError> {
         let now = Utc::now();
         let mut retry = None;
         let label = match outcome {
             None => {
-                task.cancel(now);
+                task.cancel(ended_at);
                 "cancelled"
             }
             Some(Attempt {
@@ -363,7 +368,7 @@ impl TaskService {
                     AttemptOutcome::Completed,
                     Some(&success.plugin_digest),
                     logs,
-                    now,
+                    ended_at,
                 );
                 task.plugin_digest = Some(success.plugin_digest);
                 // In the blob store before the record says completed.
@@ -388,7 +393,7 @@ impl TaskService {
                 } else {
                     AttemptOutcome::Failed
                 };
-                task.end_attempt(ended, digest.as_deref(), logs, now);
+                task.end_attempt(ended, digest.as_deref(), logs, ended_at);
                 // The version that failed, not whichever serves now.
                 if digest.is_some() {
                     task.plugin_digest = digest;

@@ -1,0 +1,244 @@
+//! The dashboard's task list at a million tasks: how long `/ui/tasks`
+//! takes to render its first page and the next (following the page's own
+//! "Next page" link), unfiltered and filtered by status, on a host whose
+//! store holds 1,000,000 finished tasks (each with an attempt in its
+//! history and a plugin log line), against the same host holding 1,000
+//! (the baseline, measured in the same run). Files: one embedded host on
+//! task files; PostgreSQL: one host with PostgreSQL as store and queue.
+//! Each figure is the median of 9 requests, HTML rendered and read whole;
+//! the target is under 200 ms each.
+//!
+//! Run with `cargo bench -p taskflow-host --bench listing` (after
+//! `plugins/build.sh`), PostgreSQL at `TASKFLOW_BENCH_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`; a schema of its own, dropped
+//! after). `TASKFLOW_LISTING_TASKS` sets the large store (default 1,000,000).
+
+mod common;
+
+use std::path::Path;
+use std::time::Instant;
+
+use common::{Database, free_port, start_host};
+use taskflow_backend::storage::TaskStore;
+use taskflow_files::FileStore;
+use taskflow_model::FailureKind;
+use taskflow_model::attempt::{AttemptOutcome, LogLine, LogStream, RunLogs};
+use taskflow_model::task::{NewTask, Task, TaskError, TaskStatus};
+
+/// The baseline store's size.
+const SMALL: usize = 1_000;
+/// Requests per figure (the median is reported).
+const SAMPLES: usize = 9;
+
+fn main() {
+    common::bench("listing", run, "TASKFLOW_LISTING_TASKS");
+}
+
+async fn run(tasks: usize) {
+    // The shared default (20,000) is for loads; this one is about size.
+    let big = if std::env::var_os("TASKFLOW_LISTING_TASKS").is_some() {
+        tasks
+    } else {
+        1_000_000
+    };
+    let client = reqwest::Client::new();
+    println!(
+        "the dashboard's task list, first page and next, at {SMALL} tasks (baseline) and at {big}"
+    );
+    for store in ["files", "postgres"] {
+        let mut figures = Vec::new();
+        for size in [SMALL, big] {
+            let started = Instant::now();
+            figures.push(measure_store(&client, store, size).await);
+            eprintln!(
+                "  {store} at {size} tasks: stored, started and measured in {:.0?}",
+                started.elapsed()
+            );
+        }
+        report(store, big, &figures);
+    }
+}
+
+/// Median milliseconds of: first page, next page, first page of failed
+/// tasks, next page of failed tasks.
+type Figures = [f64; 4];
+
+async fn measure_store(client: &reqwest::Client, store: &str, size: usize) -> Figures {
+    let data = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    match store {
+        "files" => {
+            fill_files(&data.path().join("tasks"), size).await;
+            let _host = start_host(client, data.path(), port, &[], &[]).await;
+            measure(client, port).await
+        }
+        _ => {
+            let database = Database::fresh().await;
+            fill_postgres(&database, size).await;
+            let args = [
+                "--storage",
+                "postgres",
+                "--queue",
+                "postgres",
+                "--database-url",
+                database.url.as_str(),
+            ];
+            let host = start_host(client, data.path(), port, &args, &[]).await;
+            let figures = measure(client, port).await;
+            drop(host);
+            database.drop().await;
+            figures
+        }
+    }
+}
+
+async fn measure(client: &reqwest::Client, port: u16) -> Figures {
+    let base = format!("http://127.0.0.1:{port}");
+    let (first, next_url) = timed_page(client, &format!("{base}/ui/tasks")).await;
+    let next_url = next_url.expect("a second page");
+    let (next, _) = timed_page(client, &format!("{base}{next_url}")).await;
+    let (failed_first, failed_next_url) =
+        timed_page(client, &format!("{base}/ui/tasks?status=failed")).await;
+    let failed_next_url = failed_next_url.expect("a second page of failed tasks");
+    let (failed_next, _) = timed_page(client, &format!("{base}{failed_next_url}")).await;
+    [first, next, failed_first, failed_next]
+}
+
+/// The median time to fetch and read `url`, and the page's next link.
+async fn timed_page(client: &reqwest::Client, url: &str) -> (f64, Option<String>) {
+    let mut times = Vec::with_capacity(SAMPLES);
+    let mut next = None;
+    for _ in 0..SAMPLES {
+        let started = Instant::now();
+        let response = client.get(url).send().await.expect("page");
+        assert!(
+            response.status().is_success(),
+            "{url}: {}",
+            response.status()
+        );
+        let html = response.text().await.expect("html");
+        times.push(started.elapsed());
+        next = next_link(&html);
+    }
+    times.sort();
+    (times[SAMPLES / 2].as_secs_f64() * 1000.0, next)
+}
+
+/// The href of the page's `rel="next"` link, unescaped.
+fn next_link(html: &str) -> Option<String> {
+    let at = html.find("rel=\"next\" href=\"")? + "rel=\"next\" href=\"".len();
+    let end = at + html[at..].find('"')?;
+    Some(html[at..end].replace("&amp;", "&"))
+}
+
+fn report(store: &str, big: usize, figures: &[Figures]) {
+    let [small, large] = figures else {
+        unreachable!("two sizes")
+    };
+    for (i, what) in [
+        "first page",
+        "next page",
+        "failed, first page",
+        "failed, next page",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        println!(
+            "{store:<9} {what:<19} {SMALL} tasks: {:>7.1} ms (baseline); {big} tasks: {:>7.1} ms = {:.2}x (target: under 200 ms)",
+            small[i],
+            large[i],
+            large[i] / small[i]
+        );
+    }
+}
+
+/// A finished echo task numbered `n`: every 100th failed, the rest
+/// completed, each with one attempt in its history and a log line.
+fn finished_task(n: usize) -> Task {
+    let new = NewTask {
+        plugin: "echo".into(),
+        payload: serde_json::json!({ "n": n }),
+        ..NewTask::default()
+    };
+    let mut task = new.validate(n as u64).expect("valid task");
+    let now = chrono::Utc::now();
+    task.begin_attempt("bench-host", now);
+    let logs = RunLogs {
+        lines: vec![LogLine {
+            at: now,
+            stream: LogStream::Log,
+            level: None,
+            message: format!("processing task {n}"),
+        }],
+        dropped: 0,
+    };
+    if n % 100 == 0 {
+        task.last_error = Some(TaskError {
+            kind: FailureKind::Fatal,
+            message: "deliberately failed".into(),
+        });
+        task.status = TaskStatus::Failed;
+        task.end_attempt(AttemptOutcome::Failed, Some("digest"), logs, now);
+    } else {
+        task.status = TaskStatus::Completed;
+        task.end_attempt(AttemptOutcome::Completed, Some("digest"), logs, now);
+    }
+    task.finished_at = Some(now);
+    task
+}
+
+/// Stores `size` finished tasks in task files at `root`, written out
+/// before returning.
+async fn fill_files(root: &Path, size: usize) {
+    let store = FileStore::open(root, false)
+        .await
+        .expect("open the file store");
+    for chunk in (0..size).collect::<Vec<_>>().chunks(1000) {
+        let mut restores = tokio::task::JoinSet::new();
+        for &n in chunk {
+            let store = store.clone();
+            restores.spawn(async move { store.restore(&finished_task(n)).await });
+        }
+        while let Some(restored) = restores.join_next().await {
+            restored.expect("join").expect("restore");
+        }
+    }
+    store.checkpoint().await.expect("checkpoint");
+}
+
+/// Stores `size` finished tasks in PostgreSQL by SQL, in one statement per
+/// 100,000 (the documents as the store writes them).
+async fn fill_postgres(database: &Database, size: usize) {
+    let options: sqlx::postgres::PgConnectOptions = database.url.parse().expect("database URL");
+    let store = taskflow_postgres::PgStore::connect(options, 2)
+        .await
+        .expect("the PostgreSQL store");
+    // One task's document as a template; the SQL fills in id, sequence, n.
+    let template = serde_json::to_value(finished_task(1)).expect("task as JSON");
+    let failed = serde_json::to_value(finished_task(100)).expect("task as JSON");
+    for start in (0..size).step_by(100_000) {
+        let count = (size - start).min(100_000);
+        sqlx::query(
+            "INSERT INTO tasks (id, sequence, plugin, priority, status, doc, updated_at)
+             SELECT id, sequence, 'echo', 5, status,
+                    (CASE WHEN status = 'failed' THEN $3::jsonb ELSE $2::jsonb END
+                      || jsonb_build_object('id', id, 'sequence', sequence,
+                                            'payload', jsonb_build_object('n', n)))::text,
+                    now()
+             FROM (SELECT gen_random_uuid() AS id, nextval('tasks_sequence') AS sequence, n,
+                          CASE WHEN n % 100 = 0 THEN 'failed' ELSE 'completed' END AS status
+                   FROM generate_series($1, $1 + $4 - 1) AS n) batch",
+        )
+        .bind(i64::try_from(start).expect("start"))
+        .bind(&template)
+        .bind(&failed)
+        .bind(i64::try_from(count).expect("count"))
+        .execute(store.pool())
+        .await
+        .expect("store the tasks");
+    }
+    let counts = store.counts().await.expect("counts");
+    let stored: u64 = counts.values().sum();
+    assert_eq!(stored, size as u64, "every task is counted");
+}
