@@ -15,12 +15,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Instant;
 
 use common::{Database, free_port, start_host};
 use taskflow_backend::storage::TaskStore;
-use taskflow_files::FileStore;
 use taskflow_model::FailureKind;
 use taskflow_model::attempt::{AttemptOutcome, LogLine, LogStream, RunLogs};
 use taskflow_model::task::{NewTask, Task, TaskError, TaskStatus};
@@ -68,7 +66,7 @@ async fn measure_store(client: &reqwest::Client, store: &str, size: usize) -> Fi
     let port = free_port();
     match store {
         "files" => {
-            fill_files(&data.path().join("tasks"), size).await;
+            common::restore_into_files(&data.path().join("tasks"), size, finished_task).await;
             let _host = start_host(client, data.path(), port, &[], &[]).await;
             measure(client, port).await
         }
@@ -173,7 +171,7 @@ fn finished_task(n: usize) -> Task {
         }],
         dropped: 0,
     };
-    if n % 100 == 0 {
+    if n.is_multiple_of(100) {
         task.last_error = Some(TaskError {
             kind: FailureKind::Fatal,
             message: "deliberately failed".into(),
@@ -186,25 +184,6 @@ fn finished_task(n: usize) -> Task {
     }
     task.finished_at = Some(now);
     task
-}
-
-/// Stores `size` finished tasks in task files at `root`, written out
-/// before returning.
-async fn fill_files(root: &Path, size: usize) {
-    let store = FileStore::open(root, false)
-        .await
-        .expect("open the file store");
-    for chunk in (0..size).collect::<Vec<_>>().chunks(1000) {
-        let mut restores = tokio::task::JoinSet::new();
-        for &n in chunk {
-            let store = store.clone();
-            restores.spawn(async move { store.restore(&finished_task(n)).await });
-        }
-        while let Some(restored) = restores.join_next().await {
-            restored.expect("join").expect("restore");
-        }
-    }
-    store.checkpoint().await.expect("checkpoint");
 }
 
 /// Stores `size` finished tasks in PostgreSQL by SQL, in one statement per

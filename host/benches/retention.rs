@@ -19,11 +19,8 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::{BATCH, CONCURRENCY, Database, Fleet, free_port, measure_by, metric_sum, start_host};
 use taskflow_backend::storage::TaskStore;
-use taskflow_files::FileStore;
 use taskflow_model::task::{NewTask, TaskStatus};
 
 fn main() {
@@ -61,7 +58,7 @@ async fn run(tasks: usize) {
     let mut files = Vec::new();
     for on in [false, true] {
         let data = tempfile::tempdir().expect("tempdir");
-        store_backlog_in_files(&data.path().join("tasks"), backlog).await;
+        common::restore_into_files(&data.path().join("tasks"), backlog, old_task).await;
         let port = free_port();
         let _host = start_host(&client, data.path(), port, &retention_args(on), &[]).await;
         files.push(load(&client, &[format!("http://127.0.0.1:{port}")], tasks, on).await);
@@ -144,24 +141,6 @@ fn old_task(n: usize) -> taskflow_model::task::Task {
     task.created_at = finished;
     task.finished_at = Some(finished);
     task
-}
-
-/// Stores the backlog in task files at `root`, written out before returning.
-async fn store_backlog_in_files(root: &Path, backlog: usize) {
-    let store = FileStore::open(root, false)
-        .await
-        .expect("open the file store");
-    for chunk in (0..backlog).collect::<Vec<_>>().chunks(1000) {
-        let mut restores = tokio::task::JoinSet::new();
-        for &n in chunk {
-            let store = store.clone();
-            restores.spawn(async move { store.restore(&old_task(n)).await });
-        }
-        while let Some(restored) = restores.join_next().await {
-            restored.expect("join").expect("restore");
-        }
-    }
-    store.checkpoint().await.expect("checkpoint");
 }
 
 /// Stores the backlog in PostgreSQL: the store's own schema (its

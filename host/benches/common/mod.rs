@@ -357,3 +357,27 @@ impl Fleet {
         self.database.drop().await;
     }
 }
+
+/// Stores `count` tasks made by `task` (given 0, 1, …) in task files at
+/// `root`, a thousand restores at a time, written out before returning.
+pub async fn restore_into_files(
+    root: &std::path::Path,
+    count: usize,
+    task: fn(usize) -> taskflow_model::task::Task,
+) {
+    use taskflow_backend::storage::TaskStore;
+    let store = taskflow_files::FileStore::open(root, false)
+        .await
+        .expect("open the file store");
+    for chunk in (0..count).collect::<Vec<_>>().chunks(1000) {
+        let mut restores = tokio::task::JoinSet::new();
+        for &n in chunk {
+            let store = store.clone();
+            restores.spawn(async move { store.restore(&task(n)).await });
+        }
+        while let Some(restored) = restores.join_next().await {
+            restored.expect("join").expect("restore");
+        }
+    }
+    store.checkpoint().await.expect("checkpoint");
+}

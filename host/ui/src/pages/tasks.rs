@@ -155,6 +155,9 @@ pub async fn bulk(
         return refused.into_response();
     }
     let action = field(&form, "action").unwrap_or_default();
+    if !matches!(action, "cancel" | "retry") {
+        return error_page(&UiError::bad_request("choose cancel or retry"));
+    }
     let ids: Vec<TaskId> = form
         .iter()
         .filter(|(key, _)| key == "id")
@@ -165,8 +168,7 @@ pub async fn bulk(
     for id in &ids {
         let outcome = match action {
             "cancel" => state.service.cancel(*id).await,
-            "retry" => state.service.retry(*id).await,
-            _ => return error_page(&UiError::bad_request("choose cancel or retry")),
+            _ => state.service.retry(*id).await,
         };
         match outcome {
             Ok(_) => done += 1,
