@@ -123,13 +123,16 @@ async fn until_page(
 ) -> String {
     let deadline = std::time::Instant::now() + LONG;
     loop {
-        let text = client
-            .find(Locator::Css("body"))
+        // Read in one script call: a page that reloads itself (the task page
+        // while its task runs) would leave a found element stale, and a look
+        // made mid-navigation fails; both are looked at again.
+        let text = match client
+            .execute("return document.body ? document.body.innerText : '';", Vec::new())
             .await
-            .expect("body")
-            .text()
-            .await
-            .expect("text");
+        {
+            Ok(Value::String(text)) => text,
+            Ok(_) | Err(_) => String::new(),
+        };
         if check(&text) {
             return text;
         }
@@ -139,7 +142,25 @@ async fn until_page(
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
         if reload {
-            client.refresh().await.expect("reload");
+            // A failed reload (mid-navigation) is looked at again.
+            let _ = client.refresh().await;
+        }
+    }
+}
+
+/// Clicks the element `locator` finds, finding it again if the page
+/// reloaded itself between the find and the click.
+async fn click(client: &Client, locator: Locator<'_>, what: &str) {
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let outcome = match client.find(locator).await {
+            Ok(element) => element.click().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => return,
+            Err(e) if std::time::Instant::now() >= deadline => panic!("cannot click {what}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
 }
@@ -321,13 +342,7 @@ async fn the_dashboard_works_in_a_browser_through_the_load_balancer() {
         text.contains("running")
     })
     .await;
-    client
-        .find(Locator::Id("cancel"))
-        .await
-        .expect("cancel button")
-        .click()
-        .await
-        .expect("cancel");
+    click(&client, Locator::Id("cancel"), "the cancel button").await;
     until_text(&client, "the long task cancelled", |text| {
         text.contains("cancelled")
     })
@@ -351,13 +366,7 @@ async fn the_dashboard_works_in_a_browser_through_the_load_balancer() {
         TaskStatus::Failed
     );
     open_task(&client, &lb, failing.id).await;
-    client
-        .find(Locator::Id("retry"))
-        .await
-        .expect("retry button")
-        .click()
-        .await
-        .expect("retry");
+    click(&client, Locator::Id("retry"), "the retry button").await;
     let text = until_text(&client, "the retried task completed", |text| {
         text.contains("Logs of attempt 2")
             && text.contains("attempt 2, set to succeed on attempt 2")
