@@ -669,6 +669,24 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing(backend: Backend) {
             StatusCode::BAD_REQUEST,
             "cursor",
         ),
+        (
+            client
+                .get(host.at("/tasks?priority=0"))
+                .send()
+                .await
+                .expect("send"),
+            StatusCode::BAD_REQUEST,
+            "priority",
+        ),
+        (
+            client
+                .get(host.at("/tasks?idempotency_key=%07"))
+                .send()
+                .await
+                .expect("send"),
+            StatusCode::BAD_REQUEST,
+            "idempotency_key",
+        ),
     ];
     for (response, status, needle) in cases {
         let url = response.url().to_string();
@@ -824,18 +842,37 @@ async fn idempotency_keys_and_batches(backend: Backend) {
     let mut expected = vec![first.id.to_string(), created[0].clone()];
     expected.extend(accepted.iter().map(id_of));
     assert_eq!(seen, expected, "all 27 tasks, in submission order");
-    let other_plugin: Value = client
-        .get(host.at("/tasks?plugin=hash"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    // Every other filter reaches the store: no hash task, none of these
+    // timed out, all were submitted before 2100.
+    let list = |query: &'static str| {
+        let client = client.clone();
+        let url = host.at(query);
+        async move {
+            let page: Value = client
+                .get(url)
+                .send()
+                .await
+                .expect("list")
+                .json()
+                .await
+                .expect("json");
+            page["tasks"].as_array().expect("tasks").len()
+        }
+    };
     assert_eq!(
-        other_plugin["tasks"],
-        json!([]),
+        list("/tasks?plugin=hash").await,
+        0,
         "the plugin filter applies"
+    );
+    assert_eq!(list("/tasks?plugin=echo&error_kind=timeout").await, 0);
+    assert_eq!(
+        list("/tasks?plugin=echo&status=completed&submitted_before=2100-01-01T00:00:00Z&limit=200")
+            .await,
+        27
+    );
+    assert_eq!(
+        list("/tasks?plugin=echo&submitted_after=2100-01-01T00:00:00Z").await,
+        0
     );
     host.stop().await;
 }

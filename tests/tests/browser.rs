@@ -127,7 +127,10 @@ async fn until_page(
         // while its task runs) would leave a found element stale, and a look
         // made mid-navigation fails; both are looked at again.
         let text = match client
-            .execute("return document.body ? document.body.innerText : '';", Vec::new())
+            .execute(
+                "return document.body ? document.body.innerText : '';",
+                Vec::new(),
+            )
             .await
         {
             Ok(Value::String(text)) => text,

@@ -309,6 +309,78 @@ async fn payloads_log_lines_and_errors_are_shown_as_text() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_task_list_filters_and_the_plugins_page_counts_each_version() {
+    let host = host().await;
+    let client = browser();
+    let api = api_client(&host);
+    let high = submit(
+        &api,
+        &as_task(json!({"plugin": "echo", "payload": 1, "priority": 2})),
+    )
+    .await;
+    let keyed = submit(
+        &api,
+        &as_task(
+            json!({"plugin": "echo", "payload": 2, "priority": 3, "idempotency_key": "order-77"}),
+        ),
+    )
+    .await;
+    let failing = submit(
+        &api,
+        &as_task(
+            json!({"plugin": "flaky", "payload": {"succeed_on_attempt": 2}, "max_attempts": 1}),
+        ),
+    )
+    .await;
+    for id in [high.id, keyed.id, failing.id] {
+        wait_terminal(&api, id, LONG).await;
+    }
+
+    let listed = |html: &str| {
+        [high.id, keyed.id, failing.id].map(|id| html.contains(&format!("/ui/tasks/{id}\"")))
+    };
+    for (query, expected) in [
+        ("priority=2", [true, false, false]),
+        ("idempotency_key=order-77", [false, true, false]),
+        ("error_kind=retryable", [false, false, true]),
+        (
+            "plugin=echo&from=2000-01-01T00%3A00&to=2100-01-01",
+            [true, true, false],
+        ),
+        ("from=2100-01-01T00%3A00", [false, false, false]),
+    ] {
+        let html = signed_in_html(&client, &host, &format!("/ui/tasks?{query}")).await;
+        assert_eq!(listed(&html), expected, "{query}");
+    }
+    let refused = client
+        .get(host.at("/ui/tasks?from=yesterday"))
+        .header(COOKIE, session_cookie())
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+
+    // The plugins page adds up each version's attempts: flaky's one failed.
+    let html = signed_in_html(&client, &host, "/ui/plugins").await;
+    let row = |plugin: &str| {
+        let start = html
+            .find(&format!("data-plugin=\"{plugin}\""))
+            .unwrap_or_else(|| panic!("no row of {plugin}: {html}"));
+        let end = html[start..]
+            .find("</tr>")
+            .map_or(html.len(), |end| start + end);
+        html[start..end].to_owned()
+    };
+    let flaky = row("flaky");
+    assert!(flaky.contains("<td class=\"attempts\">1</td>"), "{flaky}");
+    assert!(flaky.contains("1 (100.0%)"), "{flaky}");
+    let echo = row("echo");
+    assert!(echo.contains("<td class=\"attempts\">2</td>"), "{echo}");
+    assert!(echo.contains(" ms"), "echo's load time: {echo}");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploading_a_plugin_takes_a_session_with_the_admin_token() {
     const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
     let host = TestHost::start_with(1, false, |config| {

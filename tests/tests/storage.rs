@@ -44,6 +44,11 @@ async fn lists_filter_and_page_in_submission_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_filter_by_every_field() {
+    each(async |store| contract::lists_filter_by_every_field(store.as_ref()).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attempts_and_their_logs_are_kept() {
     each(async |store| contract::attempts_and_their_logs_are_kept(store.as_ref()).await).await;
 }

@@ -9,8 +9,10 @@
 
 use std::time::Duration;
 
+use chrono::Utc;
 use serde_json::json;
-use taskflow_model::task::{Begin, NewTask, Task, TaskId, TaskStatus};
+use taskflow_model::FailureKind;
+use taskflow_model::task::{Begin, NewTask, Task, TaskError, TaskId, TaskStatus};
 
 use crate::storage::{
     Change, Claim, Held, LeaseState, ListQuery, Renewed, Saved, StorageError, TaskStore,
@@ -44,9 +46,7 @@ async fn page_through(store: &dyn TaskStore, mut query: ListQuery) -> Vec<u64> {
 /// plugin's log lines, untrusted text and all) is kept whole through claims,
 /// leased saves and a retry; a claim starts the next attempt in it.
 pub async fn attempts_and_their_logs_are_kept(store: &dyn TaskStore) {
-    use taskflow_model::FailureKind;
     use taskflow_model::attempt::{AttemptOutcome, LogLevel, LogLine, LogStream, RunLogs};
-    use taskflow_model::task::TaskError;
 
     let ttl = Duration::from_secs(60);
     let submitted = store
@@ -179,6 +179,13 @@ pub async fn hosts_report_their_heartbeats(store: &dyn TaskStore) {
         plugins: vec![PluginVersion {
             name: "echo".into(),
             digest: "ab".repeat(32),
+            load_ms: Some(12),
+            runs: {
+                let mut runs = taskflow_model::api::VersionRuns::default();
+                runs.record(true, Duration::from_millis(3));
+                runs.record(false, Duration::from_secs(2));
+                runs
+            },
         }],
         started_at: now - chrono::Duration::hours(1),
         seen_at: now - chrono::Duration::seconds(ago),
@@ -278,7 +285,7 @@ pub async fn lists_filter_and_page_in_submission_order(store: &dyn TaskStore) {
         status: Some(TaskStatus::Completed),
         plugin: Some("echo".into()),
         limit: 2,
-        cursor: None,
+        ..ListQuery::default()
     };
     assert_eq!(page_through(store, query).await, completed_echo);
     let first = store
@@ -308,6 +315,113 @@ pub async fn lists_filter_and_page_in_submission_order(store: &dyn TaskStore) {
         store.list(&zero).await,
         Err(StorageError::InvalidLimit)
     ));
+}
+
+/// Every filter of a list (priority, host, error kind, submission time,
+/// idempotency key, and several at once) picks just the tasks the model's
+/// rule picks, in pages.
+pub async fn lists_filter_by_every_field(store: &dyn TaskStore) {
+    let start = chrono::DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z")
+        .expect("time")
+        .with_timezone(&Utc);
+    let mut tasks = Vec::new();
+    for sequence in 0..30u64 {
+        let mut t = task("echo", sequence);
+        t.priority = u8::try_from(sequence % 3).expect("small") + 1;
+        t.created_at = start + chrono::Duration::minutes(i64::try_from(sequence).expect("small"));
+        t.host = (sequence % 5 != 4).then(|| format!("host-{}", sequence % 2));
+        if sequence % 4 == 0 {
+            t.status = TaskStatus::Failed;
+            t.last_error = Some(TaskError {
+                kind: if sequence % 8 == 0 {
+                    FailureKind::Timeout
+                } else {
+                    FailureKind::Trap
+                },
+                message: "no".into(),
+            });
+        }
+        t.idempotency_key = (sequence % 7 == 0).then(|| format!("key-{sequence}"));
+        store.save(&t).await.expect("save");
+        tasks.push(t);
+    }
+    let minute = |n: i64| Some(start + chrono::Duration::minutes(n));
+    let queries = [
+        ListQuery {
+            priority: Some(2),
+            ..ListQuery::default()
+        },
+        ListQuery {
+            host: Some("host-1".into()),
+            ..ListQuery::default()
+        },
+        ListQuery {
+            error_kind: Some(FailureKind::Timeout),
+            ..ListQuery::default()
+        },
+        ListQuery {
+            submitted_after: minute(10),
+            submitted_before: minute(20),
+            ..ListQuery::default()
+        },
+        ListQuery {
+            submitted_after: minute(25),
+            ..ListQuery::default()
+        },
+        ListQuery {
+            idempotency_key: Some("key-14".into()),
+            ..ListQuery::default()
+        },
+        ListQuery {
+            idempotency_key: Some("key-missing".into()),
+            ..ListQuery::default()
+        },
+        ListQuery {
+            status: Some(TaskStatus::Failed),
+            priority: Some(1),
+            host: Some("host-0".into()),
+            submitted_before: minute(25),
+            ..ListQuery::default()
+        },
+    ];
+    for query in queries {
+        let expected: Vec<u64> = tasks
+            .iter()
+            .filter(|t| query.matches_task(t))
+            .map(|t| t.sequence)
+            .collect();
+        let listed = page_through(
+            store,
+            ListQuery {
+                limit: 3,
+                ..query.clone()
+            },
+        )
+        .await;
+        assert_eq!(listed, expected, "{query:?}");
+    }
+    // The rule is not vacuous: spelled out for three of them.
+    let by_host = ListQuery {
+        host: Some("host-1".into()),
+        limit: 50,
+        ..ListQuery::default()
+    };
+    assert_eq!(
+        page_through(store, by_host).await,
+        [1, 3, 5, 7, 11, 13, 15, 17, 21, 23, 25, 27]
+    );
+    let timeouts = ListQuery {
+        error_kind: Some(FailureKind::Timeout),
+        limit: 50,
+        ..ListQuery::default()
+    };
+    assert_eq!(page_through(store, timeouts).await, [0, 8, 16, 24]);
+    let keyed = ListQuery {
+        idempotency_key: Some("key-14".into()),
+        limit: 50,
+        ..ListQuery::default()
+    };
+    assert_eq!(page_through(store, keyed).await, [14]);
 }
 
 /// `insert` numbers new tasks in order, after every stored (or restored)

@@ -74,6 +74,19 @@ pub async fn measure_by<F: Future<Output = u64>>(
     urls: &[String],
     tasks: usize,
     per_request: usize,
+    count_completed: impl FnMut() -> F,
+) -> f64 {
+    let echo = |n: usize| json!({"plugin": "echo", "payload": {"n": n}});
+    measure_tasks(client, urls, tasks, per_request, echo, count_completed).await
+}
+
+/// As [`measure_by`], submitting `task(n)` as the `n`th task.
+pub async fn measure_tasks<F: Future<Output = u64>>(
+    client: &reqwest::Client,
+    urls: &[String],
+    tasks: usize,
+    per_request: usize,
+    task: impl Fn(usize) -> Value,
     mut count_completed: impl FnMut() -> F,
 ) -> f64 {
     let completed_before = count_completed().await;
@@ -84,17 +97,11 @@ pub async fn measure_by<F: Future<Output = u64>>(
         let count = per_request.min(tasks - first);
         let permit = permits.clone().acquire_owned().await.expect("semaphore");
         let (client, url) = (client.clone(), urls[request % urls.len()].clone());
+        let batch: Vec<Value> = (first..first + count).map(&task).collect();
         requests.push(tokio::spawn(async move {
-            let response = if count == 1 {
-                client
-                    .post(format!("{url}/tasks"))
-                    .json(&json!({"plugin": "echo", "payload": {"n": first}}))
-                    .send()
-                    .await
+            let response = if let [task] = &batch[..] {
+                client.post(format!("{url}/tasks")).json(task).send().await
             } else {
-                let batch: Vec<Value> = (first..first + count)
-                    .map(|n| json!({"plugin": "echo", "payload": {"n": n}}))
-                    .collect();
                 client
                     .post(format!("{url}/tasks/batch"))
                     .json(&json!({"tasks": batch}))
@@ -203,6 +210,19 @@ pub async fn start_host(
     extra: &[&str],
     env: &[(String, String)],
 ) -> Host {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_taskflow"));
+    start_host_of(binary, client, data, port, extra, env).await
+}
+
+/// As [`start_host`], running the host executable `binary`.
+pub async fn start_host_of(
+    binary: &std::path::Path,
+    client: &reqwest::Client,
+    data: &std::path::Path,
+    port: u16,
+    extra: &[&str],
+    env: &[(String, String)],
+) -> Host {
     let plugins = data.join("plugins");
     std::fs::create_dir_all(&plugins).expect("plugin dir");
     let echo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist/echo.wasm");
@@ -213,7 +233,7 @@ pub async fn start_host(
     );
     std::fs::copy(&echo, plugins.join("echo.wasm")).expect("copy echo");
     let mut host = Host(
-        std::process::Command::new(env!("CARGO_BIN_EXE_taskflow"))
+        std::process::Command::new(binary)
             .args([
                 "serve",
                 "--listen",

@@ -32,10 +32,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::journal::{self, Journal, Record};
 use taskflow_backend::storage::lease::{self, ChangeFn, Held, LeaseTable, Renewed, Saved, Updated};
 use taskflow_backend::storage::{
-    Cursor, Expired, HostBeat, ListQuery, StatusCounts, StorageError, Submitted, TaskPage,
-    TaskStore, blocking, io_error,
+    Cursor, Expired, HostBeat, ListFacts, ListQuery, StatusCounts, StorageError, Submitted,
+    TaskPage, TaskStore, blocking, io_error,
 };
 use taskflow_fs::{sync_filesystem, write_atomic};
+use taskflow_model::FailureKind;
 use taskflow_model::task::{Task, TaskId, TaskStatus};
 
 /// Directory under the root where unreadable task files are moved at open.
@@ -189,8 +190,14 @@ enum Lookup {
 struct Summary {
     status: TaskStatus,
     plugin: String,
+    priority: u8,
     sequence: u64,
     idempotency_key: Option<String>,
+    /// The host of its latest attempt.
+    host: Option<Box<str>>,
+    /// How its latest attempt failed.
+    error_kind: Option<FailureKind>,
+    submitted_at: DateTime<Utc>,
     /// When a finished task finished (its submission, should it lack one).
     finished_at: Option<DateTime<Utc>>,
     /// Whether it keeps a body in a blob store.
@@ -202,8 +209,12 @@ impl Summary {
         Self {
             status: task.status,
             plugin: task.plugin.clone(),
+            priority: task.priority,
             sequence: task.sequence,
             idempotency_key: task.idempotency_key.clone(),
+            host: task.host.as_deref().map(Box::from),
+            error_kind: task.last_error.as_ref().map(|e| e.kind),
+            submitted_at: task.created_at,
             finished_at: task
                 .status
                 .is_terminal()
@@ -218,16 +229,16 @@ impl Summary {
     }
 
     fn matches(&self, query: &ListQuery) -> bool {
-        query_matches(query, self.status, &self.plugin)
+        query.matches(&ListFacts {
+            status: self.status,
+            plugin: &self.plugin,
+            priority: self.priority,
+            host: self.host.as_deref(),
+            error_kind: self.error_kind,
+            submitted_at: self.submitted_at,
+            idempotency_key: self.idempotency_key.as_deref(),
+        })
     }
-}
-
-fn query_matches(query: &ListQuery, status: TaskStatus, plugin: &str) -> bool {
-    query.status.is_none_or(|wanted| wanted == status)
-        && query
-            .plugin
-            .as_deref()
-            .is_none_or(|wanted| wanted == plugin)
 }
 
 /// A finished task by status, then by when it finished (for retention).
@@ -1085,16 +1096,34 @@ impl TaskStore for FileStore {
             let state = self.handle.shared.lock_state();
             let index = &state.index;
             let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-            let mut matching = index
-                .order
-                .range((start, Bound::Unbounded))
-                .filter(|cursor| {
+            let matches = |cursor: &Cursor| {
+                index
+                    .summaries
+                    .get(&cursor.id)
+                    .is_some_and(|s| s.matches(query))
+            };
+            // A key names one task at most: it is looked up, not scanned for.
+            let keyed: Option<Cursor> = query.idempotency_key.as_ref().and_then(|key| {
+                let id = *index.by_idempotency_key.get(key)?;
+                let cursor = Cursor {
+                    sequence: index.summaries.get(&id)?.sequence,
+                    id,
+                };
+                (after.is_none_or(|after| cursor > after) && matches(&cursor)).then_some(cursor)
+            });
+            let mut matching: Box<dyn Iterator<Item = Cursor>> = if query.idempotency_key.is_some()
+            {
+                Box::new(keyed.into_iter())
+            } else {
+                Box::new(
                     index
-                        .summaries
-                        .get(&cursor.id)
-                        .is_some_and(|s| s.matches(query))
-                });
-            let page: Vec<Cursor> = matching.by_ref().take(query.limit).copied().collect();
+                        .order
+                        .range((start, Bound::Unbounded))
+                        .filter(|cursor| matches(cursor))
+                        .copied(),
+                )
+            };
+            let page: Vec<Cursor> = matching.by_ref().take(query.limit).collect();
             let next_cursor = matching.next().and(page.last()).map(Cursor::encode);
             (
                 page.into_iter().map(|cursor| cursor.id).collect(),
@@ -1105,9 +1134,7 @@ impl TaskStore for FileStore {
         // filter applies to what is returned.
         let query = query.clone();
         let tasks = self
-            .read_tasks(ids, move |task| {
-                query_matches(&query, task.status, &task.plugin)
-            })
+            .read_tasks(ids, move |task| query.matches_task(task))
             .await?;
         Ok(TaskPage { tasks, next_cursor })
     }

@@ -126,7 +126,7 @@ pub struct HostBeat {
     pub seen_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// A plugin version a host has loaded.
+/// A plugin version a host has loaded or run since it started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PluginVersion {
@@ -134,6 +134,94 @@ pub struct PluginVersion {
     pub name: String,
     /// Hex SHA-256 of its component.
     pub digest: String,
+    /// Milliseconds the host took to make it runnable (compiled, or loaded
+    /// from its compile cache); absent once another version replaced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_ms: Option<u64>,
+    /// The attempts it ran on the host since the host started.
+    #[serde(default)]
+    pub runs: VersionRuns,
+}
+
+/// Upper bounds, in microseconds, of the duration buckets of
+/// [`VersionRuns::durations`]; a last bucket holds the longer attempts.
+pub const DURATION_BOUNDS_US: [u64; 18] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
+];
+
+/// Attempts of one plugin version: how they ended and how long they took,
+/// as counts that add up across hosts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VersionRuns {
+    /// Attempts that completed their task.
+    pub completed: u64,
+    /// Attempts that failed (whether the task was retried or failed).
+    pub failed: u64,
+    /// Attempts by duration: entry `i` counts those within
+    /// [`DURATION_BOUNDS_US`]`[i]` and above the bound before; one entry
+    /// more counts the longer ones. Empty before the first attempt.
+    #[serde(default)]
+    pub durations: Vec<u64>,
+}
+
+impl VersionRuns {
+    /// Counts one attempt.
+    pub fn record(&mut self, completed: bool, duration: std::time::Duration) {
+        if completed {
+            self.completed += 1;
+        } else {
+            self.failed += 1;
+        }
+        let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        let bucket = DURATION_BOUNDS_US.partition_point(|&bound| bound < micros);
+        self.durations.resize(DURATION_BOUNDS_US.len() + 1, 0);
+        self.durations[bucket] += 1;
+    }
+
+    /// Adds another host's counts.
+    pub fn add(&mut self, other: &Self) {
+        self.completed += other.completed;
+        self.failed += other.failed;
+        if self.durations.len() < other.durations.len() {
+            self.durations.resize(other.durations.len(), 0);
+        }
+        for (mine, theirs) in self.durations.iter_mut().zip(&other.durations) {
+            *mine += theirs;
+        }
+    }
+
+    /// Attempts counted.
+    pub fn attempts(&self) -> u64 {
+        self.completed + self.failed
+    }
+
+    /// The share of attempts that failed, 0 to 1; `None` before any.
+    pub fn failure_rate(&self) -> Option<f64> {
+        let attempts = self.attempts();
+        (attempts > 0).then(|| self.failed as f64 / attempts as f64)
+    }
+
+    /// The upper bound, in microseconds, of the bucket holding quantile `q`
+    /// (0 to 1) of the durations: at least that share took at most this.
+    /// `None` before any attempt; `Some(u64::MAX)` when it lies beyond the
+    /// last bound.
+    pub fn quantile_us(&self, q: f64) -> Option<u64> {
+        let total: u64 = self.durations.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let wanted = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (bucket, count) in self.durations.iter().enumerate() {
+            seen += count;
+            if seen >= wanted {
+                return Some(DURATION_BOUNDS_US.get(bucket).copied().unwrap_or(u64::MAX));
+            }
+        }
+        Some(u64::MAX)
+    }
 }
 
 /// How many entries a queue holds.
@@ -159,4 +247,35 @@ pub struct RestoreSummary {
     pub queued: usize,
     /// Tasks left alone because they are pending or running on this host.
     pub skipped: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn version_runs_add_up_across_hosts_and_give_quantiles() {
+        let mut a = VersionRuns::default();
+        assert_eq!(a.quantile_us(0.5), None);
+        assert_eq!(a.failure_rate(), None);
+        for _ in 0..8 {
+            a.record(true, Duration::from_micros(80));
+        }
+        let mut b = VersionRuns::default();
+        b.record(false, Duration::from_millis(3));
+        b.record(true, Duration::from_secs(120));
+        a.add(&b);
+        assert_eq!((a.completed, a.failed, a.attempts()), (9, 1, 10));
+        assert_eq!(a.failure_rate(), Some(0.1));
+        assert_eq!(a.quantile_us(0.5), Some(100));
+        assert_eq!(a.quantile_us(0.8), Some(100));
+        assert_eq!(a.quantile_us(0.9), Some(5_000));
+        assert_eq!(a.quantile_us(0.99), Some(u64::MAX));
+        // Counts from a host that never ran it add nothing.
+        let before = a.clone();
+        a.add(&VersionRuns::default());
+        assert_eq!(a, before);
+    }
 }

@@ -32,6 +32,21 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [Self; 11] = [
+        Self::Retryable,
+        Self::InvalidInput,
+        Self::Fatal,
+        Self::Timeout,
+        Self::MemoryLimit,
+        Self::FuelExhausted,
+        Self::Trap,
+        Self::Instantiation,
+        Self::OutputTooLarge,
+        Self::PluginNotFound,
+        Self::Interrupted,
+    ];
+
     /// Whether running the task again could succeed.
     pub fn is_retryable(self) -> bool {
         matches!(self, Self::Retryable | Self::Timeout | Self::Interrupted)

@@ -1,8 +1,8 @@
 //! The words TaskFlow's hosts and clients share: the task, its lifecycle
 //! and validation ([`task`]), the kinds of failure ([`failure`]), the rules
 //! for plugin names and what is shown of a plugin ([`plugin`]), and the
-//! HTTP API's other request and response bodies ([`api`]), and the backup
-//! document ([`backup`]).
+//! HTTP API's other request and response bodies ([`api`]), the filters of a
+//! task list ([`query`]) and the backup document ([`backup`]).
 //!
 //! It links no WebAssembly engine, database or cloud SDK, so that a client
 //! needs nothing more; the `openapi` feature adds the OpenAPI schemas the
@@ -13,6 +13,7 @@ pub mod attempt;
 pub mod backup;
 pub mod failure;
 pub mod plugin;
+pub mod query;
 pub mod task;
 
 pub use attempt::{Attempt, AttemptOutcome, LogLine};

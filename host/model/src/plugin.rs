@@ -54,6 +54,10 @@ pub struct PluginInfo {
     pub size: usize,
     /// When this version was loaded.
     pub loaded_at: DateTime<Utc>,
+    /// Milliseconds this host took to make it runnable: checks, compile (or
+    /// load from the compile cache) and linking.
+    #[serde(default)]
+    pub load_ms: u64,
     /// The version of the `taskflow:plugin` contract it was built for
     /// (empty from a host older than contract 0.2.0).
     #[serde(default)]

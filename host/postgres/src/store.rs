@@ -231,6 +231,12 @@ impl TaskStore for PgStore {
              WHERE ($1::text IS NULL OR status = $1)
                AND ($2::text IS NULL OR plugin = $2)
                AND ($3::bigint IS NULL OR (sequence, id) > ($3, $4))
+               AND ($6::smallint IS NULL OR priority = $6)
+               AND ($7::text IS NULL OR host = $7)
+               AND ($8::text IS NULL OR error_kind = $8)
+               AND ($9::timestamptz IS NULL OR submitted_at >= $9)
+               AND ($10::timestamptz IS NULL OR submitted_at < $10)
+               AND ($11::text IS NULL OR idempotency_key = $11)
              ORDER BY sequence, id
              LIMIT $5",
         )
@@ -239,6 +245,12 @@ impl TaskStore for PgStore {
         .bind(after.map(|c| i64::try_from(c.sequence).unwrap_or(i64::MAX)))
         .bind(after.map(|c| *c.id.as_uuid()))
         .bind(limit)
+        .bind(query.priority.map(i16::from))
+        .bind(query.host.as_deref())
+        .bind(query.error_kind.map(|kind| kind.to_string()))
+        .bind(query.submitted_after)
+        .bind(query.submitted_before)
+        .bind(query.idempotency_key.as_deref())
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;

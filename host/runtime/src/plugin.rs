@@ -91,6 +91,9 @@ pub struct LoadedPlugin {
     pub loaded_at: DateTime<Utc>,
     /// Whether the compiled code came from the on-disk cache.
     pub from_cache: bool,
+    /// Milliseconds from its bytes to a runnable version: checks, compile
+    /// or cache load, and linking.
+    pub load_ms: u64,
     /// The version of the contract it was built for, e.g. `0.2.0`.
     pub contract: String,
     pub(super) pre: ProcessorPre,
@@ -277,6 +280,7 @@ pub fn compile(
     name: &str,
     bytes: &[u8],
 ) -> Result<LoadedPlugin, PluginError> {
+    let started = std::time::Instant::now();
     validate_name(name)?;
     check_header(bytes)?;
     let digest = digest_of(bytes);
@@ -329,6 +333,7 @@ pub fn compile(
         size: bytes.len(),
         loaded_at: Utc::now(),
         from_cache,
+        load_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         contract: built_for,
         pre,
         idle: runtime.idle_instances(),

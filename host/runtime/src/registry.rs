@@ -41,6 +41,7 @@ impl PluginEntry {
             digest: plugin.digest.clone(),
             size: plugin.size,
             loaded_at: plugin.loaded_at,
+            load_ms: plugin.load_ms,
             contract: plugin.contract.clone(),
             limits: self.limits,
         }

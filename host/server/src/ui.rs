@@ -8,7 +8,7 @@ use taskflow_backend::storage::ListQuery;
 use taskflow_model::api::{HostBeat, Stats, TaskPage, TaskView};
 use taskflow_model::plugin::PluginInfo;
 use taskflow_model::task::{NewTask, Task, TaskId};
-use taskflow_ui::{TaskFilter, UiError, UiService};
+use taskflow_ui::{UiError, UiService};
 
 use crate::api::error::ApiError;
 use crate::service::{ServiceError, TaskService};
@@ -34,14 +34,8 @@ impl UiService for Dashboard {
         self.0.hosts().await.map_err(refusal)
     }
 
-    async fn list(&self, filter: &TaskFilter) -> Result<TaskPage, UiError> {
-        let query = ListQuery {
-            status: filter.status,
-            plugin: filter.plugin.clone(),
-            limit: filter.limit,
-            cursor: filter.cursor.clone(),
-        };
-        self.0.list(&query).await.map_err(refusal)
+    async fn list(&self, query: &ListQuery) -> Result<TaskPage, UiError> {
+        self.0.list(query).await.map_err(refusal)
     }
 
     async fn task(&self, id: TaskId) -> Result<TaskView, UiError> {

@@ -52,6 +52,24 @@ pub struct ListArgs {
     /// Only this plugin.
     #[arg(long)]
     pub plugin: Option<String>,
+    /// Only this priority (1 highest to 10).
+    #[arg(long)]
+    pub priority: Option<u8>,
+    /// Only tasks whose latest attempt ran on this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only tasks whose latest attempt failed this way (e.g. timeout, trap).
+    #[arg(long)]
+    pub error_kind: Option<String>,
+    /// Only tasks submitted at or after this time (RFC 3339).
+    #[arg(long)]
+    pub submitted_after: Option<String>,
+    /// Only tasks submitted before this time (RFC 3339).
+    #[arg(long)]
+    pub submitted_before: Option<String>,
+    /// Only the task submitted with this idempotency key.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
     /// Tasks to show.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
@@ -152,9 +170,20 @@ pub async fn list(args: ListArgs, server: &ServerArgs) -> anyhow::Result<()> {
     if let Some(status) = args.status {
         query.push(("status", status.to_string()));
     }
-    if let Some(plugin) = args.plugin {
-        query.push(("plugin", plugin));
-    }
+    let filters = [
+        ("plugin", args.plugin),
+        ("priority", args.priority.map(|p| p.to_string())),
+        ("host", args.host),
+        ("error_kind", args.error_kind),
+        ("submitted_after", args.submitted_after),
+        ("submitted_before", args.submitted_before),
+        ("idempotency_key", args.idempotency_key),
+    ];
+    query.extend(
+        filters
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|v| (name, v))),
+    );
     let page = server.client().await?.list(&query).await?;
     for task in &page.tasks {
         out!(

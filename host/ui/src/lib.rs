@@ -29,7 +29,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 pub use auth::{COOKIE, FORM_TOKEN, form_token};
-pub use port::{TaskFilter, UiError, UiService};
+pub use port::{UiError, UiService};
+pub use taskflow_model::query::ListQuery;
 
 /// Largest plugin the upload form takes (the runtime's own limit).
 const MAX_UPLOAD_BYTES: usize = 100 * 1024 * 1024;

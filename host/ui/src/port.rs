@@ -4,7 +4,8 @@
 
 use taskflow_model::api::{HostBeat, Stats, TaskPage, TaskView};
 use taskflow_model::plugin::PluginInfo;
-use taskflow_model::task::{NewTask, Task, TaskId, TaskStatus};
+use taskflow_model::query::ListQuery;
+use taskflow_model::task::{NewTask, Task, TaskId};
 
 /// A refusal or failure of the service, as the API would answer it: the
 /// HTTP status and a message fit for the operator (it never carries
@@ -35,19 +36,6 @@ impl UiError {
     }
 }
 
-/// Which tasks the task list shows.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TaskFilter {
-    /// Only this status.
-    pub status: Option<TaskStatus>,
-    /// Only this plugin.
-    pub plugin: Option<String>,
-    /// Tasks per page.
-    pub limit: usize,
-    /// The `next_cursor` of the page before.
-    pub cursor: Option<String>,
-}
-
 /// The host as the dashboard sees it.
 #[async_trait::async_trait]
 pub trait UiService: Send + Sync {
@@ -56,7 +44,7 @@ pub trait UiService: Send + Sync {
     /// The hosts of the fleet that reported lately, this one included.
     async fn hosts(&self) -> Result<Vec<HostBeat>, UiError>;
     /// A page of tasks.
-    async fn list(&self, filter: &TaskFilter) -> Result<TaskPage, UiError>;
+    async fn list(&self, query: &ListQuery) -> Result<TaskPage, UiError>;
     /// One task with its bodies and its history, log lines included.
     async fn task(&self, id: TaskId) -> Result<TaskView, UiError>;
     /// Cancels a pending or running task.

@@ -14,19 +14,7 @@ use taskflow_model::task::{Task, TaskId, TaskStatus};
 
 pub use lease::{Change, ChangeFn, Claim, Claimed, Held, LeaseState, Renewed, Saved, Updated};
 pub use taskflow_model::api::{HostBeat, StatusCounts, TaskPage};
-
-/// Which tasks to list, and which page.
-#[derive(Debug, Clone, Default)]
-pub struct ListQuery {
-    /// Only tasks in this status.
-    pub status: Option<TaskStatus>,
-    /// Only tasks of this plugin.
-    pub plugin: Option<String>,
-    /// Most tasks on the page; at least 1.
-    pub limit: usize,
-    /// `next_cursor` of the previous page; `None` for the first page.
-    pub cursor: Option<String>,
-}
+pub use taskflow_model::query::{ListFacts, ListQuery};
 
 /// Position in submission order, as handed to clients in `next_cursor`.
 ///

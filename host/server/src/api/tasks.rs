@@ -4,10 +4,12 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use taskflow_backend::storage::{Cursor, ListQuery, StorageError, TaskPage};
+use taskflow_model::FailureKind;
 pub use taskflow_model::api::{BatchRequest, BatchResponse, TaskLogs};
 use taskflow_model::task::{NewTask, Task, TaskId, TaskStatus};
 
@@ -202,6 +204,22 @@ pub struct ListParams {
     /// Only tasks of this plugin.
     #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     pub plugin: Option<String>,
+    /// Only tasks of this priority.
+    #[param(minimum = 1, maximum = 10)]
+    pub priority: Option<u8>,
+    /// Only tasks whose latest attempt ran, or runs, on this host (its
+    /// `TASKFLOW_HOST_ID`).
+    #[param(min_length = 1, max_length = 200)]
+    pub host: Option<String>,
+    /// Only tasks whose latest attempt failed this way.
+    pub error_kind: Option<FailureKind>,
+    /// Only tasks submitted at or after this time (RFC 3339).
+    pub submitted_after: Option<DateTime<Utc>>,
+    /// Only tasks submitted before this time (RFC 3339).
+    pub submitted_before: Option<DateTime<Utc>>,
+    /// Only the task submitted with this idempotency key.
+    #[param(min_length = 1, max_length = 256, pattern = r"^[\x20-\x7E]{1,256}$")]
+    pub idempotency_key: Option<String>,
     /// Tasks per page, 1 to 200 (default 50).
     #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
@@ -234,6 +252,27 @@ pub async fn list(
     if let Some(plugin) = &params.plugin {
         taskflow_runtime::plugin::validate_name(plugin)?;
     }
+    if let Some(priority) = params.priority
+        && !(1..=10).contains(&priority)
+    {
+        return Err(ApiError::bad_request(format!(
+            "priority must be 1 (highest) to 10, got {priority}"
+        )));
+    }
+    if let Some(host) = &params.host
+        && !(1..=200).contains(&host.chars().count())
+    {
+        return Err(ApiError::bad_request(
+            "host must be a host id of 1 to 200 characters",
+        ));
+    }
+    if let Some(key) = &params.idempotency_key
+        && (key.is_empty() || key.len() > 256 || !key.bytes().all(|b| (0x20..=0x7e).contains(&b)))
+    {
+        return Err(ApiError::bad_request(
+            "idempotency_key must be 1 to 256 printable ASCII characters",
+        ));
+    }
     // Only cursors as the host writes them (no sign, leading zeros or upper
     // case): what the schema's pattern describes.
     if let Some(cursor) = &params.cursor
@@ -247,6 +286,12 @@ pub async fn list(
     let query = ListQuery {
         status: params.status,
         plugin: params.plugin,
+        priority: params.priority,
+        host: params.host,
+        error_kind: params.error_kind,
+        submitted_after: params.submitted_after,
+        submitted_before: params.submitted_before,
+        idempotency_key: params.idempotency_key,
         limit,
         cursor: params.cursor,
     };

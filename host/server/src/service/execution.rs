@@ -422,6 +422,10 @@ impl TaskService {
         };
         self.forget(task.id, token);
         self.metrics.record_attempt(&task.plugin, label, elapsed);
+        if let (Some(digest), "completed" | "failed" | "retried") = (&task.plugin_digest, label) {
+            self.runs
+                .record(&task.plugin, digest, label == "completed", elapsed);
+        }
         if let Some(delay) = retry {
             tracing::info!(task_id = %task.id, plugin = %task.plugin, attempt = task.attempts, delay_ms = delay.as_millis() as u64, "task will be retried");
             return Ok(Finished::Retry(delay));

@@ -1,13 +1,15 @@
 //! The fleet's list of hosts: each host reports itself into the shared
 //! store every few seconds, and reads who else did (the dashboard's hosts).
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use taskflow_model::api::{HostBeat, PluginVersion};
+use taskflow_model::api::{HostBeat, PluginVersion, VersionRuns};
+use taskflow_model::plugin::PluginInfo;
 
 use super::{ServiceError, TaskService};
 
@@ -18,6 +20,57 @@ const LISTED_FOR: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 /// Hosts silent this long are deleted from the store.
 const FORGOTTEN_AFTER: chrono::TimeDelta = chrono::TimeDelta::days(1);
 
+/// Most plugin versions a host keeps counts of (past it, the first by name
+/// and digest is forgotten).
+const MAX_VERSIONS: usize = 200;
+
+/// The attempts a host ran since it started, by plugin name and digest.
+#[derive(Debug, Default)]
+pub(super) struct RunCounts(Mutex<BTreeMap<(String, String), VersionRuns>>);
+
+impl RunCounts {
+    /// Counts one attempt of `plugin` at `digest`.
+    pub(super) fn record(&self, plugin: &str, digest: &str, completed: bool, took: Duration) {
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (plugin.to_owned(), digest.to_owned());
+        if !counts.contains_key(&key) && counts.len() >= MAX_VERSIONS {
+            counts.pop_first();
+        }
+        counts.entry(key).or_default().record(completed, took);
+    }
+
+    /// Every version loaded now (with its load time) or run since start.
+    fn versions(&self, loaded: Vec<PluginInfo>) -> Vec<PluginVersion> {
+        let mut versions: BTreeMap<(String, String), PluginVersion> = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|((name, digest), runs)| {
+                let version = PluginVersion {
+                    name: name.clone(),
+                    digest: digest.clone(),
+                    load_ms: None,
+                    runs: runs.clone(),
+                };
+                ((name.clone(), digest.clone()), version)
+            })
+            .collect();
+        for plugin in loaded {
+            versions
+                .entry((plugin.name.clone(), plugin.digest.clone()))
+                .or_insert_with(|| PluginVersion {
+                    name: plugin.name,
+                    digest: plugin.digest,
+                    load_ms: None,
+                    runs: VersionRuns::default(),
+                })
+                .load_ms = Some(plugin.load_ms);
+        }
+        versions.into_values().collect()
+    }
+}
+
 impl TaskService {
     /// This host as it reports itself now.
     fn beat_now(&self) -> HostBeat {
@@ -27,15 +80,7 @@ impl TaskService {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             workers: self.config.workers,
             running: self.running_count(),
-            plugins: self
-                .registry
-                .list()
-                .into_iter()
-                .map(|plugin| PluginVersion {
-                    name: plugin.name,
-                    digest: plugin.digest,
-                })
-                .collect(),
+            plugins: self.runs.versions(self.registry.list()),
             started_at: now
                 - chrono::TimeDelta::from_std(self.started_at.elapsed()).unwrap_or_default(),
             seen_at: now,

@@ -200,6 +200,8 @@ pub struct TaskService {
     /// When this host last saw the store fail (the reaper holds off after).
     store_trouble: leases::StoreTrouble,
     started_at: Instant,
+    /// The attempts run here since start, by plugin version.
+    runs: hosts::RunCounts,
 }
 
 impl std::fmt::Debug for TaskService {
@@ -230,6 +232,7 @@ impl TaskService {
             bodies: ClaimCheck::inline(),
             store_trouble: leases::StoreTrouble::default(),
             started_at: Instant::now(),
+            runs: hosts::RunCounts::default(),
         }
     }
 
