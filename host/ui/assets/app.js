@@ -44,7 +44,11 @@
         const row = document.createElement("tr");
         row.className = age > 30 ? "gone" : "alive";
         row.dataset.host = host.name;
-        const plugins = host.plugins.map((p) => `${p.name} ${p.digest.slice(0, 12)}`).join(", ");
+        // Loaded now: a version replaced since keeps its counts, not its load time.
+        const plugins = host.plugins
+          .filter((p) => p.load_ms !== undefined)
+          .map((p) => `${p.name} ${p.digest.slice(0, 12)}`)
+          .join(", ");
         for (const text of [host.name, `${host.seen_at} (${age} s ago${age > 30 ? ", gone" : ""})`, host.running, host.workers, host.version, plugins]) {
           const cell = document.createElement("td");
           cell.textContent = String(text);

@@ -121,7 +121,7 @@ fn hosts(overview: &Overview) -> Markup {
                         td { (host.workers) }
                         td { (host.version) }
                         td {
-                            @for plugin in &host.plugins {
+                            @for plugin in host.plugins.iter().filter(|p| p.load_ms.is_some()) {
                                 span.plugin { (plugin.name) " " (layout::digest(&plugin.digest)) } " "
                             }
                         }
