@@ -680,6 +680,15 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing(backend: Backend) {
         ),
         (
             client
+                .get(host.at("/tasks?submitted_after=yesterday"))
+                .send()
+                .await
+                .expect("send"),
+            StatusCode::BAD_REQUEST,
+            "RFC 3339",
+        ),
+        (
+            client
                 .get(host.at("/tasks?idempotency_key=%07"))
                 .send()
                 .await

@@ -46,6 +46,12 @@ pub const MAX_HOST_CHARS: usize = 200;
 /// exactly. The `#[schema]` attributes repeat it (they take literals only).
 pub const IDEMPOTENCY_KEY_PATTERN: &str = r"^[\x20-\x7E]{1,256}$";
 
+/// Whether `key` follows the idempotency key rule ([`IDEMPOTENCY_KEY_PATTERN`]).
+pub fn is_idempotency_key(key: &str) -> bool {
+    (1..=IDEMPOTENCY_KEY_LIMIT).contains(&key.len())
+        && key.bytes().all(|b| matches!(b, b' '..=b'~'))
+}
+
 /// A task id: a random (v4) UUID, so its leading hex digits, which pick the
 /// storage shard, are spread evenly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -385,9 +391,7 @@ impl NewTask {
             ));
         }
         if let Some(key) = &self.idempotency_key
-            && (key.is_empty()
-                || key.len() > IDEMPOTENCY_KEY_LIMIT
-                || !key.bytes().all(|b| matches!(b, b' '..=b'~')))
+            && !is_idempotency_key(key)
         {
             return Err(invalid(
                 "idempotency_key",

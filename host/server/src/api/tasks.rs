@@ -11,7 +11,9 @@ use utoipa::IntoParams;
 use taskflow_backend::storage::{Cursor, ListQuery, StorageError, TaskPage};
 use taskflow_model::FailureKind;
 pub use taskflow_model::api::{BatchRequest, BatchResponse, TaskLogs};
-use taskflow_model::task::{NewTask, Task, TaskId, TaskStatus};
+use taskflow_model::task::{
+    IDEMPOTENCY_KEY_LIMIT, MAX_HOST_CHARS, NewTask, Task, TaskId, TaskStatus, is_idempotency_key,
+};
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
@@ -214,9 +216,11 @@ pub struct ListParams {
     /// Only tasks whose latest attempt failed this way.
     pub error_kind: Option<FailureKind>,
     /// Only tasks submitted at or after this time (RFC 3339).
-    pub submitted_after: Option<DateTime<Utc>>,
+    #[param(value_type = Option<DateTime<Utc>>)]
+    pub submitted_after: Option<String>,
     /// Only tasks submitted before this time (RFC 3339).
-    pub submitted_before: Option<DateTime<Utc>>,
+    #[param(value_type = Option<DateTime<Utc>>)]
+    pub submitted_before: Option<String>,
     /// Only the task submitted with this idempotency key.
     #[param(min_length = 1, max_length = 256, pattern = r"^[\x20-\x7E]{1,256}$")]
     pub idempotency_key: Option<String>,
@@ -229,6 +233,20 @@ pub struct ListParams {
         pattern = r"^(?:0|[1-9][0-9]{0,18}|1(?:[0-7][0-9]{18}|8(?:[0-3][0-9]{17}|4(?:[0-3][0-9]{16}|4(?:[0-5][0-9]{15}|6(?:[0-6][0-9]{14}|7(?:[0-3][0-9]{13}|4(?:[0-3][0-9]{12}|40(?:[0-6][0-9]{10}|7(?:[0-2][0-9]{9}|3(?:[0-6][0-9]{8}|70(?:[0-8][0-9]{6}|9(?:[0-4][0-9]{5}|5(?:[0-4][0-9]{4}|5(?:0[0-9]{3}|1(?:[0-5][0-9]{2}|6(?:0[0-9]{1}|1[0-5])))))))))))))))))_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
     )]
     pub cursor: Option<String>,
+}
+
+/// A time filter of the list, read as serde reads a `DateTime<Utc>`, with
+/// a refusal that says what to write.
+fn time_param(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    value
+        .map(|text| {
+            text.parse::<DateTime<Utc>>().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "{name} must be an RFC 3339 time, e.g. 2026-12-03T14:30:00Z"
+                ))
+            })
+        })
+        .transpose()
 }
 
 /// List tasks in submission order, filtered, a page at a time.
@@ -260,19 +278,21 @@ pub async fn list(
         )));
     }
     if let Some(host) = &params.host
-        && !(1..=200).contains(&host.chars().count())
+        && !(1..=MAX_HOST_CHARS).contains(&host.chars().count())
     {
-        return Err(ApiError::bad_request(
-            "host must be a host id of 1 to 200 characters",
-        ));
+        return Err(ApiError::bad_request(format!(
+            "host must be a host id of 1 to {MAX_HOST_CHARS} characters"
+        )));
     }
     if let Some(key) = &params.idempotency_key
-        && (key.is_empty() || key.len() > 256 || !key.bytes().all(|b| (0x20..=0x7e).contains(&b)))
+        && !is_idempotency_key(key)
     {
-        return Err(ApiError::bad_request(
-            "idempotency_key must be 1 to 256 printable ASCII characters",
-        ));
+        return Err(ApiError::bad_request(format!(
+            "idempotency_key must be 1 to {IDEMPOTENCY_KEY_LIMIT} printable ASCII characters (space to `~`)"
+        )));
     }
+    let submitted_after = time_param("submitted_after", params.submitted_after.as_deref())?;
+    let submitted_before = time_param("submitted_before", params.submitted_before.as_deref())?;
     // Only cursors as the host writes them (no sign, leading zeros or upper
     // case): what the schema's pattern describes.
     if let Some(cursor) = &params.cursor
@@ -289,8 +309,8 @@ pub async fn list(
         priority: params.priority,
         host: params.host,
         error_kind: params.error_kind,
-        submitted_after: params.submitted_after,
-        submitted_before: params.submitted_before,
+        submitted_after,
+        submitted_before,
         idempotency_key: params.idempotency_key,
         limit,
         cursor: params.cursor,
