@@ -40,7 +40,7 @@ async fn floor(runtime: &Runtime, plugin: &LoadedPlugin) -> Vec<u8> {
         usize::MAX,
         CapturedOutput::new(0),
         CapturedOutput::new(0),
-        None,
+        Default::default(),
     );
     let mut store = Store::new(runtime.engine(), sandbox);
     store.set_epoch_deadline(1 << 40);

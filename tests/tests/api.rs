@@ -1388,6 +1388,118 @@ async fn progress_is_visible_while_a_task_runs(backend: Backend) {
     host.stop().await;
 }
 
+/// The messages of `attempt`'s log lines.
+fn messages(attempt: &Value) -> Vec<String> {
+    attempt["logs"]
+        .as_array()
+        .map(|lines| {
+            lines
+                .iter()
+                .filter_map(|line| line["message"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A running attempt's log lines show as the plugin logs them, in the task
+/// and in its logs; a cancel keeps those it logged before it was stopped.
+async fn log_lines_show_while_a_task_runs_and_stay_when_it_is_cancelled(backend: Backend) {
+    let host = TestHost::start_on(backend, 1, true).await;
+    let client = reqwest::Client::new();
+    let task = submit(
+        &host.client(),
+        &as_task(
+            json!({"plugin": "hostile", "payload": {"mode": "chatty", "n": 600, "millis": 100}}),
+        ),
+    )
+    .await;
+    let logs_url = host.at(&format!("/tasks/{}/logs", task.id));
+    let running = poll_json(&client, &logs_url, LONG, |logs| {
+        logs["status"] == "running" && messages(&logs["history"][0]).len() >= 3
+    })
+    .await;
+    let attempt = &running["history"][0];
+    assert_eq!(attempt["outcome"], "running", "{running}");
+    assert_eq!(
+        messages(attempt)[..3],
+        ["line 1 of 600", "line 2 of 600", "line 3 of 600"],
+        "in order, as logged"
+    );
+    let view = get_json(&client, &host.at(&format!("/tasks/{}", task.id))).await;
+    assert!(
+        messages(&view["history"][0]).len() >= 3,
+        "the task shows them too: {view}"
+    );
+
+    host.client()
+        .cancel(&task.id.to_string())
+        .await
+        .expect("cancel");
+    let done = wait_terminal(&host.client(), task.id, LONG).await;
+    assert_eq!(done.task.status, TaskStatus::Cancelled);
+    let logs = get_json(&client, &logs_url).await;
+    let cancelled = &logs["history"][0];
+    assert_eq!(cancelled["outcome"], "cancelled", "{logs}");
+    let kept = messages(cancelled);
+    assert!(
+        kept.len() >= 3 && kept.len() < 600,
+        "the lines logged before the cancel stay: {} of them",
+        kept.len()
+    );
+    assert!(
+        kept.iter()
+            .enumerate()
+            .all(|(i, m)| *m == format!("line {} of 600", i + 1)),
+        "{kept:?}"
+    );
+    host.stop().await;
+}
+
+/// An attempt logging more than its record keeps: the record holds the
+/// first 200 lines; with a blob store (S3) the whole log is kept there and
+/// `GET /tasks/{id}/logs` gives it back whole, without one `logs_dropped`
+/// counts the rest.
+async fn a_long_log_is_kept_whole_where_there_is_a_blob_store(backend: Backend) {
+    let host = TestHost::start_on(backend, 1, true).await;
+    let client = reqwest::Client::new();
+    let task = submit(
+        &host.client(),
+        &as_task(json!({"plugin": "hostile", "payload": {"mode": "chatty", "n": 500}})),
+    )
+    .await;
+    let done = wait_terminal(&host.client(), task.id, LONG).await;
+    assert_eq!(done.task.status, TaskStatus::Completed);
+    let record = &done.task.history[0];
+    assert_eq!(record.logs.len(), 200, "the record keeps the first lines");
+    assert_eq!(record.logs[199].message, "line 200 of 500");
+    assert_eq!(record.logs_dropped, 300);
+
+    let logs = get_json(&client, &host.at(&format!("/tasks/{}/logs", task.id))).await;
+    let attempt = &logs["history"][0];
+    let lines = messages(attempt);
+    if let Some(bucket) = &host.bucket {
+        let blob = record.logs_blob.as_ref().expect("the whole log is in S3");
+        assert_eq!(
+            taskflow_tests::aws::keys(bucket, "logs/").await,
+            vec![blob.key.clone()]
+        );
+        assert_eq!(lines.len(), 500, "the whole log comes back");
+        assert!(
+            lines
+                .iter()
+                .enumerate()
+                .all(|(i, m)| *m == format!("line {} of 500", i + 1))
+        );
+        assert!(attempt.get("logs_dropped").is_none(), "{attempt}");
+        assert!(attempt.get("logs_blob").is_none(), "{attempt}");
+    } else {
+        assert!(record.logs_blob.is_none());
+        assert_eq!(lines.len(), 200);
+        assert_eq!(attempt["logs_dropped"], 300);
+    }
+    host.stop().await;
+}
+
 async fn a_retry_waits_for_its_backoff_recorded_as_retry_at(backend: Backend) {
     // Backoff of attempt n: base · 2^(n-1), jittered into its upper half.
     let base = chrono::Duration::milliseconds(1500);
@@ -1790,6 +1902,8 @@ on_every_backend!(
         backup_then_restore_into_an_empty_host_round_trips_every_task,
         a_restored_task_with_no_attempt_left_fails_instead_of_running_again,
         progress_is_visible_while_a_task_runs,
+        log_lines_show_while_a_task_runs_and_stay_when_it_is_cancelled,
+        a_long_log_is_kept_whole_where_there_is_a_blob_store,
         a_retry_waits_for_its_backoff_recorded_as_retry_at,
         a_fatal_error_fails_at_once_whatever_attempts_are_left,
         restored_pending_tasks_run,

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_SECURITY_POLICY, COOKIE, LOCATION, SET_COOKIE};
 use serde_json::json;
 use taskflow_model::task::TaskStatus;
-use taskflow_tests::{TestHost, as_task, submit, wait_terminal};
+use taskflow_tests::{Backend, TestHost, as_task, submit, wait_terminal};
 
 const API_TOKEN: &str = "api-token-0123456789abcdef";
 const LONG: Duration = Duration::from_secs(60);
@@ -92,6 +92,7 @@ async fn without_the_token_every_page_data_endpoint_and_action_is_refused() {
         "/ui/api/overview".to_owned(),
         format!("/ui/tasks/{}/payload.json", task.id),
         format!("/ui/tasks/{}/result.json", task.id),
+        format!("/ui/tasks/{}/logs.json", task.id),
     ] {
         let response = client.get(host.at(&data)).send().await.expect("get");
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{data}");
@@ -305,6 +306,68 @@ async fn payloads_log_lines_and_errors_are_shown_as_text() {
         html.matches(escaped).count() >= 3,
         "payload, log line and error each show the markup escaped: {html}"
     );
+    host.stop().await;
+}
+
+/// A running attempt's page shows the lines logged so far; a log longer
+/// than the record keeps shows its first lines and links to the whole log
+/// (in S3), which downloads whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_page_shows_lines_as_they_are_logged_and_links_to_a_whole_log() {
+    let host = TestHost::start_on_with(Backend::Sqs, 1, true, |config| {
+        config.api_token = Some(API_TOKEN.to_owned());
+    })
+    .await;
+    let client = browser();
+    let api = api_client(&host);
+    let running = submit(
+        &api,
+        &as_task(
+            json!({"plugin": "hostile", "payload": {"mode": "chatty", "n": 600, "millis": 100}}),
+        ),
+    )
+    .await;
+    // The page reloads itself while the task runs; here, asked again.
+    let mut page = String::new();
+    for _ in 0..300 {
+        page = signed_in_html(&client, &host, &format!("/ui/tasks/{}", running.id)).await;
+        if page.contains("line 2 of 600") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        page.contains("line 1 of 600") && page.contains("line 2 of 600") && page.contains("so far"),
+        "{page}"
+    );
+    api.cancel(&running.id.to_string()).await.expect("cancel");
+
+    let long = submit(
+        &api,
+        &as_task(json!({"plugin": "hostile", "payload": {"mode": "chatty", "n": 300}})),
+    )
+    .await;
+    let done = wait_terminal(&api, long.id, LONG).await;
+    assert_eq!(done.task.status, TaskStatus::Completed);
+    let page = signed_in_html(&client, &host, &format!("/ui/tasks/{}", long.id)).await;
+    let link = format!("/ui/tasks/{}/logs.json", long.id);
+    assert!(
+        page.contains("line 200 of 300")
+            && !page.contains("line 201 of 300")
+            && page.contains("100 more in the whole log")
+            && page.contains(&link),
+        "{page}"
+    );
+    let whole = client
+        .get(host.at(&link))
+        .header(COOKIE, session_cookie())
+        .send()
+        .await
+        .expect("whole log");
+    assert_eq!(whole.status(), StatusCode::OK);
+    let whole: serde_json::Value = whole.json().await.expect("JSON");
+    let lines = whole["history"][0]["logs"].as_array().map_or(0, Vec::len);
+    assert_eq!(lines, 300, "{whole}");
     host.stop().await;
 }
 

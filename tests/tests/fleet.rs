@@ -498,15 +498,18 @@ async fn a_host_paused_past_its_lease_cannot_overwrite_the_others(queue: SharedQ
     fleet.stop().await;
 }
 
-/// Progress published by the host running a task is readable from any
-/// host, and a cancel sent to any host stops the run where it runs.
+/// Progress and log lines published by the host running a task are
+/// readable from any host, and a cancel sent to any host stops the run
+/// where it runs, keeping the lines it logged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_and_progress_reach_the_host_running_the_task() {
+async fn cancel_progress_and_log_lines_reach_the_host_running_the_task() {
     let fleet = Fleet::start(2, 1, 3).await;
     let client = reqwest::Client::new();
     let id = submit(
         &api(fleet.url(0)),
-        &as_task(json!({"plugin": "hostile", "payload": {"mode": "slow", "seconds": 60}})),
+        &as_task(
+            json!({"plugin": "hostile", "payload": {"mode": "chatty", "n": 600, "millis": 100}}),
+        ),
     )
     .await
     .id;
@@ -529,6 +532,15 @@ async fn cancel_and_progress_reach_the_host_running_the_task() {
     )
     .await;
     assert_eq!(seen["status"], "running");
+    // The lines logged so far, read where the task does not run.
+    let lines = |logs: &Value| logs["history"][0]["logs"].as_array().map_or(0, Vec::len);
+    let logs_url = format!("{}/tasks/{id}/logs", fleet.url(other));
+    let seen = poll_json(&client, &logs_url, Duration::from_secs(30), |logs| {
+        lines(logs) >= 2
+    })
+    .await;
+    assert_eq!(seen["history"][0]["outcome"], "running");
+    assert_eq!(seen["history"][0]["logs"][0]["message"], "line 1 of 600");
 
     // A cancel sent to the other host interrupts the run on its host.
     let response = client
@@ -545,6 +557,11 @@ async fn cancel_and_progress_reach_the_host_running_the_task() {
     )
     .await;
     assert_eq!(cancelled["attempts"], 1);
+    let kept = lines(&get_json(&client, &logs_url).await);
+    assert!(
+        (2..600).contains(&kept),
+        "the cancelled attempt keeps what it logged: {kept} lines"
+    );
     assert_eq!(
         attempts(&client, fleet.url(runner), "hostile", "cancelled").await,
         1,

@@ -194,7 +194,7 @@ async fn on_the_files_store_expired_tasks_go_with_their_files_and_emptied_direct
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_and_s3_expired_tasks_go_with_their_bodies_and_orphans_are_swept() {
-    let host = TestHost::start_on_with(Backend::Sqs, 2, false, |config| {
+    let host = TestHost::start_on_with(Backend::Sqs, 2, true, |config| {
         short_retention(config);
         // Every payload and result in S3.
         config.blob_threshold_bytes = 64;
@@ -202,13 +202,32 @@ async fn on_postgres_and_s3_expired_tasks_go_with_their_bodies_and_orphans_are_s
     .await;
     let bucket = host.bucket.clone().expect("bucket");
     let client = reqwest::Client::new();
+    // A task whose log is longer than its record keeps: the whole log is in
+    // S3 (its payload and result are small enough to stay in the record).
+    let chatty = taskflow_tests::submit(
+        &host.client(),
+        &taskflow_tests::as_task(
+            json!({"plugin": "hostile", "payload": {"mode": "chatty", "n": 300}}),
+        ),
+    )
+    .await
+    .id;
     let (completed, failed) = run_tasks(&client, &host, 20).await;
+    let done = taskflow_tests::wait_terminal(&host.client(), chatty, Duration::from_secs(60)).await;
+    let log_key = done.task.history[0]
+        .logs_blob
+        .as_ref()
+        .expect("the whole log is in S3")
+        .key
+        .clone();
+    assert_eq!(aws::keys(&bucket, "logs/").await, vec![log_key]);
     let s3 = aws::s3().await;
-    // Bodies no task points to: a payload whose task was never stored, and
-    // a result written under a claim that lost its lease.
+    // Blobs no task points to: a payload whose task was never stored, and
+    // a result and a log written under a claim that lost its lease.
     let never_stored = format!("payloads/ab/{}", taskflow_model::task::TaskId::new());
     let stale_result = format!("results/{}/{failed}/999", &failed[..2]);
-    for key in [&never_stored, &stale_result] {
+    let stale_log = format!("logs/{}/{failed}/1-999", &failed[..2]);
+    for key in [&never_stored, &stale_result, &stale_log] {
         s3.put_object()
             .bucket(&bucket)
             .key(key)
@@ -234,14 +253,18 @@ async fn on_postgres_and_s3_expired_tasks_go_with_their_bodies_and_orphans_are_s
     );
 
     until_no_completed(&client, &host).await;
-    // The rows go first, their bodies right after: counted then.
-    deleted_reaches(&client, &host, "bodies", 2 * completed.len() as u64).await;
+    // The rows go first, their bodies and logs right after: counted then.
+    deleted_reaches(&client, &host, "bodies", 2 * completed.len() as u64 + 1).await;
     assert_eq!(
         deleted_metric(&client, &host, "completed").await,
-        completed.len() as u64
+        completed.len() as u64 + 1
     );
     // Orphans go once older than TASKFLOW_RETAIN_ORPHANED_BODIES.
-    deleted_reaches(&client, &host, "orphaned_bodies", 2).await;
+    deleted_reaches(&client, &host, "orphaned_bodies", 3).await;
+    assert!(
+        aws::keys(&bucket, "logs/").await.is_empty(),
+        "the expired task's log and the orphaned one are deleted"
+    );
     let payloads = aws::keys(&bucket, "payloads/").await;
     let results = aws::keys(&bucket, "results/").await;
     for id in &completed {

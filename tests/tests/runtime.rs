@@ -150,20 +150,67 @@ async fn oversized_results_are_refused() {
 async fn progress_reports_reach_the_host() {
     let runtime = runtime();
     let hash = load(&runtime, "hash", &plugin_wasm("hash"));
-    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let live = std::sync::Arc::new(taskflow_runtime::Live::default());
     runtime
         .run(
             &hash,
             task("hash", 1, &json!({"data": "x", "rounds": 100_000})),
             Limits::default(),
-            Some(progress.clone()),
+            Some(live.clone()),
         )
         .await
         .expect("hash");
-    assert!(
-        progress.load(std::sync::atomic::Ordering::Relaxed) >= 90,
-        "the plugin reported progress"
-    );
+    assert!(live.progress() >= 90, "the plugin reported progress");
+}
+
+/// A plugin's log lines are seen while it runs; its whole log is bounded
+/// (10,000 lines), the rest counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_are_live_and_a_whole_log_is_bounded() {
+    let runtime = runtime();
+    let hostile = load(&runtime, "hostile", &fixture_wasm("hostile"));
+    let live = std::sync::Arc::new(taskflow_runtime::Live::default());
+    let watching = {
+        let live = live.clone();
+        tokio::spawn(async move {
+            // The first line before the plugin ends (it logs one every 20 ms).
+            for _ in 0..500 {
+                if let Some(first) = live.preview().lines.first() {
+                    return first.message.clone();
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            String::new()
+        })
+    };
+    let ran = runtime
+        .run_logged(
+            &hostile,
+            task(
+                "hostile",
+                1,
+                &json!({"mode": "chatty", "n": 50, "millis": 20}),
+            ),
+            Limits::default(),
+            Some(live.clone()),
+        )
+        .await;
+    ran.result.expect("chatty");
+    assert_eq!(watching.await.expect("watcher"), "line 1 of 50");
+    assert_eq!(ran.logs.lines.len(), 50);
+
+    let ran = runtime
+        .run_logged(
+            &hostile,
+            task("hostile", 1, &json!({"mode": "chatty", "n": 10_050})),
+            Limits::default(),
+            None,
+        )
+        .await;
+    ran.result.expect("chatty");
+    assert_eq!(ran.logs.lines.len(), 10_000);
+    assert_eq!(ran.logs.dropped, 50);
+    assert_eq!(ran.logs.lines[9_999].message, "line 10000 of 10050");
 }
 
 /// Runs `payload` on the hostile fixture with a 400 ms timeout; returns the
@@ -637,7 +684,7 @@ async fn a_javascript_plugin_runs_through_the_same_contract() {
     // plugins/render-js is JavaScript, built by componentize-js against wit/.
     let runtime = runtime();
     let render = load(&runtime, "render", &plugin_wasm("render"));
-    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let live = std::sync::Arc::new(taskflow_runtime::Live::default());
     let payload = json!({
         "template": "Dear {{user.name}}, your order {{order.id}} holds:{{#order.items}} {{qty}}x {{name}};{{/order.items}}{{#vip}} Thank you!{{/vip}}",
         "data": {"user": {"name": "Ada"}, "order": {"id": 42, "items": [{"name": "tea", "qty": 2}, {"name": "cake", "qty": 1}]}, "vip": true}
@@ -647,7 +694,7 @@ async fn a_javascript_plugin_runs_through_the_same_contract() {
             &render,
             task("render", 1, &payload),
             Limits::default(),
-            Some(progress.clone()),
+            Some(live.clone()),
         )
         .await
         .expect("render");
@@ -656,7 +703,7 @@ async fn a_javascript_plugin_runs_through_the_same_contract() {
         json!({"text": "Dear Ada, your order 42 holds: 2x tea; 1x cake; Thank you!", "language": "javascript"})
     );
     assert_eq!(
-        progress.load(std::sync::atomic::Ordering::Relaxed),
+        live.progress(),
         100,
         "the plugin reported progress through the host"
     );

@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -16,7 +15,7 @@ use taskflow_fs::out;
 use taskflow_model::task::TaskOutput;
 use taskflow_runtime::contract;
 use taskflow_runtime::plugin::{self, CompileCounters};
-use taskflow_runtime::{Limits, Runtime, RuntimeConfig, TaskInput};
+use taskflow_runtime::{Limits, Live, Runtime, RuntimeConfig, TaskInput};
 
 mod watch;
 
@@ -94,8 +93,8 @@ async fn run_once(args: &RunArgs, file: &Path) -> anyhow::Result<()> {
     .context("the compiler stopped")?
     .with_context(|| format!("{} is not a TaskFlow plugin", file.display()))?;
 
-    let progress = Arc::new(AtomicU8::new(0));
-    let reporter = tokio::spawn(report_progress(progress.clone()));
+    let live = Arc::new(Live::default());
+    let reporter = tokio::spawn(report_progress(live.clone()));
     let task = TaskInput {
         id: uuid::Uuid::new_v4().to_string(),
         plugin: name,
@@ -103,16 +102,14 @@ async fn run_once(args: &RunArgs, file: &Path) -> anyhow::Result<()> {
         attempt: args.attempt,
         payload,
     };
-    let outcome = runtime
-        .run(&loaded, task, limits, Some(progress.clone()))
-        .await;
+    let outcome = runtime.run(&loaded, task, limits, Some(live.clone())).await;
     reporter.abort();
     match outcome {
         Ok(success) => {
             eprintln!(
                 "completed in {} ms (progress {}%, plugin {}, built for taskflow:plugin@{})",
                 success.duration.as_millis(),
-                progress.load(Ordering::Relaxed),
+                live.progress(),
                 &success.plugin_digest[..12.min(success.plugin_digest.len())],
                 loaded.contract
             );
@@ -153,11 +150,11 @@ fn name_of(file: &Path) -> String {
 }
 
 /// Prints the plugin's progress to stderr whenever it changes.
-async fn report_progress(progress: Arc<AtomicU8>) {
+async fn report_progress(live: Arc<Live>) {
     let mut shown = 0;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = progress.load(Ordering::Relaxed);
+        let now = live.progress();
         if now != shown {
             eprintln!("progress: {now}%");
             shown = now;

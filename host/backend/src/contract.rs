@@ -15,7 +15,7 @@ use taskflow_model::FailureKind;
 use taskflow_model::task::{Begin, NewTask, Task, TaskError, TaskId, TaskStatus};
 
 use crate::storage::{
-    Change, Claim, Held, LeaseState, ListQuery, Renewed, Saved, StorageError, TaskStore,
+    Change, Claim, Held, LeaseState, ListQuery, Published, Renewed, Saved, StorageError, TaskStore,
 };
 
 /// A valid pending task of `plugin` with submission number `sequence`.
@@ -650,8 +650,8 @@ pub async fn claims_say_what_they_found(store: &dyn TaskStore) {
 }
 
 /// A lease fences its holder: one claim at a time, renewals and writes only
-/// with the current token, cancel requests and progress travel through the
-/// store, and an expired lease is found, taken back once, and claimed anew
+/// with the current token, cancel requests, progress and log lines travel
+/// through the store, and an expired lease is found, taken back once, and claimed anew
 /// under a greater token that the old holder's writes cannot match.
 pub async fn leases_fence_their_holders(store: &dyn TaskStore) {
     let id = store.insert(vec![task("echo", 0)]).await.expect("insert")[0]
@@ -678,11 +678,22 @@ pub async fn leases_fence_their_holders(store: &dyn TaskStore) {
         "a fresh lease is not expired"
     );
 
-    // Renewal by the holder only, carrying progress; a cancel request reaches it.
+    // Renewal by the holder only, carrying progress and the log lines so
+    // far; a cancel request reaches it.
+    let lines = taskflow_model::attempt::RunLogs {
+        lines: vec![taskflow_model::attempt::LogLine {
+            at: Utc::now(),
+            stream: taskflow_model::attempt::LogStream::Log,
+            level: Some(taskflow_model::attempt::LogLevel::Info),
+            message: "halfway <b>there</b> \u{0}".into(),
+        }],
+        dropped: 2,
+    };
     let held = [Held {
         id,
         token: first,
         progress: 40,
+        logs: Some(lines.clone()),
     }];
     assert!(
         store
@@ -700,11 +711,37 @@ pub async fn leases_fence_their_holders(store: &dyn TaskStore) {
             cancel_requested: false
         }]
     );
-    assert_eq!(store.progress(id).await.expect("progress"), Some(40));
+    let published = store.published(id).await.expect("published");
+    assert_eq!(
+        published,
+        Some(Published {
+            progress: 40,
+            logs: lines.clone()
+        })
+    );
+    // Unchanged lines are not sent again, and stay.
+    let unchanged = [Held {
+        id,
+        token: first,
+        progress: 50,
+        logs: None,
+    }];
+    store
+        .renew("host-a", &unchanged, long)
+        .await
+        .expect("renew");
+    assert_eq!(
+        store.published(id).await.expect("published"),
+        Some(Published {
+            progress: 50,
+            logs: lines.clone()
+        })
+    );
     let stale = [Held {
         id,
         token: first + 1000,
         progress: 0,
+        logs: None,
     }];
     assert!(
         store
@@ -727,6 +764,7 @@ pub async fn leases_fence_their_holders(store: &dyn TaskStore) {
         id,
         token: first,
         progress: 40,
+        logs: None,
     }];
     store
         .renew("host-a", &short, Duration::from_millis(1))
@@ -776,6 +814,11 @@ pub async fn leases_fence_their_holders(store: &dyn TaskStore) {
         .await
         .expect("claimable again");
     assert!(second > first, "tokens grow: {second} after {first}");
+    assert_eq!(
+        store.published(id).await.expect("published"),
+        Some(Published::default()),
+        "a new attempt starts with nothing published"
+    );
     assert_eq!(
         store.save_leased(&late, first).await.expect("late write"),
         Saved::Lost,
@@ -828,7 +871,7 @@ pub async fn leases_fence_their_holders(store: &dyn TaskStore) {
         Saved::Lost,
         "a finished task has no lease"
     );
-    assert_eq!(store.progress(id).await.expect("progress"), None);
+    assert_eq!(store.published(id).await.expect("published"), None);
     assert_eq!(
         claim(store, id, "host-a", long).await,
         None,

@@ -30,7 +30,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::journal::{self, Journal, Record};
-use taskflow_backend::storage::lease::{self, ChangeFn, Held, LeaseTable, Renewed, Saved, Updated};
+use taskflow_backend::storage::lease::{
+    self, ChangeFn, Held, LeaseTable, Published, Renewed, Saved, Updated,
+};
 use taskflow_backend::storage::{
     Cursor, Expired, HostBeat, ListFacts, ListQuery, StatusCounts, StorageError, Submitted,
     TaskPage, TaskStore, blocking, io_error,
@@ -1263,8 +1265,8 @@ impl TaskStore for FileStore {
         Ok(expired)
     }
 
-    async fn progress(&self, id: TaskId) -> Result<Option<u8>, StorageError> {
-        Ok(self.handle.leases.progress(id))
+    async fn published(&self, id: TaskId) -> Result<Option<Published>, StorageError> {
+        Ok(self.handle.leases.published(id))
     }
 
     async fn expire(

@@ -2,15 +2,18 @@
 //! it ended, and what the plugin logged and wrote to stdout and stderr while
 //! it ran. Stored with the task on every backend, bounded: the latest
 //! [`MAX_ATTEMPTS_KEPT`] attempts, and per attempt at most
-//! [`MAX_LOG_LINES`] lines and [`MAX_LOG_BYTES`] bytes of log text (what is
-//! over is counted in [`Attempt::logs_dropped`]).
+//! [`MAX_LOG_LINES`] lines and [`MAX_LOG_BYTES`] bytes of log text in the
+//! record. A longer log is kept whole, up to [`MAX_FULL_LOG_LINES`] lines and
+//! [`MAX_FULL_LOG_BYTES`] bytes, in the blob store where the host has one
+//! ([`Attempt::logs_blob`]); what is over is counted in
+//! [`Attempt::logs_dropped`].
 
 use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::task::TaskError;
+use crate::task::{BlobRef, TaskError};
 
 /// Attempts a task keeps in its history (the latest ones; `Task::attempts`
 /// counts them all).
@@ -19,6 +22,10 @@ pub const MAX_ATTEMPTS_KEPT: usize = 20;
 pub const MAX_LOG_LINES: usize = 200;
 /// Bytes of log text one attempt keeps, over all its lines.
 pub const MAX_LOG_BYTES: usize = 32 * 1024;
+/// Lines of one attempt's whole log, kept in the blob store.
+pub const MAX_FULL_LOG_LINES: usize = 10_000;
+/// Bytes of log text of one attempt's whole log, kept in the blob store.
+pub const MAX_FULL_LOG_BYTES: usize = 1024 * 1024;
 
 /// One attempt of a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,17 +51,27 @@ pub struct Attempt {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<TaskError>,
     /// What the plugin logged and printed, in order (stdout and stderr
-    /// after its log calls).
+    /// after its log calls): the first lines, within the record's bounds.
+    /// While the attempt runs, the lines of the `log` import so far.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<LogLine>,
-    /// Lines left out beyond the bounds.
+    /// Lines not in `logs`.
     #[serde(default, skip_serializing_if = "is_zero")]
     #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 2_147_483_647))]
     pub logs_dropped: u32,
+    /// Where the whole log is, when it was longer than the record keeps and
+    /// the host has a blob store: `GET /tasks/{id}/logs` reads it from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs_blob: Option<BlobRef>,
 }
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+/// Whether `line` fits in a record's log after `kept` (`bytes` of text).
+fn fits(kept: &[LogLine], bytes: usize, line: &LogLine) -> bool {
+    kept.len() < MAX_LOG_LINES && bytes + line.message.len() <= MAX_LOG_BYTES
 }
 
 impl Attempt {
@@ -63,18 +80,26 @@ impl Attempt {
         self.finished_at.map(|end| end - self.started_at)
     }
 
-    /// Adds `lines` within the bounds, counting what does not fit.
+    /// Adds `lines` within the record's bounds, counting what does not fit.
     pub fn add_logs(&mut self, lines: impl IntoIterator<Item = LogLine>, dropped: u32) {
         let mut bytes: usize = self.logs.iter().map(|line| line.message.len()).sum();
         self.logs_dropped = self.logs_dropped.saturating_add(dropped);
         for line in lines {
-            if self.logs.len() >= MAX_LOG_LINES || bytes + line.message.len() > MAX_LOG_BYTES {
+            if fits(&self.logs, bytes, &line) {
+                bytes += line.message.len();
+                self.logs.push(line);
+            } else {
                 self.logs_dropped = self.logs_dropped.saturating_add(1);
-                continue;
             }
-            bytes += line.message.len();
-            self.logs.push(line);
         }
+    }
+
+    /// Puts the whole log read back from `logs_blob` in place of the
+    /// record's first lines.
+    pub fn restore_logs(&mut self, whole: RunLogs) {
+        self.logs = whole.lines;
+        self.logs_dropped = whole.dropped;
+        self.logs_blob = None;
     }
 }
 
@@ -187,13 +212,42 @@ impl LogLevel {
 }
 
 /// What the plugin logged and printed during one run, as the runtime hands
-/// it over.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// it over (and as a whole log is kept in the blob store).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunLogs {
     /// The lines, in order.
     pub lines: Vec<LogLine>,
     /// Lines (or, for stdout and stderr, chunks) dropped at the source.
+    #[serde(default)]
     pub dropped: u32,
+}
+
+impl RunLogs {
+    /// Whether the record's bounds ([`MAX_LOG_LINES`], [`MAX_LOG_BYTES`])
+    /// hold every line.
+    pub fn fits_the_record(&self) -> bool {
+        self.lines.len() <= MAX_LOG_LINES
+            && self.lines.iter().map(|l| l.message.len()).sum::<usize>() <= MAX_LOG_BYTES
+    }
+}
+
+/// The first of `lines` within the record's bounds, and how many are left
+/// out (counting the `dropped` at the source).
+pub fn first_lines(lines: &[LogLine], dropped: u32) -> RunLogs {
+    let (mut kept, mut bytes) = (Vec::new(), 0);
+    let mut dropped = dropped;
+    for line in lines {
+        if fits(&kept, bytes, line) {
+            bytes += line.message.len();
+            kept.push(line.clone());
+        } else {
+            dropped = dropped.saturating_add(1);
+        }
+    }
+    RunLogs {
+        lines: kept,
+        dropped,
+    }
 }
 
 #[cfg(test)]
@@ -220,6 +274,7 @@ mod tests {
             error: None,
             logs: Vec::new(),
             logs_dropped: 0,
+            logs_blob: None,
         }
     }
 
@@ -235,6 +290,30 @@ mod tests {
         b.add_logs([line(&big), line(&big), line("one more byte")], 0);
         assert_eq!(b.logs.len(), 2);
         assert_eq!(b.logs_dropped, 1);
+    }
+
+    #[test]
+    fn the_first_lines_are_those_the_record_keeps() {
+        let lines: Vec<LogLine> = (0..MAX_LOG_LINES + 5)
+            .map(|i| line(&i.to_string()))
+            .collect();
+        let whole = RunLogs {
+            lines: lines.clone(),
+            dropped: 1,
+        };
+        assert!(!whole.fits_the_record());
+        let mut a = attempt();
+        a.add_logs(lines, 1);
+        let first = first_lines(&whole.lines, whole.dropped);
+        assert_eq!((first.lines, first.dropped), (a.logs, a.logs_dropped));
+        assert_eq!(a.logs_dropped, 6);
+        assert!(
+            RunLogs {
+                lines: vec![line("short")],
+                dropped: 9
+            }
+            .fits_the_record()
+        );
     }
 
     #[test]

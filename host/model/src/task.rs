@@ -465,6 +465,16 @@ impl Task {
                 )));
             }
         }
+        if self
+            .history
+            .iter()
+            .any(|attempt| attempt.logs_blob.is_some())
+        {
+            return Err(context(invalid(
+                "history",
+                "a backup carries logs inline (GET /admin/backup writes them so): remove logs_blob from its attempts",
+            )));
+        }
         if let Some(attempt) = self.history.iter().find(|attempt| {
             !(1..=MAX_ATTEMPTS_LIMIT).contains(&attempt.number)
                 || attempt.logs_dropped > i32::MAX as u32
@@ -539,6 +549,7 @@ impl Task {
             error: None,
             logs: Vec::new(),
             logs_dropped: 0,
+            logs_blob: None,
         });
         if self.history.len() > MAX_ATTEMPTS_KEPT {
             self.history.drain(..self.history.len() - MAX_ATTEMPTS_KEPT);
@@ -557,6 +568,15 @@ impl Task {
             let lines = std::mem::take(&mut attempt.logs);
             attempt.add_logs(lines, 0);
         }
+    }
+
+    /// Every blob the task points to: its payload and result, and the whole
+    /// logs of its attempts.
+    pub fn blobs(&self) -> impl Iterator<Item = &BlobRef> {
+        [&self.payload_blob, &self.result_blob]
+            .into_iter()
+            .flatten()
+            .chain(self.history.iter().filter_map(|a| a.logs_blob.as_ref()))
     }
 
     /// The attempt running now, if any.
@@ -715,6 +735,30 @@ mod tests {
             payload: serde_json::json!({"a": 1}),
             ..NewTask::default()
         }
+    }
+
+    #[test]
+    fn a_task_names_every_blob_it_points_to() {
+        let blob = |key: &str| BlobRef {
+            key: key.into(),
+            size: 1,
+            sha256: "00".into(),
+        };
+        let mut task = new_task("echo").validate(1).expect("valid");
+        task.payload_blob = Some(blob("payloads/ab/p"));
+        for n in 0..2 {
+            assert_eq!(task.begin_attempt("h", Utc::now()), Begin::Started);
+            task.end_attempt(
+                AttemptOutcome::Retried,
+                None,
+                RunLogs::default(),
+                Utc::now(),
+            );
+            task.status = TaskStatus::Pending;
+            task.history[n].logs_blob = (n == 1).then(|| blob("logs/ab/l"));
+        }
+        let keys: Vec<&str> = task.blobs().map(|b| b.key.as_str()).collect();
+        assert_eq!(keys, ["payloads/ab/p", "logs/ab/l"]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 
 use taskflow_backend::storage::lease::{
-    Change, ChangeFn, Claim, Held, LeaseState, Renewed, Saved, Updated,
+    Change, ChangeFn, Claim, Held, LeaseState, Published, Renewed, Saved, Updated,
 };
 use taskflow_backend::storage::{
     Cursor, Expired, HostBeat, ListQuery, StatusCounts, StorageError, Submitted, TaskPage,
@@ -405,13 +405,29 @@ impl TaskStore for PgStore {
             .map(|h| i64::try_from(h.token).unwrap_or(i64::MAX))
             .collect();
         let progress: Vec<i16> = held.iter().map(|h| i16::from(h.progress)).collect();
+        // Unchanged lines are not sent again (NULL keeps what is there).
+        let logs: Vec<Option<String>> = held
+            .iter()
+            .map(|h| {
+                h.logs
+                    .as_ref()
+                    .map(|logs| {
+                        serde_json::to_string(logs).map_err(|source| StorageError::Encode {
+                            what: format!("the log lines of task {}", h.id),
+                            source,
+                        })
+                    })
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
         let rows: Vec<(uuid::Uuid, bool)> = sqlx::query_as(
             // Rows locked in id order, as the batch completer locks them.
             "WITH locked AS MATERIALIZED (
                  SELECT id FROM tasks WHERE id = ANY($3) ORDER BY id FOR UPDATE
              )
-             UPDATE tasks t SET lease_expires_at = now() + $2 * interval '1 millisecond', progress = u.progress
-             FROM unnest($3::uuid[], $4::bigint[], $5::smallint[]) AS u(id, token, progress)
+             UPDATE tasks t SET lease_expires_at = now() + $2 * interval '1 millisecond',
+                 progress = u.progress, live_logs = COALESCE(u.logs, t.live_logs)
+             FROM unnest($3::uuid[], $4::bigint[], $5::smallint[], $6::text[]) AS u(id, token, progress, logs)
              WHERE t.id = u.id AND t.id IN (SELECT id FROM locked)
                AND t.lease_token = u.token AND t.status = 'running' AND t.owner = $1
              RETURNING t.id, t.cancel_requested",
@@ -421,6 +437,7 @@ impl TaskStore for PgStore {
         .bind(ids)
         .bind(tokens)
         .bind(progress)
+        .bind(logs)
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
@@ -446,14 +463,30 @@ impl TaskStore for PgStore {
         Ok(ids.into_iter().map(TaskId::from).collect())
     }
 
-    async fn progress(&self, id: TaskId) -> Result<Option<u8>, StorageError> {
-        let progress: Option<Option<i16>> =
-            sqlx::query_scalar("SELECT progress FROM tasks WHERE id = $1 AND status = 'running'")
-                .bind(id.as_uuid())
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(unavailable)?;
-        Ok(progress.flatten().and_then(|p| u8::try_from(p).ok()))
+    async fn published(&self, id: TaskId) -> Result<Option<Published>, StorageError> {
+        let row: Option<(Option<i16>, Option<String>)> = sqlx::query_as(
+            "SELECT progress, live_logs FROM tasks WHERE id = $1 AND status = 'running'",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        let Some((progress, logs)) = row else {
+            return Ok(None);
+        };
+        // Lines a host published are shown, never needed: unreadable ones
+        // (a newer host's, say) are left out.
+        let logs = logs
+            .and_then(|text| {
+                serde_json::from_str(&text)
+                    .inspect_err(|e| tracing::warn!(task_id = %id, error = %e, "cannot read the published log lines of a running task"))
+                    .ok()
+            })
+            .unwrap_or_default();
+        Ok(Some(Published {
+            progress: progress.and_then(|p| u8::try_from(p).ok()).unwrap_or(0),
+            logs,
+        }))
     }
 
     async fn mark_enqueued(&self, ids: &[TaskId]) -> Result<(), StorageError> {
@@ -504,12 +537,15 @@ impl TaskStore for PgStore {
             return Ok(Vec::new());
         }
         // Only the keys of bodies are read back, not whole documents.
-        let rows: Vec<(uuid::Uuid, Option<String>, Option<String>)> = sqlx::query_as(
+        let rows: Vec<(uuid::Uuid, Option<String>, Option<String>, Vec<String>)> = sqlx::query_as(
             "DELETE FROM tasks WHERE id IN (
                  SELECT id FROM tasks WHERE status = $1 AND updated_at < $2
                  ORDER BY updated_at LIMIT $3
                  FOR UPDATE SKIP LOCKED)
-             RETURNING id, doc::json -> 'payload_blob' ->> 'key', doc::json -> 'result_blob' ->> 'key'",
+             RETURNING id, doc::json -> 'payload_blob' ->> 'key', doc::json -> 'result_blob' ->> 'key',
+                 ARRAY(SELECT attempt -> 'logs_blob' ->> 'key'
+                       FROM json_array_elements(doc::json -> 'history') AS attempt
+                       WHERE attempt -> 'logs_blob' ->> 'key' IS NOT NULL)",
         )
         .bind(status.as_str())
         .bind(finished_before)
@@ -519,9 +555,9 @@ impl TaskStore for PgStore {
         .map_err(unavailable)?;
         Ok(rows
             .into_iter()
-            .map(|(id, payload, result)| Expired {
+            .map(|(id, payload, result, logs)| Expired {
                 id: TaskId::from(id),
-                blobs: payload.into_iter().chain(result).collect(),
+                blobs: payload.into_iter().chain(result).chain(logs).collect(),
             })
             .collect())
     }
@@ -632,7 +668,8 @@ async fn write_changed(connection: &mut PgConnection, task: &Task) -> Result<(),
         "UPDATE tasks SET status = $2, doc = $3, visible_at = $4, updated_at = now(),
                 lease_expires_at = CASE WHEN $2 = 'running' THEN lease_expires_at END,
                 cancel_requested = $2 = 'running' AND cancel_requested,
-                progress = CASE WHEN $2 = 'running' THEN progress END
+                progress = CASE WHEN $2 = 'running' THEN progress END,
+                live_logs = CASE WHEN $2 = 'running' THEN live_logs END
          WHERE id = $1",
     )
     .bind(task.id.as_uuid())
@@ -655,7 +692,7 @@ pub(crate) async fn claim_row(
     let token: i64 = sqlx::query_scalar(
         "UPDATE tasks SET status = $2, doc = $3, visible_at = NULL, updated_at = now(), owner = $4,
                 lease_token = lease_token + 1, lease_expires_at = now() + $5 * interval '1 millisecond',
-                cancel_requested = false, progress = 0
+                cancel_requested = false, progress = 0, live_logs = NULL
          WHERE id = $1 RETURNING lease_token",
     )
     .bind(task.id.as_uuid())
@@ -683,7 +720,8 @@ async fn upsert(connection: &mut PgConnection, task: &Task) -> Result<(), Storag
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE($9, now()))
          ON CONFLICT (id) DO UPDATE SET sequence = $2, plugin = $3, priority = $4, status = $5,
                 idempotency_key = $6, doc = $7, visible_at = $8, updated_at = COALESCE($9, now()),
-                lease_expires_at = NULL, cancel_requested = false, progress = NULL, enqueued = false,
+                lease_expires_at = NULL, cancel_requested = false, progress = NULL, live_logs = NULL,
+                enqueued = false,
                 sweep_after = NULL",
     )
     .bind(task.id.as_uuid())

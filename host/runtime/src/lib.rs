@@ -19,13 +19,13 @@ pub mod compiler;
 pub mod contract;
 pub mod engine;
 pub mod heap;
+pub mod live;
 pub mod plugin;
 pub mod registry;
 mod reuse;
 pub mod sandbox;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU8;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +33,7 @@ use wasmtime::component::Linker;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 pub use engine::AllocatorKind;
+pub use live::Live;
 pub use plugin::{LoadedPlugin, PluginError};
 pub use registry::{PluginRegistry, RegistryStats};
 pub use taskflow_model::FailureKind;
@@ -267,9 +268,9 @@ impl Runtime {
         plugin: &LoadedPlugin,
         task: TaskInput,
         limits: Limits,
-        progress: Option<Arc<AtomicU8>>,
+        live: Option<Arc<Live>>,
     ) -> Result<Success, Failure> {
-        self.run_logged(plugin, task, limits, progress).await.result
+        self.run_logged(plugin, task, limits, live).await.result
     }
 
     /// [`run`](Self::run), also handing over what the plugin logged and
@@ -280,8 +281,9 @@ impl Runtime {
         plugin: &LoadedPlugin,
         task: TaskInput,
         mut limits: Limits,
-        progress: Option<Arc<AtomicU8>>,
+        live: Option<Arc<Live>>,
     ) -> Ran {
+        let live = live.unwrap_or_default();
         // The engine's pool bounds every memory; a failure must name the cap that applied.
         limits.memory_bytes = limits.memory_bytes.min(self.inner.config.max_memory_bytes);
         let started = Instant::now();
@@ -294,7 +296,7 @@ impl Runtime {
             && !instance.store.data_mut().begin_task(
                 task.id.clone(),
                 limits.memory_bytes,
-                progress.clone(),
+                live.clone(),
                 deadline,
             )
         {
@@ -303,7 +305,7 @@ impl Runtime {
         let (mut store, ready, tasks_before) = match warm {
             Some(warm) => (warm.store, Some(warm.processor), warm.tasks),
             None => (
-                self.new_store(plugin, &task.id, &limits, progress, deadline),
+                self.new_store(plugin, &task.id, &limits, live, deadline),
                 None,
                 0,
             ),
@@ -413,7 +415,7 @@ impl Runtime {
         plugin: &LoadedPlugin,
         task_id: &str,
         limits: &Limits,
-        progress: Option<Arc<AtomicU8>>,
+        live: Arc<Live>,
         deadline: Instant,
     ) -> Store<Sandbox> {
         let mut sandbox = Sandbox::new(
@@ -422,7 +424,7 @@ impl Runtime {
             limits.memory_bytes,
             CapturedOutput::new(limits.output_bytes),
             CapturedOutput::new(limits.output_bytes),
-            progress,
+            live,
         );
         sandbox.deadline = deadline;
         let mut store = Store::new(&self.inner.engine, sandbox);
@@ -511,29 +513,28 @@ fn collect_stdio(task_id: &str, plugin: &str, sandbox: &Sandbox) -> Stdio {
 /// Takes the task's log lines from the sandbox and adds its stdout and
 /// stderr, line by line, stamped now; what the sandbox dropped is counted.
 fn collect_logs(sandbox: &mut Sandbox, stdio: &Stdio) -> RunLogs {
-    let mut lines = std::mem::take(&mut sandbox.logs);
-    let mut dropped = sandbox.log_calls().saturating_sub(lines.len() as u32);
+    let live = sandbox.live();
     let now = chrono::Utc::now();
     for (stream, bytes) in [
         (LogStream::Stdout, &stdio.stdout),
         (LogStream::Stderr, &stdio.stderr),
     ] {
-        lines.extend(
-            String::from_utf8_lossy(bytes)
-                .lines()
-                .filter(|line| !line.is_empty())
-                .map(|line| LogLine {
-                    at: now,
-                    stream,
-                    level: None,
-                    message: line.to_owned(),
-                }),
-        );
+        for line in String::from_utf8_lossy(bytes)
+            .lines()
+            .filter(|line| !line.is_empty())
+        {
+            live.push(LogLine {
+                at: now,
+                stream,
+                level: None,
+                message: line.to_owned(),
+            });
+        }
     }
     if stdio.dropped_bytes > 0 {
-        dropped = dropped.saturating_add(1);
+        live.count_dropped(1);
     }
-    RunLogs { lines, dropped }
+    live.take()
 }
 
 /// How much of a plugin's stdout or stderr goes into one log line.

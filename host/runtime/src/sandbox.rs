@@ -1,7 +1,6 @@
 //! The per-task store state: a WASI context that grants nothing, resource
 //! limits, captured stdio and the host imports of the `processor` world.
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,11 +13,14 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use taskflow_model::attempt::{self, LogLine, LogStream};
 
+use crate::live::Live;
+
 use super::bindings::{Host, LogLevel, TypesHost};
 
-/// How many `log` calls one task may make before further ones are dropped,
-/// so a chatty plugin cannot flood the host log.
-const MAX_LOG_CALLS: u32 = 1_000;
+/// How many `log` calls of one task go to the host's own log, so a chatty
+/// plugin cannot flood it; the attempt's log keeps them within its own
+/// bounds.
+const MAX_HOST_LOG_CALLS: u32 = 1_000;
 /// Longest log message kept from a plugin, in bytes.
 const MAX_LOG_MESSAGE: usize = 4 * 1024;
 /// Most table elements a plugin may grow a table to.
@@ -41,9 +43,9 @@ pub struct Sandbox {
     task_id: String,
     plugin: String,
     log_calls: u32,
-    /// The task's log lines, kept for its attempt's history (bounded).
-    pub(super) logs: Vec<LogLine>,
-    progress: Option<Arc<AtomicU8>>,
+    /// The task's progress and log lines (bounded), for whoever watches
+    /// and for its attempt's history.
+    live: Arc<Live>,
     pub(super) stdout: CapturedOutput,
     pub(super) stderr: CapturedOutput,
     /// When the current task's time is up: the epoch callback interrupts
@@ -60,7 +62,7 @@ impl Sandbox {
         memory_limit: usize,
         stdout: CapturedOutput,
         stderr: CapturedOutput,
-        progress: Option<Arc<AtomicU8>>,
+        live: Arc<Live>,
     ) -> Self {
         let wasi = WasiCtx::builder()
             .stdout(stdout.clone())
@@ -82,8 +84,7 @@ impl Sandbox {
             task_id,
             plugin,
             log_calls: 0,
-            logs: Vec::new(),
-            progress,
+            live,
             stdout,
             stderr,
             // Until a task sets its own: no deadline worth the name.
@@ -92,21 +93,20 @@ impl Sandbox {
     }
 
     /// Readies a reused instance's state for the next task: its id, memory
-    /// cap, progress and deadline, a fresh log budget and empty stdio.
+    /// cap, live state and deadline, a fresh log budget and empty stdio.
     /// `false` when the instance already holds more memory than the new cap
     /// allows (it must not run the task).
     pub(super) fn begin_task(
         &mut self,
         task_id: String,
         memory_limit: usize,
-        progress: Option<Arc<AtomicU8>>,
+        live: Arc<Live>,
         deadline: Instant,
     ) -> bool {
         self.task_id = task_id;
-        self.progress = progress;
+        self.live = live;
         self.deadline = deadline;
         self.log_calls = 0;
-        self.logs.clear();
         self.stdout.take();
         self.stderr.take();
         self.limiter.limit = memory_limit;
@@ -116,9 +116,9 @@ impl Sandbox {
 }
 
 impl Sandbox {
-    /// `log` calls the current task made, kept or not.
-    pub(super) fn log_calls(&self) -> u32 {
-        self.log_calls
+    /// The current task's live state.
+    pub(super) fn live(&self) -> &Live {
+        &self.live
     }
 }
 
@@ -136,41 +136,41 @@ impl TypesHost for Sandbox {}
 impl Host for Sandbox {
     fn log(&mut self, level: LogLevel, mut message: String) {
         self.log_calls = self.log_calls.saturating_add(1);
-        if self.log_calls > MAX_LOG_CALLS {
-            if self.log_calls == MAX_LOG_CALLS + 1 {
-                tracing::warn!(task_id = %self.task_id, plugin = %self.plugin, "plugin log limit reached; dropping further messages");
-            }
-            return;
-        }
         truncate_at_char_boundary(&mut message, MAX_LOG_MESSAGE);
-        if self.logs.len() < attempt::MAX_LOG_LINES {
-            self.logs.push(LogLine {
-                at: chrono::Utc::now(),
-                stream: LogStream::Log,
-                level: Some(match level {
-                    LogLevel::Trace => attempt::LogLevel::Trace,
-                    LogLevel::Debug => attempt::LogLevel::Debug,
-                    LogLevel::Info => attempt::LogLevel::Info,
-                    LogLevel::Warn => attempt::LogLevel::Warn,
-                    LogLevel::Error => attempt::LogLevel::Error,
-                }),
-                message: message.clone(),
-            });
-        }
         let (task_id, plugin) = (&self.task_id, &self.plugin);
-        match level {
-            LogLevel::Trace => tracing::trace!(task_id, plugin, source = "plugin", "{message}"),
-            LogLevel::Debug => tracing::debug!(task_id, plugin, source = "plugin", "{message}"),
-            LogLevel::Info => tracing::info!(task_id, plugin, source = "plugin", "{message}"),
-            LogLevel::Warn => tracing::warn!(task_id, plugin, source = "plugin", "{message}"),
-            LogLevel::Error => tracing::error!(task_id, plugin, source = "plugin", "{message}"),
+        if self.log_calls > MAX_HOST_LOG_CALLS {
+            if self.log_calls == MAX_HOST_LOG_CALLS + 1 {
+                tracing::warn!(
+                    task_id,
+                    plugin,
+                    "plugin log limit of the host's log reached; further lines go to the attempt's log only"
+                );
+            }
+        } else {
+            match level {
+                LogLevel::Trace => tracing::trace!(task_id, plugin, source = "plugin", "{message}"),
+                LogLevel::Debug => tracing::debug!(task_id, plugin, source = "plugin", "{message}"),
+                LogLevel::Info => tracing::info!(task_id, plugin, source = "plugin", "{message}"),
+                LogLevel::Warn => tracing::warn!(task_id, plugin, source = "plugin", "{message}"),
+                LogLevel::Error => tracing::error!(task_id, plugin, source = "plugin", "{message}"),
+            }
         }
+        self.live.push(LogLine {
+            at: chrono::Utc::now(),
+            stream: LogStream::Log,
+            level: Some(match level {
+                LogLevel::Trace => attempt::LogLevel::Trace,
+                LogLevel::Debug => attempt::LogLevel::Debug,
+                LogLevel::Info => attempt::LogLevel::Info,
+                LogLevel::Warn => attempt::LogLevel::Warn,
+                LogLevel::Error => attempt::LogLevel::Error,
+            }),
+            message,
+        });
     }
 
     fn progress(&mut self, percent: u8) {
-        if let Some(progress) = &self.progress {
-            progress.store(percent.min(100), Ordering::Relaxed);
-        }
+        self.live.set_progress(percent);
     }
 
     fn remaining_millis(&mut self) -> u64 {

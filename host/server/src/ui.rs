@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use taskflow_backend::storage::ListQuery;
-use taskflow_model::api::{HostBeat, Stats, TaskPage, TaskView};
+use taskflow_model::api::{HostBeat, Stats, TaskLogs, TaskPage, TaskView};
 use taskflow_model::plugin::PluginInfo;
 use taskflow_model::task::{NewTask, Task, TaskId};
 use taskflow_ui::{UiError, UiService};
@@ -40,6 +40,10 @@ impl UiService for Dashboard {
 
     async fn task(&self, id: TaskId) -> Result<TaskView, UiError> {
         self.0.get(id).await.map_err(refusal)
+    }
+
+    async fn logs(&self, id: TaskId) -> Result<TaskLogs, UiError> {
+        self.0.logs(id).await.map_err(refusal)
     }
 
     async fn cancel(&self, id: TaskId) -> Result<TaskView, UiError> {

@@ -80,8 +80,8 @@ pub struct ListArgs {
 pub struct LogsArgs {
     /// Task id.
     pub id: String,
-    /// Keep printing each attempt's lines as it ends, until the task is
-    /// finished.
+    /// Keep printing the plugin's lines as it logs them (stdout and stderr
+    /// as each attempt ends), until the task is finished.
     #[arg(long, short)]
     pub follow: bool,
     /// Print the logs as JSON (`GET /tasks/{id}/logs`) instead.
@@ -208,15 +208,17 @@ pub async fn logs(args: LogsArgs, server: &ServerArgs) -> anyhow::Result<()> {
     if args.json {
         return print_json(&client.logs(&id).await?);
     }
-    // Per attempt number: whether its header and how many lines were printed.
-    let mut printed: std::collections::BTreeMap<u32, (bool, usize)> = Default::default();
+    // Per attempt number: the outcome its header showed and how many lines
+    // were printed.
+    let mut printed: std::collections::BTreeMap<u32, (Option<AttemptOutcome>, usize)> =
+        Default::default();
     loop {
         let logs = client.logs(&id).await?;
         for attempt in &logs.history {
-            let (header, lines) = printed.entry(attempt.number).or_default();
-            if !*header {
+            let (shown, lines) = printed.entry(attempt.number).or_default();
+            if shown.is_none() {
                 out!("{}", attempt_header(attempt));
-                *header = true;
+                *shown = Some(attempt.outcome);
             }
             for line in attempt.logs.iter().skip(*lines) {
                 let level = line.level.map_or(line.stream.as_str(), |l| l.as_str());
@@ -228,6 +230,12 @@ pub async fn logs(args: LogsArgs, server: &ServerArgs) -> anyhow::Result<()> {
                 );
             }
             *lines = (*lines).max(attempt.logs.len());
+            if *shown == Some(AttemptOutcome::Running) && attempt.outcome != AttemptOutcome::Running
+            {
+                // Followed while it ran: now how it ended.
+                out!("{}", attempt_header(attempt));
+                *shown = Some(attempt.outcome);
+            }
         }
         let running = logs
             .history

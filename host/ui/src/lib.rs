@@ -68,6 +68,7 @@ pub fn router(service: Arc<dyn UiService>, auth: UiAuth) -> Router {
         .route("/tasks/{id}", get(pages::task::page))
         .route("/tasks/{id}/payload.json", get(pages::task::payload))
         .route("/tasks/{id}/result.json", get(pages::task::result))
+        .route("/tasks/{id}/logs.json", get(pages::task::whole_logs))
         .route("/tasks/{id}/cancel", post(pages::task::cancel))
         .route("/tasks/{id}/retry", post(pages::task::retry))
         .route(

@@ -2,7 +2,7 @@
 //! actions, in the model's types. The host implements it over its service;
 //! a test implements it over whatever it likes.
 
-use taskflow_model::api::{HostBeat, Stats, TaskPage, TaskView};
+use taskflow_model::api::{HostBeat, Stats, TaskLogs, TaskPage, TaskView};
 use taskflow_model::plugin::PluginInfo;
 use taskflow_model::query::ListQuery;
 use taskflow_model::task::{NewTask, Task, TaskId};
@@ -45,8 +45,11 @@ pub trait UiService: Send + Sync {
     async fn hosts(&self) -> Result<Vec<HostBeat>, UiError>;
     /// A page of tasks.
     async fn list(&self, query: &ListQuery) -> Result<TaskPage, UiError>;
-    /// One task with its bodies and its history, log lines included.
+    /// One task with its bodies and its history, log lines included (the
+    /// first lines of each attempt; a running one's so far).
     async fn task(&self, id: TaskId) -> Result<TaskView, UiError>;
+    /// Every attempt's whole log (as `GET /tasks/{id}/logs`).
+    async fn logs(&self, id: TaskId) -> Result<TaskLogs, UiError>;
     /// Cancels a pending or running task.
     async fn cancel(&self, id: TaskId) -> Result<TaskView, UiError>;
     /// Queues a failed or cancelled task again.

@@ -2,15 +2,18 @@
 //! blob store, and the task record holds its key, size and SHA-256 instead
 //! ([`BlobRef`]). Clients never see the difference: a task read alone comes
 //! back with its bodies; only list pages leave them out, so they stay small.
+//! An attempt's log longer than the record keeps goes there whole too,
+//! read back for the task's logs.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use taskflow_model::attempt::RunLogs;
 use taskflow_model::task::{BlobRef, Task, TaskOutput};
 
-use super::{BlobError, BlobStore, payload_key, result_key};
+use super::{BlobError, BlobStore, log_key, payload_key, result_key};
 
 /// Bodies larger than this many bytes go to the blob store by default.
 pub const DEFAULT_THRESHOLD: usize = 64 * 1024;
@@ -108,6 +111,54 @@ impl ClaimCheck {
                 task.result = Some(TaskOutput::from_bytes(output));
                 task.result_blob = None;
             }
+        }
+        Ok(())
+    }
+
+    /// At the end of an attempt (the latest in `task`'s history) of the
+    /// claim `token`: keeps its whole log in the blob store when the record
+    /// cannot hold it all and there is a blob store. Call after the
+    /// attempt's first lines are in the record.
+    pub async fn store_logs(
+        &self,
+        task: &mut Task,
+        logs: &RunLogs,
+        token: u64,
+    ) -> Result<(), BlobError> {
+        let (Some(blobs), Some(attempt)) = (&self.blobs, task.history.last_mut()) else {
+            return Ok(());
+        };
+        if logs.fits_the_record() {
+            return Ok(());
+        }
+        let bytes = match serde_json::to_vec(logs) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // Lines of text always encode; should they not, the first
+                // lines in the record are what is kept.
+                tracing::warn!(task_id = %task.id, error = %e, "cannot encode an attempt's log");
+                return Ok(());
+            }
+        };
+        let key = log_key(task.id, attempt.number, token);
+        attempt.logs_blob = Some(put(blobs.as_ref(), key, bytes.into()).await?);
+        Ok(())
+    }
+
+    /// For a client reading a task's logs: the whole log of each attempt
+    /// that keeps it in the blob store, in place of its first lines.
+    pub async fn resolve_logs(&self, task: &mut Task) -> Result<(), BlobError> {
+        for index in 0..task.history.len() {
+            let Some(blob) = task.history[index].logs_blob.clone() else {
+                continue;
+            };
+            let bytes = self.fetch(task, &blob).await?;
+            let whole: RunLogs =
+                serde_json::from_slice(&bytes).map_err(|e| BlobError::Corrupt {
+                    key: blob.key.clone(),
+                    reason: format!("the log is not what a host writes: {e}"),
+                })?;
+            task.history[index].restore_logs(whole);
         }
         Ok(())
     }

@@ -11,10 +11,12 @@
 //! |---|---|
 //! | a payload | `payloads/<shard>/<task id>` |
 //! | a result | `results/<shard>/<task id>/<lease token>` |
+//! | an attempt's whole log | `logs/<shard>/<task id>/<attempt>-<lease token>` |
 //! | a plugin | `plugins/<sha-256>.wasm` |
 //!
-//! A result's key names the claim that wrote it, so a host that lost its
-//! lease can never overwrite the result of the host that took the task over.
+//! The keys of results and logs name the claim that wrote them, so a host
+//! that lost its lease can never overwrite what the host that took the task
+//! over wrote.
 
 mod claim_check;
 
@@ -93,11 +95,15 @@ pub struct Listed {
     pub written_at: DateTime<Utc>,
 }
 
-/// The task whose body is under `key` (a payload or result key), if it is one.
+/// Prefixes of the blobs of tasks (payloads, results and logs).
+pub const TASK_PREFIXES: [&str; 3] = ["payloads/", "results/", "logs/"];
+
+/// The task whose blob is under `key` (a payload, result or log key), if it
+/// is one.
 pub fn task_of_key(key: &str) -> Option<TaskId> {
-    let rest = key
-        .strip_prefix("payloads/")
-        .or_else(|| key.strip_prefix("results/"))?;
+    let rest = TASK_PREFIXES
+        .iter()
+        .find_map(|prefix| key.strip_prefix(prefix))?;
     rest.split('/').nth(1)?.parse().ok()
 }
 
@@ -109,6 +115,12 @@ pub fn payload_key(id: TaskId) -> String {
 /// Key of the result a claim (`token`) of a task wrote.
 pub fn result_key(id: TaskId, token: u64) -> String {
     format!("results/{}/{id}/{token}", id.shard())
+}
+
+/// Key of the whole log of attempt `number` of a task, written by the
+/// claim `token`.
+pub fn log_key(id: TaskId, number: u32, token: u64) -> String {
+    format!("logs/{}/{id}/{number}-{token}", id.shard())
 }
 
 /// Key of a plugin's bytes, by their SHA-256.

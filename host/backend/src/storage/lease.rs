@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
+use taskflow_model::attempt::RunLogs;
 use taskflow_model::task::{Begin, Task, TaskId, TaskStatus};
 
 use super::{StorageError, TaskStore};
@@ -202,7 +203,7 @@ impl Saved {
 }
 
 /// A lease a host holds, as it renews it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {
     /// The task.
     pub id: TaskId,
@@ -210,6 +211,18 @@ pub struct Held {
     pub token: u64,
     /// Progress to publish, percent.
     pub progress: u8,
+    /// The running attempt's log lines so far (within the record's
+    /// bounds) to publish; `None` when unchanged since the last renewal.
+    pub logs: Option<RunLogs>,
+}
+
+/// What the holder of a running task's lease last published of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Progress, percent.
+    pub progress: u8,
+    /// The running attempt's log lines so far.
+    pub logs: RunLogs,
 }
 
 /// A lease still held after a renewal.
@@ -236,7 +249,7 @@ struct Entry {
     token: u64,
     expires: Instant,
     cancel_requested: bool,
-    progress: u8,
+    published: Published,
 }
 
 impl LeaseTable {
@@ -280,7 +293,7 @@ impl LeaseTable {
                         token,
                         expires,
                         cancel_requested: false,
-                        progress: 0,
+                        published: Published::default(),
                     },
                 );
                 token
@@ -328,7 +341,10 @@ impl LeaseTable {
                     .get_mut(&h.id)
                     .filter(|e| e.token == h.token && e.owner == owner)?;
                 entry.expires = expires;
-                entry.progress = h.progress;
+                entry.published.progress = h.progress;
+                if let Some(logs) = &h.logs {
+                    entry.published.logs = logs.clone();
+                }
                 Some(Renewed {
                     id: h.id,
                     cancel_requested: entry.cancel_requested,
@@ -337,9 +353,9 @@ impl LeaseTable {
             .collect()
     }
 
-    /// Published progress of a leased task.
-    pub fn progress(&self, id: TaskId) -> Option<u8> {
-        self.lock().get(&id).map(|entry| entry.progress)
+    /// What the holder of a leased task published of it.
+    pub fn published(&self, id: TaskId) -> Option<Published> {
+        self.lock().get(&id).map(|entry| entry.published.clone())
     }
 
     /// Which of `running` (the ids stored as running) have no live lease.

@@ -12,7 +12,9 @@ use chrono::{DateTime, Utc};
 
 use taskflow_model::task::{Task, TaskId, TaskStatus};
 
-pub use lease::{Change, ChangeFn, Claim, Claimed, Held, LeaseState, Renewed, Saved, Updated};
+pub use lease::{
+    Change, ChangeFn, Claim, Claimed, Held, LeaseState, Published, Renewed, Saved, Updated,
+};
 pub use taskflow_model::api::{HostBeat, StatusCounts, TaskPage};
 pub use taskflow_model::query::{ListFacts, ListQuery};
 
@@ -139,11 +141,7 @@ impl Expired {
     pub fn of(task: &Task) -> Self {
         Self {
             id: task.id,
-            blobs: [&task.payload_blob, &task.result_blob]
-                .into_iter()
-                .flatten()
-                .map(|blob| blob.key.clone())
-                .collect(),
+            blobs: task.blobs().map(|blob| blob.key.clone()).collect(),
         }
     }
 }
@@ -209,8 +207,8 @@ pub trait TaskStore: Send + Sync {
     async fn save_leased(&self, task: &Task, token: u64) -> Result<Saved, StorageError>;
 
     /// Extends, for `ttl` from now, the leases of `owner` that `held` lists
-    /// and that it still holds, publishing their progress; those, with any
-    /// cancel request on them.
+    /// and that it still holds, publishing their progress and log lines;
+    /// those, with any cancel request on them.
     async fn renew(
         &self,
         owner: &str,
@@ -221,8 +219,9 @@ pub trait TaskStore: Send + Sync {
     /// Up to `limit` running tasks whose lease has expired (for the reaper).
     async fn expired(&self, limit: usize) -> Result<Vec<TaskId>, StorageError>;
 
-    /// Progress last published for a running task by its lease holder.
-    async fn progress(&self, id: TaskId) -> Result<Option<u8>, StorageError>;
+    /// What the lease holder of a running task last published of it
+    /// (`None` when it is not running).
+    async fn published(&self, id: TaskId) -> Result<Option<Published>, StorageError>;
 
     /// The outbox of a queue outside the store (SQS), between the commit of
     /// a task and its message: records that the queue holds an entry for

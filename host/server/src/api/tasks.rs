@@ -179,9 +179,12 @@ pub async fn retry(
 }
 
 /// What the task's plugin logged and wrote to stdout and stderr, attempt by
-/// attempt (the latest 20 attempts; at most 200 lines and 32 KiB per
-/// attempt, `logs_dropped` counting the rest). An attempt's lines arrive
-/// when it ends.
+/// attempt (the latest 20 attempts). A running attempt shows the lines of
+/// the `log` import so far (its stdout and stderr come when it ends). An
+/// attempt keeps up to 200 lines and 32 KiB in the task's record; a longer
+/// log is kept whole (up to 10,000 lines and 1 MiB) in the blob store where
+/// the host has one (`TASKFLOW_BLOBS=s3`), and comes back whole here.
+/// `logs_dropped` counts the lines left out.
 #[utoipa::path(get, path = "/tasks/{id}/logs", tag = "tasks", params(IdPath),
     responses(
         (status = 200, description = "The task's attempts with their log lines", body = TaskLogs),

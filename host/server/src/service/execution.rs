@@ -2,7 +2,7 @@
 //! and the backoff of retries.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -14,7 +14,7 @@ use taskflow_backend::queue::Delivery;
 use taskflow_backend::storage::{Claim, Claimed, Saved};
 use taskflow_model::attempt::AttemptOutcome;
 use taskflow_model::task::{Task, TaskError, TaskId, TaskStatus};
-use taskflow_runtime::{Failure, FailureKind, Limits, Ran, RunLogs, TaskInput};
+use taskflow_runtime::{Failure, FailureKind, Limits, Live, Ran, RunLogs, TaskInput};
 
 use super::{Running, ServiceError, TaskService};
 
@@ -47,6 +47,23 @@ struct Attempt {
     digest: Option<String>,
     result: Result<taskflow_runtime::Success, Failure>,
     logs: RunLogs,
+}
+
+/// How a run ended: with the plugin's answer, or stopped by a cancel (with
+/// what the plugin had logged by then).
+#[derive(Clone)]
+enum Ended {
+    Ran(Attempt),
+    Cancelled(RunLogs),
+}
+
+impl Ended {
+    fn logs(&self) -> &RunLogs {
+        match self {
+            Self::Ran(attempt) => &attempt.logs,
+            Self::Cancelled(logs) => logs,
+        }
+    }
 }
 
 impl TaskService {
@@ -95,10 +112,10 @@ impl TaskService {
             self.wait_for_plugin(task, token, &delivery).await;
             return;
         }
-        let (stop, lost, progress) = (
+        let (stop, lost, live) = (
             Arc::new(Notify::new()),
             Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicU8::new(0)),
+            Arc::new(Live::default()),
         );
         self.running_lock().insert(
             id,
@@ -107,20 +124,21 @@ impl TaskService {
                 delivery: delivery.clone(),
                 stop: stop.clone(),
                 lost: lost.clone(),
-                progress: progress.clone(),
+                live: live.clone(),
             },
         );
 
         let started = Instant::now();
         let outcome = tokio::select! {
-            outcome = self.execute(&task, progress) => match outcome {
-                Ok(outcome) => Some(outcome),
+            outcome = self.execute(&task, live.clone()) => match outcome {
+                Ok(outcome) => Ended::Ran(outcome),
                 Err(e) => {
                     self.postpone_unread(task, token, &delivery, e).await;
                     return;
                 }
             },
-            () = stop.notified() => None,
+            // The instance is dropped with the run; what it logged stays.
+            () = stop.notified() => Ended::Cancelled(live.take()),
         };
         let elapsed = started.elapsed();
         // When the attempt ended, as its history records it: the same at
@@ -253,7 +271,7 @@ impl TaskService {
 
     /// Runs one attempt on the version of the plugin serving now; an error
     /// when the payload's store does not answer (nothing ran).
-    async fn execute(&self, task: &Task, progress: Arc<AtomicU8>) -> Result<Attempt, BlobError> {
+    async fn execute(&self, task: &Task, live: Arc<Live>) -> Result<Attempt, BlobError> {
         let Ok(entry) = self.registry.get(&task.plugin) else {
             let message = format!("plugin {:?} is no longer loaded", task.plugin);
             return Ok(Attempt {
@@ -296,7 +314,7 @@ impl TaskService {
         let Ran { result, logs } = self
             .registry
             .runtime()
-            .run_logged(&entry.plugin, input, limits, Some(progress))
+            .run_logged(&entry.plugin, input, limits, Some(live))
             .await;
         Ok(Attempt {
             digest: Some(entry.plugin.digest.clone()),
@@ -340,24 +358,30 @@ impl TaskService {
     }
 
     /// Records the outcome of a run: completed, failed, back to pending for a
-    /// retry, or cancelled (`outcome` is `None`); [`Finished::Lost`] when
-    /// the lease was lost meanwhile and nothing was written.
+    /// retry, or cancelled, with what the plugin logged (the whole log in
+    /// the blob store when the record cannot hold it);
+    /// [`Finished::Lost`] when the lease was lost meanwhile and nothing was
+    /// written.
     async fn finish(
         &self,
         mut task: Task,
         token: u64,
-        outcome: Option<Attempt>,
+        ended: Ended,
         elapsed: Duration,
         ended_at: chrono::DateTime<Utc>,
     ) -> Result<Finished, ServiceError> {
         let now = Utc::now();
         let mut retry = None;
-        let label = match outcome {
-            None => {
+        let whole = (!ended.logs().fits_the_record()).then(|| ended.logs().clone());
+        let label = match ended {
+            Ended::Cancelled(logs) => {
                 task.cancel(ended_at);
+                if let Some(attempt) = task.history.last_mut() {
+                    attempt.add_logs(logs.lines, logs.dropped);
+                }
                 "cancelled"
             }
-            Some(Attempt {
+            Ended::Ran(Attempt {
                 result: Ok(success),
                 logs,
                 ..
@@ -378,7 +402,7 @@ impl TaskService {
                 task.last_error = None;
                 "completed"
             }
-            Some(Attempt {
+            Ended::Ran(Attempt {
                 digest,
                 result: Err(failure),
                 logs,
@@ -411,6 +435,9 @@ impl TaskService {
                 }
             }
         };
+        if let Some(whole) = &whole {
+            self.bodies.store_logs(&mut task, whole, token).await?;
+        }
         let (label, retry) = match self.store.save_leased(&task, token).await? {
             Saved::Written => (label, retry),
             Saved::Lost => return Ok(Finished::Lost),

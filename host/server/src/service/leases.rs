@@ -77,7 +77,8 @@ impl TaskService {
                 .map(|(id, r)| Held {
                     id: *id,
                     token: r.token,
-                    progress: r.progress.load(Ordering::Relaxed),
+                    progress: r.live.progress(),
+                    logs: r.live.unpublished(),
                 })
                 .collect();
             if held.is_empty() {
@@ -91,6 +92,7 @@ impl TaskService {
                 Ok(renewed) => renewed,
                 Err(e) => {
                     self.store_trouble.seen();
+                    self.unpublish(&held);
                     if !failing {
                         tracing::warn!(error = %e, "cannot renew the leases of running tasks; retrying");
                         failing = true;
@@ -144,6 +146,17 @@ impl TaskService {
         }
         if let Some(extending) = extending {
             extending.abort();
+        }
+    }
+
+    /// The renewal that carried `held`'s log lines failed: they go with the
+    /// next one.
+    fn unpublish(&self, held: &[Held]) {
+        let running = self.running_lock();
+        for h in held.iter().filter(|h| h.logs.is_some()) {
+            if let Some(run) = running.get(&h.id) {
+                run.live.unpublish();
+            }
         }
     }
 

@@ -36,7 +36,7 @@ pub use execution::backoff;
 pub use retention::{Retained, Retention, SweepCursor};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -181,7 +181,8 @@ struct Running {
     /// Stops the run: a cancel, or the lease lost (then `lost` is set).
     stop: Arc<Notify>,
     lost: Arc<AtomicBool>,
-    progress: Arc<AtomicU8>,
+    /// Its progress and log lines so far.
+    live: Arc<taskflow_runtime::Live>,
 }
 
 /// The task service. Cheap to share as `Arc<TaskService>`.

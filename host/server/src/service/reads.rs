@@ -1,11 +1,9 @@
 //! Reading, listing, cancelling and retrying tasks; statistics and metrics.
 
-use std::sync::atomic::Ordering;
-
 use chrono::Utc;
 
 use taskflow_backend::queue::QueueEntry;
-use taskflow_backend::storage::{Change, LeaseState, ListQuery, TaskPage};
+use taskflow_backend::storage::{Change, LeaseState, ListQuery, Published, TaskPage};
 use taskflow_model::api::TaskLogs;
 use taskflow_model::task::{Task, TaskId, TaskStatus};
 use taskflow_runtime::plugin::PluginInfo;
@@ -15,25 +13,41 @@ use crate::metrics::Gauges;
 
 impl TaskService {
     /// The task with `id`, with its bodies (from the blob store if need
-    /// be) and its progress while it runs (live when it runs here, as last
-    /// published by its host otherwise).
+    /// be), and its progress and log lines so far while it runs.
     pub async fn get(&self, id: TaskId) -> Result<TaskView, ServiceError> {
         let mut task = self
             .store
             .load(id)
             .await?
             .ok_or(ServiceError::NotFound(id))?;
-        let here = self
-            .running_lock()
-            .get(&id)
-            .map(|r| r.progress.load(Ordering::Relaxed));
-        let progress = match (task.status, here) {
-            (TaskStatus::Running, Some(here)) => Some(here),
-            (TaskStatus::Running, None) => self.store.progress(id).await?,
-            _ => None,
-        };
+        let progress = self.show_live(&mut task).await?;
         self.bodies.resolve(&mut task).await?;
         Ok(TaskView { task, progress })
+    }
+
+    /// For a running task: puts the log lines of its running attempt so far
+    /// in it, and says its progress (live when it runs here, as its host
+    /// last published them otherwise).
+    async fn show_live(&self, task: &mut Task) -> Result<Option<u8>, ServiceError> {
+        if task.status != TaskStatus::Running {
+            return Ok(None);
+        }
+        let here = self.running_lock().get(&task.id).map(|run| Published {
+            progress: run.live.progress(),
+            logs: run.live.preview(),
+        });
+        let published = match here {
+            Some(here) => Some(here),
+            None => self.store.published(task.id).await?,
+        };
+        let Some(published) = published else {
+            return Ok(None);
+        };
+        if let Some(attempt) = task.running_attempt() {
+            attempt.logs = published.logs.lines;
+            attempt.logs_dropped = published.logs.dropped;
+        }
+        Ok(Some(published.progress))
     }
 
     /// A page of tasks. Bodies kept in the blob store are left there (the
@@ -49,11 +63,16 @@ impl TaskService {
     }
 
     /// Every task with its bodies (from the blob store if need be), for a
-    /// backup that stands on its own.
+    /// backup that stands on its own: each attempt with the first lines of
+    /// its log (`logs_dropped` counting the rest of a whole log left in the
+    /// blob store).
     pub async fn export(&self) -> Result<Vec<Task>, ServiceError> {
         let mut tasks = self.store.all().await?;
         for task in &mut tasks {
             self.bodies.resolve(task).await?;
+            for attempt in &mut task.history {
+                attempt.logs_blob = None;
+            }
         }
         Ok(tasks)
     }
@@ -140,13 +159,17 @@ impl TaskService {
         })
     }
 
-    /// The plugin's log lines of each attempt of the task kept in its history.
+    /// The plugin's log lines of each attempt of the task kept in its
+    /// history: whole logs read from the blob store, a running attempt's
+    /// lines so far.
     pub async fn logs(&self, id: TaskId) -> Result<TaskLogs, ServiceError> {
-        let task = self
+        let mut task = self
             .store
             .load(id)
             .await?
             .ok_or(ServiceError::NotFound(id))?;
+        self.show_live(&mut task).await?;
+        self.bodies.resolve_logs(&mut task).await?;
         Ok(TaskLogs {
             id,
             status: task.status,

@@ -1,8 +1,9 @@
 //! Retention: nothing is kept forever. A finished task is deleted once it
-//! is older than its status's age ([`Retention`]), with its bodies in the
-//! blob store; bodies no task points to any more (a result written by a
-//! host that lost its lease, a payload whose task was never stored) are
-//! swept once old enough not to be on their way still. The same job folds
+//! is older than its status's age ([`Retention`]), with its bodies and
+//! whole logs in the blob store; blobs no task points to any more (a result
+//! written by a host that lost its lease, a payload whose task was never
+//! stored, the log of an attempt gone from a long history) are swept once
+//! old enough not to be on their way still. The same job folds
 //! the store's count changes into its counts, so `/stats` never scans.
 //!
 //! One host of the fleet runs the job at a time (the store's `lead`), in
@@ -31,8 +32,6 @@ const BATCH_PAUSE: Duration = Duration::from_millis(50);
 const PAUSE_PER_BATCH_TIME: u32 = 2;
 /// Blob keys the orphan sweep looks at per prefix in one round.
 const SWEEP_KEYS: usize = 1000;
-/// Prefixes of task bodies in the blob store (plugins are the catalog's).
-const BODY_PREFIXES: [&str; 2] = ["payloads/", "results/"];
 
 /// How long finished tasks are kept, by status (`None`: forever), and how
 /// the job runs.
@@ -79,7 +78,7 @@ impl Retention {
 /// Where the orphan sweep goes on from, per body prefix.
 #[derive(Debug, Default)]
 pub struct SweepCursor {
-    after: [Option<String>; BODY_PREFIXES.len()],
+    after: [Option<String>; blobs::TASK_PREFIXES.len()],
 }
 
 /// What one round of the job deleted.
@@ -203,7 +202,7 @@ impl TaskService {
             return Ok(0);
         };
         let mut deleted = 0;
-        for (prefix, after) in BODY_PREFIXES.iter().zip(cursor.after.iter_mut()) {
+        for (prefix, after) in blobs::TASK_PREFIXES.iter().zip(cursor.after.iter_mut()) {
             let listed = blob_store
                 .list(prefix, after.as_deref(), SWEEP_KEYS)
                 .await?;
@@ -216,12 +215,11 @@ impl TaskService {
                 let Some(id) = blobs::task_of_key(&blob.key) else {
                     continue; // not a body this host writes
                 };
-                let pointed_to = self.store.load(id).await?.is_some_and(|task| {
-                    [&task.payload_blob, &task.result_blob]
-                        .into_iter()
-                        .flatten()
-                        .any(|body| body.key == blob.key)
-                });
+                let pointed_to = self
+                    .store
+                    .load(id)
+                    .await?
+                    .is_some_and(|task| task.blobs().any(|body| body.key == blob.key));
                 if !pointed_to {
                     orphans.push(blob.key);
                 }

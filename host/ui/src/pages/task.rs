@@ -117,22 +117,35 @@ pub async fn page(
                     }
                 }
             }
-            @for attempt in task.history.iter().rev() { (logs(attempt)) }
+            @for attempt in task.history.iter().rev() { (logs(task.id, attempt)) }
         }
     };
     layout::page_with(&format!("Task {}", task.id), Some(&session), live, body).into_response()
 }
 
-/// An attempt's log lines, newest attempt first, each folded open.
-fn logs(attempt: &Attempt) -> Markup {
+/// An attempt's log lines, newest attempt first, each folded open; a link
+/// to the whole log when the blob store keeps it.
+fn logs(id: TaskId, attempt: &Attempt) -> Markup {
+    let running = attempt.finished_at.is_none();
     html! {
         details.logs open data-logs=(attempt.number) {
             summary {
                 "Logs of attempt " (attempt.number) " (" (attempt.logs.len()) " lines"
-                @if attempt.logs_dropped > 0 { ", " (attempt.logs_dropped) " dropped" } ")"
+                @if attempt.logs_blob.is_some() {
+                    ", " (attempt.logs_dropped) " more in the whole log"
+                } @else if attempt.logs_dropped > 0 {
+                    ", " (attempt.logs_dropped) " dropped"
+                }
+                @if running { ", so far" } ")"
+            }
+            @if attempt.logs_blob.is_some() {
+                p.note {
+                    "The first lines are shown. "
+                    a href={ (PREFIX) "/tasks/" (id) "/logs.json" } download { "Download the whole log" }
+                }
             }
             @if attempt.logs.is_empty() {
-                p.note { @if attempt.finished_at.is_some() { "The plugin logged nothing." } @else { "Lines arrive when the attempt ends." } }
+                p.note { @if running { "No lines yet: the plugin's log lines show as it logs them, its stdout and stderr when it ends." } @else { "The plugin logged nothing." } }
             } @else {
                 table.log {
                     tbody {
@@ -213,6 +226,22 @@ pub async fn result(State(state): State<UiState>, Path(id): Path<String>) -> Res
         Ok(task) => download(
             format!("{}-result.json", task.id),
             serde_json::to_value(&task.result).unwrap_or_default(),
+        ),
+        Err(e) => error_page(&e),
+    }
+}
+
+/// `GET /ui/tasks/{id}/logs.json`: every attempt's whole log, as the API
+/// shows it.
+pub async fn whole_logs(State(state): State<UiState>, Path(id): Path<String>) -> Response {
+    let logs = match parse(&id) {
+        Ok(id) => state.service.logs(id).await,
+        Err(e) => Err(e),
+    };
+    match logs {
+        Ok(logs) => download(
+            format!("{}-logs.json", logs.id),
+            serde_json::to_value(&logs).unwrap_or_default(),
         ),
         Err(e) => error_page(&e),
     }
