@@ -1456,10 +1456,10 @@ async fn log_lines_show_while_a_task_runs_and_stay_when_it_is_cancelled(backend:
 }
 
 /// An attempt logging more than its record keeps: the record holds the
-/// first 200 lines; with a blob store (S3) the whole log is kept there and
-/// `GET /tasks/{id}/logs` gives it back whole, without one `logs_dropped`
-/// counts the rest.
-async fn a_long_log_is_kept_whole_where_there_is_a_blob_store(backend: Backend) {
+/// first 200 lines, the whole log is kept in the blob store (S3 where there
+/// is S3, else the PostgreSQL table or the data directory's files), and
+/// `GET /tasks/{id}/logs` gives it back whole.
+async fn a_long_log_is_kept_whole_in_the_blob_store(backend: Backend) {
     let host = TestHost::start_on(backend, 1, true).await;
     let client = reqwest::Client::new();
     let task = submit(
@@ -1473,30 +1473,38 @@ async fn a_long_log_is_kept_whole_where_there_is_a_blob_store(backend: Backend) 
     assert_eq!(record.logs.len(), 200, "the record keeps the first lines");
     assert_eq!(record.logs[199].message, "line 200 of 500");
     assert_eq!(record.logs_dropped, 300);
+    let blob = record.logs_blob.as_ref().expect("the whole log is kept");
+    assert!(
+        blob.key
+            .starts_with(&format!("logs/{}/{}/1-", task.id.shard(), task.id)),
+        "the key names the task, the attempt and its claim: {}",
+        blob.key
+    );
+    match (backend, &host.bucket) {
+        (Backend::Sqs, Some(bucket)) => assert_eq!(
+            taskflow_tests::aws::keys(bucket, "logs/").await,
+            vec![blob.key.clone()],
+            "in S3"
+        ),
+        (Backend::Files, _) => assert!(
+            host.data.path().join("blobs").join(&blob.key).is_file(),
+            "in the data directory"
+        ),
+        _ => {}
+    }
 
     let logs = get_json(&client, &host.at(&format!("/tasks/{}/logs", task.id))).await;
     let attempt = &logs["history"][0];
     let lines = messages(attempt);
-    if let Some(bucket) = &host.bucket {
-        let blob = record.logs_blob.as_ref().expect("the whole log is in S3");
-        assert_eq!(
-            taskflow_tests::aws::keys(bucket, "logs/").await,
-            vec![blob.key.clone()]
-        );
-        assert_eq!(lines.len(), 500, "the whole log comes back");
-        assert!(
-            lines
-                .iter()
-                .enumerate()
-                .all(|(i, m)| *m == format!("line {} of 500", i + 1))
-        );
-        assert!(attempt.get("logs_dropped").is_none(), "{attempt}");
-        assert!(attempt.get("logs_blob").is_none(), "{attempt}");
-    } else {
-        assert!(record.logs_blob.is_none());
-        assert_eq!(lines.len(), 200);
-        assert_eq!(attempt["logs_dropped"], 300);
-    }
+    assert_eq!(lines.len(), 500, "the whole log comes back");
+    assert!(
+        lines
+            .iter()
+            .enumerate()
+            .all(|(i, m)| *m == format!("line {} of 500", i + 1))
+    );
+    assert!(attempt.get("logs_dropped").is_none(), "{attempt}");
+    assert!(attempt.get("logs_blob").is_none(), "{attempt}");
     host.stop().await;
 }
 
@@ -1903,7 +1911,7 @@ on_every_backend!(
         a_restored_task_with_no_attempt_left_fails_instead_of_running_again,
         progress_is_visible_while_a_task_runs,
         log_lines_show_while_a_task_runs_and_stay_when_it_is_cancelled,
-        a_long_log_is_kept_whole_where_there_is_a_blob_store,
+        a_long_log_is_kept_whole_in_the_blob_store,
         a_retry_waits_for_its_backoff_recorded_as_retry_at,
         a_fatal_error_fails_at_once_whatever_attempts_are_left,
         restored_pending_tasks_run,

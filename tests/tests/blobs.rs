@@ -1,16 +1,23 @@
 //! One behavioural contract for every blob store (`taskflow_backend::contract::blobs`),
-//! run against each: S3 (moto, a fresh bucket) and the PostgreSQL table.
+//! run against each: S3 (moto, a fresh bucket), the PostgreSQL table and
+//! files in a directory.
 
 use std::sync::Arc;
 
 use taskflow_aws::S3Blobs;
 use taskflow_backend::blobs::BlobStore;
 use taskflow_backend::contract::blobs as contract;
+use taskflow_files::FsBlobs;
 use taskflow_postgres::{PgBlobs, PgStore};
 use taskflow_tests::{aws, pg};
 
-/// The stores under test, with the schema to drop afterwards.
-async fn stores() -> (Vec<(&'static str, Arc<dyn BlobStore>)>, String) {
+/// The stores under test, with the schema to drop afterwards and the
+/// directory of the files.
+async fn stores() -> (
+    Vec<(&'static str, Arc<dyn BlobStore>)>,
+    String,
+    tempfile::TempDir,
+) {
     let bucket = aws::fresh_bucket().await;
     let sdk = aws::sdk().await;
     let s3 = S3Blobs::open(&sdk, &bucket).await.expect("S3 blob store");
@@ -19,14 +26,21 @@ async fn stores() -> (Vec<(&'static str, Arc<dyn BlobStore>)>, String) {
         .await
         .expect("PostgreSQL store");
     let table = PgBlobs::new(store.pool().clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = FsBlobs::new(dir.path().join("blobs"), true);
     (
-        vec![("s3", Arc::new(s3)), ("postgres", Arc::new(table))],
+        vec![
+            ("s3", Arc::new(s3)),
+            ("postgres", Arc::new(table)),
+            ("files", Arc::new(files)),
+        ],
         schema,
+        dir,
     )
 }
 
 async fn each(check: impl AsyncFn(Arc<dyn BlobStore>)) {
-    let (stores, schema) = stores().await;
+    let (stores, schema, _dir) = stores().await;
     for (name, blobs) in stores {
         eprintln!("blob contract on {name}");
         check(blobs).await;

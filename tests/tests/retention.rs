@@ -119,9 +119,28 @@ fn shards(root: &Path) -> Vec<(String, Vec<String>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_files_store_expired_tasks_go_with_their_files_and_emptied_directories() {
-    let host = TestHost::start_with(2, false, short_retention).await;
+    let host = TestHost::start_with(2, true, short_retention).await;
     let client = reqwest::Client::new();
+    // A task whose log is longer than its record keeps: the whole log is a
+    // file under the data directory's blobs/.
+    let chatty = taskflow_tests::submit(
+        &host.client(),
+        &taskflow_tests::as_task(
+            json!({"plugin": "hostile", "payload": {"mode": "chatty", "n": 300}}),
+        ),
+    )
+    .await
+    .id;
     let (completed, failed) = run_tasks(&client, &host, 60).await;
+    let done = taskflow_tests::wait_terminal(&host.client(), chatty, Duration::from_secs(60)).await;
+    let log_file = host.data.path().join("blobs").join(
+        &done.task.history[0]
+            .logs_blob
+            .as_ref()
+            .expect("the whole log is kept")
+            .key,
+    );
+    assert!(log_file.is_file(), "{}", log_file.display());
     let root = host.data.path().join("tasks");
     let file_of = |id: &str| root.join(&id[..2]).join(format!("{id}.json"));
     // In their files once checkpointed (or already deleted, should the job be quick).
@@ -164,7 +183,13 @@ async fn on_the_files_store_expired_tasks_go_with_their_files_and_emptied_direct
         [failed[..2].to_string()].into(),
         "only the failed task's shard is left"
     );
-    deleted_reaches(&client, &host, "completed", completed.len() as u64).await;
+    deleted_reaches(&client, &host, "completed", completed.len() as u64 + 1).await;
+    deleted_reaches(&client, &host, "bodies", 1).await;
+    assert!(!log_file.exists(), "the whole log goes with its task");
+    assert!(
+        !host.data.path().join("blobs").join("logs").exists(),
+        "with the directories it emptied"
+    );
 
     // What runs after keeps running, and goes the same way (its failed task stays).
     let (later, _) = run_tasks(&client, &host, 5).await;

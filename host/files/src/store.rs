@@ -202,7 +202,7 @@ struct Summary {
     submitted_at: DateTime<Utc>,
     /// When a finished task finished (its submission, should it lack one).
     finished_at: Option<DateTime<Utc>>,
-    /// Whether it keeps a body in a blob store.
+    /// Whether it keeps a body or a whole log in a blob store.
     has_blobs: bool,
 }
 
@@ -221,7 +221,7 @@ impl Summary {
                 .status
                 .is_terminal()
                 .then(|| task.finished_at.unwrap_or(task.created_at)),
-            has_blobs: task.payload_blob.is_some() || task.result_blob.is_some(),
+            has_blobs: task.blobs().next().is_some(),
         }
     }
 

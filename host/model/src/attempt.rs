@@ -4,7 +4,7 @@
 //! [`MAX_ATTEMPTS_KEPT`] attempts, and per attempt at most
 //! [`MAX_LOG_LINES`] lines and [`MAX_LOG_BYTES`] bytes of log text in the
 //! record. A longer log is kept whole, up to [`MAX_FULL_LOG_LINES`] lines and
-//! [`MAX_FULL_LOG_BYTES`] bytes, in the blob store where the host has one
+//! [`MAX_FULL_LOG_BYTES`] bytes, in the blob store
 //! ([`Attempt::logs_blob`]); what is over is counted in
 //! [`Attempt::logs_dropped`].
 
@@ -59,8 +59,8 @@ pub struct Attempt {
     #[serde(default, skip_serializing_if = "is_zero")]
     #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 2_147_483_647))]
     pub logs_dropped: u32,
-    /// Where the whole log is, when it was longer than the record keeps and
-    /// the host has a blob store: `GET /tasks/{id}/logs` reads it from there.
+    /// Where the whole log is, when it was longer than the record keeps:
+    /// `GET /tasks/{id}/logs` reads it from there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs_blob: Option<BlobRef>,
 }

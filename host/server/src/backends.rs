@@ -17,7 +17,7 @@ use taskflow_aws::{S3Blobs, SqsQueue};
 use taskflow_backend::blobs::{BlobStore, ClaimCheck};
 use taskflow_backend::queue::Queue;
 use taskflow_backend::storage::TaskStore;
-use taskflow_files::{FileStore, LocalQueue};
+use taskflow_files::{FileStore, FsBlobs, LocalQueue};
 use taskflow_postgres::connect::with_credentials;
 use taskflow_postgres::{PgBlobs, PgQueue, PgStore, PluginCatalog};
 use tokio_util::sync::CancellationToken;
@@ -34,8 +34,10 @@ pub struct Backends {
     pub store: Arc<dyn TaskStore>,
     /// Where tasks wait for a worker.
     pub queue: Arc<dyn Queue>,
-    /// Where bodies above the threshold go, when not inline.
-    pub bodies: Option<ClaimCheck>,
+    /// Where bodies above the threshold go (S3, when there is S3; else they
+    /// stay in their records) and whole logs of attempts (S3, else the
+    /// PostgreSQL blob table, else the data directory's `blobs/`).
+    pub bodies: ClaimCheck,
     /// The fleet's plugin catalog, on shared backends.
     pub catalog: Option<PluginCatalog>,
     /// Keeps the database credentials in step with their secret, when they
@@ -47,7 +49,7 @@ impl std::fmt::Debug for Backends {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Backends")
             .field("queue_shared", &self.queue.is_shared())
-            .field("bodies", &self.bodies.is_some())
+            .field("bodies", &self.bodies)
             .field("catalog", &self.catalog.is_some())
             .finish_non_exhaustive()
     }
@@ -138,7 +140,16 @@ impl Backends {
                 .unwrap_or_else(|| Arc::new(PgBlobs::new(postgres.pool().clone())));
             PluginCatalog::new(postgres.pool().clone(), blobs)
         });
-        let bodies = s3.map(|s3| ClaimCheck::new(s3, config.blob_threshold()));
+        let bodies = match (s3, &postgres) {
+            (Some(s3), _) => ClaimCheck::new(s3, config.blob_threshold()),
+            (None, Some(postgres)) => {
+                ClaimCheck::logs_only(Arc::new(PgBlobs::new(postgres.pool().clone())))
+            }
+            (None, None) => ClaimCheck::logs_only(Arc::new(FsBlobs::new(
+                config.data_dir.join("blobs"),
+                config.fsync,
+            ))),
+        };
         Ok(Self {
             store,
             queue,

@@ -85,10 +85,8 @@ impl Server {
             registry.clone(),
             Arc::new(Metrics::new(&settings.owner)),
             settings,
-        );
-        if let Some(bodies) = bodies {
-            service = service.with_claim_check(bodies);
-        }
+        )
+        .with_claim_check(bodies);
         if let Some(catalog) = &catalog {
             service = service.with_catalog(catalog.clone());
         }

@@ -43,7 +43,16 @@ impl ClaimCheck {
         }
     }
 
-    /// Bodies above `threshold` bytes go to `blobs`.
+    /// Every body stays in its task record; whole logs of attempts longer
+    /// than their records keep go to `blobs`.
+    pub fn logs_only(blobs: Arc<dyn BlobStore>) -> Self {
+        Self {
+            blobs: Some(blobs),
+            threshold: usize::MAX,
+        }
+    }
+
+    /// Bodies above `threshold` bytes go to `blobs` (and whole logs).
     pub fn new(blobs: Arc<dyn BlobStore>, threshold: usize) -> Self {
         Self {
             blobs: Some(blobs),

@@ -182,8 +182,9 @@ pub async fn retry(
 /// attempt (the latest 20 attempts). A running attempt shows the lines of
 /// the `log` import so far (its stdout and stderr come when it ends). An
 /// attempt keeps up to 200 lines and 32 KiB in the task's record; a longer
-/// log is kept whole (up to 10,000 lines and 1 MiB) in the blob store where
-/// the host has one (`TASKFLOW_BLOBS=s3`), and comes back whole here.
+/// log is kept whole (up to 10,000 lines and 1 MiB) in the blob store (S3,
+/// else the PostgreSQL blob table, else the data directory), and comes back
+/// whole here.
 /// `logs_dropped` counts the lines left out.
 #[utoipa::path(get, path = "/tasks/{id}/logs", tag = "tasks", params(IdPath),
     responses(

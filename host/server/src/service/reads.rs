@@ -183,8 +183,8 @@ impl TaskService {
         self.registry.list()
     }
 
-    /// Readiness: whether each backend answers now (`blobs` only where
-    /// large bodies go to a blob store), asked all at once.
+    /// Readiness: whether each backend answers now (`blobs`: where large
+    /// bodies and whole logs go), asked all at once.
     pub async fn readiness(&self) -> Vec<(&'static str, Result<(), String>)> {
         let blobs = async {
             match self.bodies.blobs() {
