@@ -56,6 +56,32 @@ async fn run_tasks(
     (ids, failed)
 }
 
+/// As [`run_tasks`], after a task of the hostile fixture logging more lines
+/// than its record keeps, which completes too; the key of its whole log.
+async fn run_tasks_and_a_long_log(
+    client: &reqwest::Client,
+    host: &TestHost,
+    count: usize,
+) -> (Vec<String>, String, String) {
+    let chatty = taskflow_tests::submit(
+        &host.client(),
+        &taskflow_tests::as_task(
+            json!({"plugin": "hostile", "payload": {"mode": "chatty", "n": 300}}),
+        ),
+    )
+    .await
+    .id;
+    let (completed, failed) = run_tasks(client, host, count).await;
+    let done = taskflow_tests::wait_terminal(&host.client(), chatty, Duration::from_secs(60)).await;
+    let key = done.task.history[0]
+        .logs_blob
+        .as_ref()
+        .expect("the whole log is kept")
+        .key
+        .clone();
+    (completed, failed, key)
+}
+
 /// Waits (bounded) until `/stats` counts no completed task.
 async fn until_no_completed(client: &reqwest::Client, host: &TestHost) -> Value {
     poll_json(
@@ -123,23 +149,8 @@ async fn on_the_files_store_expired_tasks_go_with_their_files_and_emptied_direct
     let client = reqwest::Client::new();
     // A task whose log is longer than its record keeps: the whole log is a
     // file under the data directory's blobs/.
-    let chatty = taskflow_tests::submit(
-        &host.client(),
-        &taskflow_tests::as_task(
-            json!({"plugin": "hostile", "payload": {"mode": "chatty", "n": 300}}),
-        ),
-    )
-    .await
-    .id;
-    let (completed, failed) = run_tasks(&client, &host, 60).await;
-    let done = taskflow_tests::wait_terminal(&host.client(), chatty, Duration::from_secs(60)).await;
-    let log_file = host.data.path().join("blobs").join(
-        &done.task.history[0]
-            .logs_blob
-            .as_ref()
-            .expect("the whole log is kept")
-            .key,
-    );
+    let (completed, failed, log_key) = run_tasks_and_a_long_log(&client, &host, 60).await;
+    let log_file = host.data.path().join("blobs").join(log_key);
     assert!(log_file.is_file(), "{}", log_file.display());
     let root = host.data.path().join("tasks");
     let file_of = |id: &str| root.join(&id[..2]).join(format!("{id}.json"));
@@ -229,22 +240,7 @@ async fn on_postgres_and_s3_expired_tasks_go_with_their_bodies_and_orphans_are_s
     let client = reqwest::Client::new();
     // A task whose log is longer than its record keeps: the whole log is in
     // S3 (its payload and result are small enough to stay in the record).
-    let chatty = taskflow_tests::submit(
-        &host.client(),
-        &taskflow_tests::as_task(
-            json!({"plugin": "hostile", "payload": {"mode": "chatty", "n": 300}}),
-        ),
-    )
-    .await
-    .id;
-    let (completed, failed) = run_tasks(&client, &host, 20).await;
-    let done = taskflow_tests::wait_terminal(&host.client(), chatty, Duration::from_secs(60)).await;
-    let log_key = done.task.history[0]
-        .logs_blob
-        .as_ref()
-        .expect("the whole log is in S3")
-        .key
-        .clone();
+    let (completed, failed, log_key) = run_tasks_and_a_long_log(&client, &host, 20).await;
     assert_eq!(aws::keys(&bucket, "logs/").await, vec![log_key]);
     let s3 = aws::s3().await;
     // Blobs no task points to: a payload whose task was never stored, and
