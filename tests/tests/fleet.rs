@@ -1104,7 +1104,10 @@ async fn hosts_ride_out_a_postgresql_restart() {
             |r| r["status"] == "ok",
         )
         .await;
-        assert_eq!(ready["backends"], json!({"queue": "ok", "storage": "ok"}));
+        assert_eq!(
+            ready["backends"],
+            json!({"queue": "ok", "storage": "ok", "blobs": "ok"})
+        );
     }
     fleet.stop().await;
 }

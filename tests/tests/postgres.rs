@@ -451,7 +451,7 @@ async fn ready_fails_while_the_database_is_unreachable_and_recovers_with_it() {
     .await;
     assert_eq!(
         up["backends"],
-        json!({"queue": "ok", "storage": "ok"}),
+        json!({"queue": "ok", "storage": "ok", "blobs": "ok"}),
         "{up}"
     );
 
@@ -461,10 +461,13 @@ async fn ready_fails_while_the_database_is_unreachable_and_recovers_with_it() {
         r["status"] == "unavailable"
     })
     .await;
-    assert_eq!(down["reason"], "unreachable: queue, storage", "{down}");
+    assert_eq!(
+        down["reason"], "unreachable: queue, storage, blobs",
+        "{down}"
+    );
     assert_eq!(
         down["backends"],
-        json!({"queue": "unavailable", "storage": "unavailable"}),
+        json!({"queue": "unavailable", "storage": "unavailable", "blobs": "unavailable"}),
         "{down}"
     );
     assert_eq!(

@@ -292,7 +292,10 @@ async fn hosts_ride_out_an_emulator_pause() {
             |r| r["status"] == "ok",
         )
         .await;
-        assert_eq!(ready["backends"], json!({"queue": "ok", "storage": "ok"}));
+        assert_eq!(
+            ready["backends"],
+            json!({"queue": "ok", "storage": "ok", "blobs": "ok"})
+        );
     }
     drop(hosts);
     drop_schema(&schema).await;
