@@ -17,7 +17,7 @@ use crate::backup::{BACKUP_FORMAT, BACKUP_VERSION};
 /// Its schema is what a restore accepts: the tasks obey the rules of a
 /// submission (see [`Task::check_restorable`]), `attempts` is at most
 /// `max_attempts`, and bodies are inline (a backup carries them: no
-/// `payload_blob` or `result_blob`).
+/// `payload_blob` or `result_blob`, and attempts without `logs_blob`).
 #[derive(Debug)]
 pub struct BackupDocument;
 
@@ -32,7 +32,14 @@ impl PartialSchema for BackupDocument {
                 .property("max_attempts", integer().enum_values(Some([max])))
                 .property("attempts", integer().maximum(Some(max)))
                 .property("payload_blob", ObjectBuilder::new().schema_type(Type::Null))
-                .property("result_blob", ObjectBuilder::new().schema_type(Type::Null));
+                .property("result_blob", ObjectBuilder::new().schema_type(Type::Null))
+                .property(
+                    "history",
+                    ArrayBuilder::new().items(
+                        ObjectBuilder::new()
+                            .property("logs_blob", ObjectBuilder::new().schema_type(Type::Null)),
+                    ),
+                );
             any.item(
                 AllOfBuilder::new()
                     .item(Ref::from_schema_name(Task::name()))
