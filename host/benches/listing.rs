@@ -175,6 +175,7 @@ fn finished_task(n: usize) -> Task {
             message: format!("processing task {n}"),
         }],
         dropped: 0,
+        skipped: 0,
     };
     if n.is_multiple_of(10) {
         task.last_error = Some(TaskError {

@@ -1402,14 +1402,16 @@ fn messages(attempt: &Value) -> Vec<String> {
 }
 
 /// A running attempt's log lines show as the plugin logs them, in the task
-/// and in its logs; a cancel keeps those it logged before it was stopped.
+/// and in its logs; past the record's 200 lines, the newest ones show, after
+/// a count of the earlier ones; a cancel keeps every line logged before it
+/// was stopped.
 async fn log_lines_show_while_a_task_runs_and_stay_when_it_is_cancelled(backend: Backend) {
     let host = TestHost::start_on(backend, 1, true).await;
     let client = reqwest::Client::new();
     let task = submit(
         &host.client(),
         &as_task(
-            json!({"plugin": "hostile", "payload": {"mode": "chatty", "n": 600, "millis": 100}}),
+            json!({"plugin": "hostile", "payload": {"mode": "chatty", "n": 3000, "millis": 20}}),
         ),
     )
     .await;
@@ -1422,7 +1424,7 @@ async fn log_lines_show_while_a_task_runs_and_stay_when_it_is_cancelled(backend:
     assert_eq!(attempt["outcome"], "running", "{running}");
     assert_eq!(
         messages(attempt)[..3],
-        ["line 1 of 600", "line 2 of 600", "line 3 of 600"],
+        ["line 1 of 3000", "line 2 of 3000", "line 3 of 3000"],
         "in order, as logged"
     );
     let view = get_json(&client, &host.at(&format!("/tasks/{}", task.id))).await;
@@ -1431,25 +1433,42 @@ async fn log_lines_show_while_a_task_runs_and_stay_when_it_is_cancelled(backend:
         "the task shows them too: {view}"
     );
 
+    let later = poll_json(&client, &logs_url, LONG, |logs| {
+        logs["status"] == "running" && logs["history"][0]["logs_skipped"].as_u64() > Some(0)
+    })
+    .await;
+    let attempt = &later["history"][0];
+    let skipped = attempt["logs_skipped"].as_u64().expect("logs_skipped") as usize;
+    let newest = messages(attempt);
+    assert_eq!(newest.len(), 200, "the record's bound: {later}");
+    assert!(
+        newest
+            .iter()
+            .enumerate()
+            .all(|(i, m)| *m == format!("line {} of 3000", skipped + i + 1)),
+        "the newest lines, after {skipped} earlier: {newest:?}"
+    );
+
     host.client()
         .cancel(&task.id.to_string())
         .await
         .expect("cancel");
     let done = wait_terminal(&host.client(), task.id, LONG).await;
     assert_eq!(done.task.status, TaskStatus::Cancelled);
+    assert_eq!(done.task.history[0].logs_skipped, 0, "a record holds none");
     let logs = get_json(&client, &logs_url).await;
     let cancelled = &logs["history"][0];
     assert_eq!(cancelled["outcome"], "cancelled", "{logs}");
     let kept = messages(cancelled);
     assert!(
-        kept.len() >= 3 && kept.len() < 600,
-        "the lines logged before the cancel stay: {} of them",
+        kept.len() >= skipped + 200 && kept.len() < 3000,
+        "every line logged before the cancel stays: {} of them",
         kept.len()
     );
     assert!(
         kept.iter()
             .enumerate()
-            .all(|(i, m)| *m == format!("line {} of 600", i + 1)),
+            .all(|(i, m)| *m == format!("line {} of 3000", i + 1)),
         "{kept:?}"
     );
     host.stop().await;

@@ -158,6 +158,56 @@ async fn logs_shows_each_attempt_and_follows_a_retry_to_its_end() {
     );
 }
 
+/// `logs --follow` on a task logging faster than it polls: the newest lines
+/// show while it runs, what it passed over is said, and the whole log's
+/// remaining lines come when it ends; no line twice, none unaccounted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_follow_keeps_up_with_a_long_log() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let plugins = data.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins dir");
+    std::fs::copy(fixture_wasm("hostile"), plugins.join("hostile.wasm")).expect("copy hostile");
+    let host = HostProcess::start(data.path(), free_port()).await;
+    let url = Some(host.url.as_str());
+
+    const N: usize = 3_000;
+    let payload = format!(r#"{{"mode": "chatty", "n": {N}, "millis": 1}}"#);
+    let id = submitted(&cli(url, &["submit", "hostile", "--payload", &payload]));
+    let run = cli(url, &["logs", &id, "--follow"]);
+    assert!(run.ok, "{run:?}");
+    let (mut numbers, mut passed_over) = (Vec::new(), 0);
+    for line in run.stdout.lines() {
+        if let Some(rest) = line.strip_prefix("… ") {
+            let count = rest.split(' ').next().and_then(|n| n.parse::<usize>().ok());
+            passed_over += count.unwrap_or_else(|| panic!("a count: {line}"));
+        } else if let Some(at) = line
+            .ends_with(&format!(" of {N}"))
+            .then(|| line.rfind("line "))
+            .flatten()
+        {
+            let number = line[at + 5..]
+                .split(' ')
+                .next()
+                .and_then(|n| n.parse::<usize>().ok());
+            numbers.push(number.unwrap_or_else(|| panic!("a line number: {line}")));
+        }
+    }
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "in order, none twice: {numbers:?}"
+    );
+    assert_eq!(numbers.last(), Some(&N), "{run:?}");
+    assert_eq!(
+        numbers.len() + passed_over,
+        N,
+        "every line printed or said passed over"
+    );
+    assert!(
+        run.stdout.contains("── attempt 1 · completed · "),
+        "{run:?}"
+    );
+}
+
 /// The task a `submit` printed; its id.
 fn submitted(run: &CliRun) -> String {
     assert!(run.ok, "{run:?}");

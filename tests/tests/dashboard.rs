@@ -309,8 +309,9 @@ async fn payloads_log_lines_and_errors_are_shown_as_text() {
     host.stop().await;
 }
 
-/// A running attempt's page shows the lines logged so far; a log longer
-/// than the record keeps shows its first lines and links to the whole log
+/// A running attempt's page shows the lines logged so far, and past the
+/// record's 200 lines the newest ones; a log longer than the record keeps
+/// shows its first lines once the attempt ended and links to the whole log
 /// (in S3), which downloads whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_page_shows_lines_as_they_are_logged_and_links_to_a_whole_log() {
@@ -323,21 +324,37 @@ async fn a_task_page_shows_lines_as_they_are_logged_and_links_to_a_whole_log() {
     let running = submit(
         &api,
         &as_task(
-            json!({"plugin": "hostile", "payload": {"mode": "chatty", "n": 600, "millis": 100}}),
+            json!({"plugin": "hostile", "payload": {"mode": "chatty", "n": 3000, "millis": 30}}),
         ),
     )
     .await;
     // The page reloads itself while the task runs; here, asked again.
-    let mut page = String::new();
-    for _ in 0..300 {
-        page = signed_in_html(&client, &host, &format!("/ui/tasks/{}", running.id)).await;
-        if page.contains("line 2 of 600") {
-            break;
+    let page_of = |done: fn(&str) -> bool| {
+        let (client, host) = (&client, &host);
+        async move {
+            let mut page = String::new();
+            for _ in 0..600 {
+                page = signed_in_html(client, host, &format!("/ui/tasks/{}", running.id)).await;
+                if done(&page) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            page
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    let page = page_of(|page| page.contains("line 2 of 3000")).await;
     assert!(
-        page.contains("line 1 of 600") && page.contains("line 2 of 600") && page.contains("so far"),
+        page.contains("line 1 of 3000")
+            && page.contains("line 2 of 3000")
+            && page.contains("so far"),
+        "{page}"
+    );
+    let page = page_of(|page| page.contains(" earlier")).await;
+    assert!(
+        page.contains("200 lines, the newest, after ")
+            && !page.contains("line 1 of 3000")
+            && page.contains("The newest lines are shown while the attempt runs"),
         "{page}"
     );
     api.cancel(&running.id.to_string()).await.expect("cancel");

@@ -93,6 +93,7 @@ pub async fn attempts_and_their_logs_are_kept(store: &dyn TaskStore) {
                 line("out", LogStream::Stdout),
             ],
             dropped: 3,
+            skipped: 0,
         },
         chrono::Utc::now(),
     );
@@ -678,8 +679,8 @@ pub async fn leases_fence_their_holders(store: &dyn TaskStore) {
         "a fresh lease is not expired"
     );
 
-    // Renewal by the holder only, carrying progress and the log lines so
-    // far; a cancel request reaches it.
+    // Renewal by the holder only, carrying progress and the newest log
+    // lines (how many came before them too); a cancel request reaches it.
     let lines = taskflow_model::attempt::RunLogs {
         lines: vec![taskflow_model::attempt::LogLine {
             at: Utc::now(),
@@ -688,6 +689,7 @@ pub async fn leases_fence_their_holders(store: &dyn TaskStore) {
             message: "halfway <b>there</b> \u{0}".into(),
         }],
         dropped: 2,
+        skipped: 7,
     };
     let held = [Held {
         id,

@@ -52,13 +52,22 @@ pub struct Attempt {
     pub error: Option<TaskError>,
     /// What the plugin logged and printed, in order (stdout and stderr
     /// after its log calls): the first lines, within the record's bounds.
-    /// While the attempt runs, the lines of the `log` import so far.
+    /// While the attempt runs, the newest lines of the `log` import so far,
+    /// within the same bounds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<LogLine>,
-    /// Lines not in `logs`.
+    /// Lines not in `logs`: once the attempt ended, those after them (in
+    /// the whole log when `logs_blob` is set, else dropped); while it runs,
+    /// those the whole log will not keep.
     #[serde(default, skip_serializing_if = "is_zero")]
     #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 2_147_483_647))]
     pub logs_dropped: u32,
+    /// While the attempt runs: the lines logged before the first of `logs`
+    /// (a running attempt shows its newest lines; its whole log keeps them).
+    /// A record never holds one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 2_147_483_647))]
+    pub logs_skipped: u32,
     /// Where the whole log is, when it was longer than the record keeps:
     /// `GET /tasks/{id}/logs` reads it from there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,6 +109,14 @@ impl Attempt {
         self.logs = whole.lines;
         self.logs_dropped = whole.dropped;
         self.logs_blob = None;
+    }
+
+    /// Shows a running attempt's live view (its newest lines) in place of
+    /// what its record holds.
+    pub fn show_live(&mut self, live: RunLogs) {
+        self.logs = live.lines;
+        self.logs_dropped = live.dropped;
+        self.logs_skipped = live.skipped;
     }
 }
 
@@ -220,6 +237,10 @@ pub struct RunLogs {
     /// Lines (or, for stdout and stderr, chunks) dropped at the source.
     #[serde(default)]
     pub dropped: u32,
+    /// Lines logged before the first of `lines` and not in them: a running
+    /// attempt's live view holds its newest lines. 0 in a whole log.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped: u32,
 }
 
 impl RunLogs {
@@ -228,25 +249,6 @@ impl RunLogs {
     pub fn fits_the_record(&self) -> bool {
         self.lines.len() <= MAX_LOG_LINES
             && self.lines.iter().map(|l| l.message.len()).sum::<usize>() <= MAX_LOG_BYTES
-    }
-}
-
-/// The first of `lines` within the record's bounds, and how many are left
-/// out (counting the `dropped` at the source).
-pub fn first_lines(lines: &[LogLine], dropped: u32) -> RunLogs {
-    let (mut kept, mut bytes) = (Vec::new(), 0);
-    let mut dropped = dropped;
-    for line in lines {
-        if fits(&kept, bytes, line) {
-            bytes += line.message.len();
-            kept.push(line.clone());
-        } else {
-            dropped = dropped.saturating_add(1);
-        }
-    }
-    RunLogs {
-        lines: kept,
-        dropped,
     }
 }
 
@@ -274,6 +276,7 @@ mod tests {
             error: None,
             logs: Vec::new(),
             logs_dropped: 0,
+            logs_skipped: 0,
             logs_blob: None,
         }
     }
@@ -293,24 +296,21 @@ mod tests {
     }
 
     #[test]
-    fn the_first_lines_are_those_the_record_keeps() {
+    fn a_log_fits_the_record_within_its_bounds() {
         let lines: Vec<LogLine> = (0..MAX_LOG_LINES + 5)
             .map(|i| line(&i.to_string()))
             .collect();
         let whole = RunLogs {
-            lines: lines.clone(),
+            lines,
             dropped: 1,
+            skipped: 0,
         };
         assert!(!whole.fits_the_record());
-        let mut a = attempt();
-        a.add_logs(lines, 1);
-        let first = first_lines(&whole.lines, whole.dropped);
-        assert_eq!((first.lines, first.dropped), (a.logs, a.logs_dropped));
-        assert_eq!(a.logs_dropped, 6);
         assert!(
             RunLogs {
                 lines: vec![line("short")],
-                dropped: 9
+                dropped: 9,
+                skipped: 0,
             }
             .fits_the_record()
         );

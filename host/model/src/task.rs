@@ -475,6 +475,12 @@ impl Task {
                 "a backup carries logs inline (GET /admin/backup writes them so): remove logs_blob from its attempts",
             )));
         }
+        if self.history.iter().any(|attempt| attempt.logs_skipped > 0) {
+            return Err(context(invalid(
+                "history",
+                "logs_skipped belongs to a running attempt's live view, not to a record: remove it from the attempts",
+            )));
+        }
         if let Some(attempt) = self.history.iter().find(|attempt| {
             !(1..=MAX_ATTEMPTS_LIMIT).contains(&attempt.number)
                 || attempt.logs_dropped > i32::MAX as u32
@@ -549,6 +555,7 @@ impl Task {
             error: None,
             logs: Vec::new(),
             logs_dropped: 0,
+            logs_skipped: 0,
             logs_blob: None,
         });
         if self.history.len() > MAX_ATTEMPTS_KEPT {
@@ -737,28 +744,51 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_task_names_every_blob_it_points_to() {
-        let blob = |key: &str| BlobRef {
+    fn blob(key: &str) -> BlobRef {
+        BlobRef {
             key: key.into(),
             size: 1,
             sha256: "00".into(),
-        };
+        }
+    }
+
+    /// `task` after an attempt that failed and was retried.
+    fn retried(task: &mut Task) {
+        assert_eq!(task.begin_attempt("h", Utc::now()), Begin::Started);
+        task.end_attempt(
+            AttemptOutcome::Retried,
+            None,
+            RunLogs::default(),
+            Utc::now(),
+        );
+        task.status = TaskStatus::Pending;
+    }
+
+    #[test]
+    fn a_task_names_every_blob_it_points_to() {
         let mut task = new_task("echo").validate(1).expect("valid");
         task.payload_blob = Some(blob("payloads/ab/p"));
         for n in 0..2 {
-            assert_eq!(task.begin_attempt("h", Utc::now()), Begin::Started);
-            task.end_attempt(
-                AttemptOutcome::Retried,
-                None,
-                RunLogs::default(),
-                Utc::now(),
-            );
-            task.status = TaskStatus::Pending;
+            retried(&mut task);
             task.history[n].logs_blob = (n == 1).then(|| blob("logs/ab/l"));
         }
         let keys: Vec<&str> = task.blobs().map(|b| b.key.as_str()).collect();
         assert_eq!(keys, ["payloads/ab/p", "logs/ab/l"]);
+    }
+
+    #[test]
+    fn a_restored_attempt_is_a_record_with_its_logs_inline() {
+        let mut task = new_task("echo").validate(1).expect("valid");
+        retried(&mut task);
+        assert!(task.check_restorable().is_ok());
+        let mut live = task.clone();
+        live.history[0].logs_skipped = 3;
+        let refused = live.check_restorable().expect_err("a live view's count");
+        assert!(refused.to_string().contains("logs_skipped"), "{refused}");
+        let mut elsewhere = task;
+        elsewhere.history[0].logs_blob = Some(blob("logs/ab/l"));
+        let refused = elsewhere.check_restorable().expect_err("a log left behind");
+        assert!(refused.to_string().contains("logs_blob"), "{refused}");
     }
 
     #[test]

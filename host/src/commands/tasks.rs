@@ -208,8 +208,8 @@ pub async fn logs(args: LogsArgs, server: &ServerArgs) -> anyhow::Result<()> {
     if args.json {
         return print_json(&client.logs(&id).await?);
     }
-    // Per attempt number: the outcome its header showed and how many lines
-    // were printed.
+    // Per attempt number: the outcome its header showed and how many of its
+    // lines were printed or passed over.
     let mut printed: std::collections::BTreeMap<u32, (Option<AttemptOutcome>, usize)> =
         Default::default();
     loop {
@@ -220,7 +220,17 @@ pub async fn logs(args: LogsArgs, server: &ServerArgs) -> anyhow::Result<()> {
                 out!("{}", attempt_header(attempt));
                 *shown = Some(attempt.outcome);
             }
-            for line in attempt.logs.iter().skip(*lines) {
+            // While it runs, the newest lines come, after `logs_skipped`
+            // earlier ones: a follower that fell behind says what it missed.
+            let first = attempt.logs_skipped as usize;
+            if first > *lines {
+                out!(
+                    "… {} lines not shown here: `taskflow logs {id}` has them once the attempt ends",
+                    first - *lines
+                );
+                *lines = first;
+            }
+            for line in attempt.logs.iter().skip(*lines - first) {
                 let level = line.level.map_or(line.stream.as_str(), |l| l.as_str());
                 out!(
                     "{}  {:<6} {}",
@@ -229,7 +239,7 @@ pub async fn logs(args: LogsArgs, server: &ServerArgs) -> anyhow::Result<()> {
                     printable(&line.message)
                 );
             }
-            *lines = (*lines).max(attempt.logs.len());
+            *lines = (*lines).max(first + attempt.logs.len());
             if *shown == Some(AttemptOutcome::Running) && attempt.outcome != AttemptOutcome::Running
             {
                 // Followed while it ran: now how it ended.

@@ -17,7 +17,8 @@ use crate::backup::{BACKUP_FORMAT, BACKUP_VERSION};
 /// Its schema is what a restore accepts: the tasks obey the rules of a
 /// submission (see [`Task::check_restorable`]), `attempts` is at most
 /// `max_attempts`, and bodies are inline (a backup carries them: no
-/// `payload_blob` or `result_blob`, and attempts without `logs_blob`).
+/// `payload_blob` or `result_blob`, and attempts without `logs_blob`), and
+/// attempts are records (no live view's `logs_skipped`).
 #[derive(Debug)]
 pub struct BackupDocument;
 
@@ -37,7 +38,8 @@ impl PartialSchema for BackupDocument {
                     "history",
                     ArrayBuilder::new().items(
                         ObjectBuilder::new()
-                            .property("logs_blob", ObjectBuilder::new().schema_type(Type::Null)),
+                            .property("logs_blob", ObjectBuilder::new().schema_type(Type::Null))
+                            .property("logs_skipped", integer().enum_values(Some([0]))),
                     ),
                 );
             any.item(
@@ -81,7 +83,7 @@ const TASK_INTEGER_FIELDS: [&str; 5] = [
 ];
 
 /// Fields of the attempts in a task's `history` that hold integers.
-const ATTEMPT_INTEGER_FIELDS: [&str; 2] = ["number", "logs_dropped"];
+const ATTEMPT_INTEGER_FIELDS: [&str; 3] = ["number", "logs_dropped", "logs_skipped"];
 
 /// Rewrites whole numbers written as floats (`16.0`, `1.6e1`) in the integer
 /// fields of a backup document (`version`, each task's

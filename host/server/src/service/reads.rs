@@ -25,7 +25,7 @@ impl TaskService {
         Ok(TaskView { task, progress })
     }
 
-    /// For a running task: puts the log lines of its running attempt so far
+    /// For a running task: puts the newest log lines of its running attempt
     /// in it, and says its progress (live when it runs here, as its host
     /// last published them otherwise).
     async fn show_live(&self, task: &mut Task) -> Result<Option<u8>, ServiceError> {
@@ -44,8 +44,7 @@ impl TaskService {
             return Ok(None);
         };
         if let Some(attempt) = task.running_attempt() {
-            attempt.logs = published.logs.lines;
-            attempt.logs_dropped = published.logs.dropped;
+            attempt.show_live(published.logs);
         }
         Ok(Some(published.progress))
     }
@@ -161,7 +160,7 @@ impl TaskService {
 
     /// The plugin's log lines of each attempt of the task kept in its
     /// history: whole logs read from the blob store, a running attempt's
-    /// lines so far.
+    /// newest lines.
     pub async fn logs(&self, id: TaskId) -> Result<TaskLogs, ServiceError> {
         let mut task = self
             .store

@@ -131,12 +131,18 @@ fn logs(id: TaskId, attempt: &Attempt) -> Markup {
         details.logs open data-logs=(attempt.number) {
             summary {
                 "Logs of attempt " (attempt.number) " (" (attempt.logs.len()) " lines"
+                @if attempt.logs_skipped > 0 {
+                    ", the newest, after " (attempt.logs_skipped) " earlier"
+                }
                 @if attempt.logs_blob.is_some() {
                     ", " (attempt.logs_dropped) " more in the whole log"
                 } @else if attempt.logs_dropped > 0 {
                     ", " (attempt.logs_dropped) " dropped"
                 }
                 @if running { ", so far" } ")"
+            }
+            @if attempt.logs_skipped > 0 {
+                p.note { "The newest lines are shown while the attempt runs; its whole log keeps the earlier ones when it ends." }
             }
             @if attempt.logs_blob.is_some() {
                 p.note {
