@@ -46,7 +46,7 @@ pub trait UiService: Send + Sync {
     /// A page of tasks.
     async fn list(&self, query: &ListQuery) -> Result<TaskPage, UiError>;
     /// One task with its bodies and its history, log lines included (the
-    /// first lines of each attempt; a running one's so far).
+    /// first lines of each attempt; a running one's newest).
     async fn task(&self, id: TaskId) -> Result<TaskView, UiError>;
     /// Every attempt's whole log (as `GET /tasks/{id}/logs`).
     async fn logs(&self, id: TaskId) -> Result<TaskLogs, UiError>;
