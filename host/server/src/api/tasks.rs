@@ -181,9 +181,8 @@ pub async fn retry(
 /// What the task's plugin logged and wrote to stdout and stderr, attempt by
 /// attempt (the latest 20 attempts). A running attempt shows the newest 200
 /// lines of the `log` import so far, after `logs_skipped` earlier ones (its
-/// stdout and stderr come when it ends; the earlier lines are in its whole
-/// log then). An
-/// attempt keeps up to 200 lines and 32 KiB in the task's record; a longer
+/// stdout and stderr come when it ends, the earlier lines in its whole log).
+/// An attempt keeps up to 200 lines and 32 KiB in the task's record; a longer
 /// log is kept whole (up to 10,000 lines and 1 MiB) in the blob store (S3,
 /// else the PostgreSQL blob table, else the data directory), and comes back
 /// whole here.
